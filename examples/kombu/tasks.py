@@ -1,0 +1,5 @@
+"""Functions the worker is allowed to run."""
+
+
+def hello_task(who="world"):
+    print(f"Hello {who}")

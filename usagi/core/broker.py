@@ -1,0 +1,695 @@
+"""The engine: vhosts, entities and the publish -> route -> deliver path. No sockets, no asyncio.
+
+Everything here runs on the event loop's thread, synchronously. Errors are raised as AMQPError
+subclasses carrying RabbitMQ's reply codes and texts; the caller decides whether they close a
+channel or a connection. The management API uses the same operations as the AMQP handlers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+from .. import RABBITMQ_COMPAT_VERSION, __version__
+from ..amqp import errors as E
+from ..amqp.errors import ChannelError, channel_error
+from ..auth.users import UserDB
+from ..model.exchanges import TYPES
+from ..model.exchanges.base import Binding
+from ..model.message import Message
+from ..model.queue import Queue
+from ..model.util import freeze, gen_name
+from ..model.vhost import VHost
+from ..storage import MemoryStore, Store
+
+log = logging.getLogger("usagi.broker")
+
+
+def _q(name):
+    return f"queue '{name}'"
+
+
+def _x(name):
+    return f"exchange '{name}'"
+
+
+def not_found(kind: str, name: str, vhost: str) -> ChannelError:
+    return ChannelError(f"no {kind} '{name}' in vhost '{vhost}'", E.NOT_FOUND)
+
+
+# The value types RabbitMQ names in "inequivalent arg" texts.
+def _type_name(v) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "long" if not -2147483648 <= v <= 2147483647 else "signedint"
+    if isinstance(v, float):
+        return "double"
+    if isinstance(v, (str, bytes)):
+        return "longstr"
+    if isinstance(v, dict):
+        return "table"
+    if isinstance(v, list):
+        return "array"
+    return "void" if v is None else type(v).__name__
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, bytes):
+        return v.decode("utf-8", "replace")
+    return str(v)
+
+
+def _numeric_equal(a, b) -> bool:
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a == b and type(a) is type(b)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, bytes):
+        a = a.decode("utf-8", "surrogateescape")
+    if isinstance(b, bytes):
+        b = b.decode("utf-8", "surrogateescape")
+    return freeze(a) == freeze(b)
+
+
+# Queue arguments RabbitMQ compares on redeclare (others are ignored for equivalence).
+QUEUE_EQUIV_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+                    "x-max-length", "x-max-length-bytes", "x-max-priority", "x-overflow",
+                    "x-queue-mode", "x-queue-type", "x-single-active-consumer", "x-delivery-limit",
+                    "x-queue-master-locator", "x-max-age", "x-stream-max-segment-size-bytes",
+                    "x-initial-cluster-size", "x-queue-leader-locator", "x-dead-letter-strategy",
+                    "x-queue-version")
+
+
+def server_properties(cluster_name: str) -> dict:
+    return {
+        "capabilities": {
+            "publisher_confirms": True,
+            "exchange_exchange_bindings": True,
+            "basic.nack": True,
+            "consumer_cancel_notify": True,
+            "connection.blocked": True,
+            "consumer_priorities": True,
+            "authentication_failure_close": True,
+            "per_consumer_qos": True,
+            "direct_reply_to": False,
+        },
+        "cluster_name": cluster_name,
+        "copyright": "Copyright (c) the Usagi authors",
+        "information": f"Usagi {__version__}, an AMQP 0-9-1 broker compatible with RabbitMQ "
+                       f"{RABBITMQ_COMPAT_VERSION}. Licensed under the MIT License.",
+        "platform": "Python",
+        "product": "RabbitMQ",
+        "version": RABBITMQ_COMPAT_VERSION,
+        "usagi_version": __version__,
+    }
+
+
+class Config:
+    def __init__(self, **kw):
+        self.channel_max = 2047
+        self.frame_max = 131072
+        self.heartbeat = 60
+        self.max_message_size = 16 * 1024 * 1024
+        self.loopback_users = ("guest",)
+        self.default_user = "guest"
+        self.default_pass = "guest"
+        self.default_vhost = "/"
+        self.handshake_timeout = 10.0
+        self.consumer_timeout = 30 * 60.0
+        self.node_name = f"usagi@{socket.gethostname()}"
+        self.write_high_water = 1024 * 1024          # stop deliveries to a connection past this
+        self.write_hard_limit = 64 * 1024 * 1024     # stop reading from it past this
+        for k, v in kw.items():
+            if not hasattr(self, k):
+                raise TypeError(f"unknown setting {k}")
+            setattr(self, k, v)
+
+
+class Broker:
+    def __init__(self, config: Config | None = None, store: Store | None = None):
+        self.config = config or Config()
+        self.store = store or MemoryStore()
+        self.vhosts: dict[str, VHost] = {}
+        self.users = UserDB()
+        self.connections: set = set()
+        self.dirty: dict = {}              # queues that may be able to deliver: id -> queue
+        self.flush_pending: list = []      # connections with output to write
+        self.on_flush_needed = None        # set by the server: schedules flush_output()
+        self.on_commit_needed = None       # set by the server: schedules a store commit
+        self.next_msg_id = 1
+        self.started_at = time.time()
+        self.server_properties = server_properties(self.config.node_name)
+        self.policies: dict = {}           # (vhost, name) -> policy dict
+        self.parameters: dict = {}
+        self.global_parameters: dict = {}
+        self.stats = {"publish": 0, "deliver": 0, "ack": 0, "get": 0, "redeliver": 0,
+                      "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0}
+        # confirm bookkeeping: channels waiting for a commit
+        self.commit_epoch = 0              # the epoch now collecting writes
+        self.committed_epoch = 0           # the last epoch known to be on disk
+        self.commit_waiters: list = []     # channels waiting on the current epoch
+        self.alarms: set = set()           # "memory", "disk"
+
+    # ------------------------------------------------------------------ setup
+    def bootstrap(self):
+        """Default vhost and user on first start, as RabbitMQ creates them."""
+        c = self.config
+        if not self.vhosts:
+            self.add_vhost(c.default_vhost)
+            if c.default_user not in self.users.users:
+                self.add_user(c.default_user, c.default_pass, ["administrator"])
+                self.set_permissions(c.default_user, c.default_vhost, ".*", ".*", ".*")
+
+    # ------------------------------------------------------------------ vhosts, users, permissions
+    def add_vhost(self, name: str, description: str = "", tags=None, default_queue_type="classic") -> VHost:
+        v = self.vhosts.get(name)
+        if v is not None:
+            return v
+        v = self.vhosts[name] = VHost(name, description, tags, default_queue_type)
+        self.store.put_definition("vhost", (name,), {"name": name, **v.metadata()})
+        log.info("vhost '%s' added", name)
+        return v
+
+    def delete_vhost(self, name: str) -> bool:
+        v = self.vhosts.get(name)
+        if v is None:
+            return False
+        for conn in list(self.connections):
+            if conn.vhost == name:
+                conn.force_close(E.CONNECTION_FORCED, f"vhost '{name}' is deleted")
+        for q in list(v.queues.values()):
+            self.delete_queue(q)
+        for x in list(v.exchanges.values()):
+            if x.durable and x.name:
+                self.store.delete_definition("exchange", (name, x.name))
+        for key in [k for k in self.users.permissions if k[1] == name]:
+            self.users.permissions.pop(key)
+            self.store.delete_definition("permission", key)
+        for key in [k for k in self.policies if k[0] == name]:
+            self.policies.pop(key)
+            self.store.delete_definition("policy", key)
+        del self.vhosts[name]
+        self.store.delete_definition("vhost", (name,))
+        log.info("vhost '%s' deleted", name)
+        return True
+
+    def add_user(self, name, password=None, tags=None, password_hash=None, hashing_algorithm=None):
+        kw = {}
+        if hashing_algorithm:
+            kw["hashing_algorithm"] = hashing_algorithm
+        u = self.users.add_user(name, password, tags, password_hash=password_hash, **kw)
+        self.save_user(u)
+        return u
+
+    def save_user(self, u):
+        self.store.put_definition("user", (u.name,), {
+            "name": u.name, "password_hash": u.password_hash, "hashing_algorithm": u.hashing_algorithm,
+            "tags": list(u.tags), "limits": dict(u.limits)})
+
+    def delete_user(self, name: str) -> bool:
+        perms = [k for k in self.users.permissions if k[0] == name]
+        if not self.users.delete_user(name):
+            return False
+        self.store.delete_definition("user", (name,))
+        for k in perms:
+            self.store.delete_definition("permission", k)
+        for conn in list(self.connections):
+            if conn.user is not None and conn.user.name == name:
+                conn.force_close(E.CONNECTION_FORCED, f"user '{name}' is deleted")
+        return True
+
+    def set_permissions(self, user, vhost, configure, write, read):
+        p = self.users.set_permission(user, vhost, configure, write, read)
+        self.store.put_definition("permission", (user, vhost), {
+            "user": user, "vhost": vhost, "configure": configure, "write": write, "read": read})
+        return p
+
+    def clear_permissions(self, user, vhost) -> bool:
+        if self.users.clear_permission(user, vhost):
+            self.store.delete_definition("permission", (user, vhost))
+            return True
+        return False
+
+    def vhost(self, name: str) -> VHost:
+        v = self.vhosts.get(name)
+        if v is None:
+            raise ChannelError(f"vhost {name} not found", E.NOT_ALLOWED)
+        return v
+
+    # ------------------------------------------------------------------ permissions
+    def check_access(self, user, vhost: str, kind: str, resource: str, name: str):
+        """Raise ACCESS_REFUSED unless `user` may `kind` (configure/write/read) `resource` `name`."""
+        if user is None:
+            return
+        p = self.users.permission(user.name, vhost)
+        if p is None or not p.allows(kind, name):
+            raise ChannelError(f"access to {resource} '{name}' in vhost '{vhost}' refused for user "
+                               f"'{user.name}'", E.ACCESS_REFUSED)
+
+    # ------------------------------------------------------------------ exchanges
+    def declare_exchange(self, vhost: VHost, name: str, type_: str, durable=False, auto_delete=False,
+                         internal=False, arguments=None, passive=False):
+        arguments = arguments or {}
+        x = vhost.exchanges.get(name)
+        if passive:
+            if x is None:
+                raise not_found("exchange", name, vhost.name)
+            return x
+        if x is None and name.startswith("amq."):
+            raise ChannelError(f"exchange name '{name}' contains reserved prefix 'amq.*'",
+                               E.ACCESS_REFUSED)
+        if x is not None:
+            if x.type != type_:
+                raise ChannelError(f"inequivalent arg 'type' for exchange '{name}' in vhost "
+                                   f"'{vhost.name}': received '{type_}' but current is '{x.type}'",
+                                   E.PRECONDITION_FAILED)
+            for arg, new, cur in (("durable", durable, x.durable), ("auto_delete", auto_delete, x.auto_delete),
+                                  ("internal", internal, x.internal)):
+                if bool(new) != bool(cur):
+                    raise ChannelError(
+                        f"inequivalent arg '{arg}' for exchange '{name}' in vhost '{vhost.name}': "
+                        f"received '{_fmt_value(bool(new))}' but current is '{_fmt_value(bool(cur))}'",
+                        E.PRECONDITION_FAILED)
+            self._check_args_equivalent("exchange", name, vhost.name, ("alternate-exchange",),
+                                        arguments, x.arguments)
+            return x
+        cls = TYPES.get(type_)
+        if cls is None:
+            raise ChannelError(f"invalid type '{type_}' for exchange '{name}' in vhost '{vhost.name}'",
+                               E.PRECONDITION_FAILED)
+        x = cls(vhost.name, name, durable, auto_delete, internal, arguments)
+        vhost.exchanges[name] = x
+        if durable:
+            self.store.put_definition("exchange", (vhost.name, name), self.exchange_definition(x))
+        return x
+
+    @staticmethod
+    def exchange_definition(x) -> dict:
+        return {"name": x.name, "vhost": x.vhost, "type": x.type, "durable": x.durable,
+                "auto_delete": x.auto_delete, "internal": x.internal, "arguments": x.arguments}
+
+    def _check_args_equivalent(self, kind, name, vhost_name, keys, new: dict, cur: dict):
+        for k in keys:
+            a, b = new.get(k), cur.get(k)
+            if a is None and b is None:
+                continue
+            if a is not None and b is not None and _numeric_equal(a, b):
+                continue
+            recv = "none" if a is None else f"the value '{_fmt_value(a)}' of type '{_type_name(a)}'"
+            curr = "none" if b is None else f"the value '{_fmt_value(b)}' of type '{_type_name(b)}'"
+            raise ChannelError(f"inequivalent arg '{k}' for {kind} '{name}' in vhost '{vhost_name}': "
+                               f"received {recv} but current is {curr}", E.PRECONDITION_FAILED)
+
+    def delete_exchange(self, vhost: VHost, name: str, if_unused=False):
+        x = vhost.exchanges.get(name)
+        if x is None:
+            return False
+        if if_unused and x.bindings:
+            raise ChannelError(f"exchange '{name}' in vhost '{vhost.name}' in use", E.PRECONDITION_FAILED)
+        self._remove_exchange(vhost, x)
+        return True
+
+    def _remove_exchange(self, vhost: VHost, x):
+        # bindings where x is the source
+        for b in list(x.bindings.values()):
+            x.remove_binding(b.destination, b.routing_key, b.arguments)
+            self._forget_binding(vhost, b)
+        # bindings where x is the destination
+        for src in list(vhost.exchanges.values()):
+            if src is x:
+                continue
+            for b in src.remove_destination(x):
+                self._forget_binding(vhost, b)
+                self._maybe_auto_delete_exchange(vhost, src)
+        x.deleted = True
+        vhost.exchanges.pop(x.name, None)
+        if x.durable:
+            self.store.delete_definition("exchange", (vhost.name, x.name))
+
+    def _maybe_auto_delete_exchange(self, vhost: VHost, x):
+        if x.auto_delete and not x.bindings and not x.deleted:
+            self._remove_exchange(vhost, x)
+
+    # ------------------------------------------------------------------ queues
+    def declare_queue(self, vhost: VHost, name: str, durable=False, exclusive=False, auto_delete=False,
+                      arguments=None, passive=False, owner=None) -> Queue:
+        arguments = arguments or {}
+        q = vhost.queues.get(name) if name else None
+        if passive:
+            if q is None:
+                raise not_found("queue", name, vhost.name)
+            self.check_exclusive(q, owner)
+            return q
+        if not name:
+            name = gen_name("amq.gen-")
+        elif q is None and name.startswith("amq."):
+            raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
+        if q is not None:
+            self.check_exclusive(q, owner)
+            for arg, new, cur in (("durable", durable, q.durable),
+                                  ("exclusive", exclusive, q.exclusive_owner is not None),
+                                  ("auto_delete", auto_delete, q.auto_delete)):
+                if bool(new) != bool(cur):
+                    if arg == "exclusive":
+                        raise self.locked(q)
+                    raise ChannelError(
+                        f"inequivalent arg '{arg}' for queue '{name}' in vhost '{vhost.name}': "
+                        f"received '{_fmt_value(bool(new))}' but current is '{_fmt_value(bool(cur))}'",
+                        E.PRECONDITION_FAILED)
+            self._check_args_equivalent("queue", name, vhost.name, QUEUE_EQUIV_ARGS, arguments, q.arguments)
+            return q
+        self.validate_queue_arguments(vhost, name, arguments)
+        q = Queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
+        vhost.queues[name] = q
+        if exclusive and owner is not None:
+            owner.exclusive_queues.append(q)
+        if durable and not exclusive:
+            self.store.put_definition("queue", (vhost.name, name), self.queue_definition(q))
+        # every queue is bound to the default exchange by its name
+        return q
+
+    @staticmethod
+    def queue_definition(q) -> dict:
+        return {"name": q.name, "vhost": q.vhost, "durable": q.durable, "auto_delete": q.auto_delete,
+                "arguments": q.arguments}
+
+    def validate_queue_arguments(self, vhost, name, args):
+        def bad(k, why):
+            return ChannelError(f"invalid arg '{k}' for queue '{name}' in vhost '{vhost.name}': {why}",
+                                E.PRECONDITION_FAILED)
+        for k in ("x-expires", "x-message-ttl", "x-max-length", "x-max-length-bytes", "x-delivery-limit"):
+            if k in args:
+                v = args[k]
+                if isinstance(v, bool) or not isinstance(v, int):
+                    raise bad(k, f"{{unacceptable_type,{_type_name(v)}}}")
+                if v < 0 or (k == "x-expires" and v == 0):
+                    what = "value_zero" if v == 0 else "value_negative"
+                    raise bad(k, f"{{{what},{v}}}")
+        if "x-max-priority" in args:
+            v = args["x-max-priority"]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise bad("x-max-priority", f"{{unacceptable_type,{_type_name(v)}}}")
+            if v < 0 or v > 255:
+                raise bad("x-max-priority", f"{{value_out_of_range,{v}}}")
+        if "x-overflow" in args and args["x-overflow"] not in ("drop-head", "reject-publish",
+                                                               "reject-publish-dlx"):
+            raise bad("x-overflow", f"{{unknown_overflow_type,<<\"{_fmt_value(args['x-overflow'])}\">>}}")
+        qt = args.get("x-queue-type")
+        if qt is not None and qt not in ("classic", "quorum", "stream"):
+            raise bad("x-queue-type", f"{{unsupported_queue_type,<<\"{_fmt_value(qt)}\">>}}")
+
+    def locked(self, q) -> ChannelError:
+        return ChannelError(
+            f"cannot obtain exclusive access to locked queue '{q.name}' in vhost '{q.vhost}'. It could be "
+            f"originally declared on another connection or the exclusive property value does not match "
+            f"that of the original declaration.", E.RESOURCE_LOCKED)
+
+    def check_exclusive(self, q, owner):
+        if q.exclusive_owner is not None and q.exclusive_owner is not owner:
+            raise self.locked(q)
+
+    def get_queue(self, vhost: VHost, name: str, owner=None) -> Queue:
+        q = vhost.queues.get(name)
+        if q is None:
+            raise not_found("queue", name, vhost.name)
+        if owner is not False:
+            self.check_exclusive(q, owner)
+        return q
+
+    def get_exchange(self, vhost: VHost, name: str):
+        x = vhost.exchanges.get(name)
+        if x is None:
+            raise not_found("exchange", name, vhost.name)
+        return x
+
+    def delete_queue(self, q: Queue, if_unused=False, if_empty=False, reason="") -> int:
+        if if_unused and q.consumers:
+            raise ChannelError(f"queue '{q.name}' in vhost '{q.vhost}' in use", E.PRECONDITION_FAILED)
+        if if_empty and q.message_count:
+            raise ChannelError(f"queue '{q.name}' in vhost '{q.vhost}' not empty", E.PRECONDITION_FAILED)
+        count = q.message_count
+        vhost = self.vhosts.get(q.vhost)
+        q.deleted = True
+        for c in list(q.consumers):
+            c.channel.consumer_cancelled_by_server(c)
+        q.consumers.clear()
+        msgs = q.purge()
+        self._drop_messages(q, msgs)
+        if vhost is not None:
+            if vhost.queues.get(q.name) is q:
+                del vhost.queues[q.name]
+            for b in list(q.bindings):
+                src = b.source
+                src.remove_binding(q, b.routing_key, b.arguments)
+                self._maybe_auto_delete_exchange(vhost, src)
+        q.bindings.clear()
+        if q.exclusive_owner is not None:
+            try:
+                q.exclusive_owner.exclusive_queues.remove(q)
+            except ValueError:
+                pass
+        if q.durable and q.exclusive_owner is None:
+            self.store.delete_definition("queue", (q.vhost, q.name))
+            self.store.drop_queue_messages(q.vhost, q.name)
+        self.dirty.pop(id(q), None)
+        return count
+
+    def purge_queue(self, q: Queue) -> int:
+        msgs = q.purge()
+        self._drop_messages(q, msgs)
+        return len(msgs)
+
+    def _drop_messages(self, q, msgs):
+        if q.durable and self.store.durable:
+            for m in msgs:
+                if m.stored:
+                    self.store.dequeue(q.vhost, q.name, 0, m.id)
+
+    # ------------------------------------------------------------------ bindings
+    def bind(self, vhost: VHost, source, destination, routing_key: str, arguments: dict):
+        err = source.validate_binding(routing_key, arguments or {})
+        if err:
+            raise ChannelError(err, E.PRECONDITION_FAILED)
+        b = Binding(source, destination, routing_key, arguments or {})
+        if source.add_binding(b):
+            if isinstance(destination, Queue):
+                destination.bindings.append(b)
+            if source.durable and destination.durable and getattr(destination, "exclusive_owner", None) is None:
+                self.store.put_definition("binding", self.binding_key(vhost, b), self.binding_definition(b))
+
+    @staticmethod
+    def binding_definition(b) -> dict:
+        d = b.destination
+        return {"source": b.source.name, "vhost": b.source.vhost, "destination": d.name,
+                "destination_type": "queue" if isinstance(d, Queue) else "exchange",
+                "routing_key": b.routing_key, "arguments": b.arguments}
+
+    @staticmethod
+    def binding_key(vhost, b) -> tuple:
+        d = b.destination
+        return (vhost.name, b.source.name, "queue" if isinstance(d, Queue) else "exchange", d.name,
+                b.routing_key, repr(freeze(b.arguments)))
+
+    def unbind(self, vhost: VHost, source, destination, routing_key: str, arguments: dict):
+        b = source.remove_binding(destination, routing_key, arguments or {})
+        if b is None:
+            return False
+        self._forget_binding(vhost, b)
+        self._maybe_auto_delete_exchange(vhost, source)
+        return True
+
+    def _forget_binding(self, vhost, b):
+        d = b.destination
+        if isinstance(d, Queue):
+            try:
+                d.bindings.remove(b)
+            except ValueError:
+                pass
+        if b.source.durable and d.durable:
+            self.store.delete_definition("binding", self.binding_key(vhost, b))
+
+    def bindings_of(self, vhost: VHost) -> list:
+        """All bindings in a vhost, the implicit default-exchange ones included, as RabbitMQ lists them."""
+        out = []
+        for q in vhost.queues.values():
+            out.append(("", q, q.name, {}))
+        for x in vhost.exchanges.values():
+            for b in x.bindings.values():
+                out.append((x.name, b.destination, b.routing_key, b.arguments))
+        return out
+
+    # ------------------------------------------------------------------ publish -> route -> deliver
+    def new_message(self, exchange: str, routing_key: str, props: bytes, body: bytes, scan=None,
+                    route=None) -> Message:
+        m = Message(exchange, routing_key, props, body, scan, self.next_msg_id, route)
+        self.next_msg_id += 1
+        return m
+
+    def route(self, vhost: VHost, x, msg) -> list:
+        """Queues a message reaches from exchange x, following exchange-to-exchange bindings."""
+        x.publish_in += 1
+        if x.name == "":
+            q = vhost.queues.get(msg.routing_key)
+            return [q] if q is not None else []
+        dests = x.route(msg.routing_key, msg)
+        if not dests:
+            return []
+        queues = []
+        seen = None
+        for d in dests:
+            if isinstance(d, Queue):
+                queues.append(d)
+            else:
+                if seen is None:
+                    seen = {id(x)}
+                self._route_e2e(d, msg, queues, seen)
+        if seen is not None and len(queues) > 1:
+            uniq = {}
+            for q in queues:
+                uniq[id(q)] = q
+            queues = list(uniq.values())
+        return queues
+
+    def _route_e2e(self, x, msg, queues, seen):
+        if id(x) in seen:
+            return
+        seen.add(id(x))
+        x.publish_in += 1
+        for d in x.route(msg.routing_key, msg):
+            if isinstance(d, Queue):
+                queues.append(d)
+            else:
+                self._route_e2e(d, msg, queues, seen)
+
+    def enqueue(self, q: Queue, msg: Message):
+        """Put a routed message on a queue, or hand it straight to a consumer that has room."""
+        if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
+            if not msg.stored:
+                self.store.add_message(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body)
+                msg.stored = True
+            msg.refs += 1
+            seq = q.seq + 1
+            self.store.enqueue(q.vhost, q.name, seq, msg.id)
+        if q.consumers and not q.ready and not q.returned:
+            c = self._pick_consumer(q)
+            if c is not None:
+                seq = q.next_seq()
+                c.channel.deliver(c, q, seq, msg, False)
+                return
+        q.push(msg)
+        if q.consumers:
+            self.dirty[id(q)] = q
+
+    def _pick_consumer(self, q: Queue):
+        consumers = q.consumers
+        n = len(consumers)
+        i = q.rr
+        for _ in range(n):
+            if i >= n:
+                i = 0
+            c = consumers[i]
+            i += 1
+            if c.active and c.channel.can_deliver(c):
+                q.rr = i
+                return c
+        return None
+
+    def dispatch(self, q: Queue):
+        """Deliver ready messages to consumers with room, round-robin."""
+        if q.deleted:
+            return
+        while (q.ready or q.returned) and q.consumers:
+            c = self._pick_consumer(q)
+            if c is None:
+                return
+            seq, msg, redelivered = q.pop()
+            c.channel.deliver(c, q, seq, msg, redelivered)
+
+    def run_dirty(self):
+        while self.dirty:
+            dirty = self.dirty
+            self.dirty = {}
+            for q in dirty.values():
+                self.dispatch(q)
+
+    def mark_dirty(self, q: Queue):
+        if q.consumers and (q.ready or q.returned):
+            self.dirty[id(q)] = q
+
+    def settle(self, q: Queue, seq: int, msg: Message):
+        """A delivery was acknowledged: the queue no longer holds the message."""
+        if msg.stored and q.durable:
+            self.store.dequeue(q.vhost, q.name, seq, msg.id)
+        q.acked += 1
+
+    def requeue(self, q: Queue, seq: int, msg: Message):
+        if q.deleted:
+            self._drop_messages(q, [msg])
+            return
+        q.requeue(seq, msg)
+        q.redelivered_count += 1
+        self.mark_dirty(q)
+
+    # ------------------------------------------------------------------ output and commits
+    def want_flush(self, conn):
+        self.flush_pending.append(conn)
+        if len(self.flush_pending) == 1 and self.on_flush_needed is not None:
+            self.on_flush_needed()
+
+    def flush_output(self):
+        pending = self.flush_pending
+        self.flush_pending = []
+        for conn in pending:
+            conn.flush()
+
+    def wait_for_commit(self, channel) -> int:
+        """Register `channel` to be told when the writes recorded so far are durable."""
+        if not self.commit_waiters and self.on_commit_needed is not None:
+            self.on_commit_needed()
+        self.commit_waiters.append(channel)
+        return self.commit_epoch
+
+    def begin_commit(self) -> tuple:
+        """Close the current epoch: returns (epoch, channels waiting on it)."""
+        epoch = self.commit_epoch
+        waiters = self.commit_waiters
+        self.commit_epoch += 1
+        self.commit_waiters = []
+        return epoch, waiters
+
+    def commit_done(self, epoch: int, waiters: list, error: Exception | None = None):
+        self.committed_epoch = max(self.committed_epoch, epoch)
+        seen = set()
+        for ch in waiters:
+            if id(ch) in seen:
+                continue
+            seen.add(id(ch))
+            ch.on_commit(epoch, error)
+
+    # ------------------------------------------------------------------ connections
+    def connection_opened(self, conn):
+        self.connections.add(conn)
+
+    def connection_closed(self, conn):
+        self.connections.discard(conn)
+        for q in list(conn.exclusive_queues):
+            self.delete_queue(q)
+        self.run_dirty()
+
+    def shutdown_connections(self, text="broker forced connection closure with reason 'shutdown'"):
+        for conn in list(self.connections):
+            conn.force_close(E.CONNECTION_FORCED, text)
+
+    def memory_usage(self) -> int:
+        try:
+            with open(f"/proc/{os.getpid()}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
+
+
+__all__ = ["Broker", "Config", "channel_error"]

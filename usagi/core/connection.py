@@ -1,0 +1,452 @@
+"""One AMQP connection: handshake, channel 0, frame dispatch and content assembly.
+
+Sans-IO: bytes come in through `data_received`; bytes go out through `self.transport.write`,
+collected in `self.out` and written once per loop turn by `flush`. The transport is anything with
+write(), close(), pause_reading(), resume_reading() and get_write_buffer_size().
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+import time
+
+from ..amqp import errors as E
+from ..amqp import methods as M
+from ..amqp.errors import AMQPError, ConnectionError_
+from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE,
+                           HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
+                           method_frame)
+from ..auth import sasl
+from .channel import Channel
+
+log = logging.getLogger("usagi.connection")
+
+_HH = struct.Struct(">HH")
+_ids = itertools.count(1)
+
+# states
+AWAIT_HEADER, AWAIT_START_OK, AWAIT_SECURE_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(8)
+_STATE_NAMES = {AWAIT_HEADER: "starting", AWAIT_START_OK: "starting", AWAIT_SECURE_OK: "securing",
+                AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening", OPEN: "running", CLOSING: "closing",
+                CLOSED: "closed"}
+
+
+class Connection:
+    def __init__(self, broker, transport, peer=("?", 0), local=("?", 0), tls=None):
+        self.broker = broker
+        self.transport = transport
+        self.peer = peer
+        self.local = local
+        self.tls = tls
+        self.id = next(_ids)
+        self.name = f"{peer[0]}:{peer[1]} -> {local[0]}:{local[1]}"
+        self.reader = FrameReader(frame_max=FRAME_MIN_SIZE * 2)
+        self.state = AWAIT_HEADER
+        self.out: list = []
+        self.out_size = 0
+        self.writable = True
+        self.reading_paused = False
+        self.channels: dict[int, Channel] = {}
+        self.channel_max = broker.config.channel_max
+        self.frame_max = broker.config.frame_max
+        self.heartbeat = 0
+        self.client_properties: dict = {}
+        self.capabilities: dict = {}
+        self.user = None
+        self.vhost: str | None = None
+        self.vhost_obj = None
+        self.auth_mechanism = ""
+        self.exclusive_queues: list = []
+        self.connected_at = time.time()
+        self.last_recv = time.monotonic()
+        self.last_send = time.monotonic()
+        self.recv_oct = 0
+        self.send_oct = 0
+        self.recv_cnt = 0
+        self.send_cnt = 0
+        self.blocked = False          # connection.blocked sent
+        self.closed = False
+        self.close_reason = None
+        self.consumer_tags = itertools.count(1)
+        self.on_closed = None         # set by the server layer
+
+    # ------------------------------------------------------------------ output
+    def write(self, data: bytes):
+        if self.closed:
+            return
+        if not self.out:
+            self.broker.want_flush(self)
+        self.out.append(data)
+
+    def write_parts(self, parts):
+        if self.closed:
+            return
+        if not self.out:
+            self.broker.want_flush(self)
+        self.out += parts
+
+    def send_method(self, channel: int, method):
+        self.write(method_frame(channel, method.encode()))
+
+    def flush(self):
+        out = self.out
+        if not out or self.closed:
+            self.out = []
+            return
+        self.out = []
+        data = b"".join(out)
+        self.send_oct += len(data)
+        self.send_cnt += 1
+        self.last_send = time.monotonic()
+        self.transport.write(data)
+
+    # called by the transport's flow control
+    def pause_writing(self):
+        self.writable = False
+
+    def resume_writing(self):
+        self.writable = True
+        if self.reading_paused:
+            self.reading_paused = False
+            self.transport.resume_reading()
+        for ch in self.channels.values():
+            ch.kick()
+        self.broker.run_dirty()
+
+    # ------------------------------------------------------------------ input
+    def connection_made(self):
+        self.broker.connection_opened(self)
+
+    def data_received(self, data: bytes):
+        if self.closed:
+            return
+        self.last_recv = time.monotonic()
+        self.recv_oct += len(data)
+        self.recv_cnt += 1
+        reader = self.reader
+        frames = reader.feed(data)
+        try:
+            if frames:
+                self.handle_frames(frames)
+            if reader.error is not None:
+                err = reader.error
+                if isinstance(err, BadProtocolHeader):
+                    self._bad_header(err)
+                else:
+                    raise err
+        except AMQPError as e:
+            self.connection_error(e)
+        finally:
+            self.broker.run_dirty()
+            for ch in self.channels.values():
+                if ch.confirm_dirty:
+                    ch.send_confirms()
+        if self.writable is False and not self.reading_paused and \
+                self.transport.get_write_buffer_size() > self.broker.config.write_hard_limit:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def handle_frames(self, frames):
+        channels = self.channels
+        for ftype, chnum, payload in frames:
+            if self.state == CLOSING:
+                self._closing_frame(ftype, chnum, payload)
+                continue
+            if self.closed:
+                return
+            if ftype == FRAME_METHOD:
+                ch = channels.get(chnum) if chnum else None
+                if ch is not None and ch.content_expected:
+                    raise ConnectionError_(
+                        f"expected content header for class 60, got non content header frame instead",
+                        E.UNEXPECTED_FRAME)
+                if len(payload) < 4:
+                    raise ConnectionError_("method frame too short", E.FRAME_ERROR)
+                cid, mid = _HH.unpack_from(payload, 0)
+                index = (cid << 16) | mid
+                if index == 0x3C0028 and ch is not None:   # basic.publish, the hot path
+                    ch.on_publish(payload)
+                    continue
+                cls = M.METHODS.get(index)
+                if cls is None:
+                    raise ConnectionError_(f"unknown method class {cid} method {mid}"
+                                           if cid in M.CLASS_NAMES else f"unknown class {cid}",
+                                           E.COMMAND_INVALID if cid in M.CLASS_NAMES else E.NOT_IMPLEMENTED)
+                try:
+                    method = cls.decode(payload, 4, len(payload))
+                except AMQPError as e:
+                    e.class_id, e.method_id = cid, mid
+                    raise
+                if chnum == 0:
+                    self.handle_connection_method(method)
+                else:
+                    self.handle_channel_method(chnum, method)
+            elif ftype == FRAME_HEADER:
+                ch = channels.get(chnum)
+                if ch is None or not ch.content_expected:
+                    self._unexpected(chnum, "content header")
+                ch.on_header(payload)
+            elif ftype == FRAME_BODY:
+                ch = channels.get(chnum)
+                if ch is None or not ch.body_expected:
+                    self._unexpected(chnum, "content body")
+                ch.on_body(payload)
+            elif ftype == FRAME_HEARTBEAT:
+                if chnum != 0:
+                    raise ConnectionError_(f"heartbeat frame on channel {chnum}", E.FRAME_ERROR)
+            elif ftype == "header":
+                self._send_start()
+
+    def _unexpected(self, chnum, what):
+        if chnum == 0:
+            raise ConnectionError_(f"unexpected {what} frame on channel 0", E.UNEXPECTED_FRAME)
+        if chnum not in self.channels:
+            raise ConnectionError_(f"expected 'channel.open'", E.CHANNEL_ERROR)
+        raise ConnectionError_(f"expected method frame, got non method frame instead", E.UNEXPECTED_FRAME)
+
+    def _closing_frame(self, ftype, chnum, payload):
+        """After we sent connection.close, only close-ok (or the peer's own close) matters."""
+        if ftype != FRAME_METHOD or chnum != 0 or len(payload) < 4:
+            return
+        cid, mid = _HH.unpack_from(payload, 0)
+        if (cid, mid) == (10, 51):
+            self.finish_close()
+        elif (cid, mid) == (10, 50):
+            self.send_method(0, M.ConnectionCloseOk())
+            self.flush()
+            self.finish_close()
+
+    def _bad_header(self, err: BadProtocolHeader):
+        log.info("connection %s: bad protocol header %r, replying with ours", self.name, err.received)
+        self.transport.write(PROTOCOL_HEADER)
+        self.finish_close()
+
+    # ------------------------------------------------------------------ connection class
+    def _send_start(self):
+        mechanisms = " ".join(self.broker.sasl_mechanisms(self)) if hasattr(self.broker, "sasl_mechanisms") \
+            else " ".join(sasl.MECHANISMS)
+        self.send_method(0, M.ConnectionStart(0, 9, self.broker.server_properties, mechanisms.encode(),
+                                              b"en_US"))
+        self.state = AWAIT_START_OK
+
+    def handle_connection_method(self, m):
+        idx = m.INDEX
+        st = self.state
+        if idx == M.ConnectionStartOk.INDEX and st == AWAIT_START_OK:
+            return self._start_ok(m)
+        if idx == M.ConnectionTuneOk.INDEX and st == AWAIT_TUNE_OK:
+            return self._tune_ok(m)
+        if idx == M.ConnectionOpen.INDEX and st == AWAIT_OPEN:
+            return self._open(m)
+        if idx == M.ConnectionClose.INDEX:
+            if m.reply_code not in (200, 0):
+                log.info("connection %s closed by client: %s %s", self.name, m.reply_code, m.reply_text)
+            self.send_method(0, M.ConnectionCloseOk())
+            self.flush()
+            return self.finish_close()
+        if idx == M.ConnectionCloseOk.INDEX:
+            return self.finish_close()
+        if idx == M.ConnectionUpdateSecret.INDEX and st == OPEN:
+            return self._update_secret(m)
+        if idx in (M.ConnectionBlocked.INDEX, M.ConnectionUnblocked.INDEX):
+            return
+        if st == OPEN and m.CLASS_ID != 10:
+            raise ConnectionError_(f"unexpected method in connection state running",
+                                   E.COMMAND_INVALID, m.CLASS_ID, m.METHOD_ID)
+        raise ConnectionError_(f"expected {self._expected()} but got {m.NAME}" if st != OPEN else
+                               f"unexpected method in connection state running",
+                               E.COMMAND_INVALID, m.CLASS_ID, m.METHOD_ID)
+
+    def _expected(self):
+        return {AWAIT_START_OK: "'connection.start_ok'", AWAIT_TUNE_OK: "'connection.tune_ok'",
+                AWAIT_OPEN: "'connection.open'"}.get(self.state, "'connection.close_ok'")
+
+    def _start_ok(self, m):
+        self.client_properties = m.client_properties or {}
+        caps = self.client_properties.get("capabilities")
+        self.capabilities = caps if isinstance(caps, dict) else {}
+        mech = m.mechanism
+        self.auth_mechanism = mech
+        offered = self.broker.sasl_mechanisms(self) if hasattr(self.broker, "sasl_mechanisms") else sasl.MECHANISMS
+        if mech not in offered:
+            raise ConnectionError_(f"unknown authentication mechanism '{mech}'", E.COMMAND_INVALID,
+                                   10, 11)
+        try:
+            username, password = sasl.parse_response(mech, m.response)
+        except sasl.SaslError as e:
+            log.warning("connection %s: bad %s response: %s", self.name, mech, e)
+            return self._refuse_login(mech, "")
+        user = self.broker.users.authenticate(username, password)
+        if user is None:
+            log.warning("connection %s: user '%s' failed to authenticate with %s", self.name, username, mech)
+            return self._refuse_login(mech, username)
+        if username in self.broker.config.loopback_users and not _is_loopback(self.peer[0]):
+            log.warning("connection %s: user '%s' can only connect via localhost", self.name, username)
+            return self._refuse_login(mech, username,
+                                      f"User '{username}' can only connect via localhost")
+        self.user = user
+        c = self.broker.config
+        self.send_method(0, M.ConnectionTune(c.channel_max, c.frame_max, c.heartbeat))
+        self.state = AWAIT_TUNE_OK
+
+    def _refuse_login(self, mech, username, text=None):
+        text = text or (f"Login was refused using authentication mechanism {mech}. "
+                        f"For details see the broker logfile.")
+        err = ConnectionError_(text, E.ACCESS_REFUSED)
+        if self.capabilities.get("authentication_failure_close"):
+            self.connection_error(err)
+        else:
+            self.finish_close()
+
+    def _tune_ok(self, m):
+        c = self.broker.config
+        self._negotiate("channel_max", m.channel_max, c.channel_max, 0)
+        self._negotiate("frame_max", m.frame_max, c.frame_max, FRAME_MIN_SIZE)
+        self.channel_max = m.channel_max or c.channel_max
+        self.frame_max = m.frame_max or c.frame_max
+        self.heartbeat = m.heartbeat
+        self.reader.frame_max = self.frame_max
+        self.state = AWAIT_OPEN
+
+    @staticmethod
+    def _negotiate(field, client, server, minimum):
+        if client != 0 and client < minimum:
+            raise ConnectionError_(f"negotiated {field} = {client} is lower than the minimum allowed "
+                                   f"value ({minimum})", E.NOT_ALLOWED, 10, 30)
+        if server != 0 and (client == 0 or client > server):
+            detail = " (no limit)" if client == 0 else ""
+            raise ConnectionError_(f"negotiated {field} = {client}{detail} is higher than the maximum "
+                                   f"allowed value ({server})", E.NOT_ALLOWED, 10, 30)
+
+    def _open(self, m):
+        name = m.virtual_host
+        v = self.broker.vhosts.get(name)
+        if v is None:
+            raise ConnectionError_(f"vhost {name} not found", E.NOT_ALLOWED, 10, 40)
+        if self.broker.users.permission(self.user.name, name) is None:
+            raise ConnectionError_(f"access to vhost '{name}' refused for user '{self.user.name}'",
+                                   E.NOT_ALLOWED, 10, 40)
+        self.vhost = name
+        self.vhost_obj = v
+        self.state = OPEN
+        self.send_method(0, M.ConnectionOpenOk(""))
+        log.info("connection %s: user '%s' authenticated and granted access to vhost '%s'",
+                 self.name, self.user.name, name)
+        if self.broker.alarms and self.capabilities.get("connection.blocked"):
+            self.set_blocked(True)
+
+    def _update_secret(self, m):
+        try:
+            username, password = self.user.name, m.new_secret.decode("utf-8", "replace")
+        except Exception:  # pragma: no cover - defensive
+            username, password = "", ""
+        if self.broker.users.authenticate(username, password) is None and self.auth_mechanism != "EXTERNAL":
+            raise ConnectionError_("new secret was refused", E.ACCESS_REFUSED, 10, 70)
+        self.send_method(0, M.ConnectionUpdateSecretOk())
+
+    def set_blocked(self, blocked: bool, reason: str = "low on memory"):
+        if not self.capabilities.get("connection.blocked") or self.state != OPEN:
+            return
+        if blocked and not self.blocked:
+            self.blocked = True
+            self.send_method(0, M.ConnectionBlocked(reason))
+        elif not blocked and self.blocked:
+            self.blocked = False
+            self.send_method(0, M.ConnectionUnblocked())
+
+    # ------------------------------------------------------------------ channels
+    def handle_channel_method(self, chnum: int, m):
+        if self.state != OPEN:
+            raise ConnectionError_(f"expected {self._expected()}", E.COMMAND_INVALID, m.CLASS_ID, m.METHOD_ID)
+        ch = self.channels.get(chnum)
+        if m.INDEX == M.ChannelOpen.INDEX:
+            if ch is not None:
+                raise ConnectionError_("second 'channel.open' seen", E.CHANNEL_ERROR, 20, 10)
+            if chnum > self.channel_max:
+                raise ConnectionError_(f"channel number {chnum} is higher than the negotiated "
+                                       f"channel_max ({self.channel_max})", E.CHANNEL_ERROR, 20, 10)
+            ch = self.channels[chnum] = Channel(self, chnum)
+            self.send_method(chnum, M.ChannelOpenOk())
+            return
+        if ch is None:
+            raise ConnectionError_("expected 'channel.open'", E.CHANNEL_ERROR, m.CLASS_ID, m.METHOD_ID)
+        ch.handle(m)
+
+    def channel_closed(self, ch):
+        if self.channels.get(ch.number) is ch:
+            del self.channels[ch.number]
+
+    # ------------------------------------------------------------------ closing
+    def connection_error(self, e: AMQPError):
+        if self.closed or self.state == CLOSING:
+            return
+        if self.state == AWAIT_HEADER:
+            self.finish_close()
+            return
+        level = logging.INFO if e.code in (E.ACCESS_REFUSED, E.NOT_ALLOWED) else logging.WARNING
+        log.log(level, "connection %s: closing with %s", self.name, e.reply_text)
+        self.close_reason = e.reply_text
+        self.send_method(0, M.ConnectionClose(e.code, e.reply_text, e.class_id, e.method_id))
+        self.state = CLOSING
+        self.flush()
+        self._release()
+        if self.on_closing is not None:
+            self.on_closing()
+
+    on_closing = None   # the server arms a timer: close the socket if close-ok never comes
+
+    def force_close(self, code: int, text: str):
+        """Close from the broker's side (shutdown, management, deleted vhost or user)."""
+        if self.state in (OPEN, AWAIT_OPEN, AWAIT_TUNE_OK):
+            self.connection_error(ConnectionError_(text, code))
+        else:
+            self.finish_close()
+        self.broker.flush_output()
+
+    def _release(self):
+        for ch in list(self.channels.values()):
+            ch.release()
+        self.channels.clear()
+        self.broker.connection_closed(self)
+
+    def finish_close(self):
+        if self.closed:
+            return
+        self.flush()
+        self.closed = True
+        self.state = CLOSED
+        self._release()
+        self.transport.close()
+        if self.on_closed is not None:
+            self.on_closed()
+
+    def connection_lost(self):
+        """The socket went away."""
+        if self.closed:
+            return
+        self.closed = True
+        self.state = CLOSED
+        self._release()
+
+    # ------------------------------------------------------------------ heartbeats
+    def heartbeat_tick(self, now: float):
+        """Called periodically by the server. Returns False if the peer is considered dead."""
+        hb = self.heartbeat
+        if not hb or self.state not in (OPEN, AWAIT_OPEN):
+            return True
+        if now - self.last_recv > hb * 2:
+            log.warning("connection %s: missed heartbeats from client, timeout: %ds", self.name, hb)
+            return False
+        if now - self.last_send >= hb / 2:
+            self.write(HEARTBEAT_FRAME)
+            self.last_send = now
+        return True
+
+    @property
+    def state_name(self) -> str:
+        return "blocked" if self.blocked else _STATE_NAMES.get(self.state, "closed")
+
+
+def _is_loopback(host: str) -> bool:
+    return host.startswith("127.") or host in ("::1", "localhost") or host.startswith("::ffff:127.")

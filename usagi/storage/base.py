@@ -1,0 +1,70 @@
+"""The storage interface.
+
+The engine calls these methods synchronously from the event loop; they only record what must
+be written. `commit()` makes everything recorded so far durable and is called off the event
+loop by the server's group-commit driver, many publishes to one commit. Definitions (vhosts,
+users, permissions, durable exchanges, queues and bindings, policies) are small and rare;
+messages are many: a message is added once and enqueued on each durable queue it reaches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Recovered:
+    """What a store gives back at start."""
+    vhosts: list = field(default_factory=list)         # [(name, metadata dict)]
+    users: list = field(default_factory=list)          # [dict as in definitions]
+    permissions: list = field(default_factory=list)    # [dict as in definitions]
+    exchanges: list = field(default_factory=list)      # [dict as in definitions]
+    queues: list = field(default_factory=list)         # [dict as in definitions]
+    bindings: list = field(default_factory=list)       # [dict as in definitions]
+    policies: list = field(default_factory=list)
+    parameters: list = field(default_factory=list)
+    # (vhost, queue) -> [(seq, exchange, routing_key, props, body, redelivered)] in queue order
+    messages: dict = field(default_factory=dict)
+    fresh: bool = True
+
+
+class Store:
+    """Base class and in-memory no-op behaviour. Subclasses persist."""
+
+    durable = False
+
+    def open(self) -> Recovered:
+        return Recovered()
+
+    def close(self):
+        pass
+
+    # ---- definitions
+    def put_definition(self, kind: str, key: tuple, value: dict):
+        pass
+
+    def delete_definition(self, kind: str, key: tuple):
+        pass
+
+    # ---- messages
+    def add_message(self, msg_id: int, exchange: str, routing_key: str, props: bytes, body: bytes):
+        pass
+
+    def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int):
+        pass
+
+    def dequeue(self, vhost: str, queue: str, seq: int, msg_id: int):
+        pass
+
+    def mark_delivered(self, vhost: str, queue: str, seq: int):
+        pass
+
+    def drop_queue_messages(self, vhost: str, queue: str):
+        pass
+
+    # ---- commits
+    def pending(self) -> bool:
+        """Whether anything is waiting for commit()."""
+        return False
+
+    def commit(self):
+        """Write everything recorded so far and sync it. Runs in a worker thread."""
