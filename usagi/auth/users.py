@@ -45,13 +45,14 @@ class Permission:
         rx = self._compiled.get(kind)
         if rx is None or rx[0] != pattern:
             try:
-                rx = (pattern, re.compile(pattern))
+                # an empty pattern matches only the empty name; others search, unanchored
+                rx = (pattern, re.compile(pattern or "^$"))
             except re.error:
                 rx = (pattern, None)
             self._compiled[kind] = rx
-        if rx[1] is None or pattern == "":
+        if rx[1] is None:
             return False
-        return rx[1].match(name) is not None
+        return rx[1].search(name) is not None
 
 
 class UserDB:

@@ -13,7 +13,7 @@ import time
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
 from ..amqp import errors as E
-from ..amqp.errors import ChannelError, channel_error
+from ..amqp.errors import ChannelError, ConnectionError_, channel_error
 from ..auth.users import UserDB
 from ..model.exchanges import TYPES
 from ..model.exchanges.base import Binding
@@ -252,9 +252,11 @@ class Broker:
 
     # ------------------------------------------------------------------ exchanges
     def declare_exchange(self, vhost: VHost, name: str, type_: str, durable=False, auto_delete=False,
-                         internal=False, arguments=None, passive=False):
+                         internal=False, arguments=None, passive=False, owner=None):
         arguments = arguments or {}
         x = vhost.exchanges.get(name)
+        if not passive and type_ not in TYPES:
+            raise ConnectionError_(f"unknown exchange type '{type_}'", E.COMMAND_INVALID)
         if passive:
             if x is None:
                 raise not_found("exchange", name, vhost.name)
@@ -620,6 +622,31 @@ class Broker:
         if q.consumers and (q.ready or q.returned):
             self.dirty[id(q)] = q
 
+    def get_message(self, q: Queue):
+        """basic.get: the head of the queue as (seq, message, redelivered), or None."""
+        return q.pop()
+
+    def reject(self, q: Queue, seq: int, msg: Message):
+        """A delivery was rejected or nacked without requeue: drop it (dead-lettering hooks in here)."""
+        self.settle(q, seq, msg)
+
+    def validate_consumer_arguments(self, q: Queue, args: dict):
+        if args and "x-priority" in args:
+            v = args["x-priority"]
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ChannelError(f"invalid arg 'x-priority' for {_q(q.name)} in vhost '{q.vhost}': "
+                                   f"{{unacceptable_type,{_type_name(v)}}}", E.PRECONDITION_FAILED)
+
+    @staticmethod
+    def consumer_priority(args: dict) -> int:
+        v = args.get("x-priority", 0) if args else 0
+        return v if isinstance(v, int) and not isinstance(v, bool) else 0
+
+    def consumer_added(self, q: Queue, c):
+        """Hook for queue features that react to consumers (single active consumer, priorities)."""
+        if c.priority and len(q.consumers) > 1:
+            q.consumers.sort(key=lambda k: -k.priority)
+
     def settle(self, q: Queue, seq: int, msg: Message):
         """A delivery was acknowledged: the queue no longer holds the message."""
         if msg.stored and q.durable:
@@ -669,6 +696,9 @@ class Broker:
                 continue
             seen.add(id(ch))
             ch.on_commit(epoch, error)
+
+    def tick(self, now: float):
+        """Called about once a second: time-based work (expiry of queues and messages)."""
 
     # ------------------------------------------------------------------ connections
     def connection_opened(self, conn):

@@ -44,7 +44,8 @@ class Connection:
         self.reader = FrameReader(frame_max=FRAME_MIN_SIZE * 2)
         self.state = AWAIT_HEADER
         self.out: list = []
-        self.out_size = 0
+        self.out_size = 0             # bytes of deliveries buffered since the last flush
+        self.out_limit = broker.config.write_high_water
         self.writable = True
         self.reading_paused = False
         self.channels: dict[int, Channel] = {}
@@ -100,6 +101,15 @@ class Connection:
         self.send_cnt += 1
         self.last_send = time.monotonic()
         self.transport.write(data)
+        if self.out_size > self.out_limit:
+            # deliveries stopped for this turn because the batch was full: resume them
+            self.out_size = 0
+            if self.writable:
+                for ch in self.channels.values():
+                    ch.kick()
+                self.broker.run_dirty()
+        else:
+            self.out_size = 0
 
     # called by the transport's flow control
     def pause_writing(self):
@@ -157,9 +167,10 @@ class Connection:
                 return
             if ftype == FRAME_METHOD:
                 ch = channels.get(chnum) if chnum else None
-                if ch is not None and ch.content_expected:
+                if ch is not None and (ch.content_expected or ch.body_expected):
+                    what = "header for class 60" if ch.content_expected else "body"
                     raise ConnectionError_(
-                        f"expected content header for class 60, got non content header frame instead",
+                        f"expected content {what}, got non content {what.split()[0]} frame instead",
                         E.UNEXPECTED_FRAME)
                 if len(payload) < 4:
                     raise ConnectionError_("method frame too short", E.FRAME_ERROR)
@@ -184,11 +195,15 @@ class Connection:
                     self.handle_channel_method(chnum, method)
             elif ftype == FRAME_HEADER:
                 ch = channels.get(chnum)
+                if ch is not None and ch.state:   # closing: discard until close-ok
+                    continue
                 if ch is None or not ch.content_expected:
                     self._unexpected(chnum, "content header")
                 ch.on_header(payload)
             elif ftype == FRAME_BODY:
                 ch = channels.get(chnum)
+                if ch is not None and ch.state:   # closing: discard until close-ok
+                    continue
                 if ch is None or not ch.body_expected:
                     self._unexpected(chnum, "content body")
                 ch.on_body(payload)

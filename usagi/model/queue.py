@@ -12,7 +12,7 @@ from collections import deque
 
 class Consumer:
     __slots__ = ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch", "unacked",
-                 "arguments", "priority", "active")
+                 "arguments", "priority", "active", "prefix")
 
     def __init__(self, tag, channel, queue, no_ack, exclusive, prefetch, arguments):
         self.tag = tag
@@ -25,6 +25,7 @@ class Consumer:
         self.arguments = arguments
         self.priority = 0
         self.active = True
+        self.prefix = b""            # basic.deliver's class, method and consumer tag, pre-encoded
 
 
 class Queue:

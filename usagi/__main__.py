@@ -1,0 +1,5 @@
+import sys
+
+from .cli.server import main
+
+sys.exit(main())

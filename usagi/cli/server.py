@@ -1,0 +1,146 @@
+"""usagi-server: run the broker.
+
+Every option can also be given as an environment variable: --data-dir is USAGI_DATA_DIR, and so on.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from .. import RABBITMQ_COMPAT_VERSION, __version__
+
+
+def default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "usagi")
+
+
+def _env(name, default):
+    return os.environ.get("USAGI_" + name, default)
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+
+
+def _port(text: str) -> int:
+    v = _int(text)
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {v}")
+    return v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="usagi-server", description="Usagi: an AMQP 0-9-1 message broker "
+                                "that RabbitMQ clients use unchanged.")
+    p.add_argument("--host", default=_env("HOST", ""),
+                   help="interface to listen on (default: all interfaces; env USAGI_HOST)")
+    p.add_argument("--port", type=_port, default=_env("PORT", "5672"),
+                   help="AMQP port; 0 picks a free one (default 5672; env USAGI_PORT)")
+    p.add_argument("--data-dir", default=_env("DATA_DIR", default_data_dir()),
+                   help="where durable state lives (default ~/.local/share/usagi; env USAGI_DATA_DIR)")
+    p.add_argument("--in-memory", action="store_true", default=_env("IN_MEMORY", "") not in ("", "0"),
+                   help="keep nothing on disk (env USAGI_IN_MEMORY=1)")
+    p.add_argument("--management-port", type=_int, default=_env("MANAGEMENT_PORT", "15672"),
+                   help="HTTP management API and dashboard port; 0 picks a free one, -1 disables "
+                        "(default 15672; env USAGI_MANAGEMENT_PORT)")
+    p.add_argument("--metrics-port", type=_port, default=_env("METRICS_PORT", "15692"),
+                   help="Prometheus metrics port (default 15692; env USAGI_METRICS_PORT)")
+    p.add_argument("--no-management", action="store_true",
+                   default=_env("NO_MANAGEMENT", "") not in ("", "0"),
+                   help="do not start the management API and metrics listeners")
+    p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error", "critical"],
+                   help="log verbosity (default info; env USAGI_LOG_LEVEL)")
+    p.add_argument("--frame-max", type=_int, default=_env("FRAME_MAX", "131072"))
+    p.add_argument("--channel-max", type=_int, default=_env("CHANNEL_MAX", "2047"))
+    p.add_argument("--heartbeat", type=_int, default=_env("HEARTBEAT", "60"))
+    p.add_argument("--max-message-size", type=_int, default=_env("MAX_MESSAGE_SIZE", str(16 * 1024 * 1024)))
+    p.add_argument("--default-user", default=_env("DEFAULT_USER", "guest"))
+    p.add_argument("--default-pass", default=_env("DEFAULT_PASS", "guest"))
+    p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
+    p.add_argument("--version", action="version", version=f"usagi-server {__version__}")
+    return p
+
+
+def make_broker(args):
+    from ..core.broker import Broker, Config
+    from ..core.recovery import restore
+    from ..storage import MemoryStore
+    cfg = Config(frame_max=args.frame_max, channel_max=args.channel_max, heartbeat=args.heartbeat,
+                 max_message_size=args.max_message_size, default_user=args.default_user,
+                 default_pass=args.default_pass)
+    if args.in_memory:
+        store = MemoryStore()
+    else:
+        from ..storage.sqlite import SQLiteStore
+        os.makedirs(args.data_dir, exist_ok=True)
+        store = SQLiteStore(args.data_dir)
+    broker = Broker(cfg, store)
+    rec = store.open()
+    counts = restore(broker, rec)
+    broker.bootstrap()
+    return broker, counts
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s", stream=sys.stderr)
+    log = logging.getLogger("usagi")
+    for name, value, lo, hi in (("frame-max", args.frame_max, 4096, 2 ** 31 - 1),
+                                ("channel-max", args.channel_max, 1, 65535),
+                                ("heartbeat", args.heartbeat, 0, 65535),
+                                ("max-message-size", args.max_message_size, 1, 512 * 1024 * 1024)):
+        if not lo <= value <= hi:
+            print(f"usagi-server: error: --{name} must be between {lo} and {hi}, got {value}", file=sys.stderr)
+            return 2
+    if not args.no_uvloop:
+        try:
+            import uvloop
+            uvloop.install()
+        except ImportError:
+            pass
+    try:
+        broker, counts = make_broker(args)
+    except Exception as e:
+        log.error("cannot open data dir %s: %s", args.data_dir, e)
+        return 1
+    from ..server import serve
+
+    services = []
+    if not args.no_management and args.management_port != -1:
+        try:
+            from ..mgmt.service import management_service
+            services.append(management_service(args.host or None, args.management_port, args.metrics_port))
+        except ImportError:
+            pass
+
+    def started(server, svcs):
+        hosts = ", ".join(f"{h}:{p}" for _, h, p in server.listeners)
+        log.info("Usagi %s (RabbitMQ %s compatible) started; data dir %s; recovered %d queues, %d messages",
+                 __version__, RABBITMQ_COMPAT_VERSION, "(in memory)" if args.in_memory else args.data_dir,
+                 counts["queues"], counts["messages"])
+        log.info("AMQP listener on %s:%d", *server.listeners[0][1:])
+        for s in svcs:
+            for line in getattr(s, "describe", lambda: [])():
+                log.info("%s", line)
+        del hosts
+
+    try:
+        return asyncio.run(serve(broker, args.host or None, args.port, started, services))
+    except OSError as e:
+        log.error("cannot listen on port %s: %s", args.port, e)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

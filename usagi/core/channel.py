@@ -1,0 +1,761 @@
+"""One AMQP channel: content assembly, publishing, deliveries, acks, confirms and transactions.
+
+Sans-IO like the connection: frames come in through `on_publish`/`on_header`/`on_body`/`handle`,
+frames go out through the connection's output buffer. The broker calls `deliver` when a queue
+hands this channel a message for one of its consumers.
+"""
+from __future__ import annotations
+
+import logging
+import struct
+
+from ..amqp import errors as E
+from ..amqp import methods as M
+from ..amqp import properties as P
+from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
+from ..amqp.frames import FRAME_OVERHEAD
+from ..model.queue import Consumer
+from ..model.util import gen_name
+
+log = logging.getLogger("usagi.channel")
+
+_Q = struct.Struct(">Q")
+_FH = struct.Struct(">BHI")
+_HHQ = struct.Struct(">HHQ")
+_H = struct.Struct(">H")
+_END = b"\xce"
+_DELIVER_HEAD = b"\x00\x3c\x00\x3c"
+_GET_OK_HEAD = b"\x00\x3c\x00\x47"
+_RETURN_HEAD = b"\x00\x3c\x00\x32"
+_REDELIVERED = (b"\x00", b"\x01")
+
+OPEN, CLOSING = 0, 1
+
+
+def _shortstr(s: str) -> bytes:
+    b = s.encode("utf-8", "surrogateescape")
+    return bytes((len(b),)) + b
+
+
+def default_exchange_error():
+    return ChannelError("operation not permitted on the default exchange", E.ACCESS_REFUSED)
+
+
+class Unacked:
+    __slots__ = ("tag", "queue", "seq", "msg", "consumer")
+
+    def __init__(self, tag, queue, seq, msg, consumer):
+        self.tag = tag
+        self.queue = queue
+        self.seq = seq
+        self.msg = msg
+        self.consumer = consumer
+
+
+class Channel:
+    def __init__(self, conn, number: int):
+        self.conn = conn
+        self.broker = conn.broker
+        self.number = number
+        self.vhost = conn.vhost_obj
+        self.user = conn.user
+        self.state = OPEN
+        # content assembly
+        self.content_expected = False
+        self.body_expected = False
+        self._pub = None             # (exchange, routing_key, route bytes, mandatory)
+        self._props = b""
+        self._size = 0
+        self._got = 0
+        self._parts: list = []
+        # consumers and deliveries
+        self.consumers: dict = {}    # tag -> Consumer
+        self.unacked: dict = {}      # delivery tag -> Unacked, in tag order
+        self.next_tag = 0
+        self.prefetch_count = 0      # basic.qos global=false: for consumers created afterwards
+        self.global_prefetch = 0     # basic.qos global=true: for the whole channel
+        self.flow_active = True      # channel.flow from the client
+        self.last_queue = ""
+        # confirms
+        self.confirm = False
+        self.publish_seq = 0
+        self.acks_ready: list = []   # confirm seqs ready to ack
+        self.nacks_ready: list = []
+        self.waiting: list = []      # [(seq, epoch)] waiting for a store commit, in order
+        self.confirm_dirty = False
+        # transactions
+        self.tx = False
+        self.tx_publishes: list = []
+        self.tx_acks: list = []      # [(kind, tag, multiple, requeue)]
+        self.tx_commit_epoch = None
+        # caches
+        self._x_cache = {}           # exchange name -> exchange (validated per use)
+        self._write_ok: set = set()  # exchange names the user may write to
+        # statistics
+        self.published = 0
+        self.delivered = 0
+        self.acked = 0
+
+    # ------------------------------------------------------------------ errors
+    def fail(self, e: AMQPError):
+        """A channel-level error: close the channel, or the connection for hard codes."""
+        if e.hard or isinstance(e, ConnectionError_):
+            raise e
+        if self.state == CLOSING:
+            return
+        log.info("channel %s/%d closed: %s", self.conn.name, self.number, e.reply_text)
+        self.conn.send_method(self.number, M.ChannelClose(e.code, e.reply_text, e.class_id, e.method_id))
+        self.state = CLOSING
+        self.content_expected = self.body_expected = False
+        self.release()
+
+    # ------------------------------------------------------------------ publishing
+    def on_publish(self, payload):
+        if self.state == CLOSING:
+            return
+        try:
+            n = payload[6]
+            off = 7 + n
+            k = payload[off]
+            end = off + 1 + k
+            bits = payload[end]
+        except IndexError:
+            raise E.SyntaxError_("basic.publish method frame truncated", None, 60, 40) from None
+        xname = payload[7:off]
+        rk = payload[off + 1:end]
+        try:
+            exchange = xname.decode() if n else ""
+            routing_key = rk.decode() if k else ""
+        except UnicodeDecodeError:
+            exchange = xname.decode("utf-8", "surrogateescape")
+            routing_key = rk.decode("utf-8", "surrogateescape")
+        self._pub = (exchange, routing_key, bytes(payload[6:end]), bits)
+        self.content_expected = True
+
+    def on_header(self, payload):
+        if self.state == CLOSING:
+            return
+        if len(payload) < 14:
+            raise E.FrameError("content header frame too short")
+        class_id, _weight, size = _HHQ.unpack_from(payload, 0)
+        if class_id != 60:
+            raise ConnectionError_(f"expected content header for class 60, got one for class {class_id} "
+                                   f"instead", E.UNEXPECTED_FRAME)
+        self.content_expected = False
+        self._props = bytes(payload[12:])
+        self._size = size
+        self._got = 0
+        if size > self.broker.config.max_message_size:
+            self._pub = None
+            self.fail(ChannelError(f"message size {size} is larger than configured max size "
+                                   f"{self.broker.config.max_message_size}", E.PRECONDITION_FAILED, 60, 40))
+            return
+        if size == 0:
+            self._complete(b"")
+        else:
+            self.body_expected = True
+            self._parts = []
+
+    def on_body(self, payload):
+        if self.state == CLOSING:
+            return
+        n = len(payload)
+        self._got += n
+        if self._got >= self._size:
+            if self._got > self._size:
+                raise ConnectionError_(f"received a content body frame of {n} bytes that goes past the "
+                                       f"announced body size {self._size}", E.FRAME_ERROR)
+            self.body_expected = False
+            parts = self._parts
+            if parts:
+                parts.append(payload)
+                body = b"".join(parts)
+                self._parts = []
+            else:
+                body = bytes(payload)
+            self._complete(body)
+        else:
+            self._parts.append(bytes(payload))
+
+    def _complete(self, body: bytes):
+        exchange, routing_key, route, bits = self._pub
+        self._pub = None
+        try:
+            if bits & 2:
+                raise ConnectionError_("immediate=true", E.NOT_IMPLEMENTED, 60, 40)
+            x = self._x_cache.get(exchange)
+            if x is None or x.deleted:
+                x = self._publish_target(exchange)
+            scan = P.scan(self._props)
+            if scan.user_id is not None and scan.user_id != self.user.name:
+                raise ChannelError(f"user_id property set to '{scan.user_id}' but authenticated user was "
+                                   f"'{self.user.name}'", E.PRECONDITION_FAILED, 60, 40)
+            if scan.expiration is not None:
+                self._check_expiration(scan.expiration)
+            msg = self.broker.new_message(exchange, routing_key, self._props, body, scan, route[0:])
+        except ChannelError as e:
+            e.class_id, e.method_id = 60, 40
+            self.fail(e)
+            return
+        if self.tx:
+            self.tx_publishes.append((x, msg, bits & 1))
+            return
+        self._route_publish(x, msg, bits & 1)
+
+    def _publish_target(self, exchange: str):
+        if exchange not in self._write_ok:
+            self.broker.check_access(self.user, self.vhost.name, "write", "exchange", exchange or "amq.default")
+            self._write_ok.add(exchange)
+        x = self.vhost.exchanges.get(exchange)
+        if x is None:
+            raise ChannelError(f"no exchange '{exchange}' in vhost '{self.vhost.name}'", E.NOT_FOUND)
+        if x.internal:
+            raise ChannelError(f"cannot publish to internal exchange '{exchange}' in vhost "
+                               f"'{self.vhost.name}'", E.ACCESS_REFUSED)
+        self._x_cache[exchange] = x
+        return x
+
+    @staticmethod
+    def _check_expiration(value: str):
+        try:
+            v = int(value)
+            ok = v >= 0 and value.strip() == value and value.isdigit()
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ChannelError(f"invalid expiration '{value}'", E.PRECONDITION_FAILED)
+
+    def _route_publish(self, x, msg, mandatory):
+        broker = self.broker
+        queues = broker.route(self.vhost, x, msg)
+        self.published += 1
+        broker.stats["publish"] += 1
+        if queues:
+            x.publish_out += 1
+            enqueue = broker.enqueue
+            for q in queues:
+                enqueue(q, msg)
+        elif mandatory:
+            self._send_return(msg, E.NO_ROUTE, "NO_ROUTE")
+            broker.stats["return_unroutable"] += 1
+        else:
+            broker.stats["drop_unroutable"] += 1
+        if self.confirm:
+            self.publish_seq += 1
+            if msg.stored:
+                epoch = broker.wait_for_commit(self)
+                self.waiting.append((self.publish_seq, epoch))
+            else:
+                self.acks_ready.append(self.publish_seq)
+                self.confirm_dirty = True
+        return queues
+
+    def _send_return(self, msg, code, text):
+        m = _RETURN_HEAD + _H.pack(code) + _shortstr(text) + msg.route
+        self._write_content(m, msg)
+
+    def _write_content(self, method_payload: bytes, msg) -> int:
+        """Write a method frame with content (deliver, get-ok, return). Returns the bytes written."""
+        num = self.number
+        body = msg.body
+        size = len(body)
+        hdr = _HHQ.pack(60, 0, size) + msg.props
+        chunk = self.conn.frame_max - FRAME_OVERHEAD
+        if size <= chunk:
+            if size:
+                data = b"".join((_FH.pack(1, num, len(method_payload)), method_payload, _END,
+                                 _FH.pack(2, num, len(hdr)), hdr, _END,
+                                 _FH.pack(3, num, size), body, _END))
+            else:
+                data = b"".join((_FH.pack(1, num, len(method_payload)), method_payload, _END,
+                                 _FH.pack(2, num, len(hdr)), hdr, _END))
+            self.conn.write(data)
+            return len(data)
+        parts = [_FH.pack(1, num, len(method_payload)), method_payload, _END,
+                 _FH.pack(2, num, len(hdr)), hdr, _END]
+        mv = memoryview(body)
+        for i in range(0, size, chunk):
+            piece = mv[i:i + chunk]
+            parts += (_FH.pack(3, num, len(piece)), piece, _END)
+        self.conn.write_parts(parts)
+        return size + len(hdr) + 64
+
+    # ------------------------------------------------------------------ confirms
+    def on_commit(self, epoch: int, error):
+        """The store committed everything recorded up to `epoch` (or failed to)."""
+        if self.tx_commit_epoch is not None and self.tx_commit_epoch <= epoch:
+            self.tx_commit_epoch = None
+            if self.state == OPEN:
+                self.conn.send_method(self.number, M.TxCommitOk())
+        w = self.waiting
+        i = 0
+        while i < len(w) and w[i][1] <= epoch:
+            (self.nacks_ready if error else self.acks_ready).append(w[i][0])
+            i += 1
+        if i:
+            del w[:i]
+            self.confirm_dirty = True
+            self.send_confirms()
+
+    def send_confirms(self):
+        self.confirm_dirty = False
+        if self.state != OPEN:
+            self.acks_ready.clear()
+            self.nacks_ready.clear()
+            return
+        send = self.conn.send_method
+        num = self.number
+        if self.nacks_ready:
+            for tag in self.nacks_ready:
+                send(num, M.BasicNack(tag, False, False))
+            self.nacks_ready = []
+        acks = self.acks_ready
+        if not acks:
+            return
+        self.acks_ready = []
+        limit = self.waiting[0][0] if self.waiting else None
+        if limit is None:
+            top = acks[-1] if len(acks) == 1 or acks[-1] >= acks[0] else max(acks)
+            send(num, M.BasicAck(top, len(acks) > 1))
+            self.broker.stats["confirm"] += len(acks)
+            return
+        below = [t for t in acks if t < limit]
+        above = [t for t in acks if t > limit]
+        if below:
+            send(num, M.BasicAck(max(below), len(below) > 1))
+        for t in above:
+            send(num, M.BasicAck(t, False))
+        self.broker.stats["confirm"] += len(acks)
+
+    # ------------------------------------------------------------------ deliveries
+    def can_deliver(self, c) -> bool:
+        conn = self.conn
+        if not conn.writable or conn.out_size > conn.out_limit or not self.flow_active:
+            return False
+        if c.no_ack:
+            return True
+        if c.prefetch and c.unacked >= c.prefetch:
+            return False
+        if self.global_prefetch and len(self.unacked) >= self.global_prefetch:
+            return False
+        return True
+
+    def deliver(self, c, q, seq, msg, redelivered):
+        self.next_tag = tag = self.next_tag + 1
+        m = c.prefix + _Q.pack(tag) + _REDELIVERED[redelivered] + msg.route
+        self.conn.out_size += self._write_content(m, msg)
+        q.delivered += 1
+        self.delivered += 1
+        if c.no_ack:
+            self.broker.settle(q, seq, msg)
+        else:
+            self.unacked[tag] = Unacked(tag, q, seq, msg, c)
+            c.unacked += 1
+            q.unacked += 1
+            if redelivered and msg.stored:
+                self.broker.store.mark_delivered(q.vhost, q.name, seq)
+
+    def kick(self):
+        """Room may have appeared for this channel's consumers."""
+        mark = self.broker.mark_dirty
+        for c in self.consumers.values():
+            mark(c.queue)
+
+    def consumer_cancelled_by_server(self, c):
+        """The queue went away: drop the consumer and tell the client if it understands."""
+        if self.consumers.get(c.tag) is c:
+            del self.consumers[c.tag]
+            if self.state == OPEN and self.conn.capabilities.get("consumer_cancel_notify"):
+                self.conn.send_method(self.number, M.BasicCancel(c.tag, True))
+
+    # ------------------------------------------------------------------ acks
+    def _take(self, tag: int, multiple: bool) -> list:
+        unacked = self.unacked
+        if multiple:
+            if tag == 0:
+                items = list(unacked.values())
+                unacked.clear()
+                return items
+            if tag not in unacked:
+                raise ChannelError(f"unknown delivery tag {tag}", E.PRECONDITION_FAILED)
+            items = []
+            for t in list(unacked):
+                if t > tag:
+                    break
+                items.append(unacked.pop(t))
+            return items
+        u = unacked.pop(tag, None)
+        if u is None:
+            raise ChannelError(f"unknown delivery tag {tag}", E.PRECONDITION_FAILED)
+        return [u]
+
+    def _settle(self, items, requeue: bool | None):
+        """requeue=None: ack; True: back to the queue; False: discard (or dead-letter)."""
+        broker = self.broker
+        touched = {}
+        for u in items:
+            q = u.queue
+            c = u.consumer
+            if c is not None:
+                c.unacked -= 1
+            q.unacked -= 1
+            if requeue is None:
+                broker.settle(q, u.seq, u.msg)
+            elif requeue:
+                broker.requeue(q, u.seq, u.msg)
+            else:
+                broker.reject(q, u.seq, u.msg)
+            touched[id(q)] = q
+        if requeue is None:
+            self.acked += len(items)
+            broker.stats["ack"] += len(items)
+        if self.global_prefetch:
+            self.kick()
+        else:
+            for q in touched.values():
+                broker.mark_dirty(q)
+
+    def requeue_all(self):
+        items = list(self.unacked.values())
+        self.unacked.clear()
+        # requeue newest first so that each lands before the ones delivered after it
+        self._settle(items, True)
+
+    # ------------------------------------------------------------------ teardown
+    def release(self):
+        """The channel is closing or gone: cancel consumers, requeue unacked messages."""
+        for c in list(self.consumers.values()):
+            self._remove_consumer(c)
+        self.consumers.clear()
+        if self.unacked:
+            self.requeue_all()
+        self.tx_publishes.clear()
+        self.tx_acks.clear()
+        self.waiting.clear()
+
+    def _remove_consumer(self, c):
+        q = c.queue
+        q.remove_consumer(c)
+        if q.auto_delete and not q.consumers and q.had_consumer and not q.deleted:
+            self.broker.delete_queue(q)
+
+    # ------------------------------------------------------------------ methods
+    def handle(self, m):
+        if self.state == CLOSING:
+            if m.INDEX == M.ChannelCloseOk.INDEX:
+                self.conn.channel_closed(self)
+            elif m.INDEX == M.ChannelClose.INDEX:
+                self.conn.send_method(self.number, M.ChannelCloseOk())
+                self.conn.channel_closed(self)
+            return
+        h = _HANDLERS.get(m.INDEX)
+        if h is None:
+            raise ConnectionError_(f"unexpected method {m.NAME} on a channel", E.COMMAND_INVALID,
+                                   m.CLASS_ID, m.METHOD_ID)
+        try:
+            h(self, m)
+        except ChannelError as e:
+            if not e.class_id:
+                e.class_id, e.method_id = m.CLASS_ID, m.METHOD_ID
+            self.fail(e)
+        except ConnectionError_ as e:
+            if not e.class_id:
+                e.class_id, e.method_id = m.CLASS_ID, m.METHOD_ID
+            raise
+
+    def reply(self, method):
+        self.conn.send_method(self.number, method)
+
+    # --- channel class
+    def channel_flow(self, m):
+        self.flow_active = bool(m.active)
+        self.reply(M.ChannelFlowOk(m.active))
+        if self.flow_active:
+            self.kick()
+
+    def channel_flow_ok(self, m):
+        pass
+
+    def channel_close(self, m):
+        self.release()
+        self.reply(M.ChannelCloseOk())
+        self.conn.channel_closed(self)
+
+    def channel_close_ok(self, m):
+        self.conn.channel_closed(self)
+
+    def channel_open(self, m):
+        raise ConnectionError_("second 'channel.open' seen", E.CHANNEL_ERROR)
+
+    # --- exchange class
+    def exchange_declare(self, m):
+        b = self.broker
+        name = m.exchange
+        if not name:
+            raise default_exchange_error()
+        if m.passive:
+            b.declare_exchange(self.vhost, name, m.type, passive=True)
+        else:
+            b.check_access(self.user, self.vhost.name, "configure", "exchange", name)
+            b.declare_exchange(self.vhost, name, m.type, m.durable, m.auto_delete, m.internal,
+                               m.arguments, owner=self.conn)
+        if not m.nowait:
+            self.reply(M.ExchangeDeclareOk())
+
+    def exchange_delete(self, m):
+        b = self.broker
+        name = m.exchange
+        if not name:
+            raise default_exchange_error()
+        if name.startswith("amq.") and name in self.vhost.exchanges:
+            raise ChannelError(f"deletion of system exchange '{name}' in vhost '{self.vhost.name}' not "
+                               f"allowed", E.ACCESS_REFUSED)
+        b.check_access(self.user, self.vhost.name, "configure", "exchange", name)
+        b.delete_exchange(self.vhost, name, m.if_unused)
+        self._x_cache.pop(name, None)
+        if not m.nowait:
+            self.reply(M.ExchangeDeleteOk())
+
+    def _e2e(self, m, unbind: bool):
+        b = self.broker
+        v = self.vhost
+        if not m.destination or not m.source:
+            raise default_exchange_error()
+        b.check_access(self.user, v.name, "write", "exchange", m.destination)
+        b.check_access(self.user, v.name, "read", "exchange", m.source)
+        src = b.get_exchange(v, m.source)
+        dst = b.get_exchange(v, m.destination)
+        if unbind:
+            b.unbind(v, src, dst, m.routing_key, m.arguments)
+        else:
+            b.bind(v, src, dst, m.routing_key, m.arguments)
+
+    def exchange_bind(self, m):
+        self._e2e(m, False)
+        if not m.nowait:
+            self.reply(M.ExchangeBindOk())
+
+    def exchange_unbind(self, m):
+        self._e2e(m, True)
+        if not m.nowait:
+            self.reply(M.ExchangeUnbindOk())
+
+    # --- queue class
+    def _queue_name(self, name: str) -> str:
+        if name:
+            return name
+        if not self.last_queue:
+            raise ChannelError("no previously declared queue", E.NOT_FOUND)
+        return self.last_queue
+
+    def queue_declare(self, m):
+        b = self.broker
+        name = m.queue
+        if m.passive:
+            q = b.declare_queue(self.vhost, self._queue_name(name), passive=True, owner=self.conn)
+        else:
+            if name:
+                b.check_access(self.user, self.vhost.name, "configure", "queue", name)
+            q = b.declare_queue(self.vhost, name, m.durable, m.exclusive, m.auto_delete, m.arguments,
+                                owner=self.conn)
+        self.last_queue = q.name
+        if not m.nowait:
+            self.reply(M.QueueDeclareOk(q.name, q.message_count, len(q.consumers)))
+
+    def _queue_binding(self, m):
+        b = self.broker
+        v = self.vhost
+        qname = self._queue_name(m.queue)
+        rk = m.routing_key
+        if not m.queue and not rk:
+            rk = qname
+        if not m.exchange:
+            raise default_exchange_error()
+        b.check_access(self.user, v.name, "write", "queue", qname)
+        b.check_access(self.user, v.name, "read", "exchange", m.exchange)
+        q = b.get_queue(v, qname, self.conn)
+        x = b.get_exchange(v, m.exchange)
+        return v, x, q, rk
+
+    def queue_bind(self, m):
+        v, x, q, rk = self._queue_binding(m)
+        self.broker.bind(v, x, q, rk, m.arguments)
+        if not m.nowait:
+            self.reply(M.QueueBindOk())
+
+    def queue_unbind(self, m):
+        v, x, q, rk = self._queue_binding(m)
+        self.broker.unbind(v, x, q, rk, m.arguments)
+        self.reply(M.QueueUnbindOk())
+
+    def queue_purge(self, m):
+        b = self.broker
+        name = self._queue_name(m.queue)
+        b.check_access(self.user, self.vhost.name, "read", "queue", name)
+        q = b.get_queue(self.vhost, name, self.conn)
+        n = b.purge_queue(q)
+        if not m.nowait:
+            self.reply(M.QueuePurgeOk(n))
+
+    def queue_delete(self, m):
+        b = self.broker
+        name = self._queue_name(m.queue)
+        b.check_access(self.user, self.vhost.name, "configure", "queue", name)
+        q = self.vhost.queues.get(name)
+        n = 0
+        if q is not None:
+            b.check_exclusive(q, self.conn)
+            n = b.delete_queue(q, m.if_unused, m.if_empty)
+        if not m.nowait:
+            self.reply(M.QueueDeleteOk(n))
+
+    # --- basic class
+    def basic_qos(self, m):
+        if m.prefetch_size:
+            raise ConnectionError_(f"prefetch_size!=0 ({m.prefetch_size})", E.NOT_IMPLEMENTED)
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+        else:
+            self.prefetch_count = m.prefetch_count
+        self.reply(M.BasicQosOk())
+        self.kick()
+
+    def basic_consume(self, m):
+        b = self.broker
+        name = self._queue_name(m.queue)
+        b.check_access(self.user, self.vhost.name, "read", "queue", name)
+        q = b.get_queue(self.vhost, name, self.conn)
+        tag = m.consumer_tag or gen_name("amq.ctag-")
+        if tag in self.consumers:
+            raise ConnectionError_(f"attempt to reuse consumer tag '{tag}'", E.NOT_ALLOWED)
+        if (m.exclusive and q.consumers) or q.has_exclusive_consumer():
+            raise ChannelError(f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", E.ACCESS_REFUSED)
+        b.validate_consumer_arguments(q, m.arguments)
+        c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.prefetch_count, m.arguments)
+        c.prefix = _DELIVER_HEAD + _shortstr(tag)
+        c.priority = b.consumer_priority(m.arguments)
+        self.consumers[tag] = c
+        if not m.nowait:
+            self.reply(M.BasicConsumeOk(tag))
+        q.add_consumer(c)
+        b.consumer_added(q, c)
+        b.mark_dirty(q)
+
+    def basic_cancel(self, m):
+        c = self.consumers.pop(m.consumer_tag, None)
+        if not m.nowait:
+            self.reply(M.BasicCancelOk(m.consumer_tag))
+        if c is not None:
+            self._remove_consumer(c)
+
+    def basic_get(self, m):
+        b = self.broker
+        name = self._queue_name(m.queue)
+        b.check_access(self.user, self.vhost.name, "read", "queue", name)
+        q = b.get_queue(self.vhost, name, self.conn)
+        item = b.get_message(q)
+        if item is None:
+            self.reply(M.BasicGetEmpty(""))
+            return
+        seq, msg, redelivered = item
+        self.next_tag = tag = self.next_tag + 1
+        payload = (_GET_OK_HEAD + _Q.pack(tag) + _REDELIVERED[redelivered] + msg.route +
+                   struct.pack(">I", q.message_count))
+        self._write_content(payload, msg)
+        q.delivered += 1
+        b.stats["get"] += 1
+        if m.no_ack:
+            b.settle(q, seq, msg)
+        else:
+            self.unacked[tag] = Unacked(tag, q, seq, msg, None)
+            q.unacked += 1
+
+    def basic_ack(self, m):
+        items = self._take(m.delivery_tag, m.multiple)
+        if self.tx:
+            self.tx_acks.append((items, None))
+        else:
+            self._settle(items, None)
+
+    def basic_nack(self, m):
+        items = self._take(m.delivery_tag, m.multiple)
+        if self.tx:
+            self.tx_acks.append((items, bool(m.requeue)))
+        else:
+            self._settle(items, bool(m.requeue))
+
+    def basic_reject(self, m):
+        items = self._take(m.delivery_tag, False)
+        if self.tx:
+            self.tx_acks.append((items, bool(m.requeue)))
+        else:
+            self._settle(items, bool(m.requeue))
+
+    def basic_recover(self, m):
+        if not m.requeue:
+            raise ConnectionError_("requeue=false", E.NOT_IMPLEMENTED)
+        self.requeue_all()
+        self.reply(M.BasicRecoverOk())
+
+    def basic_recover_async(self, m):
+        if not m.requeue:
+            raise ConnectionError_("requeue=false", E.NOT_IMPLEMENTED)
+        self.requeue_all()
+
+    # --- confirm and tx classes
+    def confirm_select(self, m):
+        if self.tx:
+            raise ChannelError("cannot switch from tx to confirm mode", E.PRECONDITION_FAILED)
+        self.confirm = True
+        if not m.nowait:
+            self.reply(M.ConfirmSelectOk())
+
+    def tx_select(self, m):
+        if self.confirm:
+            raise ChannelError("cannot switch from confirm to tx mode", E.PRECONDITION_FAILED)
+        self.tx = True
+        self.reply(M.TxSelectOk())
+
+    def tx_commit(self, m):
+        if not self.tx:
+            raise ChannelError("channel is not transactional", E.PRECONDITION_FAILED)
+        publishes, self.tx_publishes = self.tx_publishes, []
+        acks, self.tx_acks = self.tx_acks, []
+        stored = False
+        for x, msg, mandatory in publishes:
+            if x.deleted:
+                continue
+            self._route_publish(x, msg, mandatory)
+            stored = stored or msg.stored
+        for items, requeue in acks:
+            self._settle(items, requeue)
+        if stored and self.broker.store.durable:
+            self.tx_commit_epoch = self.broker.wait_for_commit(self)
+        else:
+            self.reply(M.TxCommitOk())
+
+    def tx_rollback(self, m):
+        if not self.tx:
+            raise ChannelError("channel is not transactional", E.PRECONDITION_FAILED)
+        self.tx_publishes.clear()
+        # acks taken in the transaction go back to the unacked set
+        if self.tx_acks:
+            for items, _requeue in self.tx_acks:
+                for u in items:
+                    self.unacked[u.tag] = u
+            self.unacked = dict(sorted(self.unacked.items()))
+            self.tx_acks.clear()
+        self.reply(M.TxRollbackOk())
+
+
+def _build_handlers():
+    table = {}
+    for cls in M.METHODS.values():
+        name = cls.NAME.replace(".", "_").replace("-", "_")
+        fn = getattr(Channel, name, None)
+        if fn is not None:
+            table[cls.INDEX] = fn
+    return table
+
+
+_HANDLERS = _build_handlers()

@@ -1,0 +1,3 @@
+from .app import Server, serve
+
+__all__ = ["Server", "serve"]

@@ -1,0 +1,544 @@
+"""A durable store in one SQLite database (WAL, synchronous=FULL).
+
+The recording methods run on the event loop and only change in-memory state under a lock:
+pending rows to write, and an index of the live queue entries (which message each (queue, seq)
+holds, and how many entries each message has). `commit()` runs in a worker thread: it swaps
+the pending state out under the lock and writes it in one transaction, so a commit that returns
+has made everything recorded before it durable.
+
+Pending work is coalesced: an entry enqueued and dequeued between two commits is never
+written, nor is a message all of whose entries went that way. A dequeue of an entry that is
+written (or being written by a commit in progress) becomes a DELETE in the next commit, which
+runs after that one. A message whose last entry goes is deleted.
+
+Tables:
+    definitions(kind, key JSON list, value JSON)   primary key (kind, key)
+    messages(id, exchange, routing_key, props, body, refs)
+    queue_entries(vhost, queue, seq, msg_id, delivered)   primary key (vhost, queue, seq)
+"""
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import logging
+import os
+import sqlite3
+import threading
+from decimal import Decimal
+
+from .base import Recovered, Store
+
+log = logging.getLogger("usagi.storage")
+
+DB_NAME = "usagi.db"
+
+KINDS = {
+    "vhost": "vhosts", "user": "users", "permission": "permissions", "exchange": "exchanges",
+    "queue": "queues", "binding": "bindings", "policy": "policies", "parameter": "parameters",
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS definitions (
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (kind, key)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    props BLOB NOT NULL,
+    body BLOB NOT NULL,
+    refs INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS queue_entries (
+    vhost TEXT NOT NULL,
+    queue TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    msg_id INTEGER NOT NULL,
+    delivered INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (vhost, queue, seq)
+) WITHOUT ROWID;
+"""
+
+SQL_PUT_DEF = "INSERT OR REPLACE INTO definitions (kind, key, value) VALUES (?, ?, ?)"
+SQL_DEL_DEF = "DELETE FROM definitions WHERE kind = ? AND key = ?"
+SQL_MARK = "UPDATE queue_entries SET delivered = 1 WHERE vhost = ? AND queue = ? AND seq = ?"
+SQL_DEL_ENTRY = "DELETE FROM queue_entries WHERE vhost = ? AND queue = ? AND seq = ?"
+SQL_DROP_QUEUE = "DELETE FROM queue_entries WHERE vhost = ? AND queue = ?"
+SQL_DEL_MSG = "DELETE FROM messages WHERE id = ?"
+SQL_SET_REFS = "UPDATE messages SET refs = ? WHERE id = ?"
+SQL_ADD_MSG = ("INSERT OR REPLACE INTO messages (id, exchange, routing_key, props, body, refs) "
+               "VALUES (?, ?, ?, ?, ?, ?)")
+SQL_ADD_ENTRY = ("INSERT OR REPLACE INTO queue_entries (vhost, queue, seq, msg_id, delivered) "
+                 "VALUES (?, ?, ?, ?, ?)")
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON for definition values: AMQP table values (bytes, Decimal, Timestamp, Typed, ...) tagged.
+
+_TAGS = ("__bytes__", "__decimal__", "__ts__", "__typed__", "__tuple__", "__set__",
+         "__datetime__", "__items__", "__dict__", "__float__")
+
+
+def _enc(v):
+    t = v.__class__
+    if t is str or t is int or t is bool or v is None:
+        return v
+    if t is float:
+        if v != v or v in (float("inf"), float("-inf")):
+            return {"__float__": repr(v)}
+        return v
+    if t is dict:
+        if all(k.__class__ is str for k in v):
+            d = {k: _enc(x) for k, x in v.items()}
+            if len(d) == 1 and next(iter(d)) in _TAGS:
+                return {"__dict__": d}
+            return d
+        return {"__items__": [[_enc(k), _enc(x)] for k, x in v.items()]}
+    if t is list:
+        return [_enc(x) for x in v]
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return {"__bytes__": base64.b64encode(bytes(v)).decode("ascii")}
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):
+        from ..amqp.table import Timestamp
+        if isinstance(v, Timestamp):
+            return {"__ts__": int(v)}
+        return int(v)
+    if isinstance(v, float):
+        return _enc(float(v))
+    if isinstance(v, str):
+        return str(v)
+    if isinstance(v, Decimal):
+        return {"__decimal__": str(v)}
+    if isinstance(v, tuple):
+        return {"__tuple__": [_enc(x) for x in v]}
+    if isinstance(v, (set, frozenset)):
+        return {"__set__": [_enc(x) for x in v]}
+    if isinstance(v, datetime.datetime):
+        return {"__datetime__": v.isoformat()}
+    if isinstance(v, dict):
+        return _enc(dict(v))
+    if isinstance(v, list):
+        return [_enc(x) for x in v]
+    from ..amqp.table import Typed
+    if isinstance(v, Typed):
+        return {"__typed__": [v.code, _enc(v.value)]}
+    raise TypeError(f"cannot store a {t.__name__} in a definition: {v!r}")
+
+
+def _hook(d):
+    if len(d) != 1:
+        return d
+    (k, v), = d.items()
+    if k not in _TAGS:
+        return d
+    if k == "__bytes__":
+        return base64.b64decode(v)
+    if k == "__decimal__":
+        return Decimal(v)
+    if k == "__ts__":
+        from ..amqp.table import Timestamp
+        return Timestamp(v)
+    if k == "__typed__":
+        from ..amqp.table import Typed
+        return Typed(v[0], v[1])
+    if k == "__tuple__":
+        return tuple(v)
+    if k == "__set__":
+        return set(v)
+    if k == "__datetime__":
+        return datetime.datetime.fromisoformat(v)
+    if k == "__items__":
+        return {_freeze(a): b for a, b in v}
+    if k == "__float__":
+        return float(v)
+    return v  # __dict__: an escaped dict whose only key looked like a tag
+
+
+def _freeze(k):
+    return tuple(_freeze(x) for x in k) if isinstance(k, list) else k
+
+
+def encode_json(value) -> str:
+    return json.dumps(_enc(value), separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_json(text: str):
+    return json.loads(text, object_hook=_hook)
+
+
+def encode_key(key) -> str:
+    return encode_json(list(key))
+
+
+def decode_key(text: str) -> tuple:
+    return tuple(decode_json(text))
+
+
+# ---------------------------------------------------------------------------------------------
+
+class RecoveredEntry(tuple):
+    """(seq, exchange, routing_key, props, body, redelivered) plus `.msg_id`, the stored id
+    (a message on several queues has one id; the engine should keep it as Message.id so that
+    dequeue(..., seq=0, msg_id) finds it)."""
+
+    def __new__(cls, seq, exchange, routing_key, props, body, redelivered, msg_id):
+        t = tuple.__new__(cls, (seq, exchange, routing_key, props, body, redelivered))
+        t.msg_id = msg_id
+        return t
+
+
+class _QueueIndex:
+    """The live entries of one queue: seq -> msg_id, and on demand msg_id -> [seq]."""
+
+    __slots__ = ("by_seq", "by_msg")
+
+    def __init__(self):
+        self.by_seq = {}
+        self.by_msg = None
+
+    def msg_index(self):
+        bm = self.by_msg
+        if bm is None:
+            bm = self.by_msg = {}
+            for s, m in self.by_seq.items():
+                lst = bm.get(m)
+                if lst is None:
+                    bm[m] = [s]
+                else:
+                    lst.append(s)
+        return bm
+
+
+class SQLiteStore(Store):
+    durable = True
+
+    def __init__(self, data_dir: str, filename: str = DB_NAME):
+        self.data_dir = str(data_dir)
+        self.path = os.path.join(self.data_dir, filename)
+        self.conn: sqlite3.Connection | None = None
+        self.max_msg_id = 0            # highest message id stored, known after open()
+        self.commits = 0               # transactions written
+        self._lock = threading.Lock()          # guards the in-memory state below
+        self._commit_lock = threading.Lock()   # one commit at a time
+        # live state (committed, in flight or pending)
+        self._queues: dict = {}        # (vhost, queue) -> _QueueIndex
+        self._refs: dict = {}          # msg_id -> live entries holding it (absent when 0)
+        # pending until the next commit
+        self._defs: dict = {}          # (kind, key text) -> value JSON text, or None to delete
+        self._new_msgs: dict = {}      # msg_id -> (id, exchange, routing_key, props, body)
+        self._new_entries: dict = {}   # (vhost, queue, seq) -> (vhost, queue, seq, msg_id, delivered)
+        self._del_entries: list = []   # [(vhost, queue, seq)] of written entries
+        self._marks: list = []         # [(vhost, queue, seq)] of written entries
+        self._drops: list = []         # [(vhost, queue)]
+        self._del_msgs: set = set()    # written message ids whose refs reached 0
+        self._touched: set = set()     # written message ids whose refs changed
+        # messages dropped unwritten by the last swap, in case an entry brings one back
+        self._limbo: dict = {}
+        self._failed = None            # batches whose transaction failed: retried first
+
+    # ------------------------------------------------------------------ open / close
+    def open(self) -> Recovered:
+        os.makedirs(self.data_dir, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                               timeout=30)
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            log.warning("sqlite store: journal_mode is %s, not wal", mode)
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("PRAGMA journal_size_limit=67108864")
+        fresh = conn.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='definitions'"
+        ).fetchone()[0] == 0
+        conn.executescript(SCHEMA)
+        self.conn = conn
+        rec = Recovered(fresh=fresh)
+        if not fresh:
+            self._load(rec)
+        return rec
+
+    def _load(self, rec: Recovered):
+        conn = self.conn
+        for kind, key, value in conn.execute(
+                "SELECT kind, key, value FROM definitions ORDER BY rowid"):
+            attr = KINDS.get(kind)
+            if attr is None:
+                log.warning("sqlite store: unknown definition kind %r ignored", kind)
+                continue
+            try:
+                v = decode_json(value)
+            except ValueError:
+                log.error("sqlite store: bad definition %s %s ignored", kind, key)
+                continue
+            if kind == "vhost":
+                name = v.pop("name", None) if isinstance(v, dict) else None
+                if name is None:
+                    name = decode_key(key)[0]
+                rec.vhosts.append((name, v if isinstance(v, dict) else {}))
+            else:
+                getattr(rec, attr).append(v)
+
+        # Clean up what a crash cannot leave but a bug could: entries without a message and
+        # messages without an entry.
+        conn.execute("BEGIN")
+        conn.execute("DELETE FROM queue_entries WHERE msg_id NOT IN (SELECT id FROM messages)")
+        conn.execute("DELETE FROM messages WHERE id NOT IN (SELECT msg_id FROM queue_entries)")
+        conn.execute("COMMIT")
+
+        msgs = rec.messages
+        shared = {}
+        refs = self._refs
+        queues = self._queues
+        stored_refs = {}
+        cur_key = None
+        lst = idx = None
+        for vhost, queue, seq, mid, delivered, ex, rk, props, body, mrefs in conn.execute(
+                "SELECT e.vhost, e.queue, e.seq, e.msg_id, e.delivered, m.exchange, "
+                "m.routing_key, m.props, m.body, m.refs FROM queue_entries e "
+                "JOIN messages m ON m.id = e.msg_id ORDER BY e.vhost, e.queue, e.seq"):
+            key = (vhost, queue)
+            if key != cur_key:
+                cur_key = key
+                lst = msgs.setdefault(key, [])
+                idx = queues.get(key)
+                if idx is None:
+                    idx = queues[key] = _QueueIndex()
+            r = refs.get(mid)
+            if r is None:
+                refs[mid] = 1
+                stored_refs[mid] = mrefs
+                props, body = bytes(props), bytes(body)
+                if mrefs != 1:
+                    shared[mid] = (props, body)
+            else:
+                refs[mid] = r + 1
+                pb = shared.get(mid)
+                if pb is not None:
+                    props, body = pb
+            lst.append(RecoveredEntry(seq, ex, rk, props, body, bool(delivered), mid))
+            idx.by_seq[seq] = mid
+        fix = [(n, mid) for mid, n in refs.items() if stored_refs.get(mid) != n]
+        if fix:
+            conn.execute("BEGIN")
+            conn.executemany(SQL_SET_REFS, fix)
+            conn.execute("COMMIT")
+        self.max_msg_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
+
+    def close(self):
+        if self.conn is None:
+            return
+        try:
+            self.commit()
+        finally:
+            with self._commit_lock:
+                conn, self.conn = self.conn, None
+                if conn is not None:
+                    conn.close()
+
+    # ------------------------------------------------------------------ definitions
+    def put_definition(self, kind: str, key: tuple, value: dict):
+        k = (kind, encode_key(key))
+        v = encode_json(value)
+        with self._lock:
+            self._defs[k] = v
+
+    def delete_definition(self, kind: str, key: tuple):
+        k = (kind, encode_key(key))
+        with self._lock:
+            self._defs[k] = None
+
+    # ------------------------------------------------------------------ messages
+    def add_message(self, msg_id: int, exchange: str, routing_key: str, props: bytes, body: bytes):
+        with self._lock:
+            self._new_msgs[msg_id] = (msg_id, exchange, routing_key, props, body)
+            if msg_id > self.max_msg_id:
+                self.max_msg_id = msg_id
+
+    def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int):
+        qk = (vhost, queue)
+        with self._lock:
+            idx = self._queues.get(qk)
+            if idx is None:
+                idx = self._queues[qk] = _QueueIndex()
+            old = idx.by_seq.get(seq)
+            if old is not None:     # the same seq again: the old entry is replaced
+                self._unref(old, 1)
+            idx.by_seq[seq] = msg_id
+            idx.by_msg = None
+            refs = self._refs
+            r = refs.get(msg_id, 0)
+            if not r and msg_id not in self._new_msgs:
+                row = self._limbo.pop(msg_id, None)
+                if row is not None:
+                    self._new_msgs[msg_id] = row
+            refs[msg_id] = r + 1
+            if msg_id not in self._new_msgs:
+                self._touched.add(msg_id)
+            self._new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 0)
+
+    def _unref(self, msg_id, n):
+        refs = self._refs
+        r = refs.get(msg_id, 0) - n
+        if r > 0:
+            refs[msg_id] = r
+            if msg_id not in self._new_msgs:
+                self._touched.add(msg_id)
+        else:
+            refs.pop(msg_id, None)
+            if msg_id not in self._new_msgs:
+                self._del_msgs.add(msg_id)
+            # a pending message left with no entry is filtered out at the next swap
+
+    def dequeue(self, vhost: str, queue: str, seq: int, msg_id: int):
+        """Remove the entry `seq` of the queue; with seq 0, every entry of msg_id on it."""
+        qk = (vhost, queue)
+        with self._lock:
+            idx = self._queues.get(qk)
+            if idx is None:
+                return
+            by_seq = idx.by_seq
+            if seq:
+                mid = by_seq.pop(seq, None)
+                if mid is None:
+                    return
+                bm = idx.by_msg
+                if bm is not None:
+                    lst = bm.get(mid)
+                    if lst is not None:
+                        lst.remove(seq)
+                        if not lst:
+                            del bm[mid]
+                seqs = (seq,)
+            else:
+                mid = msg_id
+                seqs = idx.msg_index().pop(mid, None)
+                if not seqs:
+                    return
+                for s in seqs:
+                    del by_seq[s]
+            if not by_seq:
+                del self._queues[qk]
+            new_entries = self._new_entries
+            for s in seqs:
+                key = (vhost, queue, s)
+                if new_entries.pop(key, None) is None:
+                    self._del_entries.append(key)
+            self._unref(mid, len(seqs))
+
+    def mark_delivered(self, vhost: str, queue: str, seq: int):
+        key = (vhost, queue, seq)
+        with self._lock:
+            row = self._new_entries.get(key)
+            if row is not None:
+                if not row[4]:
+                    self._new_entries[key] = (vhost, queue, seq, row[3], 1)
+                return
+            idx = self._queues.get((vhost, queue))
+            if idx is not None and seq in idx.by_seq:
+                self._marks.append(key)
+
+    def drop_queue_messages(self, vhost: str, queue: str):
+        qk = (vhost, queue)
+        with self._lock:
+            idx = self._queues.pop(qk, None)
+            self._drops.append(qk)
+            if idx is None:
+                return
+            new_entries = self._new_entries
+            counts = {}
+            for s, mid in idx.by_seq.items():
+                new_entries.pop((vhost, queue, s), None)
+                counts[mid] = counts.get(mid, 0) + 1
+            for mid, n in counts.items():
+                self._unref(mid, n)
+
+    # ------------------------------------------------------------------ commits
+    def pending(self) -> bool:
+        return bool(self._new_entries or self._new_msgs or self._del_entries or self._defs
+                    or self._drops or self._del_msgs or self._marks or self._touched
+                    or self._failed)
+
+    def _swap(self):
+        """Take the pending work as one batch (under the lock)."""
+        refs = self._refs
+        new_msgs = self._new_msgs
+        msgs = []
+        limbo = {}
+        for mid, row in new_msgs.items():
+            n = refs.get(mid)
+            if n:
+                msgs.append(row + (n,))
+            else:
+                limbo[mid] = row
+        self._limbo = limbo
+        del_msgs = [(m,) for m in self._del_msgs if m not in refs]
+        touched = [(refs[m], m) for m in self._touched if m in refs]
+        defs = self._defs
+        batch = (
+            [(k, n, v) for (k, n), v in defs.items() if v is not None],
+            [(k, n) for (k, n), v in defs.items() if v is None],
+            self._marks, self._del_entries, self._drops, del_msgs, touched, msgs,
+            list(self._new_entries.values()),
+        )
+        self._defs = {}
+        self._new_msgs = {}
+        self._new_entries = {}
+        self._del_entries = []
+        self._marks = []
+        self._drops = []
+        self._del_msgs = set()
+        self._touched = set()
+        return batch
+
+    def commit(self):
+        """Write everything recorded so far in one transaction and sync it."""
+        with self._commit_lock:
+            conn = self.conn
+            if conn is None:
+                raise RuntimeError("sqlite store is not open")
+            with self._lock:
+                batch = self._swap()
+            batches = (self._failed or []) + [batch]
+            if not any(any(part) for b in batches for part in b):
+                self._failed = None
+                return
+            try:
+                conn.execute("BEGIN")
+                for (puts, dels, marks, del_entries, drops, del_msgs, touched, msgs,
+                     entries) in batches:
+                    if puts:
+                        conn.executemany(SQL_PUT_DEF, puts)
+                    if dels:
+                        conn.executemany(SQL_DEL_DEF, dels)
+                    if marks:
+                        conn.executemany(SQL_MARK, marks)
+                    if del_entries:
+                        conn.executemany(SQL_DEL_ENTRY, del_entries)
+                    if drops:
+                        conn.executemany(SQL_DROP_QUEUE, drops)
+                    if del_msgs:
+                        conn.executemany(SQL_DEL_MSG, del_msgs)
+                    if touched:
+                        conn.executemany(SQL_SET_REFS, touched)
+                    if msgs:
+                        conn.executemany(SQL_ADD_MSG, msgs)
+                    if entries:
+                        conn.executemany(SQL_ADD_ENTRY, entries)
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                # Keep the work: the next commit writes it before anything recorded later.
+                self._failed = batches
+                raise
+            self._failed = None
+            self.commits += 1
