@@ -256,7 +256,7 @@ class Broker:
         arguments = arguments or {}
         x = vhost.exchanges.get(name)
         if not passive and type_ not in TYPES:
-            raise ConnectionError_(f"unknown exchange type '{type_}'", E.COMMAND_INVALID)
+            raise ChannelError(f"unknown exchange type '{type_}'", E.PRECONDITION_FAILED)
         if passive:
             if x is None:
                 raise not_found("exchange", name, vhost.name)

@@ -93,10 +93,9 @@ def _enc(v):
         return v
     if t is dict:
         if all(k.__class__ is str for k in v):
-            d = {k: _enc(x) for k, x in v.items()}
-            if len(d) == 1 and next(iter(d)) in _TAGS:
-                return {"__dict__": d}
-            return d
+            if len(v) == 1 and next(iter(v)) in _TAGS:   # would read as a tag: escape it
+                return {"__dict__": [[k, _enc(x)] for k, x in v.items()]}
+            return {k: _enc(x) for k, x in v.items()}
         return {"__items__": [[_enc(k), _enc(x)] for k, x in v.items()]}
     if t is list:
         return [_enc(x) for x in v]
@@ -157,7 +156,7 @@ def _hook(d):
         return {_freeze(a): b for a, b in v}
     if k == "__float__":
         return float(v)
-    return v  # __dict__: an escaped dict whose only key looked like a tag
+    return {a: b for a, b in v}  # __dict__: an escaped dict whose only key looks like a tag
 
 
 def _freeze(k):
