@@ -105,6 +105,8 @@ def scan(raw: bytes) -> Scan:
 
 def decode(raw: bytes) -> dict:
     """All properties present, as a dict (headers decoded to a dict)."""
+    if len(raw) < 2:
+        raise SyntaxError_("content header too short")
     flags, = _H.unpack_from(raw, 0)
     off = 2
     out = {}

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
 
@@ -62,11 +63,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channel-max", type=_int, default=_env("CHANNEL_MAX", "2047"))
     p.add_argument("--heartbeat", type=_int, default=_env("HEARTBEAT", "60"))
     p.add_argument("--max-message-size", type=_int, default=_env("MAX_MESSAGE_SIZE", str(16 * 1024 * 1024)))
+    p.add_argument("--disk-free-limit", type=_int, default=_env("DISK_FREE_LIMIT", str(50 * 1000 * 1000)),
+                   help="block publishers when the data dir's disk has less free space, in bytes "
+                        "(default 50000000; env USAGI_DISK_FREE_LIMIT)")
+    p.add_argument("--vm-memory-high-watermark", type=float,
+                   default=_env("VM_MEMORY_HIGH_WATERMARK", "0.4"),
+                   help="block publishers when the process uses more than this fraction of RAM "
+                        "(default 0.4; env USAGI_VM_MEMORY_HIGH_WATERMARK)")
     p.add_argument("--default-user", default=_env("DEFAULT_USER", "guest"))
     p.add_argument("--default-pass", default=_env("DEFAULT_PASS", "guest"))
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--version", action="version", version=f"usagi-server {__version__}")
     return p
+
+
+class DataDirInUse(Exception):
+    pass
+
+
+_lock_file = None
+
+
+def lock_data_dir(path: str):
+    """One server per data dir: hold an exclusive lock on DATA_DIR/usagi.lock while running."""
+    import fcntl
+    global _lock_file
+    f = open(os.path.join(path, "usagi.lock"), "a+")
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        pid = f.read().strip() or "?"
+        f.close()
+        raise DataDirInUse(f"data dir {path} is in use by another usagi-server (pid {pid}); "
+                           f"stop it or choose another --data-dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    _lock_file = f
 
 
 def make_broker(args):
@@ -75,12 +110,14 @@ def make_broker(args):
     from ..storage import MemoryStore
     cfg = Config(frame_max=args.frame_max, channel_max=args.channel_max, heartbeat=args.heartbeat,
                  max_message_size=args.max_message_size, default_user=args.default_user,
-                 default_pass=args.default_pass)
+                 default_pass=args.default_pass, disk_free_limit=args.disk_free_limit,
+                 memory_high_watermark=args.vm_memory_high_watermark)
     if args.in_memory:
         store = MemoryStore()
     else:
         from ..storage.sqlite import SQLiteStore
         os.makedirs(args.data_dir, exist_ok=True)
+        lock_data_dir(args.data_dir)
         store = SQLiteStore(args.data_dir)
     broker = Broker(cfg, store)
     rec = store.open()
@@ -107,11 +144,17 @@ def main(argv=None) -> int:
             uvloop.install()
         except ImportError:
             pass
+    t0 = time.monotonic()
     try:
         broker, counts = make_broker(args)
-    except Exception as e:
-        log.error("cannot open data dir %s: %s", args.data_dir, e)
+    except DataDirInUse as e:
+        log.error("%s", e)
         return 1
+    except Exception as e:
+        log.error("cannot start with data dir %s: %s", args.data_dir, e)
+        return 1
+    counts["seconds"] = time.monotonic() - t0
+    broker.config.data_dir = None if args.in_memory else args.data_dir
     from ..server import serve
 
     services = []
@@ -124,9 +167,10 @@ def main(argv=None) -> int:
 
     def started(server, svcs):
         hosts = ", ".join(f"{h}:{p}" for _, h, p in server.listeners)
-        log.info("Usagi %s (RabbitMQ %s compatible) started; data dir %s; recovered %d queues, %d messages",
-                 __version__, RABBITMQ_COMPAT_VERSION, "(in memory)" if args.in_memory else args.data_dir,
-                 counts["queues"], counts["messages"])
+        log.info("Usagi %s (RabbitMQ %s compatible) started; data dir %s; recovered %d queues and %d "
+                 "messages in %.2fs", __version__, RABBITMQ_COMPAT_VERSION,
+                 "(in memory)" if args.in_memory else args.data_dir, counts["queues"], counts["messages"],
+                 counts["seconds"])
         log.info("AMQP listener on %s:%d", *server.listeners[0][1:])
         for s in svcs:
             for line in getattr(s, "describe", lambda: [])():

@@ -123,6 +123,9 @@ class Config:
         self.node_name = f"usagi@{socket.gethostname()}"
         self.write_high_water = 1024 * 1024          # stop deliveries to a connection past this
         self.write_hard_limit = 64 * 1024 * 1024     # stop reading from it past this
+        self.data_dir = None
+        self.disk_free_limit = 50 * 1000 * 1000      # bytes, as RabbitMQ's default
+        self.memory_high_watermark = 0.4             # fraction of RAM, as RabbitMQ's default
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError(f"unknown setting {k}")
@@ -696,6 +699,42 @@ class Broker:
                 continue
             seen.add(id(ch))
             ch.on_commit(epoch, error)
+
+    # ------------------------------------------------------------------ resource alarms
+    def alarm_reason(self) -> str:
+        return "low on disk" if "disk" in self.alarms else "low on memory"
+
+    def set_alarm(self, name: str, active: bool):
+        """A memory or disk alarm: block publishers (connection.blocked, stop reading) until it clears."""
+        if active and name not in self.alarms:
+            self.alarms.add(name)
+            log.warning("%s resource limit alarm set; publishers will be blocked until it clears", name)
+            for conn in list(self.connections):
+                conn.set_blocked(True, self.alarm_reason())
+        elif not active and name in self.alarms:
+            self.alarms.discard(name)
+            log.warning("%s resource limit alarm cleared", name)
+            if not self.alarms:
+                for conn in list(self.connections):
+                    conn.alarm_cleared()
+        self.flush_output()
+
+    def check_resources(self):
+        """Disk free space under the data dir and process memory against their limits."""
+        c = self.config
+        if c.data_dir and c.disk_free_limit:
+            try:
+                import shutil
+                free = shutil.disk_usage(c.data_dir).free
+                self.set_alarm("disk", free < c.disk_free_limit)
+            except OSError:
+                pass
+        if c.memory_high_watermark:
+            try:
+                total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+                self.set_alarm("memory", self.memory_usage() > total * c.memory_high_watermark)
+            except (ValueError, OSError):
+                pass
 
     def tick(self, now: float):
         """Called about once a second: time-based work (expiry of queues and messages)."""

@@ -131,6 +131,7 @@ class Channel:
             routing_key = rk.decode("utf-8", "surrogateescape")
         self._pub = (exchange, routing_key, bytes(payload[6:end]), bits)
         self.content_expected = True
+        self.conn.publishing = True
 
     def on_header(self, payload):
         if self.state == CLOSING:
@@ -352,7 +353,7 @@ class Channel:
             self.unacked[tag] = Unacked(tag, q, seq, msg, c)
             c.unacked += 1
             q.unacked += 1
-            if redelivered and msg.stored:
+            if msg.stored and q.durable:
                 self.broker.store.mark_delivered(q.vhost, q.name, seq)
 
     def kick(self):

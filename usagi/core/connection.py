@@ -67,6 +67,8 @@ class Connection:
         self.recv_cnt = 0
         self.send_cnt = 0
         self.blocked = False          # connection.blocked sent
+        self.publishing = False       # has published: an alarm stops reading from it
+        self.alarm_paused = False
         self.closed = False
         self.close_reason = None
         self.consumer_tags = itertools.count(1)
@@ -147,11 +149,19 @@ class Connection:
                     raise err
         except AMQPError as e:
             self.connection_error(e)
+        except Exception:
+            # a bug in the broker, not the client's fault: say so, close this connection only
+            log.exception("connection %s: internal error while handling input", self.name)
+            self.connection_error(ConnectionError_("internal error", E.INTERNAL_ERROR))
         finally:
             self.broker.run_dirty()
             for ch in self.channels.values():
                 if ch.confirm_dirty:
                     ch.send_confirms()
+        if self.publishing and self.broker.alarms and not self.alarm_paused and not self.closed:
+            # a resource alarm: stop reading from publishers until it clears (as RabbitMQ does)
+            self.alarm_paused = True
+            self.transport.pause_reading()
         if self.writable is False and not self.reading_paused and \
                 self.transport.get_write_buffer_size() > self.broker.config.write_hard_limit:
             self.reading_paused = True
@@ -349,13 +359,20 @@ class Connection:
         log.info("connection %s: user '%s' authenticated and granted access to vhost '%s'",
                  self.name, self.user.name, name)
         if self.broker.alarms and self.capabilities.get("connection.blocked"):
-            self.set_blocked(True)
+            self.set_blocked(True, self.broker.alarm_reason())
 
     def _update_secret(self, m):
         # The internal user database, like RabbitMQ's, keeps the identity established at login:
         # the new secret is accepted and the session goes on (token backends would re-check it here).
         log.info("connection %s: secret updated (%s)", self.name, m.reason)
         self.send_method(0, M.ConnectionUpdateSecretOk())
+
+    def alarm_cleared(self):
+        self.set_blocked(False)
+        if self.alarm_paused:
+            self.alarm_paused = False
+            if not self.closed and not self.reading_paused:
+                self.transport.resume_reading()
 
     def set_blocked(self, blocked: bool, reason: str = "low on memory"):
         if not self.capabilities.get("connection.blocked") or self.state != OPEN:

@@ -99,6 +99,7 @@ class Server:
         self._stopping = None
         self._tick_handle = None
         self._commit_task = None
+        self._last_resource_check = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -159,6 +160,9 @@ class Server:
         if b.store.durable and not self.commit_running and b.store.pending():
             self._schedule_commit()
         b.tick(time.time())
+        if now - self._last_resource_check >= 1.0:
+            self._last_resource_check = now
+            b.check_resources()
         b.run_dirty()
         self._tick_handle = self.loop.call_later(min(1.0, self.commit_interval), self._tick)
 

@@ -32,6 +32,11 @@ from .base import Recovered, Store
 log = logging.getLogger("usagi.storage")
 
 DB_NAME = "usagi.db"
+FORMAT_VERSION = 1     # PRAGMA user_version of the database file
+
+
+class StoreError(Exception):
+    """The store cannot be opened: the message names the file and what is wrong."""
 
 KINDS = {
     "vhost": "vhosts", "user": "users", "permission": "permissions", "exchange": "exchanges",
@@ -181,17 +186,6 @@ def decode_key(text: str) -> tuple:
 
 # ---------------------------------------------------------------------------------------------
 
-class RecoveredEntry(tuple):
-    """(seq, exchange, routing_key, props, body, redelivered) plus `.msg_id`, the stored id
-    (a message on several queues has one id; the engine should keep it as Message.id so that
-    dequeue(..., seq=0, msg_id) finds it)."""
-
-    def __new__(cls, seq, exchange, routing_key, props, body, redelivered, msg_id):
-        t = tuple.__new__(cls, (seq, exchange, routing_key, props, body, redelivered))
-        t.msg_id = msg_id
-        return t
-
-
 class _QueueIndex:
     """The live entries of one queue: seq -> msg_id, and on demand msg_id -> [seq]."""
 
@@ -244,8 +238,19 @@ class SQLiteStore(Store):
     # ------------------------------------------------------------------ open / close
     def open(self) -> Recovered:
         os.makedirs(self.data_dir, exist_ok=True)
+        try:
+            return self._open()
+        except sqlite3.DatabaseError as e:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            raise StoreError(f"{self.path}: the store is unreadable ({e}); refusing to start so that "
+                             f"nothing is lost: restore the file from a backup or move it away") from e
+
+    def _open(self) -> Recovered:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
                                timeout=30)
+        self.conn = conn
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if str(mode).lower() != "wal":
             log.warning("sqlite store: journal_mode is %s, not wal", mode)
@@ -256,8 +261,17 @@ class SQLiteStore(Store):
         fresh = conn.execute(
             "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='definitions'"
         ).fetchone()[0] == 0
-        conn.executescript(SCHEMA)
-        self.conn = conn
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if fresh:
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+        elif version not in (0, FORMAT_VERSION):
+            raise StoreError(f"{self.path}: on-disk format version {version} is not supported by this "
+                             f"Usagi (it reads version {FORMAT_VERSION})")
+        else:
+            conn.executescript(SCHEMA)
+            if version == 0:
+                conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
         rec = Recovered(fresh=fresh)
         if not fresh:
             self._load(rec)
@@ -321,7 +335,9 @@ class SQLiteStore(Store):
                 pb = shared.get(mid)
                 if pb is not None:
                     props, body = pb
-            lst.append(RecoveredEntry(seq, ex, rk, props, body, bool(delivered), mid))
+            # a 7th element, the stored message id: a message on several queues has one id, and
+            # the engine keeps it as Message.id so that dequeue(..., seq=0, msg_id) finds it
+            lst.append((seq, ex, rk, props, body, bool(delivered), mid))
             idx.by_seq[seq] = mid
         fix = [(n, mid) for mid, n in refs.items() if stored_refs.get(mid) != n]
         if fix:
