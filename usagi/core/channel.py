@@ -670,6 +670,8 @@ class Channel:
         else:
             self.unacked[tag] = Unacked(tag, q, seq, msg, None)
             q.unacked += 1
+            if msg.stored and q.durable:
+                b.store.mark_delivered(q.vhost, q.name, seq)
 
     def basic_ack(self, m):
         items = self._take(m.delivery_tag, m.multiple)

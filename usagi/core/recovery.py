@@ -33,6 +33,11 @@ def restore(broker, rec) -> dict:
                                     x.get("internal", False), x.get("arguments") or {})
         for q in rec.queues:
             v = broker.vhosts.get(q["vhost"])
+            if q.get("auto_delete"):
+                # auto-delete queues do not outlive the node, as in RabbitMQ
+                store.delete_definition("queue", (q["vhost"], q["name"]))
+                store.drop_queue_messages(q["vhost"], q["name"])
+                continue
             if v is None or q["name"] in v.queues:
                 continue
             v.queues[q["name"]] = Queue(q["vhost"], q["name"], True, None, q.get("auto_delete", False),
