@@ -13,7 +13,7 @@ import time
 import pika
 import pytest
 
-from conftest import ROOT, ServerProcess, external_broker_url, wait_for
+from support.harness import ROOT, ServerProcess, external_broker_url, wait_for
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(bool(external_broker_url()), reason="needs Usagi server processes")]

@@ -12,7 +12,7 @@ import uuid
 import pika
 import pytest
 
-from conftest import ROOT
+from support.harness import ROOT
 
 pytestmark = pytest.mark.timeout(60)
 EXAMPLES = os.path.join(ROOT, "examples")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import re
-import time
 
 import pika
 import pika.exceptions as pex
@@ -517,7 +516,7 @@ def test_consumers_round_robin(conn):
     assert [t for t, _ in got] == [t1, t2, t1, t2, t1, t2]
 
 
-def test_exclusive_consumer_and_reused_tag(conn, vhost):
+def test_exclusive_consumer_403(conn, vhost):
     ch = conn.channel()
     q = uname("q")
     ch.queue_declare(q, auto_delete=True)
@@ -526,6 +525,15 @@ def test_exclusive_consumer_and_reused_tag(conn, vhost):
     with pytest.raises(pex.ChannelClosedByBroker) as ei:
         ch2.basic_consume(q, lambda *a: None)
     assert closed_by_broker(ei) == (403, f"ACCESS_REFUSED - queue '{q}' in vhost '{vhost}' in exclusive use")
+    # and the other way round: an exclusive consumer cannot join a queue that has consumers
+    q2 = uname("q")
+    ch3 = conn.channel()
+    ch3.queue_declare(q2, auto_delete=True)
+    ch3.basic_consume(q2, lambda *a: None)
+    ch4 = conn.channel()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        ch4.basic_consume(q2, lambda *a: None, exclusive=True)
+    assert closed_by_broker(ei) == (403, f"ACCESS_REFUSED - queue '{q2}' in vhost '{vhost}' in exclusive use")
 
 
 # ---------------------------------------------------------------------------
@@ -655,6 +663,19 @@ def test_inequivalent_queue_redeclare_406(conn, vhost):
     # an equivalent redeclare is fine
     ok = conn.channel().queue_declare(q, auto_delete=True)
     assert ok.method.consumer_count == 1
+
+
+def test_exclusive_queue_durable_flag_is_ignored(conn):
+    """RabbitMQ declares exclusive queues as non-durable whatever the durable bit says, so a
+    redeclare with a different durable bit is not an inequivalence."""
+    ch = conn.channel()
+    q1, q2 = uname("q"), uname("q")
+    ch.queue_declare(q1, exclusive=True, durable=True)
+    ch.queue_declare(q1, exclusive=True, durable=False)
+    ch.queue_declare(q2, exclusive=True, durable=False)
+    ch.queue_declare(q2, exclusive=True, durable=True)
+    ch.basic_publish("", q1, b"ok")
+    assert get_body(ch, q1) == b"ok"
 
 
 def test_inequivalent_queue_argument_values(conn, vhost):

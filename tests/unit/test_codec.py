@@ -207,15 +207,18 @@ def test_golden_truncations(method, raw):
 
 # ---------------------------------------------------------------- every method, generated values
 
-def _no_surrogates(s):
-    return not any(0xD800 <= ord(c) <= 0xDFFF for c in s)
+CHARS = st.characters(exclude_categories=("Cs",))   # any code point but lone surrogates
 
 
-shortstr = st.text(max_size=40).filter(_no_surrogates) | \
+def utf8_text(n):
+    return st.text(CHARS, max_size=n)
+
+
+shortstr = utf8_text(40) | \
     st.text(alphabet="ab.", min_size=200, max_size=255)
 shortstr = shortstr.filter(lambda s: len(s.encode("utf-8")) <= 255)
-keys = st.text(max_size=20).filter(_no_surrogates)
-leaf = st.one_of(st.booleans(), st.integers(-(2 ** 63), 2 ** 63 - 1), st.text(max_size=20).filter(_no_surrogates),
+keys = utf8_text(20)
+leaf = st.one_of(st.booleans(), st.integers(-(2 ** 63), 2 ** 63 - 1), utf8_text(20),
                  st.binary(max_size=20), st.none())
 tables = st.dictionaries(keys, st.recursive(
     leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8),
@@ -242,7 +245,7 @@ def test_generated_classes_match_spec():
 
 
 @pytest.mark.parametrize("cls", ALL, ids=[c.NAME for c in ALL])
-@settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=10, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_roundtrip_every_method(cls, data):
     values = data.draw(method_values(cls))
@@ -262,10 +265,11 @@ def test_roundtrip_every_method(cls, data):
             cls.decode(raw[:cut], 4, cut)
 
 
-PIKA_LONGSTR = {"longstr"}
+# pika 1.3's Connection.UpdateSecret.decode stores new-secret as `.mechanisms` (a pika bug)
+PIKA_DECODE_BROKEN = {"connection.update-secret"}
 
 
-@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(ALL).flatmap(lambda c: st.tuples(st.just(c), method_values(c))))
 def test_every_method_matches_pika(cv):
     cls, values = cv
@@ -274,6 +278,8 @@ def test_every_method_matches_pika(cv):
     pcls = pika.spec.methods[cls.INDEX]
     assert pcls.INDEX == cls.INDEX
     assert b"".join(pcls(*args).encode()) == ours[4:]
+    if cls.NAME in PIKA_DECODE_BROKEN:
+        return
     theirs = object.__new__(pcls).decode(ours[4:])   # some pika classes need constructor arguments
     names = list(inspect.signature(pcls.__init__).parameters)[1:]
     for (f, t), pname in zip(ARG_TYPES[cls.INDEX], names):
@@ -287,7 +293,7 @@ def test_every_method_matches_pika(cv):
 _AMQP_FMT = {"octet": "o", "short": "B", "long": "l", "longlong": "L", "bit": "b", "shortstr": "s",
              "longstr": "S", "table": "F"}
 amqp_leaf = st.one_of(st.booleans(), st.integers(-(2 ** 31) + 1, 2 ** 31 - 1),
-                      st.text(max_size=20).filter(_no_surrogates), st.none())
+                      utf8_text(20), st.none())
 amqp_tables = st.dictionaries(keys, st.recursive(
     amqp_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3), max_leaves=8),
     max_size=4)
@@ -297,7 +303,7 @@ def amqp_values(cls):
     return st.fixed_dictionaries({f: (amqp_tables if t == "table" else BY_TYPE[t]) for f, t in ARG_TYPES[cls.INDEX]})
 
 
-@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(ALL).flatmap(lambda c: st.tuples(st.just(c), amqp_values(c))))
 def test_every_method_matches_py_amqp(cv):
     cls, values = cv

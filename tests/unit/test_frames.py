@@ -259,7 +259,7 @@ def check_against_reference(stream, cuts, frame_max):
         assert err in r.error.text
 
 
-@settings(max_examples=1000, deadline=None, database=None,
+@settings(max_examples=700, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(streams, st.lists(st.integers(0, 400), max_size=5), st.sampled_from([0, 30, 4096]))
 def test_fuzz_matches_reference(stream, cuts, frame_max):

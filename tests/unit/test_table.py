@@ -39,13 +39,9 @@ def roundtrip(t):
     return got
 
 
-def text_max(n):
-    return st.text(max_size=n).filter(lambda s: len(s.encode("utf-8", "surrogatepass")) <= n) \
-        .filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s))
-
-
-keys = text_max(40)
-utf8_text = st.text(max_size=30).filter(lambda s: not any(0xD800 <= ord(c) <= 0xDFFF for c in s))
+CHARS = st.characters(exclude_categories=("Cs",))   # any code point but lone surrogates
+keys = st.text(CHARS, max_size=40).filter(lambda s: len(s.encode("utf-8")) <= 255)
+utf8_text = st.text(CHARS, max_size=30)
 int64 = st.integers(-(2 ** 63), 2 ** 63 - 1)
 
 # Values that decode back to exactly the same Python value and type.
@@ -235,7 +231,7 @@ def test_every_truncation_is_a_syntax_error(t, data):
 # ---------------------------------------------------------------- round trips
 
 
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(tables)
 def test_table_roundtrip(t):
     got = roundtrip(t)
@@ -278,7 +274,7 @@ def test_typed_numbers_roundtrip(cv):
     assert (type(got) is Timestamp) == (code == "T")
 
 
-@settings(max_examples=80, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(tables)
 def test_table_entries_split_and_join(t):
     raw = encode_table(t)
@@ -296,7 +292,7 @@ def test_table_entries_split_and_join(t):
 # ---------------------------------------------------------------- independent encoders
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(pika_tables)
 def test_same_bytes_as_pika(t):
     pieces = []
@@ -304,7 +300,7 @@ def test_same_bytes_as_pika(t):
     assert encode_table(t) == b"".join(pieces)
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(pika_tables)
 def test_pika_decodes_our_tables(t):
     raw = encode_table(t)
@@ -328,7 +324,7 @@ amqp_scalar = st.one_of(st.booleans(), st.integers(-(2 ** 31) + 1, 2 ** 31 - 1),
 amqp_tables = st.dictionaries(keys, nested(amqp_scalar), max_size=6)
 
 
-@settings(max_examples=100, deadline=None, database=None)
+@settings(max_examples=60, deadline=None, database=None)
 @given(amqp_tables)
 def test_same_bytes_as_py_amqp(t):
     theirs = amqp_ser.dumps("F", [t])

@@ -7,18 +7,22 @@ channel or a connection. The management API uses the same operations as the AMQP
 from __future__ import annotations
 
 import logging
+import re
 import os
 import socket
 import time
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
 from ..amqp import errors as E
+from ..amqp import properties as P
 from ..amqp.errors import ChannelError, ConnectionError_, channel_error
 from ..auth.users import UserDB
 from ..model.exchanges import TYPES
 from ..model.exchanges.base import Binding
 from ..model.message import Message
-from ..model.queue import Queue
+from ..model.queue import PriorityQueue, Queue
+from . import deadletter as DL
+import heapq
 from ..model.util import freeze, gen_name
 from ..model.vhost import VHost
 from ..storage import MemoryStore, Store
@@ -95,7 +99,7 @@ def server_properties(cluster_name: str) -> dict:
             "consumer_priorities": True,
             "authentication_failure_close": True,
             "per_consumer_qos": True,
-            "direct_reply_to": False,
+            "direct_reply_to": True,
         },
         "cluster_name": cluster_name,
         "copyright": "Copyright (c) the Usagi authors",
@@ -126,6 +130,7 @@ class Config:
         self.data_dir = None
         self.disk_free_limit = 50 * 1000 * 1000      # bytes, as RabbitMQ's default
         self.memory_high_watermark = 0.4             # fraction of RAM, as RabbitMQ's default
+        self.quorum_delivery_limit = 20              # RabbitMQ 4.x default for quorum queues
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError(f"unknown setting {k}")
@@ -147,6 +152,7 @@ class Broker:
         self.started_at = time.time()
         self.server_properties = server_properties(self.config.node_name)
         self.policies: dict = {}           # (vhost, name) -> policy dict
+        self.operator_policies: dict = {}
         self.parameters: dict = {}
         self.global_parameters: dict = {}
         self.stats = {"publish": 0, "deliver": 0, "ack": 0, "get": 0, "redeliver": 0,
@@ -156,6 +162,10 @@ class Broker:
         self.committed_epoch = 0           # the last epoch known to be on disk
         self.commit_waiters: list = []     # channels waiting on the current epoch
         self.alarms: set = set()           # "memory", "disk"
+        self.ttl_queues: dict = {}         # queues holding messages with a TTL
+        self.delayed: list = []            # heap of (due, seq, vhost, exchange, message)
+        self.delayed_seq = 0
+        self.reply_to: dict = {}           # direct reply-to token -> channel
 
     # ------------------------------------------------------------------ setup
     def bootstrap(self):
@@ -282,12 +292,21 @@ class Broker:
             self._check_args_equivalent("exchange", name, vhost.name, ("alternate-exchange",),
                                         arguments, x.arguments)
             return x
+        if type_ == "x-delayed-message":
+            inner = arguments.get("x-delayed-type")
+            if isinstance(inner, bytes):
+                inner = inner.decode()
+            if inner not in TYPES or inner == "x-delayed-message":
+                raise ChannelError("Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                                   E.PRECONDITION_FAILED)
         cls = TYPES.get(type_)
         if cls is None:
             raise ChannelError(f"invalid type '{type_}' for exchange '{name}' in vhost '{vhost.name}'",
                                E.PRECONDITION_FAILED)
         x = cls(vhost.name, name, durable, auto_delete, internal, arguments)
         vhost.exchanges[name] = x
+        if self.policies:
+            self.apply_policies_to_exchange(x)
         if durable:
             self.store.put_definition("exchange", (vhost.name, name), self.exchange_definition(x))
         return x
@@ -368,13 +387,40 @@ class Broker:
             self._check_args_equivalent("queue", name, vhost.name, QUEUE_EQUIV_ARGS, arguments, q.arguments)
             return q
         self.validate_queue_arguments(vhost, name, arguments)
-        q = Queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
+        qtype = arguments.get("x-queue-type") or "classic"
+        if isinstance(qtype, bytes):
+            qtype = qtype.decode()
+        if qtype in ("quorum", "stream"):
+            for prop, bad in (("non-durable", not durable), ("exclusive-owner", exclusive),
+                              ("auto-delete", auto_delete)):
+                if bad:
+                    raise ChannelError(f"invalid property '{prop}' for queue '{name}' in vhost "
+                                       f"'{vhost.name}'", E.PRECONDITION_FAILED)
+        q = self.make_queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
         vhost.queues[name] = q
         if exclusive and owner is not None:
             owner.exclusive_queues.append(q)
         if durable and not exclusive:
             self.store.put_definition("queue", (vhost.name, name), self.queue_definition(q))
-        # every queue is bound to the default exchange by its name
+        self.apply_policies_to_queue(q)
+        return q
+
+    def make_queue(self, vhost_name, name, durable, owner, auto_delete, arguments) -> Queue:
+        qtype = arguments.get("x-queue-type") or "classic"
+        if isinstance(qtype, bytes):
+            qtype = qtype.decode()
+        if qtype == "stream":
+            from ..model.stream import StreamQueue
+            q = StreamQueue(vhost_name, name, durable, owner, auto_delete, arguments)
+        elif isinstance(arguments.get("x-max-priority"), int) and arguments["x-max-priority"] > 0 \
+                and qtype == "classic":
+            q = PriorityQueue(vhost_name, name, durable, owner, auto_delete, arguments,
+                              max_priority=arguments["x-max-priority"])
+        else:
+            q = Queue(vhost_name, name, durable, owner, auto_delete, arguments)
+            if qtype == "quorum":
+                q.kind = "quorum"
+        q.last_used = time.monotonic()
         return q
 
     @staticmethod
@@ -570,28 +616,233 @@ class Broker:
             else:
                 self._route_e2e(d, msg, queues, seen)
 
-    def enqueue(self, q: Queue, msg: Message):
-        """Put a routed message on a queue, or hand it straight to a consumer that has room."""
+    def route_publish(self, vhost: VHost, x, msg) -> list:
+        """Queues for a published message: CC/BCC keys, alternate exchanges, delayed and reply-to."""
+        scan = msg.scan
+        if scan.headers_span is not None and (b"\x02CC" in msg.props or b"\x03BCC" in msg.props):
+            queues = self._route_keys(vhost, x, msg, DL.routing_keys(msg))
+            msg.props = DL.strip_bcc(msg.props, scan)
+            msg.scan = P.scan(msg.props)
+            msg._headers = None
+        elif x.TYPE == "x-delayed-message":
+            return self._delay(vhost, x, msg)
+        else:
+            queues = self.route(vhost, x, msg)
+        if not queues:
+            ae = x.arguments.get("alternate-exchange") or x.policy_ae
+            seen = {x.name}
+            while not queues and ae:
+                if isinstance(ae, bytes):
+                    ae = ae.decode()
+                if ae in seen:
+                    break
+                seen.add(ae)
+                ax = vhost.exchanges.get(ae)
+                if ax is None:
+                    break
+                queues = self.route(vhost, ax, msg)
+                ae = ax.arguments.get("alternate-exchange") or ax.policy_ae
+        return queues
+
+    def _route_keys(self, vhost, x, msg, keys) -> list:
+        out = {}
+        rk = msg.routing_key
+        for k in keys:
+            msg.routing_key = k
+            for q in self.route(vhost, x, msg):
+                out[id(q)] = q
+        msg.routing_key = rk
+        return list(out.values())
+
+    def _delay(self, vhost, x, msg) -> list:
+        h = msg.headers if msg.scan.headers_span is not None else {}
+        delay = h.get("x-delay", 0)
+        if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
+            due = time.monotonic() + delay / 1000.0
+            self.delayed_seq += 1
+            heapq.heappush(self.delayed, (due, self.delayed_seq, vhost.name, x.name, msg))
+            return [None]        # accepted: not unroutable
+        return self.route(vhost, x, msg)
+
+    def _release_delayed(self, now: float):
+        d = self.delayed
+        while d and d[0][0] <= now:
+            _, _, vname, xname, msg = heapq.heappop(d)
+            v = self.vhosts.get(vname)
+            x = v.exchanges.get(xname) if v is not None else None
+            if x is None:
+                continue
+            for q in self.route(v, x, msg):
+                self.enqueue(q, msg)
+
+    # -- time to live
+    @staticmethod
+    def message_ttl(q: Queue, msg: Message):
+        ttl = q.message_ttl
+        exp = msg.scan.expiration
+        if exp is not None:
+            try:
+                e = int(exp)
+            except ValueError:
+                e = None
+            if e is not None and (ttl is None or e < ttl):
+                ttl = e
+        return ttl
+
+    def enqueue(self, q: Queue, msg: Message) -> bool:
+        """Put a routed message on a queue, or hand it straight to a consumer that has room.
+
+        Returns False when the queue refuses it (x-overflow reject-publish)."""
+        if q.limited and q.overflow != "drop-head" and self._full(q, msg):
+            if q.overflow == "reject-publish-dlx":
+                self.dead_letter(q, msg, "maxlen")
+            return False
+        ttl = None
+        if q.message_ttl is not None or msg.scan.expiration is not None:
+            ttl = self.message_ttl(q, msg)
+            if ttl is not None and ttl <= 0:
+                # expires at once unless a consumer takes it right now
+                if q.consumers and q.message_count == 0:
+                    c = self._pick_consumer(q)
+                    if c is not None:
+                        c.channel.deliver(c, q, q.next_seq(), msg, False)
+                        return True
+                q.published += 1
+                self.dead_letter(q, msg, "expired")
+                return True
+        if q.kind == "stream":
+            return q.append(self, msg)
         if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
             if not msg.stored:
                 self.store.add_message(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body)
                 msg.stored = True
             msg.refs += 1
-            seq = q.seq + 1
-            self.store.enqueue(q.vhost, q.name, seq, msg.id)
-        if q.consumers and not q.ready and not q.returned:
+            self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id)
+        if ttl is None and q.consumers and q.message_count == 0:
             c = self._pick_consumer(q)
             if c is not None:
-                seq = q.next_seq()
-                c.channel.deliver(c, q, seq, msg, False)
-                return
-        q.push(msg)
+                c.channel.deliver(c, q, q.next_seq(), msg, False)
+                return True
+        seq = q.push(msg)
+        if ttl is not None:
+            exp = int(time.time() * 1000) + ttl
+            q.expiry[seq] = exp
+            heapq.heappush(q.deadlines, (exp, seq, msg))
+            self.ttl_queues[id(q)] = q
+        if q.limited:
+            self._drop_head(q)
         if q.consumers:
             self.dirty[id(q)] = q
+        return True
+
+    def _full(self, q, msg) -> bool:
+        if q.max_length is not None and q.message_count >= q.max_length:
+            return True
+        if q.max_length_bytes is not None and q.message_bytes + len(msg.body) > q.max_length_bytes:
+            return True
+        return False
+
+    def _drop_head(self, q):
+        while (q.max_length is not None and q.message_count > q.max_length) or \
+                (q.max_length_bytes is not None and q.message_bytes > q.max_length_bytes):
+            item = q.pop()
+            if item is None:
+                break
+            seq, msg, _ = item
+            q.expiry.pop(seq, None)
+            q.delivery_counts.pop(seq, None)
+            self.dead_letter(q, msg, "maxlen")
+            self._forget(q, seq, msg)
+
+    def _forget(self, q, seq, msg):
+        """An entry left the queue without a delivery (dropped, expired, dead-lettered)."""
+        if msg.stored and q.durable:
+            self.store.dequeue(q.vhost, q.name, seq, msg.id)
+
+    def take(self, q: Queue):
+        """The next live entry to deliver: expired ones on the way are dead-lettered."""
+        while True:
+            item = q.pop()
+            if item is None:
+                return None
+            if q.expiry:
+                seq = item[0]
+                exp = q.expiry.pop(seq, None)
+                if exp is not None:
+                    if exp <= time.time() * 1000:
+                        self.dead_letter(q, item[1], "expired")
+                        self._forget(q, seq, item[1])
+                        continue
+                    q.held_expiry[seq] = exp
+            return item
+
+    def expire(self, now_ms: int):
+        """Dead-letter or drop every message whose TTL has passed, wherever it is in its queue."""
+        for key, q in list(self.ttl_queues.items()):
+            dl = q.deadlines
+            while dl and dl[0][0] <= now_ms:
+                exp, seq, msg = heapq.heappop(dl)
+                if q.expiry.get(seq) != exp:
+                    continue          # delivered meanwhile
+                del q.expiry[seq]
+                q.remove(seq, msg)
+                self.dead_letter(q, msg, "expired")
+                self._forget(q, seq, msg)
+            if not dl:
+                del self.ttl_queues[key]
+
+    def expire_queues(self, now: float):
+        """x-expires: delete queues unused for their expiry period."""
+        for v in list(self.vhosts.values()):
+            for q in list(v.queues.values()):
+                if q.expires is not None and not q.consumers and not q.deleted and \
+                        (now - q.last_used) * 1000 >= q.expires:
+                    log.info("queue '%s' in vhost '%s' expired", q.name, q.vhost)
+                    self.delete_queue(q)
+
+    # -- dead lettering
+    def dead_letter(self, q: Queue, msg: Message, reason: str):
+        dlx = q.dlx
+        if dlx is None:
+            return
+        v = self.vhosts.get(q.vhost)
+        x = v.exchanges.get(dlx) if v is not None else None
+        if x is None:
+            log.debug("dead-letter exchange '%s' of queue '%s' does not exist; message dropped", dlx, q.name)
+            return
+        props = DL.record_death(msg, q.name, reason, int(time.time() * 1000))
+        keys = [q.dlrk] if q.dlrk is not None else DL.routing_keys(msg)
+        new = self.new_message(dlx, keys[0], props, msg.body)
+        targets = self._route_keys(v, x, new, keys) if len(keys) > 1 else self.route(v, x, new)
+        if not targets:
+            return
+        deaths = DL.deaths_of(new)
+        for tq in targets:
+            if DL.is_cycle(deaths, tq.name):
+                log.warning("dead-letter cycle: message from queue '%s' to '%s' dropped", q.name, tq.name)
+                continue
+            self.enqueue(tq, new)
 
     def _pick_consumer(self, q: Queue):
         consumers = q.consumers
         n = len(consumers)
+        if q.consumer_priorities:
+            # highest priority with room first; round-robin among consumers of that priority
+            level = None
+            first = None
+            for i, c in enumerate(consumers):
+                if level is not None and c.priority < level:
+                    break
+                if c.active and c.channel.can_deliver(c):
+                    if level is None:
+                        level, first = c.priority, (i, c)
+                    if i >= q.rr:
+                        q.rr = i + 1
+                        return c
+            if first is not None:
+                q.rr = first[0] + 1
+                return first[1]
+            return None
         i = q.rr
         for _ in range(n):
             if i >= n:
@@ -607,11 +858,17 @@ class Broker:
         """Deliver ready messages to consumers with room, round-robin."""
         if q.deleted:
             return
-        while (q.ready or q.returned) and q.consumers:
+        if q.kind == "stream":
+            q.dispatch(self)
+            return
+        while q.consumers and q.message_count:
             c = self._pick_consumer(q)
             if c is None:
                 return
-            seq, msg, redelivered = q.pop()
+            item = self.take(q)
+            if item is None:
+                return
+            seq, msg, redelivered = item
             c.channel.deliver(c, q, seq, msg, redelivered)
 
     def run_dirty(self):
@@ -622,16 +879,24 @@ class Broker:
                 self.dispatch(q)
 
     def mark_dirty(self, q: Queue):
-        if q.consumers and (q.ready or q.returned):
+        if q.consumers and q.message_count:
             self.dirty[id(q)] = q
 
     def get_message(self, q: Queue):
         """basic.get: the head of the queue as (seq, message, redelivered), or None."""
-        return q.pop()
+        q.last_used = time.monotonic()
+        if q.kind == "stream":
+            raise ChannelError(f"queue '{q.name}' in vhost '{q.vhost}' does not support basic.get",
+                               E.NOT_IMPLEMENTED if False else E.PRECONDITION_FAILED)
+        return self.take(q)
 
     def reject(self, q: Queue, seq: int, msg: Message):
-        """A delivery was rejected or nacked without requeue: drop it (dead-lettering hooks in here)."""
-        self.settle(q, seq, msg)
+        """A delivery was rejected or nacked without requeue: dead-letter it if the queue says so."""
+        q.held_expiry.pop(seq, None)
+        q.delivery_counts.pop(seq, None)
+        if not q.deleted:
+            self.dead_letter(q, msg, "rejected")
+        self._forget(q, seq, msg)
 
     def validate_consumer_arguments(self, q: Queue, args: dict):
         if args and "x-priority" in args:
@@ -639,6 +904,8 @@ class Broker:
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ChannelError(f"invalid arg 'x-priority' for {_q(q.name)} in vhost '{q.vhost}': "
                                    f"{{unacceptable_type,{_type_name(v)}}}", E.PRECONDITION_FAILED)
+        if q.kind == "stream":
+            q.validate_consumer(args)
 
     @staticmethod
     def consumer_priority(args: dict) -> int:
@@ -646,12 +913,25 @@ class Broker:
         return v if isinstance(v, int) and not isinstance(v, bool) else 0
 
     def consumer_added(self, q: Queue, c):
-        """Hook for queue features that react to consumers (single active consumer, priorities)."""
-        if c.priority and len(q.consumers) > 1:
-            q.consumers.sort(key=lambda k: -k.priority)
+        """Hook for queue features that react to consumers."""
+        q.last_used = time.monotonic()
+        if q.kind == "stream":
+            q.consumer_added(c)
+
+    def consumer_removed(self, q: Queue, c):
+        q.last_used = time.monotonic()
+        self.mark_dirty(q)
 
     def settle(self, q: Queue, seq: int, msg: Message):
         """A delivery was acknowledged: the queue no longer holds the message."""
+        if q.kind == "stream":
+            q.acked += 1
+            self.mark_dirty(q)
+            return
+        if q.held_expiry:
+            q.held_expiry.pop(seq, None)
+        if q.delivery_counts:
+            q.delivery_counts.pop(seq, None)
         if msg.stored and q.durable:
             self.store.dequeue(q.vhost, q.name, seq, msg.id)
         q.acked += 1
@@ -660,7 +940,26 @@ class Broker:
         if q.deleted:
             self._drop_messages(q, [msg])
             return
+        if q.kind == "stream":
+            return
+        if q.kind == "quorum" or q.delivery_limit is not None:
+            n = q.delivery_counts.get(seq, 0) + 1
+            limit = q.delivery_limit
+            if limit is None and q.kind == "quorum":
+                limit = self.config.quorum_delivery_limit
+            if limit is not None and limit >= 0 and n > limit:
+                q.delivery_counts.pop(seq, None)
+                q.held_expiry.pop(seq, None)
+                self.dead_letter(q, msg, "delivery_limit")
+                self._forget(q, seq, msg)
+                return
+            q.delivery_counts[seq] = n
         q.requeue(seq, msg)
+        exp = q.held_expiry.pop(seq, None) if q.held_expiry else None
+        if exp is not None:
+            q.expiry[seq] = exp
+            heapq.heappush(q.deadlines, (exp, seq, msg))
+            self.ttl_queues[id(q)] = q
         q.redelivered_count += 1
         self.mark_dirty(q)
 
@@ -700,6 +999,89 @@ class Broker:
             seen.add(id(ch))
             ch.on_commit(epoch, error)
 
+    # ------------------------------------------------------------------ policies
+    POLICY_QUEUE_KEYS = {"message-ttl": "x-message-ttl", "expires": "x-expires", "max-length": "x-max-length",
+                         "max-length-bytes": "x-max-length-bytes", "overflow": "x-overflow",
+                         "dead-letter-exchange": "x-dead-letter-exchange",
+                         "dead-letter-routing-key": "x-dead-letter-routing-key",
+                         "delivery-limit": "x-delivery-limit"}
+
+    def _matching_policy(self, table: dict, vhost: str, name: str, kinds: tuple):
+        best = None
+        for (vname, _pname), p in table.items():
+            if vname != vhost or p.get("apply-to", "all") not in kinds:
+                continue
+            try:
+                if re.search(p.get("pattern", ""), name) is None:
+                    continue
+            except re.error:
+                continue
+            if best is None or p.get("priority", 0) > best.get("priority", 0):
+                best = p
+        return best
+
+    def apply_policies_to_queue(self, q: Queue):
+        kinds = ("all", "queues", {"classic": "classic_queues", "quorum": "quorum_queues",
+                                   "stream": "streams"}.get(q.kind, "classic_queues"))
+        p = self._matching_policy(self.policies, q.vhost, q.name, kinds)
+        op = self._matching_policy(self.operator_policies, q.vhost, q.name, kinds)
+        eff = dict(q.arguments)
+        if p is not None:
+            for k, v in (p.get("definition") or {}).items():
+                arg = self.POLICY_QUEUE_KEYS.get(k)
+                if arg is not None and arg not in q.arguments:
+                    eff[arg] = v
+        if op is not None:
+            # operator policies bound numeric limits: the lower value wins
+            for k, v in (op.get("definition") or {}).items():
+                arg = self.POLICY_QUEUE_KEYS.get(k)
+                if arg is None or not isinstance(v, int):
+                    continue
+                cur = eff.get(arg)
+                eff[arg] = v if not isinstance(cur, int) else min(cur, v)
+        q.policy = p.get("name") if p else None
+        q.operator_policy = op.get("name") if op else None
+        q.configure(eff)
+        if q.limited:
+            self._drop_head(q)
+
+    def apply_policies_to_exchange(self, x):
+        p = self._matching_policy(self.policies, x.vhost, x.name, ("all", "exchanges"))
+        x.policy = p.get("name") if p else None
+        x.policy_ae = (p.get("definition") or {}).get("alternate-exchange") if p else None
+
+    def apply_policies(self, vhost_name: str):
+        v = self.vhosts.get(vhost_name)
+        if v is None:
+            return
+        for q in v.queues.values():
+            self.apply_policies_to_queue(q)
+        for x in v.exchanges.values():
+            self.apply_policies_to_exchange(x)
+
+    def set_policy(self, vhost: str, name: str, pattern: str, definition: dict, priority: int = 0,
+                   apply_to: str = "all", operator: bool = False):
+        if vhost not in self.vhosts:
+            raise ChannelError(f"vhost {vhost} not found", E.NOT_FOUND)
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(f"invalid pattern '{pattern}': {e}") from None
+        p = {"vhost": vhost, "name": name, "pattern": pattern, "apply-to": apply_to,
+             "definition": dict(definition), "priority": int(priority)}
+        (self.operator_policies if operator else self.policies)[(vhost, name)] = p
+        self.store.put_definition("operator_policy" if operator else "policy", (vhost, name), p)
+        self.apply_policies(vhost)
+        return p
+
+    def clear_policy(self, vhost: str, name: str, operator: bool = False) -> bool:
+        table = self.operator_policies if operator else self.policies
+        if table.pop((vhost, name), None) is None:
+            return False
+        self.store.delete_definition("operator_policy" if operator else "policy", (vhost, name))
+        self.apply_policies(vhost)
+        return True
+
     # ------------------------------------------------------------------ resource alarms
     def alarm_reason(self) -> str:
         return "low on disk" if "disk" in self.alarms else "low on memory"
@@ -737,7 +1119,17 @@ class Broker:
                 pass
 
     def tick(self, now: float):
-        """Called about once a second: time-based work (expiry of queues and messages)."""
+        """Called about once a second: slow time-based work (x-expires of unused queues)."""
+        self.expire_queues(time.monotonic())
+
+    def timers(self):
+        """Called every few tens of milliseconds: message TTLs and delayed messages."""
+        if self.ttl_queues:
+            self.expire(int(time.time() * 1000))
+        if self.delayed:
+            self._release_delayed(time.monotonic())
+        if self.dirty:
+            self.run_dirty()
 
     # ------------------------------------------------------------------ connections
     def connection_opened(self, conn):

@@ -14,7 +14,8 @@ from ..amqp import methods as M
 from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
-from ..model.queue import Consumer
+from ..model.queue import Consumer, Queue
+from .deadletter import with_header
 from ..model.util import gen_name
 
 log = logging.getLogger("usagi.channel")
@@ -72,6 +73,8 @@ class Channel:
         self.consumers: dict = {}    # tag -> Consumer
         self.unacked: dict = {}      # delivery tag -> Unacked, in tag order
         self.next_tag = 0
+        self.reply_queue = None      # direct reply-to: the pseudo queue of this channel's consumer
+        self.reply_token = None
         self.prefetch_count = 0      # basic.qos global=false: for consumers created afterwards
         self.global_prefetch = 0     # basic.qos global=true: for the whole channel
         self.flow_active = True      # channel.flow from the client
@@ -193,6 +196,9 @@ class Channel:
                                    f"'{self.user.name}'", E.PRECONDITION_FAILED, 60, 40)
             if scan.expiration is not None:
                 self._check_expiration(scan.expiration)
+            if scan.reply_to == "amq.rabbitmq.reply-to":
+                self._props = self._reply_to_props(self._props, scan)
+                scan = P.scan(self._props)
             msg = self.broker.new_message(exchange, routing_key, self._props, body, scan, route[0:])
         except ChannelError as e:
             e.class_id, e.method_id = 60, 40
@@ -228,14 +234,20 @@ class Channel:
 
     def _route_publish(self, x, msg, mandatory):
         broker = self.broker
-        queues = broker.route(self.vhost, x, msg)
+        rk = msg.routing_key
+        if rk.startswith("amq.rabbitmq.reply-to.") and x.name == "":
+            queues = self._reply_route(msg)
+        else:
+            queues = broker.route_publish(self.vhost, x, msg)
         self.published += 1
         broker.stats["publish"] += 1
+        rejected = False
         if queues:
             x.publish_out += 1
             enqueue = broker.enqueue
             for q in queues:
-                enqueue(q, msg)
+                if q is not None and not enqueue(q, msg):
+                    rejected = True
         elif mandatory:
             self._send_return(msg, E.NO_ROUTE, "NO_ROUTE")
             broker.stats["return_unroutable"] += 1
@@ -243,7 +255,10 @@ class Channel:
             broker.stats["drop_unroutable"] += 1
         if self.confirm:
             self.publish_seq += 1
-            if msg.stored:
+            if rejected:
+                self.nacks_ready.append(self.publish_seq)
+                self.confirm_dirty = True
+            elif msg.stored:
                 epoch = broker.wait_for_commit(self)
                 self.waiting.append((self.publish_seq, epoch))
             else:
@@ -344,7 +359,10 @@ class Channel:
     def deliver(self, c, q, seq, msg, redelivered):
         self.next_tag = tag = self.next_tag + 1
         m = c.prefix + _Q.pack(tag) + _REDELIVERED[redelivered] + msg.route
-        self.conn.out_size += self._write_content(m, msg)
+        if redelivered and q.delivery_counts and seq in q.delivery_counts:
+            self.conn.out_size += self._write_content(m, _with_delivery_count(msg, q.delivery_counts[seq]))
+        else:
+            self.conn.out_size += self._write_content(m, msg)
         q.delivered += 1
         self.delivered += 1
         if c.no_ack:
@@ -436,9 +454,58 @@ class Channel:
 
     def _remove_consumer(self, c):
         q = c.queue
+        if q is self.reply_queue:
+            self._drop_reply_consumer()
+            return
         q.remove_consumer(c)
+        self.broker.consumer_removed(q, c)
         if q.auto_delete and not q.consumers and q.had_consumer and not q.deleted:
             self.broker.delete_queue(q)
+
+    # ------------------------------------------------------------------ direct reply-to
+    def _consume_reply_to(self, m):
+        if not m.no_ack:
+            raise ChannelError("reply consumer cannot acknowledge", E.PRECONDITION_FAILED)
+        if self.reply_queue is not None:
+            raise ChannelError("reply consumer already set", E.PRECONDITION_FAILED)
+        tag = m.consumer_tag or gen_name("amq.ctag-")
+        if tag in self.consumers:
+            raise ConnectionError_(f"attempt to reuse consumer tag '{tag}'", E.NOT_ALLOWED)
+        q = Queue(self.vhost.name, "amq.rabbitmq.reply-to", False, None, False, {})
+        c = Consumer(tag, self, q, True, False, 0, m.arguments)
+        c.prefix = _DELIVER_HEAD + _shortstr(tag)
+        q.consumers.append(c)
+        self.consumers[tag] = c
+        self.reply_queue = q
+        self.reply_token = gen_name("")
+        self.broker.reply_to[self.reply_token] = self
+        if not m.nowait:
+            self.reply(M.BasicConsumeOk(tag))
+
+    def _drop_reply_consumer(self):
+        if self.reply_token is not None:
+            self.broker.reply_to.pop(self.reply_token, None)
+        self.reply_queue = None
+        self.reply_token = None
+
+    def _reply_to_props(self, props: bytes, scan) -> bytes:
+        if self.reply_queue is None:
+            raise ChannelError("fast reply consumer does not exist", E.PRECONDITION_FAILED)
+        d = P.decode(props)
+        d["reply_to"] = "amq.rabbitmq.reply-to." + self.reply_token
+        raw_headers = props[scan.headers_span[0]:scan.headers_span[1]] if scan.headers_span else None
+        return P.encode(d, raw_headers=raw_headers)
+
+    def _reply_route(self, msg) -> list:
+        """Publishing to amq.rabbitmq.reply-to.TOKEN delivers straight to the requester's channel."""
+        token = msg.routing_key[len("amq.rabbitmq.reply-to."):]
+        ch = self.broker.reply_to.get(token)
+        if ch is None or ch.reply_queue is None or ch.state != OPEN:
+            return []
+        q = ch.reply_queue
+        c = q.consumers[0]
+        ch.deliver(c, q, q.next_seq(), msg, False)
+        return [None]
 
     # ------------------------------------------------------------------ methods
     def handle(self, m):
@@ -552,6 +619,10 @@ class Channel:
     def queue_declare(self, m):
         b = self.broker
         name = m.queue
+        if name == "amq.rabbitmq.reply-to" or name.startswith("amq.rabbitmq.reply-to."):
+            if not m.nowait:
+                self.reply(M.QueueDeclareOk(name, 0, 0))
+            return
         if m.passive:
             q = b.declare_queue(self.vhost, self._queue_name(name), passive=True, owner=self.conn)
         else:
@@ -623,6 +694,8 @@ class Channel:
 
     def basic_consume(self, m):
         b = self.broker
+        if m.queue == "amq.rabbitmq.reply-to":
+            return self._consume_reply_to(m)
         name = self._queue_name(m.queue)
         b.check_access(self.user, self.vhost.name, "read", "queue", name)
         q = b.get_queue(self.vhost, name, self.conn)
@@ -632,6 +705,11 @@ class Channel:
         if (m.exclusive and q.consumers) or q.has_exclusive_consumer():
             raise ChannelError(f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", E.ACCESS_REFUSED)
         b.validate_consumer_arguments(q, m.arguments)
+        if q.kind == "stream":
+            if self.global_prefetch and not self.prefetch_count:
+                raise ChannelError(f"global qos is not supported by stream queues {q.label}",
+                                   E.NOT_IMPLEMENTED)
+            q.check_consume(m.no_ack, self.prefetch_count)
         c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.prefetch_count, m.arguments)
         c.prefix = _DELIVER_HEAD + _shortstr(tag)
         c.priority = b.consumer_priority(m.arguments)
@@ -654,6 +732,8 @@ class Channel:
         name = self._queue_name(m.queue)
         b.check_access(self.user, self.vhost.name, "read", "queue", name)
         q = b.get_queue(self.vhost, name, self.conn)
+        if q.kind == "stream":
+            raise ConnectionError_(f"basic.get not supported by stream queues {q.label}", E.NOT_IMPLEMENTED)
         item = b.get_message(q)
         if item is None:
             self.reply(M.BasicGetEmpty(""))
@@ -662,7 +742,10 @@ class Channel:
         self.next_tag = tag = self.next_tag + 1
         payload = (_GET_OK_HEAD + _Q.pack(tag) + _REDELIVERED[redelivered] + msg.route +
                    struct.pack(">I", q.message_count))
-        self._write_content(payload, msg)
+        if redelivered and q.delivery_counts and seq in q.delivery_counts:
+            self._write_content(payload, _with_delivery_count(msg, q.delivery_counts[seq]))
+        else:
+            self._write_content(payload, msg)
         q.delivered += 1
         b.stats["get"] += 1
         if m.no_ack:
@@ -680,8 +763,18 @@ class Channel:
         else:
             self._settle(items, None)
 
+    def _no_stream_rejects(self, items):
+        for u in items:
+            if u.queue.kind == "stream":
+                for v in items:
+                    self.unacked[v.tag] = v
+                self.unacked = dict(sorted(self.unacked.items()))
+                raise ConnectionError_(f"basic.nack and basic.reject not supported by stream queues "
+                                       f"{u.queue.label}", E.NOT_IMPLEMENTED)
+
     def basic_nack(self, m):
         items = self._take(m.delivery_tag, m.multiple)
+        self._no_stream_rejects(items)
         if self.tx:
             self.tx_acks.append((items, bool(m.requeue)))
         else:
@@ -689,6 +782,7 @@ class Channel:
 
     def basic_reject(self, m):
         items = self._take(m.delivery_tag, False)
+        self._no_stream_rejects(items)
         if self.tx:
             self.tx_acks.append((items, bool(m.requeue)))
         else:
@@ -749,6 +843,13 @@ class Channel:
             self.unacked = dict(sorted(self.unacked.items()))
             self.tx_acks.clear()
         self.reply(M.TxRollbackOk())
+
+
+def _with_delivery_count(msg, count: int):
+    from ..amqp.table import Typed
+    from ..model.message import Message
+    props = with_header(msg, "x-delivery-count", Typed("l", count))
+    return Message(msg.exchange, msg.routing_key, props, msg.body, None, msg.id, msg.route)
 
 
 def _build_handlers():

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from ..model.queue import Queue
 
 log = logging.getLogger("usagi.recovery")
 
@@ -40,8 +40,8 @@ def restore(broker, rec) -> dict:
                 continue
             if v is None or q["name"] in v.queues:
                 continue
-            v.queues[q["name"]] = Queue(q["vhost"], q["name"], True, None, q.get("auto_delete", False),
-                                        q.get("arguments") or {})
+            v.queues[q["name"]] = broker.make_queue(q["vhost"], q["name"], True, None, False,
+                                                    q.get("arguments") or {})
         for b in rec.bindings:
             v = broker.vhosts.get(b["vhost"])
             if v is None:
@@ -53,10 +53,14 @@ def restore(broker, rec) -> dict:
             broker.bind(v, src, dst, b["routing_key"], b.get("arguments") or {})
         for p in rec.policies:
             broker.policies[(p["vhost"], p["name"])] = p
+        for p in getattr(rec, "operator_policies", []):
+            broker.operator_policies[(p["vhost"], p["name"])] = p
         for p in rec.parameters:
             broker.parameters[(p.get("vhost", ""), p.get("component", ""), p["name"])] = p
     finally:
         store.put_definition = saved_store_calls
+    for name in broker.vhosts:
+        broker.apply_policies(name)
     # messages: shared bodies are loaded once per message id
     count = 0
     by_id = {}
@@ -76,6 +80,10 @@ def restore(broker, rec) -> dict:
                     by_id[msg_id] = msg
                 msg.stored = True
             msg.refs += 1
+            if q.kind == "stream":
+                q.restore(seq - 1, msg, int(time.time() * 1000))
+                count += 1
+                continue
             q.seq = max(q.seq, seq)
             if redelivered:
                 q.requeue(seq, msg)

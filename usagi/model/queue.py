@@ -3,6 +3,11 @@
 A queue holds (seq, message) pairs. `ready` is FIFO; `returned` is a heap of requeued pairs,
 which always come before anything in `ready` (they were taken from its head earlier), so a
 requeued message goes back to its original position. Consumers are served round-robin.
+
+Features that RabbitMQ configures with x- arguments or policies (TTL, length limits, dead
+lettering, priorities, single active consumer, delivery limits) are read by `configure` from the
+queue's effective arguments. Expired or dropped entries are removed lazily: their seq goes into
+`dead` and `pop` skips them, so expiry never waits for the head of the queue.
 """
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from collections import deque
 
 class Consumer:
     __slots__ = ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch", "unacked",
-                 "arguments", "priority", "active", "prefix")
+                 "arguments", "priority", "active", "prefix", "offset")
 
     def __init__(self, tag, channel, queue, no_ack, exclusive, prefetch, arguments):
         self.tag = tag
@@ -26,9 +31,18 @@ class Consumer:
         self.priority = 0
         self.active = True
         self.prefix = b""            # basic.deliver's class, method and consumer tag, pre-encoded
+        self.offset = 0              # next stream offset to read (stream queues)
+
+
+def _int_arg(v):
+    if isinstance(v, bool) or not isinstance(v, int):
+        return None
+    return v
 
 
 class Queue:
+    kind = "classic"
+
     def __init__(self, vhost: str, name: str, durable: bool = False, exclusive_owner=None,
                  auto_delete: bool = False, arguments: dict | None = None):
         self.vhost = vhost
@@ -47,16 +61,62 @@ class Queue:
         self.bindings: list = []     # Binding objects whose destination is this queue
         self.deleted = False
         self.had_consumer = False
+        self.last_used = 0.0         # for x-expires (monotonic seconds)
+        # lazily removed entries and per-entry state
+        self.dead: set = set()       # seqs removed from the middle (expired), skipped by pop
+        self.dead_bytes = 0
+        self.deadlines: list = []    # heap of (expires_at_ms, seq, message)
+        self.expiry: dict = {}       # seq -> expires_at_ms
+        self.delivery_counts: dict = {}   # seq -> times returned to the queue
+        self.held_expiry: dict = {}  # seq -> expires_at_ms of delivered, unacked entries
+        # features, set by configure()
+        self.policy = None
+        self.operator_policy = None
+        self.effective: dict = {}
+        self.message_ttl = None      # ms
+        self.expires = None          # ms
+        self.max_length = None
+        self.max_length_bytes = None
+        self.overflow = "drop-head"
+        self.dlx = None
+        self.dlrk = None
+        self.delivery_limit = None
+        self.single_active = False
+        self.limited = False         # any length limit
+        self.consumer_priorities = False
         # statistics
         self.published = 0
         self.delivered = 0
         self.acked = 0
         self.redelivered_count = 0
+        self.configure(self.arguments)
+
+    # -- configuration
+    def configure(self, effective: dict):
+        """Apply effective arguments: x- arguments merged with policies (see broker.apply_policies)."""
+        self.effective = effective
+        self.message_ttl = _int_arg(effective.get("x-message-ttl"))
+        self.expires = _int_arg(effective.get("x-expires"))
+        self.max_length = _int_arg(effective.get("x-max-length"))
+        self.max_length_bytes = _int_arg(effective.get("x-max-length-bytes"))
+        ov = effective.get("x-overflow")
+        self.overflow = ov if ov in ("drop-head", "reject-publish", "reject-publish-dlx") else "drop-head"
+        dlx = effective.get("x-dead-letter-exchange")
+        self.dlx = dlx.decode() if isinstance(dlx, bytes) else dlx
+        dlrk = effective.get("x-dead-letter-routing-key")
+        self.dlrk = dlrk.decode() if isinstance(dlrk, bytes) else dlrk
+        self.delivery_limit = _int_arg(effective.get("x-delivery-limit"))
+        self.single_active = effective.get("x-single-active-consumer") is True
+        self.limited = self.max_length is not None or self.max_length_bytes is not None
 
     # -- contents
     @property
     def message_count(self) -> int:
-        return len(self.ready) + len(self.returned)
+        return len(self.ready) + len(self.returned) - len(self.dead)
+
+    @property
+    def message_bytes(self) -> int:
+        return self.ready_bytes - self.dead_bytes
 
     def push(self, msg) -> int:
         self.seq += 1
@@ -72,37 +132,75 @@ class Queue:
 
     def pop(self):
         """(seq, message, redelivered) of the head, or None."""
-        if self.returned:
-            seq, msg = heapq.heappop(self.returned)
+        dead = self.dead
+        while True:
+            if self.returned:
+                seq, msg = heapq.heappop(self.returned)
+                red = True
+            elif self.ready:
+                seq, msg = self.ready.popleft()
+                red = False
+            else:
+                return None
             self.ready_bytes -= len(msg.body)
-            return seq, msg, True
-        if self.ready:
-            seq, msg = self.ready.popleft()
-            self.ready_bytes -= len(msg.body)
-            return seq, msg, False
-        return None
+            if dead and seq in dead:
+                dead.discard(seq)
+                self.dead_bytes -= len(msg.body)
+                continue
+            return seq, msg, red
+
+    def peek(self):
+        """The head without taking it: (seq, message, redelivered) or None."""
+        item = self.pop()
+        if item is not None:
+            seq, msg, red = item
+            self.unpop(seq, msg, red)
+        return item
+
+    def unpop(self, seq, msg, redelivered):
+        if redelivered:
+            heapq.heappush(self.returned, (seq, msg))
+        else:
+            self.ready.appendleft((seq, msg))
+        self.ready_bytes += len(msg.body)
 
     def requeue(self, seq: int, msg):
         heapq.heappush(self.returned, (seq, msg))
         self.ready_bytes += len(msg.body)
 
+    def remove(self, seq: int, msg):
+        """Take an entry out from anywhere (expiry): it is skipped when it reaches the head."""
+        self.dead.add(seq)
+        self.dead_bytes += len(msg.body)
+
     def purge(self) -> list:
-        msgs = [m for _, m in self.returned] + [m for _, m in self.ready]
+        dead = self.dead
+        msgs = [m for s, m in self.returned if s not in dead] + [m for s, m in self.ready if s not in dead]
         self.returned = []
         self.ready.clear()
         self.ready_bytes = 0
+        self.dead.clear()
+        self.dead_bytes = 0
+        self.deadlines = []
+        self.expiry.clear()
         return msgs
 
     def peek_all(self) -> list:
         """(seq, message, redelivered) in delivery order, without taking anything."""
-        out = [(s, m, True) for s, m in sorted(self.returned)]
-        out += [(s, m, False) for s, m in self.ready]
+        dead = self.dead
+        out = [(s, m, True) for s, m in sorted(self.returned) if s not in dead]
+        out += [(s, m, False) for s, m in self.ready if s not in dead]
         return out
 
     # -- consumers
     def add_consumer(self, c: Consumer):
+        if self.single_active and any(k.active for k in self.consumers):
+            c.active = False
         self.consumers.append(c)
         self.had_consumer = True
+        if c.priority:
+            self.consumer_priorities = True
+            self.consumers.sort(key=lambda k: -k.priority)
 
     def remove_consumer(self, c: Consumer):
         try:
@@ -114,6 +212,106 @@ class Queue:
             self.rr -= 1
         if self.rr >= len(self.consumers):
             self.rr = 0
+        if self.single_active and c.active and self.consumers:
+            best = max(self.consumers, key=lambda k: k.priority)
+            best.active = True
+        if self.consumer_priorities and not any(k.priority for k in self.consumers):
+            self.consumer_priorities = False
 
     def has_exclusive_consumer(self) -> bool:
         return any(c.exclusive for c in self.consumers)
+
+
+class PriorityQueue(Queue):
+    """x-max-priority: one FIFO per priority level; higher levels are served first."""
+
+    def __init__(self, *a, max_priority: int = 0, **kw):
+        self.max_priority = max_priority
+        self.levels = [deque() for _ in range(max_priority + 1)]
+        super().__init__(*a, **kw)
+
+    def _level(self, msg) -> int:
+        p = msg.scan.priority
+        if not p:
+            return 0
+        return p if p <= self.max_priority else self.max_priority
+
+    @property
+    def message_count(self) -> int:
+        return sum(len(lv) for lv in self.levels) + len(self.returned) - len(self.dead)
+
+    def push(self, msg) -> int:
+        self.seq += 1
+        self.levels[self._level(msg)].append((self.seq, msg))
+        self.ready_bytes += len(msg.body)
+        self.published += 1
+        return self.seq
+
+    def pop(self):
+        dead = self.dead
+        while True:
+            if self.returned:
+                _, seq, msg = heapq.heappop(self.returned)
+                red = True
+            else:
+                for lv in reversed(self.levels):
+                    if lv:
+                        seq, msg = lv.popleft()
+                        break
+                else:
+                    return None
+                red = False
+            self.ready_bytes -= len(msg.body)
+            if dead and seq in dead:
+                dead.discard(seq)
+                self.dead_bytes -= len(msg.body)
+                continue
+            return seq, msg, red
+
+    def unpop(self, seq, msg, redelivered):
+        if redelivered:
+            heapq.heappush(self.returned, (-self._level(msg), seq, msg))
+        else:
+            self.levels[self._level(msg)].appendleft((seq, msg))
+        self.ready_bytes += len(msg.body)
+
+    def requeue(self, seq: int, msg):
+        heapq.heappush(self.returned, (-self._level(msg), seq, msg))
+        self.ready_bytes += len(msg.body)
+
+    @property
+    def ready(self):
+        # the ready entries of every level, highest priority first (for length limits and listing)
+        out = deque()
+        for lv in reversed(self.levels):
+            out.extend(lv)
+        return out
+
+    @ready.setter
+    def ready(self, value):
+        pass
+
+    def purge(self) -> list:
+        dead = self.dead
+        msgs = [m for _, s, m in self.returned if s not in dead]
+        for lv in reversed(self.levels):
+            msgs += [m for s, m in lv if s not in dead]
+            lv.clear()
+        self.returned = []
+        self.ready_bytes = 0
+        self.dead.clear()
+        self.dead_bytes = 0
+        self.deadlines = []
+        self.expiry.clear()
+        return msgs
+
+    def peek_all(self) -> list:
+        dead = self.dead
+        out = [(s, m, True) for _, s, m in sorted(self.returned, key=lambda e: (e[0], e[1])) if s not in dead]
+        for lv in reversed(self.levels):
+            out += [(s, m, False) for s, m in lv if s not in dead]
+        return out
+
+    def drop_head_entry(self):
+        """For drop-head overflow: the lowest-priority oldest entry goes first, as in RabbitMQ."""
+        return self.pop()

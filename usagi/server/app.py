@@ -121,7 +121,15 @@ class Server:
                 h, p = sock.getsockname()[:2]
                 self.listeners.append(("amqps", h, p))
         self._tick_handle = self.loop.call_later(1.0, self._tick)
+        self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
         return self
+
+    def _fast_tick(self):
+        try:
+            self.broker.timers()
+        except Exception:
+            log.exception("timer work failed")
+        self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
 
     @property
     def amqp_port(self) -> int:
@@ -203,6 +211,8 @@ class Server:
                 c.finish_close()
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        if getattr(self, "_fast_handle", None) is not None:
+            self._fast_handle.cancel()
         while self.commit_running:
             await asyncio.sleep(0.01)
         if b.store.durable and b.store.pending():

@@ -21,8 +21,9 @@ class Recovered:
     queues: list = field(default_factory=list)         # [dict as in definitions]
     bindings: list = field(default_factory=list)       # [dict as in definitions]
     policies: list = field(default_factory=list)
+    operator_policies: list = field(default_factory=list)
     parameters: list = field(default_factory=list)
-    # (vhost, queue) -> [(seq, exchange, routing_key, props, body, redelivered)] in queue order
+    # (vhost, queue) -> [(seq, exchange, routing_key, props, body, redelivered, msg_id)] in queue order
     messages: dict = field(default_factory=dict)
     fresh: bool = True
 

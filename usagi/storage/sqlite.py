@@ -41,6 +41,7 @@ class StoreError(Exception):
 KINDS = {
     "vhost": "vhosts", "user": "users", "permission": "permissions", "exchange": "exchanges",
     "queue": "queues", "binding": "bindings", "policy": "policies", "parameter": "parameters",
+    "operator_policy": "operator_policies",
 }
 
 SCHEMA = """

@@ -12,4 +12,8 @@ TYPES = {
     "headers": HeadersExchange,
 }
 
+from .delayed import DelayedExchange  # noqa: E402  (needs TYPES)
+
+TYPES["x-delayed-message"] = DelayedExchange
+
 __all__ = ["Exchange", "TYPES", "DirectExchange", "FanoutExchange", "TopicExchange", "HeadersExchange"]

@@ -30,6 +30,8 @@ class Exchange:
         self.arguments = arguments or {}
         self.bindings: dict = {}        # Binding.key -> Binding
         self.deleted = False
+        self.policy = None
+        self.policy_ae = None           # alternate-exchange from a policy
         # statistics
         self.publish_in = 0
         self.publish_out = 0

@@ -25,7 +25,7 @@ class HeadersExchange(Exchange):
         args = b.arguments
         mode = args.get("x-match", "all")
         with_x = mode.endswith("-with-x")
-        pairs = [(k, v) for k, v in args.items()
+        pairs = [(k, None if v is None else _norm(v)) for k, v in args.items()
                  if k != "x-match" and (with_x or not k.startswith("x-"))]
         self.rules.append((b, mode.startswith("all"), pairs))
 
@@ -48,15 +48,33 @@ class HeadersExchange(Exchange):
         return out
 
 
+def _norm(v):
+    """Values compare by type class and value, as RabbitMQ compares them: integers of any width
+    and floats alike, booleans apart from numbers, strings alike whether sent as longstr or bytes."""
+    if isinstance(v, bool):
+        return ("bool", v)
+    if isinstance(v, (int, float)):
+        return ("num", v)          # Erlang compares 1 == 1.0 as equal
+    if isinstance(v, bytes):
+        return ("str", v.decode("utf-8", "surrogateescape"))
+    if isinstance(v, str):
+        return ("str", v)
+    if isinstance(v, dict):
+        return ("table", tuple(sorted((k, _norm(x)) for k, x in v.items())))
+    if isinstance(v, list):
+        return ("array", tuple(_norm(x) for x in v))
+    return ("other", repr(v))
+
+
 def _matches(headers, match_all, pairs):
     if match_all:
         for k, v in pairs:
             if k not in headers:
                 return False
-            if v is not None and headers[k] != v:   # a void binding value matches presence
+            if v is not None and _norm(headers[k]) != v:   # a void binding value matches presence
                 return False
         return True
     for k, v in pairs:
-        if k in headers and (v is None or headers[k] == v):
+        if k in headers and (v is None or _norm(headers[k]) == v):
             return True
     return False

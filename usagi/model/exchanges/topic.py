@@ -10,6 +10,11 @@ from .base import Exchange
 CACHE_MAX = 4096
 
 
+def _words(key: str) -> list:
+    """An empty key has no words at all (not one empty word), as in RabbitMQ."""
+    return key.split(".") if key else []
+
+
 class _Node:
     __slots__ = ("children", "dests")
 
@@ -28,7 +33,7 @@ class TopicExchange(Exchange):
 
     def _index_add(self, b):
         node = self.root
-        for word in b.routing_key.split("."):
+        for word in _words(b.routing_key):
             nxt = node.children.get(word)
             if nxt is None:
                 nxt = node.children[word] = _Node()
@@ -43,7 +48,7 @@ class TopicExchange(Exchange):
     def _index_remove(self, b):
         path = [self.root]
         node = self.root
-        words = b.routing_key.split(".")
+        words = _words(b.routing_key)
         for word in words:
             node = node.children.get(word)
             if node is None:
@@ -67,7 +72,7 @@ class TopicExchange(Exchange):
         if cached is not None:
             return cached
         found: dict = {}
-        words = routing_key.split(".")
+        words = _words(routing_key)
         self._match(self.root, words, 0, found, set())
         result = [d for d, _ in found.values()]
         if len(self.cache) >= CACHE_MAX:

@@ -1,0 +1,132 @@
+"""Dead-lettering headers: x-death and the x-first-death-* / x-last-death-* headers, as RabbitMQ writes them.
+
+The headers table is edited entry by entry on the raw bytes so that every other header keeps its
+exact wire type. `x-death` is an array of tables, most recent death first; a death of a message
+that already died in the same queue for the same reason increments that entry's `count` and moves
+it to the front, keeping its first `time`, `exchange` and `routing-keys`.
+"""
+from __future__ import annotations
+
+from ..amqp import properties as P
+from ..amqp.table import Timestamp, Typed, decode_table, encode_value, join_entries, table_entries
+
+CC_KEYS = (b"\x02CC", b"\x03BCC")
+
+
+def _s(v) -> Typed:
+    return Typed("S", v)
+
+
+def routing_keys(msg) -> list:
+    """The message's routing key followed by those in its CC and BCC headers."""
+    keys = [msg.routing_key]
+    if msg.scan.headers_span is not None and (b"\x02CC" in msg.props or b"\x03BCC" in msg.props):
+        h = msg.headers
+        for k in ("CC", "BCC"):
+            v = h.get(k)
+            if isinstance(v, list):
+                keys += [x.decode() if isinstance(x, bytes) else x for x in v if isinstance(x, (str, bytes))]
+    return keys
+
+
+def strip_bcc(props: bytes, scan) -> bytes:
+    if scan.headers_span is None:
+        return props
+    a, b = scan.headers_span
+    entries = table_entries(props[a:b])
+    kept = [(k, v) for k, v in entries if k != "BCC"]
+    if len(kept) == len(entries):
+        return props
+    return P.replace_headers(props, join_entries(kept))
+
+
+def is_cycle(deaths: list, queue: str) -> bool:
+    """A message going back to a queue it died in, with no rejection on the way, would loop forever."""
+    seen = False
+    for d in deaths:
+        if not isinstance(d, dict):
+            continue
+        if d.get("reason") == "rejected":
+            return False
+        if d.get("queue") == queue:
+            seen = True
+    return seen
+
+
+def deaths_of(msg) -> list:
+    if msg.scan.headers_span is None:
+        return []
+    v = msg.headers.get("x-death")
+    return v if isinstance(v, list) else []
+
+
+def record_death(msg, queue: str, reason: str, now_ms: int) -> bytes:
+    """The message's properties after dying in `queue` for `reason` (expiration moved into x-death)."""
+    props = msg.props
+    scan = msg.scan
+    expiration = scan.expiration
+    if scan.headers_span is not None:
+        a, b = scan.headers_span
+        entries = table_entries(props[a:b])
+    else:
+        entries = []
+    current = dict(entries)
+    old = []
+    if "x-death" in current:
+        t, _ = decode_table(join_entries([("x", current["x-death"])]), 0)
+        old = t.get("x") if isinstance(t.get("x"), list) else []
+    deaths = []
+    found = None
+    keys = routing_keys(msg)
+    for d in old:
+        if not isinstance(d, dict):
+            continue
+        if found is None and d.get("queue") == queue and d.get("reason") == reason:
+            found = d
+        else:
+            d = dict(d)
+            if isinstance(d.get("count"), int):
+                d["count"] = Typed("l", d["count"])
+            deaths.append(d)
+    if found is not None:
+        entry = dict(found)
+        c = entry.get("count", 0)
+        entry["count"] = Typed("l", (c if isinstance(c, int) else 0) + 1)
+    else:
+        entry = {"count": Typed("l", 1), "reason": _s(reason), "queue": _s(queue),
+                 "time": Timestamp(now_ms // 1000), "exchange": _s(msg.exchange),
+                 "routing-keys": [_s(k) for k in keys]}
+        if expiration is not None:
+            entry["original-expiration"] = _s(expiration)
+    deaths.insert(0, entry)
+    updates = {"x-death": encode_value(deaths)}
+    if "x-first-death-reason" not in current:
+        updates["x-first-death-reason"] = encode_value(_s(reason))
+        updates["x-first-death-queue"] = encode_value(_s(queue))
+        updates["x-first-death-exchange"] = encode_value(_s(msg.exchange))
+    updates["x-last-death-reason"] = encode_value(_s(reason))
+    updates["x-last-death-queue"] = encode_value(_s(queue))
+    updates["x-last-death-exchange"] = encode_value(_s(msg.exchange))
+    out = [(k, updates.pop(k) if k in updates else v) for k, v in entries]
+    out += list(updates.items())
+    new_props = P.replace_headers(props, join_entries(out))
+    if expiration is not None:
+        d = P.decode(new_props)
+        d.pop("expiration", None)
+        s2 = P.scan(new_props)
+        a, b = s2.headers_span
+        new_props = P.encode(d, raw_headers=new_props[a:b])
+    return new_props
+
+
+def with_header(msg, name: str, value) -> bytes:
+    """Properties with one header set (used for x-delivery-count and x-stream-offset)."""
+    props = msg.props
+    scan = msg.scan
+    if scan.headers_span is not None:
+        a, b = scan.headers_span
+        entries = [(k, v) for k, v in table_entries(props[a:b]) if k != name]
+    else:
+        entries = []
+    entries.append((name, encode_value(value)))
+    return P.replace_headers(props, join_entries(entries))

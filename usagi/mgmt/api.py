@@ -1,0 +1,1333 @@
+"""The `/api/...` routes: RabbitMQ's paths, methods, access rules, status codes and JSON shapes.
+
+Routing is done here on the raw path, one segment at a time, so that names holding an encoded
+slash (the default vhost is `%2F`) decode to exactly one segment. The order of checks follows
+RabbitMQ's (cowboy_rest): unknown path 404, method not allowed 405, authentication 401,
+authorisation 401 "not_authorised", then the resource (404) and the operation itself.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import re
+import urllib.parse
+
+from aiohttp import web
+
+from ..amqp import errors as E
+from ..amqp.errors import AMQPError, ChannelError
+from ..model.queue import Queue
+from . import ops
+from .formats import View
+from .util import (ApiError, bad_request, dumps, get_path, is_loopback, jsonable, not_authorised, not_found,
+                   parse_bool, properties_key)
+
+log = logging.getLogger("usagi.mgmt")
+
+REALM = 'Basic realm="RabbitMQ Management"'
+JSON_HEADERS = {"Content-Type": "application/json", "Cache-Control": "no-cache",
+                "Vary": "accept, accept-encoding, origin"}
+MGMT_TAGS = ("administrator", "monitoring", "policymaker", "management")
+
+
+# ---------------------------------------------------------------------------------------- responses
+
+class Reply:
+    """A response other than 200 with a JSON body: a status, an optional body and headers."""
+
+    def __init__(self, status: int = 204, body=None, headers: dict | None = None):
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+def created(was_created: bool) -> Reply:
+    return Reply(201 if was_created else 204)
+
+
+class Listing:
+    """A list reply: sorted, paginated and cut to `columns` as the query asks."""
+
+    def __init__(self, items: list, default_sort=("vhost", "name")):
+        self.items = items
+        self.default_sort = default_sort
+
+
+def json_response(status: int, body, headers: dict | None = None) -> web.Response:
+    h = dict(JSON_HEADERS)
+    if headers:
+        h.update(headers)
+    return web.Response(status=status, body=dumps(body), headers=h)
+
+
+def error_response(e: ApiError) -> web.Response:
+    h = {"Content-Type": "application/json", "Vary": "origin"}
+    h.update(e.headers)
+    return web.Response(status=e.status, body=dumps({"error": e.error, "reason": jsonable(e.reason)}),
+                        headers=h)
+
+
+def amqp_error(e: AMQPError) -> ApiError:
+    """An engine error as RabbitMQ's management API reports it."""
+    if e.code == E.ACCESS_REFUSED:
+        return not_authorised("Access refused.")
+    if e.code == E.NOT_FOUND:
+        return ApiError(404, "not_found", e.text)
+    return bad_request(e.text)
+
+
+# ---------------------------------------------------------------------------------------- router
+
+class Route:
+    __slots__ = ("parts", "handlers")
+
+    def __init__(self, pattern: str):
+        self.parts = tuple(p for p in pattern.split("/") if p) if pattern else ()
+        self.handlers: dict = {}     # method -> (function, access check)
+
+    def match(self, segs: list):
+        if len(segs) != len(self.parts):
+            return None
+        params = {}
+        for p, s in zip(self.parts, segs):
+            if p.startswith(":"):
+                params[p[1:]] = s
+            elif p != s:
+                return None
+        return params
+
+    @property
+    def allow(self) -> str:
+        methods = set(self.handlers)
+        if "GET" in methods:
+            methods.add("HEAD")
+        methods.add("OPTIONS")
+        order = ("HEAD", "GET", "PUT", "POST", "DELETE", "OPTIONS")
+        return ", ".join(m for m in order if m in methods)
+
+
+class Router:
+    def __init__(self):
+        self.routes: list[Route] = []
+        self._by_pattern: dict = {}
+
+    def add(self, pattern: str, method: str, access):
+        def deco(fn):
+            r = self._by_pattern.get(pattern)
+            if r is None:
+                r = self._by_pattern[pattern] = Route(pattern)
+                self.routes.append(r)
+            r.handlers[method] = (fn, access)
+            return fn
+        return deco
+
+    def resolve(self, segs: list):
+        for r in self.routes:
+            params = r.match(segs)
+            if params is not None:
+                return r, params
+        return None, None
+
+
+R = Router()
+get = lambda p, a: R.add(p, "GET", a)        # noqa: E731
+put = lambda p, a: R.add(p, "PUT", a)        # noqa: E731
+post = lambda p, a: R.add(p, "POST", a)      # noqa: E731
+delete = lambda p, a: R.add(p, "DELETE", a)  # noqa: E731
+
+
+# ---------------------------------------------------------------------------------------- request context
+
+class Req:
+    def __init__(self, m, request: web.Request, params: dict, user, raw_body: bytes | None):
+        self.m = m
+        self.broker = m.broker
+        self.request = request
+        self.params = params
+        self.user = user
+        self.raw_body = raw_body
+        self.query = request.rel_url.query
+        self.method = request.method
+        self._view = None
+
+    @property
+    def view(self) -> View:
+        if self._view is None:
+            self._view = View(self.m)
+        return self._view
+
+    def json(self, error: str = "not_json"):
+        raw = self.raw_body
+        if raw is None or not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise bad_request(error) from None
+
+    def body(self) -> dict:
+        b = self.json()
+        if isinstance(b, list) and not b:
+            return {}
+        if not isinstance(b, dict):
+            raise bad_request("not_json")
+        return b
+
+    # -- names from the path
+    def p(self, key: str) -> str:
+        return self.params[key]
+
+    def xname(self, key: str = "exchange") -> str:
+        n = self.params[key]
+        return "" if n == "amq.default" else n
+
+    def vhost(self, missing=None):
+        """The vhost named in the path, or 404 (`missing` overrides the error)."""
+        v = self.broker.vhosts.get(self.params["vhost"])
+        if v is None:
+            raise missing or not_found()
+        return v
+
+    # -- user capabilities
+    @property
+    def tags(self) -> list:
+        return self.user.tags if self.user is not None else []
+
+    @property
+    def is_admin(self) -> bool:
+        return "administrator" in self.tags
+
+    @property
+    def is_monitor(self) -> bool:
+        return "administrator" in self.tags or "monitoring" in self.tags
+
+    @property
+    def is_policymaker(self) -> bool:
+        return "administrator" in self.tags or "policymaker" in self.tags
+
+    def login_vhosts(self) -> list:
+        b = self.broker
+        name = self.user.name
+        return [v for n, v in sorted(b.vhosts.items()) if b.users.permission(name, n) is not None]
+
+    def visible_vhosts(self) -> list:
+        if self.is_monitor:
+            return [v for _n, v in sorted(self.broker.vhosts.items())]
+        return self.login_vhosts()
+
+    def can_see_vhost(self, name: str) -> bool:
+        return self.is_monitor or self.broker.users.permission(self.user.name, name) is not None
+
+    def check(self, kind: str, resource: str, name: str, vhost: str):
+        """The AMQP permission check an operation through a channel would meet."""
+        try:
+            self.broker.check_access(self.user, vhost, kind, resource, name)
+        except ChannelError:
+            raise not_authorised("Access refused.") from None
+
+
+# ---------------------------------------------------------------------------------------- access rules
+
+def ANY(r: Req):
+    pass
+
+
+def ADMIN(r: Req):
+    if not r.is_admin:
+        raise not_authorised("Not administrator user")
+
+
+def MONITOR(r: Req):
+    if not r.is_monitor:
+        raise not_authorised("Not monitor user")
+
+
+def _vhost_param_ok(r: Req, visible: bool) -> bool:
+    name = r.params.get("vhost")
+    if name is None or name not in r.broker.vhosts:
+        return True             # no vhost, or an unknown one: the handler answers 404
+    if visible and r.is_monitor:
+        return True
+    return r.broker.users.permission(r.user.name, name) is not None
+
+
+def VHOST(r: Req):
+    if not (r.is_admin or _vhost_param_ok(r, False)):
+        raise not_authorised("User not authorised to access virtual host")
+
+
+def VHOST_VISIBLE(r: Req):
+    if not (r.is_admin or _vhost_param_ok(r, True)):
+        raise not_authorised("User not authorised to access virtual host")
+
+
+def POLICIES(r: Req):
+    if not (r.is_admin or (r.is_policymaker and _vhost_param_ok(r, False))):
+        raise not_authorised("User not authorised to access object")
+
+
+def GLOBAL_PARAMS(r: Req):
+    if not r.is_policymaker:
+        raise not_authorised("User not authorised to access object")
+
+
+def NONE(r: Req):
+    pass
+
+
+# ---------------------------------------------------------------------------------------- authentication
+
+def authenticate(m, request: web.Request):
+    """The user of a request with basic auth, or an ApiError as RabbitMQ answers it."""
+    header = request.headers.get("Authorization", "")
+    if not header.lower().startswith("basic "):
+        raise ApiError(401, "", "", {"WWW-Authenticate": REALM})
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+        username, _, password = decoded.partition(":")
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise ApiError(401, "", "", {"WWW-Authenticate": REALM}) from None
+    user = m.broker.users.authenticate(username, password)
+    if user is None:
+        log.warning("HTTP access denied: user '%s' - invalid credentials", username)
+        raise ApiError(401, "not_authorized", "Not_Authorized", {"WWW-Authenticate": REALM})
+    if username in m.broker.config.loopback_users and not is_loopback(request.remote or ""):
+        raise not_authorised("User can only log in via localhost")
+    if not any(t in MGMT_TAGS for t in user.tags):
+        raise not_authorised("Not management user")
+    return user
+
+
+# ---------------------------------------------------------------------------------------- dispatch
+
+def split_path(raw_path: str) -> list | None:
+    path = raw_path.split("?", 1)[0]
+    if path == "/api":
+        return []
+    if not path.startswith("/api/"):
+        return None
+    parts = path[5:].split("/")
+    if parts and parts[-1] == "":
+        parts.pop()
+    return [urllib.parse.unquote(p, errors="surrogateescape") for p in parts]
+
+
+async def dispatch(m, request: web.Request) -> web.StreamResponse:
+    segs = split_path(request.raw_path)
+    if segs is None:
+        return error_response(not_found())
+    if not segs:
+        return web.Response(text=API_INDEX, content_type="text/html")
+    route, params = R.resolve(segs)
+    if route is None:
+        return error_response(not_found())
+    method = request.method
+    if method == "OPTIONS":
+        return web.Response(status=200, headers={"Allow": route.allow})
+    entry = route.handlers.get("GET" if method == "HEAD" else method)
+    if entry is None:
+        return web.Response(status=405, headers={"Allow": route.allow})
+    fn, access = entry
+    try:
+        user = None if access is NONE else authenticate(m, request)
+        raw = None
+        if method in ("PUT", "POST"):
+            ctype = request.headers.get("Content-Type", "")
+            if ctype.startswith("multipart/form-data"):
+                form = await request.post()
+                f = form.get("file")
+                raw = f.file.read() if hasattr(f, "file") else (f.encode() if isinstance(f, str) else b"")
+            else:
+                raw = await request.read()
+        r = Req(m, request, params, user, raw)
+        access(r)
+        result = fn(r)
+    except ApiError as e:
+        if not e.error:     # no credentials: an empty 401 with the realm
+            return web.Response(status=e.status, headers=e.headers)
+        return error_response(e)
+    except AMQPError as e:
+        return error_response(amqp_error(e))
+    except Exception as e:  # a bug: say so in RabbitMQ's shape rather than drop the connection
+        log.exception("management API %s %s failed", method, request.path)
+        return error_response(ApiError(500, "internal_server_error", str(e)))
+    return render(r, result)
+
+
+def render(r: Req, result) -> web.StreamResponse:
+    if isinstance(result, web.StreamResponse):
+        return result
+    if isinstance(result, Reply):
+        if result.body is None:
+            return web.Response(status=result.status, headers=result.headers)
+        return json_response(result.status, result.body, result.headers)
+    if isinstance(result, Listing):
+        try:
+            body = list_reply(r, result)
+        except ApiError as e:
+            return error_response(e)
+        return json_response(200, body)
+    if isinstance(result, dict):
+        return json_response(200, columns(r, [result])[0])
+    return json_response(200, result)
+
+
+def columns(r: Req, items: list) -> list:
+    cols = r.query.get("columns")
+    if not cols:
+        return items
+    wanted = [c for c in cols.split(",") if c]
+    out = []
+    for it in items:
+        d = {}
+        for c in wanted:
+            v = get_path(it, c)
+            if v is None and "." not in c and c not in it:
+                continue
+            cur = d
+            parts = c.split(".")
+            for p in parts[:-1]:
+                cur = cur.setdefault(p, {})
+            cur[parts[-1]] = v
+        out.append(d)
+    return out
+
+
+def _sort_key(v):
+    if v is None:
+        return (0, "")
+    if isinstance(v, bool):
+        return (1, int(v))
+    if isinstance(v, (int, float)):
+        return (1, v)
+    if isinstance(v, str):
+        return (2, v)
+    return (3, json.dumps(v, sort_keys=True, default=str))
+
+
+def list_reply(r: Req, listing: Listing):
+    items = listing.items
+    sort = r.query.get("sort")
+    keys = [sort] if sort else list(listing.default_sort or ())
+    if keys:
+        items = sorted(items, key=lambda it: tuple(_sort_key(get_path(it, k)) for k in keys))
+    if parse_bool(r.query.get("sort_reverse"), False):
+        items = list(reversed(items))
+    if "page" not in r.query:
+        return columns(r, items)
+    try:
+        page = int(r.query.get("page", "1"))
+        page_size = int(r.query.get("page_size", "100"))
+    except ValueError:
+        raise bad_request("Pagination parameters are invalid") from None
+    if page < 1 or page_size < 1 or page_size > 500:
+        raise bad_request("Pagination parameters are invalid")
+    total = len(items)
+    name = r.query.get("name")
+    if name:
+        if parse_bool(r.query.get("use_regex"), False):
+            try:
+                rx = re.compile(name, re.I)
+            except re.error:
+                raise bad_request("Pagination parameters are invalid") from None
+            items = [it for it in items if rx.search(str(it.get("name", "")))]
+        else:
+            items = [it for it in items if name.lower() in str(it.get("name", "")).lower()]
+    filtered = len(items)
+    page_count = max(1, math.ceil(filtered / page_size)) if filtered else 0
+    if filtered and page > page_count:
+        raise bad_request("Page out of range")
+    chunk = items[(page - 1) * page_size:page * page_size]
+    return {"filtered_count": filtered, "item_count": len(chunk), "items": columns(r, chunk),
+            "page": page, "page_count": page_count, "page_size": page_size, "total_count": total}
+
+
+API_INDEX = ("<!DOCTYPE html><html><head><title>RabbitMQ Management HTTP API</title></head><body>"
+             "<h1>RabbitMQ Management HTTP API (Usagi)</h1><p>The API lives under <code>/api/</code>: "
+             "<code>/api/overview</code>, <code>/api/queues</code>, <code>/api/exchanges</code>, "
+             "<code>/api/bindings</code>, <code>/api/vhosts</code>, <code>/api/users</code>, "
+             "<code>/api/definitions</code> and the rest of RabbitMQ's paths.</p></body></html>")
+
+
+# ======================================================================================== handlers
+
+# ---------------------------------------------------------------------------------------- overview, node
+
+@get("overview", ANY)
+def overview(r: Req):
+    return r.view.overview(r.visible_vhosts())
+
+
+@get("cluster-name", ANY)
+def cluster_name(r: Req):
+    return {"name": r.broker.server_properties.get("cluster_name", r.m.node)}
+
+
+@put("cluster-name", ADMIN)
+def set_cluster_name(r: Req):
+    body = r.body()
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise bad_request("[{key_missing,name}]")
+    r.broker.server_properties["cluster_name"] = name
+    r.broker.global_parameters["cluster_name"] = name
+    return Reply(204)
+
+
+@get("nodes", MONITOR)
+def nodes(r: Req):
+    return Listing([r.view.node_json()], ("name",))
+
+
+@get("nodes/:node", MONITOR)
+def node(r: Req):
+    if r.p("node") != r.m.node:
+        raise not_found()
+    return r.view.node_json()
+
+
+@get("nodes/:node/memory", MONITOR)
+def node_memory(r: Req):
+    if r.p("node") != r.m.node:
+        raise not_found()
+    used = r.broker.memory_usage()
+    return {"memory": {"total": {"rss": used, "allocated": used, "erlang": used},
+                       "strategy": "rss", "other_proc": used, "code": 0, "binary": 0,
+                       "queue_procs": 0, "connection_readers": 0}}
+
+
+@get("extensions", ANY)
+def extensions(r: Req):
+    return []
+
+
+@get("auth", NONE)
+def auth_settings(r: Req):
+    return {"oauth_enabled": False, "oauth_disable_basic_auth": False}
+
+
+@get("whoami", ANY)
+def whoami(r: Req):
+    return {"name": r.user.name, "tags": list(r.user.tags), "is_internal_user": True}
+
+
+@get("feature-flags", ADMIN)
+def feature_flags(r: Req):
+    return []
+
+
+# ---------------------------------------------------------------------------------------- health checks
+
+def _failed(body: dict) -> Reply:
+    return Reply(503, dict(body, status="failed"))
+
+
+@get("health/checks/alarms", ANY)
+def hc_alarms(r: Req):
+    alarms = sorted(r.broker.alarms)
+    if alarms:
+        return _failed({"reason": "There are alarms in effect in the cluster",
+                        "alarms": [{"node": r.m.node, "resource": a} for a in alarms]})
+    return {"status": "ok"}
+
+
+@get("health/checks/local-alarms", ANY)
+def hc_local_alarms(r: Req):
+    alarms = sorted(r.broker.alarms)
+    if alarms:
+        return _failed({"reason": "There are alarms in effect on the node",
+                        "alarms": [{"node": r.m.node, "resource": a} for a in alarms]})
+    return {"status": "ok"}
+
+
+@get("health/checks/virtual-hosts", ANY)
+def hc_vhosts(r: Req):
+    return {"status": "ok"}
+
+
+@get("health/checks/node-is-quorum-critical", ANY)
+def hc_quorum(r: Req):
+    return {"status": "ok"}
+
+
+@get("health/checks/node-is-mirror-sync-critical", ANY)
+def hc_mirror(r: Req):
+    return {"status": "ok"}
+
+
+@get("health/checks/is-in-service", ANY)
+def hc_in_service(r: Req):
+    return {"status": "ok"}
+
+
+@get("health/checks/ready-to-serve-clients", ANY)
+def hc_ready(r: Req):
+    return {"status": "ok"}
+
+
+@get("health/checks/port-listener/:port", ANY)
+def hc_port(r: Req):
+    try:
+        port = int(r.p("port"))
+    except ValueError:
+        raise bad_request(f"Invalid port: {r.p('port')}") from None
+    ports = sorted({p for _x, _h, p in r.m.amqp_listeners() + r.m.http_listeners()})
+    if port in ports:
+        return {"status": "ok", "port": port}
+    return _failed({"reason": "No active listener", "missing": port, "ports": ports})
+
+
+@get("health/checks/protocol-listener/:protocol", ANY)
+def hc_protocol(r: Req):
+    aliases = {"amqp": "amqp", "amqp091": "amqp", "amqp0.9.1": "amqp", "amqp0-9-1": "amqp",
+               "amqps": "amqp/ssl", "http": "http", "management": "http", "prometheus": "http/prometheus",
+               "http/prometheus": "http/prometheus"}
+    want = r.p("protocol").lower()
+    protocols = sorted({p for p, _h, _x in r.m.amqp_listeners() + r.m.http_listeners()})
+    if aliases.get(want, want) in protocols:
+        return {"status": "ok", "protocol": r.p("protocol")}
+    return _failed({"reason": "No active listener", "missing": r.p("protocol"), "protocols": protocols})
+
+
+@get("health/checks/certificate-expiration/:within/:unit", ANY)
+def hc_cert(r: Req):
+    return {"status": "ok"}
+
+
+@get("healthchecks/node", ANY)
+def healthchecks_node(r: Req):
+    return {"status": "ok"}
+
+
+@get("aliveness-test/:vhost", VHOST)
+def aliveness(r: Req):
+    v = r.vhost()
+    for kind in ("configure", "write", "read"):
+        r.check(kind, "queue", ops.ALIVENESS_QUEUE, v.name)
+    ok, why = ops.aliveness_test(r.broker, v)
+    if ok:
+        return {"status": "ok"}
+    return _failed({"reason": why})
+
+
+# ---------------------------------------------------------------------------------------- vhosts
+
+@get("vhosts", ANY)
+def vhosts(r: Req):
+    return Listing([r.view.vhost(v) for v in r.visible_vhosts()], ("name",))
+
+
+@get("vhosts/:vhost", VHOST)
+def vhost_get(r: Req):
+    return r.view.vhost(r.vhost())
+
+
+@put("vhosts/:vhost", ADMIN)
+def vhost_put(r: Req):
+    return created(ops.put_vhost(r.broker, r.p("vhost"), r.body()))
+
+
+@delete("vhosts/:vhost", ADMIN)
+def vhost_delete(r: Req):
+    if not r.broker.delete_vhost(r.p("vhost")):
+        raise not_found()
+    return Reply(204)
+
+
+@get("vhosts/:vhost/permissions", ADMIN)
+def vhost_permissions(r: Req):
+    v = r.vhost()
+    return Listing([ops.permission_json(p) for (_u, vh), p in r.broker.users.permissions.items()
+                    if vh == v.name], ("user",))
+
+
+@get("vhosts/:vhost/topic-permissions", ADMIN)
+def vhost_topic_permissions(r: Req):
+    v = r.vhost()
+    return Listing([dict(p) for (_u, vh, _x), p in r.broker.users.topic_permissions.items() if vh == v.name],
+                   ("user",))
+
+
+def _visible_connections(r: Req, vhost: str | None = None) -> list:
+    out = []
+    for c in r.broker.connections:
+        if c.closed:
+            continue
+        if vhost is not None and c.vhost != vhost:
+            continue
+        if not r.is_monitor and (c.user is None or c.user.name != r.user.name):
+            continue
+        out.append(c)
+    return out
+
+
+@get("vhosts/:vhost/connections", VHOST_VISIBLE)
+def vhost_connections(r: Req):
+    v = r.vhost()
+    return Listing([r.view.connection(c) for c in _visible_connections(r, v.name)], ("name",))
+
+
+@get("vhosts/:vhost/channels", VHOST_VISIBLE)
+def vhost_channels(r: Req):
+    v = r.vhost()
+    return Listing([r.view.channel(ch) for c in _visible_connections(r, v.name) for ch in c.channels.values()],
+                   ("name",))
+
+
+# ---------------------------------------------------------------------------------------- users, permissions
+
+@get("users", ADMIN)
+def users(r: Req):
+    return Listing([r.view.user(u) for u in r.broker.users.users.values()], ("name",))
+
+
+@get("users/without-permissions", ADMIN)
+def users_without_permissions(r: Req):
+    with_perms = {u for (u, _v) in r.broker.users.permissions}
+    return Listing([r.view.user(u) for n, u in r.broker.users.users.items() if n not in with_perms], ("name",))
+
+
+@post("users/bulk-delete", ADMIN)
+def users_bulk_delete(r: Req):
+    body = r.body()
+    names = body.get("users")
+    if not isinstance(names, list):
+        raise bad_request("[{key_missing,users}]")
+    for n in names:
+        if isinstance(n, str):
+            r.broker.delete_user(n)
+    return Reply(204)
+
+
+def _user(r: Req):
+    u = r.broker.users.users.get(r.p("user"))
+    if u is None:
+        raise not_found()
+    return u
+
+
+@get("users/:user", ADMIN)
+def user_get(r: Req):
+    return r.view.user(_user(r))
+
+
+@put("users/:user", ADMIN)
+def user_put(r: Req):
+    return created(ops.put_user(r.broker, r.p("user"), r.body()))
+
+
+@delete("users/:user", ADMIN)
+def user_delete(r: Req):
+    if not r.broker.delete_user(r.p("user")):
+        raise not_found()
+    return Reply(204)
+
+
+@get("users/:user/permissions", ADMIN)
+def user_permissions(r: Req):
+    u = _user(r)
+    return Listing([ops.permission_json(p) for (un, _v), p in r.broker.users.permissions.items() if un == u.name],
+                   ("vhost",))
+
+
+@get("users/:user/topic-permissions", ADMIN)
+def user_topic_permissions(r: Req):
+    u = _user(r)
+    return Listing([dict(p) for (un, _v, _x), p in r.broker.users.topic_permissions.items() if un == u.name],
+                   ("vhost",))
+
+
+@get("permissions", ADMIN)
+def permissions(r: Req):
+    return Listing([ops.permission_json(p) for p in r.broker.users.permissions.values()], ("vhost", "user"))
+
+
+def _permission(r: Req):
+    p = r.broker.users.permission(r.p("user"), r.p("vhost"))
+    if p is None:
+        raise not_found()
+    return p
+
+
+@get("permissions/:vhost/:user", ADMIN)
+def permission_get(r: Req):
+    return ops.permission_json(_permission(r))
+
+
+@put("permissions/:vhost/:user", ADMIN)
+def permission_put(r: Req):
+    return created(ops.put_permission(r.broker, r.p("user"), r.p("vhost"), r.body()))
+
+
+@delete("permissions/:vhost/:user", ADMIN)
+def permission_delete(r: Req):
+    if not r.broker.clear_permissions(r.p("user"), r.p("vhost")):
+        raise not_found()
+    return Reply(204)
+
+
+@get("topic-permissions", ADMIN)
+def topic_permissions(r: Req):
+    return Listing([dict(p) for p in r.broker.users.topic_permissions.values()], ("vhost", "user"))
+
+
+def _topic_permissions(r: Req) -> list:
+    tp = r.broker.users.topic_permissions
+    return [k for k in tp if k[0] == r.p("user") and k[1] == r.p("vhost")]
+
+
+@get("topic-permissions/:vhost/:user", ADMIN)
+def topic_permission_get(r: Req):
+    keys = _topic_permissions(r)
+    if not keys:
+        raise not_found()
+    return [dict(r.broker.users.topic_permissions[k]) for k in keys]
+
+
+@put("topic-permissions/:vhost/:user", ADMIN)
+def topic_permission_put(r: Req):
+    return created(ops.put_topic_permission(r.broker, r.p("user"), r.p("vhost"), r.body()))
+
+
+@delete("topic-permissions/:vhost/:user", ADMIN)
+def topic_permission_delete(r: Req):
+    keys = _topic_permissions(r)
+    if not keys:
+        raise not_found()
+    for k in keys:
+        del r.broker.users.topic_permissions[k]
+    return Reply(204)
+
+
+# ---------------------------------------------------------------------------------------- exchanges
+
+def _exchange(r: Req, v, key: str = "exchange"):
+    x = v.exchanges.get(r.xname(key))
+    if x is None:
+        raise not_found()
+    return x
+
+
+@get("exchanges", ANY)
+def exchanges(r: Req):
+    return Listing([r.view.exchange(x) for v in r.visible_vhosts() for x in v.exchanges.values()])
+
+
+@get("exchanges/:vhost", VHOST)
+def exchanges_vhost(r: Req):
+    v = r.vhost()
+    return Listing([r.view.exchange(x) for x in v.exchanges.values()])
+
+
+@get("exchanges/:vhost/:exchange", VHOST)
+def exchange_get(r: Req):
+    return r.view.exchange(_exchange(r, r.vhost()), detail=True)
+
+
+@put("exchanges/:vhost/:exchange", VHOST)
+def exchange_put(r: Req):
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    name = r.xname()
+    body = r.body()
+    if not name or name.startswith("amq."):      # RabbitMQ refuses any declare of these names
+        raise not_authorised("Access refused.")
+    r.check("configure", "exchange", name, v.name)
+    args = body.get("arguments") or {}
+    if not isinstance(args, dict):
+        raise bad_request("arguments must be a JSON object")
+    existed = name in v.exchanges
+    r.broker.declare_exchange(v, name, body.get("type") or "direct", parse_bool(body.get("durable")),
+                              parse_bool(body.get("auto_delete")), parse_bool(body.get("internal")), args)
+    return created(not existed)
+
+
+@delete("exchanges/:vhost/:exchange", VHOST)
+def exchange_delete(r: Req):
+    v = r.vhost()
+    x = _exchange(r, v)
+    if not x.name or x.name.startswith("amq."):
+        raise not_authorised("Access refused.")
+    r.check("configure", "exchange", x.name, v.name)
+    r.broker.delete_exchange(v, x.name, parse_bool(r.query.get("if-unused"), False))
+    return Reply(204)
+
+
+@post("exchanges/:vhost/:exchange/publish", VHOST)
+def exchange_publish(r: Req):
+    v = r.vhost()
+    routed = ops.publish(r.broker, r.user, v, r.xname(), r.body())
+    return {"routed": routed}
+
+
+@get("exchanges/:vhost/:exchange/bindings/source", VHOST)
+def exchange_bindings_source(r: Req):
+    v = r.vhost()
+    x = _exchange(r, v)
+    return Listing([b for b in r.view.bindings(v) if b["source"] == x.name], None)
+
+
+@get("exchanges/:vhost/:exchange/bindings/destination", VHOST)
+def exchange_bindings_destination(r: Req):
+    v = r.vhost()
+    x = _exchange(r, v)
+    return Listing([b for b in r.view.bindings(v)
+                    if b["destination_type"] == "exchange" and b["destination"] == x.name], None)
+
+
+# ---------------------------------------------------------------------------------------- queues
+
+def _queue(r: Req, v, key: str = "queue") -> Queue:
+    q = v.queues.get(r.p(key))
+    if q is None:
+        raise not_found()
+    return q
+
+
+@get("queues", ANY)
+def queues(r: Req):
+    view = r.view
+    return Listing([view.queue(q) for v in r.visible_vhosts() for q in v.queues.values()])
+
+
+@get("queues/:vhost", VHOST)
+def queues_vhost(r: Req):
+    v = r.vhost()
+    view = r.view
+    return Listing([view.queue(q) for q in v.queues.values()])
+
+
+@get("queues/:vhost/:queue", VHOST)
+def queue_get(r: Req):
+    return r.view.queue(_queue(r, r.vhost()), detail=True)
+
+
+@put("queues/:vhost/:queue", VHOST)
+def queue_put(r: Req):
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    name = r.p("queue")
+    body = r.body()
+    r.check("configure", "queue", name, v.name)
+    args = body.get("arguments") or {}
+    if not isinstance(args, dict):
+        raise bad_request("arguments must be a JSON object")
+    if name.startswith("amq.") and name not in v.queues:
+        raise not_authorised("Access refused.")
+    existed = name in v.queues
+    if existed:
+        r.broker.check_exclusive(v.queues[name], None)
+    r.broker.declare_queue(v, name, parse_bool(body.get("durable")), False,
+                           parse_bool(body.get("auto_delete")), args)
+    return created(not existed)
+
+
+@delete("queues/:vhost/:queue", VHOST)
+def queue_delete(r: Req):
+    v = r.vhost()
+    q = _queue(r, v)
+    r.check("configure", "queue", q.name, v.name)
+    r.broker.delete_queue(q, parse_bool(r.query.get("if-unused"), False),
+                          parse_bool(r.query.get("if-empty"), False))
+    r.broker.run_dirty()
+    return Reply(204)
+
+
+@delete("queues/:vhost/:queue/contents", VHOST)
+def queue_purge(r: Req):
+    v = r.vhost()
+    q = _queue(r, v)
+    r.check("read", "queue", q.name, v.name)
+    r.broker.purge_queue(q)
+    return Reply(204)
+
+
+@post("queues/:vhost/:queue/get", VHOST)
+def queue_get_messages(r: Req):
+    v = r.vhost()
+    q = _queue(r, v)
+    return ops.get_messages(r.broker, r.user, q, r.body())
+
+
+@post("queues/:vhost/:queue/actions", VHOST)
+def queue_actions(r: Req):
+    v = r.vhost()
+    _queue(r, v)
+    action = r.body().get("action")
+    if action in ("sync", "cancel_sync"):
+        return Reply(204)
+    raise bad_request(f"Unknown action: {action}")
+
+
+@get("queues/:vhost/:queue/bindings", VHOST)
+def queue_bindings(r: Req):
+    v = r.vhost()
+    q = _queue(r, v)
+    return Listing([b for b in r.view.bindings(v)
+                    if b["destination_type"] == "queue" and b["destination"] == q.name], None)
+
+
+# ---------------------------------------------------------------------------------------- bindings
+
+def _all_bindings(r: Req, vhosts) -> list:
+    out = []
+    for v in vhosts:
+        out += r.view.bindings(v)
+    return out
+
+
+@get("bindings", ANY)
+def bindings(r: Req):
+    return Listing(_all_bindings(r, r.visible_vhosts()), None)
+
+
+@get("bindings/:vhost", VHOST)
+def bindings_vhost(r: Req):
+    return Listing(_all_bindings(r, [r.vhost()]), None)
+
+
+def _binding_ends(r: Req):
+    v = r.vhost()
+    dtype = r.p("dtype")
+    if dtype not in ("q", "e"):
+        raise not_found()
+    src = _exchange(r, v, "source")
+    if dtype == "q":
+        dst = _queue(r, v, "destination")
+    else:
+        dst = _exchange(r, v, "destination")
+    return v, src, dst
+
+
+def _between(r: Req, v, src, dst) -> list:
+    dtype = "queue" if isinstance(dst, Queue) else "exchange"
+    return [b for b in r.view.bindings(v)
+            if b["source"] == src.name and b["destination_type"] == dtype and b["destination"] == dst.name]
+
+
+@get("bindings/:vhost/e/:source/:dtype/:destination", VHOST)
+def bindings_between(r: Req):
+    v, src, dst = _binding_ends(r)
+    return Listing(_between(r, v, src, dst), None)
+
+
+@post("bindings/:vhost/e/:source/:dtype/:destination", VHOST)
+def binding_create(r: Req):
+    v = r.vhost()
+    dtype = r.p("dtype")
+    if dtype not in ("q", "e"):
+        raise not_found()
+    body = r.body()
+    rk = body.get("routing_key", "")
+    if not isinstance(rk, str):
+        raise bad_request(["not_string", "routing_key"])
+    args = body.get("arguments") or {}
+    if not isinstance(args, dict):
+        raise bad_request("arguments must be a JSON object")
+    sname = r.xname("source")
+    dname = r.xname("destination") if dtype == "e" else r.p("destination")
+    if not sname or (dtype == "e" and not dname):
+        raise not_authorised("Access refused.")
+    r.check("write", "queue" if dtype == "q" else "exchange", dname, v.name)
+    r.check("read", "exchange", sname, v.name)
+    src = r.broker.get_exchange(v, sname)
+    dst = r.broker.get_queue(v, dname, owner=False) if dtype == "q" else r.broker.get_exchange(v, dname)
+    r.broker.bind(v, src, dst, rk, args)
+    loc = urllib.parse.quote(dst.name, safe="") + "/" + properties_key(rk, args)
+    return Reply(201, None, {"Location": loc})
+
+
+def _find_binding(r: Req):
+    v, src, dst = _binding_ends(r)
+    props = r.p("props")
+    for b in _between(r, v, src, dst):
+        pk = b["properties_key"]
+        if props == pk or props == urllib.parse.unquote(pk):
+            return v, src, dst, b
+    raise not_found()
+
+
+@get("bindings/:vhost/e/:source/:dtype/:destination/:props", VHOST)
+def binding_get(r: Req):
+    return _find_binding(r)[3]
+
+
+@delete("bindings/:vhost/e/:source/:dtype/:destination/:props", VHOST)
+def binding_delete(r: Req):
+    v, src, dst, b = _find_binding(r)
+    if not src.name:
+        raise not_authorised("Access refused.")
+    r.check("write", "queue" if isinstance(dst, Queue) else "exchange", dst.name, v.name)
+    r.check("read", "exchange", src.name, v.name)
+    for key, binding in list(src.bindings.items()):
+        if binding.destination is dst and binding.routing_key == b["routing_key"] and \
+                properties_key(binding.routing_key, binding.arguments) == b["properties_key"]:
+            r.broker.unbind(v, src, dst, binding.routing_key, binding.arguments)
+            break
+    return Reply(204)
+
+
+# ---------------------------------------------------------------------------------------- connections, channels
+
+def _connection(r: Req):
+    name = r.p("connection")
+    for c in r.broker.connections:
+        if c.name == name and not c.closed:
+            own = c.user is not None and c.user.name == r.user.name
+            allowed = (r.is_admin if r.method == "DELETE" else r.is_monitor) or own
+            if not allowed:
+                raise not_authorised("User not authorised to access object")
+            return c
+    raise not_found()
+
+
+@get("connections", ANY)
+def connections(r: Req):
+    return Listing([r.view.connection(c) for c in _visible_connections(r)], ("name",))
+
+
+@get("connections/:connection", ANY)
+def connection_get(r: Req):
+    return r.view.connection(_connection(r))
+
+
+@delete("connections/:connection", ANY)
+def connection_delete(r: Req):
+    c = _connection(r)
+    reason = r.request.headers.get("X-Reason") or "Closed via management plugin"
+    log.info("closing connection %s on request from the management API: %s", c.name, reason)
+    c.force_close(E.CONNECTION_FORCED, reason)
+    return Reply(204)
+
+
+@get("connections/:connection/channels", ANY)
+def connection_channels(r: Req):
+    c = _connection(r)
+    return Listing([r.view.channel(ch) for ch in c.channels.values()], ("name",))
+
+
+@get("channels", ANY)
+def channels(r: Req):
+    return Listing([r.view.channel(ch) for c in _visible_connections(r) for ch in c.channels.values()],
+                   ("name",))
+
+
+@get("channels/:channel", ANY)
+def channel_get(r: Req):
+    name = r.p("channel")
+    for c in _visible_connections(r):
+        for ch in c.channels.values():
+            if View.channel_name(ch) == name:
+                return r.view.channel(ch)
+    raise not_found()
+
+
+def _consumers(r: Req, vhosts) -> list:
+    out = []
+    for v in vhosts:
+        for q in v.queues.values():
+            for cons in q.consumers:
+                out.append(r.view.consumer(cons))
+    return out
+
+
+@get("consumers", ANY)
+def consumers(r: Req):
+    return Listing(_consumers(r, r.visible_vhosts()), ("queue.vhost", "queue.name", "consumer_tag"))
+
+
+@get("consumers/:vhost", VHOST)
+def consumers_vhost(r: Req):
+    return Listing(_consumers(r, [r.vhost()]), ("queue.name", "consumer_tag"))
+
+
+# ---------------------------------------------------------------------------------------- policies, parameters
+
+def _policies(r: Req, vhost: str | None) -> list:
+    out = []
+    for (vh, _n), p in r.broker.policies.items():
+        if vhost is not None and vh != vhost:
+            continue
+        if not r.is_admin and r.broker.users.permission(r.user.name, vh) is None:
+            continue
+        out.append({"vhost": vh, "name": p.get("name", _n), "pattern": p.get("pattern"),
+                    "apply-to": p.get("apply-to", "all"), "definition": jsonable(p.get("definition", {})),
+                    "priority": p.get("priority", 0)})
+    return out
+
+
+@get("policies", POLICIES)
+def policies(r: Req):
+    return Listing(_policies(r, None))
+
+
+@get("policies/:vhost", POLICIES)
+def policies_vhost(r: Req):
+    return Listing(_policies(r, r.vhost().name))
+
+
+@get("policies/:vhost/:name", POLICIES)
+def policy_get(r: Req):
+    v = r.vhost()
+    for p in _policies(r, v.name):
+        if p["name"] == r.p("name"):
+            return p
+    raise not_found()
+
+
+@put("policies/:vhost/:name", POLICIES)
+def policy_put(r: Req):
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    return created(ops.put_policy(r.broker, v.name, r.p("name"), r.body()))
+
+
+@delete("policies/:vhost/:name", POLICIES)
+def policy_delete(r: Req):
+    v = r.vhost()
+    if not ops.delete_policy(r.broker, v.name, r.p("name")):
+        raise not_found()
+    return Reply(204)
+
+
+@get("operator-policies", POLICIES)
+def operator_policies(r: Req):
+    return []
+
+
+@get("operator-policies/:vhost", POLICIES)
+def operator_policies_vhost(r: Req):
+    r.vhost()
+    return []
+
+
+@get("vhost-limits", ADMIN)
+def vhost_limits(r: Req):
+    return [{"vhost": v.name, "value": dict(v.limits)} for _n, v in sorted(r.broker.vhosts.items()) if v.limits]
+
+
+@get("vhost-limits/:vhost", VHOST)
+def vhost_limits_vhost(r: Req):
+    v = r.vhost()
+    return [{"vhost": v.name, "value": dict(v.limits)}] if v.limits else []
+
+
+@get("parameters", POLICIES)
+def parameters(r: Req):
+    return Listing(ops.parameters_list(r.broker))
+
+
+@get("parameters/:component", POLICIES)
+def parameters_component(r: Req):
+    return Listing(ops.parameters_list(r.broker, component=r.p("component")))
+
+
+@get("parameters/:component/:vhost", POLICIES)
+def parameters_component_vhost(r: Req):
+    return Listing(ops.parameters_list(r.broker, r.vhost().name, r.p("component")))
+
+
+@get("parameters/:component/:vhost/:name", POLICIES)
+def parameter_get(r: Req):
+    v = r.vhost()
+    for p in ops.parameters_list(r.broker, v.name, r.p("component")):
+        if p["name"] == r.p("name"):
+            return p
+    raise not_found()
+
+
+@put("parameters/:component/:vhost/:name", POLICIES)
+def parameter_put(r: Req):
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    body = r.body()
+    if "value" not in body:
+        raise bad_request("[{key_missing,value}]")
+    return created(ops.put_parameter(r.broker, v.name, r.p("component"), r.p("name"), body["value"]))
+
+
+@delete("parameters/:component/:vhost/:name", POLICIES)
+def parameter_delete(r: Req):
+    v = r.vhost()
+    if not ops.delete_parameter(r.broker, v.name, r.p("component"), r.p("name")):
+        raise not_found()
+    return Reply(204)
+
+
+@get("global-parameters", GLOBAL_PARAMS)
+def global_parameters(r: Req):
+    return Listing(ops.global_parameters_list(r.broker), ("name",))
+
+
+@get("global-parameters/:name", GLOBAL_PARAMS)
+def global_parameter_get(r: Req):
+    for p in ops.global_parameters_list(r.broker):
+        if p["name"] == r.p("name"):
+            return p
+    raise not_found()
+
+
+@put("global-parameters/:name", GLOBAL_PARAMS)
+def global_parameter_put(r: Req):
+    body = r.body()
+    if "value" not in body:
+        raise bad_request("[{key_missing,value}]")
+    name = r.p("name")
+    existed = name in r.broker.global_parameters
+    r.broker.global_parameters[name] = body["value"]
+    if name == "cluster_name" and isinstance(body["value"], str):
+        r.broker.server_properties["cluster_name"] = body["value"]
+    return created(not existed)
+
+
+@delete("global-parameters/:name", GLOBAL_PARAMS)
+def global_parameter_delete(r: Req):
+    if r.broker.global_parameters.pop(r.p("name"), None) is None:
+        raise not_found()
+    return Reply(204)
+
+
+# ---------------------------------------------------------------------------------------- definitions
+
+def _download(r: Req, body) -> web.Response:
+    headers = {}
+    fname = r.query.get("download")
+    if fname:
+        headers["Content-Disposition"] = f"attachment; filename={fname}"
+    return json_response(200, body, headers)
+
+
+@get("definitions", ADMIN)
+def definitions(r: Req):
+    return _download(r, ops.export_definitions(r.broker))
+
+
+@get("all-configuration", ADMIN)
+def all_configuration(r: Req):
+    return definitions(r)
+
+
+@post("definitions", ADMIN)
+def definitions_import(r: Req):
+    defs = r.json("failed_to_parse_json")
+    log.info("importing definitions on request from the management API (user '%s')", r.user.name)
+    ops.import_definitions(r.broker, defs)
+    return Reply(204)
+
+
+@post("all-configuration", ADMIN)
+def all_configuration_import(r: Req):
+    return definitions_import(r)
+
+
+@get("definitions/:vhost", ADMIN)
+def definitions_vhost(r: Req):
+    v = r.vhost(bad_request("vhost_not_found"))
+    return _download(r, ops.export_definitions(r.broker, v.name))
+
+
+@post("definitions/:vhost", ADMIN)
+def definitions_vhost_import(r: Req):
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    defs = r.json("failed_to_parse_json")
+    ops.import_definitions(r.broker, defs, v.name)
+    return Reply(204)

@@ -1,0 +1,520 @@
+"""The JSON shapes of the management API, field for field as RabbitMQ 3.10/4.x emit them.
+
+A `View` is made per request: it caches what is costly to gather more than once (bytes of
+unacknowledged messages per queue) and knows the node name and the rate sampler. Values that only
+have a meaning inside Erlang (reductions, garbage collection) keep their keys with zeros, so that
+tools reading them find what they expect.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+from .. import RABBITMQ_COMPAT_VERSION, __version__
+from ..model.queue import Queue
+from . import ops
+from .util import iso_time, jsonable, properties_key
+
+PROTOCOL = "AMQP 0-9-1"
+
+EXCHANGE_TYPES = [
+    {"name": "direct", "description": "AMQP direct exchange, as per the AMQP specification", "enabled": True},
+    {"name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": True},
+    {"name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": True},
+    {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": True},
+]
+
+GC = {"fullsweep_after": 0, "max_heap_size": 0, "min_bin_vheap_size": 0, "min_heap_size": 0, "minor_gcs": 0}
+
+
+def _stats(pairs) -> dict:
+    """{"k": v, "k_details": {"rate": r}} for (k, v, r) triples."""
+    out = {}
+    for k, v, r in pairs:
+        out[k] = v
+        out[k + "_details"] = {"rate": r}
+    return out
+
+
+class View:
+    def __init__(self, m):
+        self.m = m
+        self.broker = m.broker
+        self.sampler = m.sampler
+        self.node = m.node
+        self._unacked_bytes = None
+
+    # ------------------------------------------------------------------ helpers
+    def unacked_bytes(self, q) -> int:
+        if self._unacked_bytes is None:
+            acc = {}
+            for c in self.broker.connections:
+                for ch in c.channels.values():
+                    for u in ch.unacked.values():
+                        k = id(u.queue)
+                        acc[k] = acc.get(k, 0) + len(u.msg.body)
+            self._unacked_bytes = acc
+        return self._unacked_bytes.get(id(q), 0)
+
+    def rate(self, obj, key) -> float:
+        return self.sampler.rate(obj, key)
+
+    # ------------------------------------------------------------------ queues
+    def queue(self, q, detail: bool = False) -> dict:
+        s = self.sampler
+        ready = q.message_count
+        unacked = q.unacked
+        ready_bytes = q.ready_bytes
+        unacked_bytes = self.unacked_bytes(q)
+        persistent = persistent_bytes = 0
+        if q.durable:
+            for _s, m in q.ready:
+                if m.scan.delivery_mode == 2:
+                    persistent += 1
+                    persistent_bytes += len(m.body)
+            for _s, m in q.returned:
+                if m.scan.delivery_mode == 2:
+                    persistent += 1
+                    persistent_bytes += len(m.body)
+        qtype = q.arguments.get("x-queue-type", "classic") if q.arguments else "classic"
+        if isinstance(qtype, bytes):
+            qtype = qtype.decode("utf-8", "replace")
+        policy = ops.effective_policy(self.broker, "queue", q)
+        excl = None
+        for c in q.consumers:
+            if c.exclusive:
+                excl = c.tag
+                break
+        head_ts = None
+        head = q.returned[0][1] if q.returned else (q.ready[0][1] if q.ready else None)
+        if head is not None:
+            props = ops.decode_properties(head.props)
+            if isinstance(props, dict) and "timestamp" in props:
+                head_ts = props["timestamp"]
+        n_consumers = len(q.consumers)
+        d = {
+            "arguments": jsonable(q.arguments),
+            "auto_delete": q.auto_delete,
+            "backing_queue_status": {
+                "avg_ack_egress_rate": s.rate(q, "ack"), "avg_ack_ingress_rate": s.rate(q, "deliver_get"),
+                "avg_egress_rate": s.rate(q, "deliver_get"), "avg_ingress_rate": s.rate(q, "publish"),
+                "delta": ["delta", "undefined", 0, 0, "undefined"], "len": ready, "mode": "default",
+                "next_deliver_seq_id": q.seq, "next_seq_id": q.seq + 1, "num_pending_acks": unacked,
+                "num_unconfirmed": 0, "q1": 0, "q2": 0, "q3": 0, "q4": ready,
+                "target_ram_count": "infinity", "version": 2},
+            "consumer_capacity": 1.0 if n_consumers else 0,
+            "consumer_utilisation": 1.0 if n_consumers else 0,
+            "consumers": n_consumers,
+            "durable": q.durable,
+            "effective_policy_definition": dict(policy["definition"]) if policy else {},
+            "exclusive": q.exclusive_owner is not None,
+            "exclusive_consumer_tag": excl,
+            "garbage_collection": dict(GC),
+            "head_message_timestamp": head_ts,
+            "memory": 1024 + ready_bytes + unacked_bytes + 64 * (ready + unacked),
+            "message_bytes": ready_bytes + unacked_bytes,
+            "message_bytes_paged_out": 0,
+            "message_bytes_persistent": persistent_bytes,
+            "message_bytes_ram": ready_bytes + unacked_bytes,
+            "message_bytes_ready": ready_bytes,
+            "message_bytes_unacknowledged": unacked_bytes,
+            "message_stats": self.queue_message_stats(q),
+            "messages": ready + unacked,
+            "messages_details": {"rate": s.rate(q, "messages")},
+            "messages_paged_out": 0,
+            "messages_persistent": persistent,
+            "messages_ram": ready + unacked,
+            "messages_ready": ready,
+            "messages_ready_details": {"rate": s.rate(q, "messages_ready")},
+            "messages_ready_ram": ready,
+            "messages_unacknowledged": unacked,
+            "messages_unacknowledged_details": {"rate": s.rate(q, "messages_unacknowledged")},
+            "messages_unacknowledged_ram": unacked,
+            "name": q.name,
+            "node": self.node,
+            "operator_policy": None,
+            "policy": policy["name"] if policy else None,
+            "reductions": 0,
+            "reductions_details": {"rate": 0.0},
+            "single_active_consumer_tag": None,
+            "state": "running",
+            "type": qtype,
+            "vhost": q.vhost,
+        }
+        idle = self.sampler.idle_since(q)
+        if idle is not None:
+            d["idle_since"] = iso_time(idle)
+        owner = q.exclusive_owner
+        if owner is not None:
+            d["owner_pid_details"] = {"name": owner.name, "peer_port": owner.peer[1],
+                                      "peer_host": owner.peer[0]}
+        if detail:
+            d["consumer_details"] = [self.consumer(c) for c in q.consumers]
+            d["deliveries"] = []
+            d["incoming"] = []
+        return d
+
+    def queue_message_stats(self, q) -> dict:
+        s = self.sampler
+        return _stats([
+            ("ack", q.acked, s.rate(q, "ack")),
+            ("deliver", q.delivered, s.rate(q, "deliver_get")),
+            ("deliver_get", q.delivered, s.rate(q, "deliver_get")),
+            ("deliver_no_ack", 0, 0.0),
+            ("get", 0, 0.0),
+            ("get_empty", 0, 0.0),
+            ("get_no_ack", 0, 0.0),
+            ("publish", q.published, s.rate(q, "publish")),
+            ("redeliver", q.redelivered_count, s.rate(q, "redeliver")),
+        ])
+
+    # ------------------------------------------------------------------ exchanges
+    def exchange(self, x, detail: bool = False) -> dict:
+        d = {"arguments": jsonable(x.arguments), "auto_delete": x.auto_delete, "durable": x.durable,
+             "internal": x.internal, "name": x.name, "type": x.type,
+             "user_who_performed_action": "rmq-internal" if not x.name or x.name.startswith("amq.") else "",
+             "vhost": x.vhost}
+        if x.publish_in or x.publish_out:
+            s = self.sampler
+            d["message_stats"] = _stats([("publish_in", x.publish_in, s.rate(x, "publish_in")),
+                                         ("publish_out", x.publish_out, s.rate(x, "publish_out"))])
+        policy = ops.effective_policy(self.broker, "exchange", x)
+        if policy:
+            d["policy"] = policy["name"]
+        if detail:
+            d["incoming"] = []
+            d["outgoing"] = []
+        return d
+
+    # ------------------------------------------------------------------ bindings
+    def binding(self, vhost: str, source: str, dest, rk: str, args: dict) -> dict:
+        return {"source": source, "vhost": vhost, "destination": dest.name,
+                "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
+                "routing_key": rk, "arguments": jsonable(args), "properties_key": properties_key(rk, args)}
+
+    def bindings(self, v) -> list:
+        out = [self.binding(v.name, src, dest, rk, args) for src, dest, rk, args in self.broker.bindings_of(v)]
+        out.sort(key=lambda b: (b["source"], b["destination_type"], b["destination"], b["routing_key"],
+                                b["properties_key"]))
+        return out
+
+    # ------------------------------------------------------------------ connections, channels, consumers
+    def connection(self, c) -> dict:
+        s = self.sampler
+        user = c.user.name if c.user is not None else "none"
+        return {
+            "auth_mechanism": c.auth_mechanism or "PLAIN",
+            "channel_max": c.channel_max,
+            "channels": len(c.channels),
+            "client_properties": jsonable(c.client_properties),
+            "connected_at": int(c.connected_at * 1000),
+            "frame_max": c.frame_max,
+            "garbage_collection": dict(GC),
+            "host": c.local[0],
+            "name": c.name,
+            "node": self.node,
+            "peer_cert_issuer": None,
+            "peer_cert_subject": None,
+            "peer_cert_validity": None,
+            "peer_host": c.peer[0],
+            "peer_port": c.peer[1],
+            "port": c.local[1],
+            "protocol": PROTOCOL,
+            "recv_cnt": c.recv_cnt,
+            "recv_oct": c.recv_oct,
+            "recv_oct_details": {"rate": s.rate(c, "recv_oct")},
+            "reductions": 0,
+            "reductions_details": {"rate": 0.0},
+            "send_cnt": c.send_cnt,
+            "send_oct": c.send_oct,
+            "send_oct_details": {"rate": s.rate(c, "send_oct")},
+            "send_pend": 0,
+            "ssl": c.tls is not None,
+            "ssl_cipher": None,
+            "ssl_hash": None,
+            "ssl_key_exchange": None,
+            "ssl_protocol": None,
+            "state": c.state_name,
+            "timeout": c.heartbeat,
+            "type": "network",
+            "user": user,
+            "user_provided_name": jsonable(c.client_properties.get("connection_name"))
+            if isinstance(c.client_properties, dict) and "connection_name" in c.client_properties else None,
+            "user_who_performed_action": user,
+            "vhost": c.vhost,
+        }
+
+    @staticmethod
+    def channel_name(ch) -> str:
+        return f"{ch.conn.name} ({ch.number})"
+
+    def channel(self, ch) -> dict:
+        s = self.sampler
+        c = ch.conn
+        user = c.user.name if c.user is not None else "none"
+        d = {
+            "acks_uncommitted": sum(len(items) for items, _r in ch.tx_acks),
+            "confirm": ch.confirm,
+            "connection_details": {"name": c.name, "peer_host": c.peer[0], "peer_port": c.peer[1]},
+            "consumer_count": len(ch.consumers),
+            "garbage_collection": dict(GC),
+            "global_prefetch_count": ch.global_prefetch,
+            "messages_unacknowledged": len(ch.unacked),
+            "messages_uncommitted": len(ch.tx_publishes),
+            "messages_unconfirmed": len(ch.waiting),
+            "name": self.channel_name(ch),
+            "node": self.node,
+            "number": ch.number,
+            "pending_raft_commands": 0,
+            "prefetch_count": ch.prefetch_count,
+            "reductions": 0,
+            "reductions_details": {"rate": 0.0},
+            "state": "running" if ch.state == 0 else "closing",
+            "transactional": ch.tx,
+            "user": user,
+            "user_who_performed_action": user,
+            "vhost": ch.vhost.name if ch.vhost is not None else c.vhost,
+        }
+        # RabbitMQ shows the publishing side and the delivering side only once they have happened
+        pairs = []
+        if ch.published or ch.confirm:
+            pairs += [("confirm", 0, 0.0), ("drop_unroutable", 0, 0.0),
+                      ("publish", ch.published, s.rate(ch, "publish")), ("return_unroutable", 0, 0.0)]
+        if ch.delivered or ch.consumers or ch.acked:
+            pairs += [("ack", ch.acked, s.rate(ch, "ack")),
+                      ("deliver", ch.delivered, s.rate(ch, "deliver_get")),
+                      ("deliver_get", ch.delivered, s.rate(ch, "deliver_get")), ("deliver_no_ack", 0, 0.0),
+                      ("get", 0, 0.0), ("get_empty", 0, 0.0), ("get_no_ack", 0, 0.0), ("redeliver", 0, 0.0)]
+        if pairs:
+            d["message_stats"] = _stats(sorted(pairs))
+        idle = s.idle_since(ch)
+        if idle is not None:
+            d["idle_since"] = iso_time(idle)
+        return d
+
+    def consumer(self, cons) -> dict:
+        ch = cons.channel
+        c = ch.conn
+        return {
+            "ack_required": not cons.no_ack,
+            "active": cons.active,
+            "activity_status": "up" if cons.active else "waiting",
+            "arguments": jsonable(cons.arguments or {}),
+            "channel_details": {"connection_name": c.name, "name": self.channel_name(ch), "node": self.node,
+                                "number": ch.number, "peer_host": c.peer[0], "peer_port": c.peer[1],
+                                "user": c.user.name if c.user is not None else "none"},
+            "consumer_tag": cons.tag,
+            "consumer_timeout": int(self.broker.config.consumer_timeout * 1000),
+            "exclusive": cons.exclusive,
+            "prefetch_count": cons.prefetch,
+            "queue": {"name": cons.queue.name, "vhost": cons.queue.vhost},
+        }
+
+    # ------------------------------------------------------------------ vhosts, users
+    def vhost(self, v) -> dict:
+        s = self.sampler
+        tot = s.vhost_totals().get(v.name, {})
+        r = lambda k: s.vhost_rate(v.name, k)  # noqa: E731
+        d = {
+            "cluster_state": {self.node: "running"},
+            "default_queue_type": v.default_queue_type,
+            "description": v.description,
+            "message_stats": _stats([
+                ("ack", tot.get("ack", 0), r("ack")),
+                ("confirm", 0, 0.0),
+                ("deliver", tot.get("deliver_get", 0), r("deliver_get")),
+                ("deliver_get", tot.get("deliver_get", 0), r("deliver_get")),
+                ("deliver_no_ack", 0, 0.0),
+                ("drop_unroutable", 0, 0.0),
+                ("get", 0, 0.0),
+                ("get_empty", 0, 0.0),
+                ("get_no_ack", 0, 0.0),
+                ("publish", tot.get("publish", 0), r("publish")),
+                ("redeliver", tot.get("redeliver", 0), r("redeliver")),
+                ("return_unroutable", 0, 0.0),
+            ]),
+            "messages": tot.get("messages", 0),
+            "messages_details": {"rate": r("messages")},
+            "messages_ready": tot.get("messages_ready", 0),
+            "messages_ready_details": {"rate": r("messages_ready")},
+            "messages_unacknowledged": tot.get("messages_unacknowledged", 0),
+            "messages_unacknowledged_details": {"rate": r("messages_unacknowledged")},
+            "metadata": {"description": v.description, "tags": list(v.tags),
+                         "default_queue_type": v.default_queue_type},
+            "name": v.name,
+            "recv_oct": tot.get("recv_oct", 0),
+            "recv_oct_details": {"rate": r("recv_oct")},
+            "send_oct": tot.get("send_oct", 0),
+            "send_oct_details": {"rate": r("send_oct")},
+            "tags": list(v.tags),
+            "tracing": bool(v.tracing),
+        }
+        return d
+
+    @staticmethod
+    def user(u) -> dict:
+        return ops.user_json(u)
+
+    # ------------------------------------------------------------------ node, overview
+    def listeners(self) -> list:
+        out = []
+        for proto, host, port in self.m.amqp_listeners():
+            out.append({"node": self.node, "protocol": proto, "ip_address": host, "port": port,
+                        "socket_opts": {"backlog": 1024, "nodelay": True, "exit_on_close": False,
+                                        "linger": [True, 0]}})
+        for proto, host, port in self.m.http_listeners():
+            out.append({"node": self.node, "protocol": proto, "ip_address": host, "port": port,
+                        "socket_opts": {"port": port}})
+        return out
+
+    def contexts(self) -> list:
+        return [{"node": self.node, "description": "RabbitMQ Management", "path": "/",
+                 "port": str(p), "ssl_opts": []} for _proto, _h, p in self.m.http_listeners()
+                if _proto == "http"]
+
+    def overview(self, vhosts: list) -> dict:
+        s = self.sampler
+        b = self.broker
+        tot = s.global_totals()
+        names = {v.name for v in vhosts}
+        all_vhosts = len(names) == len(b.vhosts)
+        if all_vhosts:
+            ready, unacked = tot["messages_ready"], tot["messages_unacknowledged"]
+        else:
+            ready = sum(q.message_count for v in vhosts for q in v.queues.values())
+            unacked = sum(q.unacked for v in vhosts for q in v.queues.values())
+        conns = [c for c in b.connections if not c.closed and (all_vhosts or c.vhost in names)]
+        channels = sum(len(c.channels) for c in conns)
+        consumers = sum(len(q.consumers) for v in vhosts for q in v.queues.values())
+        g = s.global_rate
+        return {
+            "management_version": RABBITMQ_COMPAT_VERSION,
+            "rates_mode": "basic",
+            "sample_retention_policies": {"global": [600, 3600, 28800, 86400], "basic": [600, 3600],
+                                          "detailed": [600]},
+            "exchange_types": EXCHANGE_TYPES,
+            "product_version": RABBITMQ_COMPAT_VERSION,
+            "product_name": "RabbitMQ",
+            "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
+            "usagi_version": __version__,
+            "cluster_name": b.server_properties.get("cluster_name", self.node),
+            "erlang_version": platform.python_version(),
+            "erlang_full_version": f"Python {platform.python_version()} ({platform.python_implementation()}), "
+                                   f"Usagi {__version__}",
+            "release_series_support_status": "supported",
+            "disable_stats": False,
+            "is_op_policy_updating_enabled": True,
+            "enable_queue_totals": False,
+            "message_stats": _stats([
+                ("ack", tot["ack"], g("ack")),
+                ("confirm", tot["confirm"], g("confirm")),
+                ("deliver", tot["deliver"], g("deliver")),
+                ("deliver_get", tot["deliver_get"], g("deliver_get")),
+                ("deliver_no_ack", 0, 0.0),
+                ("disk_reads", 0, 0.0),
+                ("disk_writes", 0, 0.0),
+                ("drop_unroutable", tot["drop_unroutable"], g("drop_unroutable")),
+                ("get", tot["get"], g("get")),
+                ("get_empty", 0, 0.0),
+                ("get_no_ack", 0, 0.0),
+                ("publish", tot["publish"], g("publish")),
+                ("redeliver", tot["redeliver"], g("redeliver")),
+                ("return_unroutable", tot["return_unroutable"], g("return_unroutable")),
+            ]),
+            "churn_rates": _stats([
+                ("channel_closed", 0, 0.0),
+                ("channel_created", 0, 0.0),
+                ("connection_closed", tot["connection_closed"], g("connection_closed")),
+                ("connection_created", tot["connection_created"], g("connection_created")),
+                ("queue_created", 0, 0.0),
+                ("queue_declared", 0, 0.0),
+                ("queue_deleted", 0, 0.0),
+            ]),
+            "queue_totals": _stats([
+                ("messages", ready + unacked, g("messages") if all_vhosts else 0.0),
+                ("messages_ready", ready, g("messages_ready") if all_vhosts else 0.0),
+                ("messages_unacknowledged", unacked, g("messages_unacknowledged") if all_vhosts else 0.0),
+            ]),
+            "object_totals": {"channels": channels, "connections": len(conns), "consumers": consumers,
+                              "exchanges": sum(len(v.exchanges) for v in vhosts),
+                              "queues": sum(len(v.queues) for v in vhosts)},
+            "statistics_db_event_queue": 0,
+            "node": self.node,
+            "listeners": self.listeners(),
+            "contexts": self.contexts(),
+        }
+
+    def node_json(self) -> dict:
+        b = self.broker
+        m = self.m
+        mem = b.memory_usage()
+        mem_limit = m.mem_limit()
+        disk_free = m.disk_free()
+        fd_used, fd_total = m.fds()
+        uptime = int((time.time() - b.started_at) * 1000)
+        conns = len(b.connections)
+        zero = lambda k, v=0: [(k, v, 0.0)]  # noqa: E731
+        d = {
+            "applications": [
+                {"name": "rabbit", "description": "RabbitMQ (Usagi)", "version": RABBITMQ_COMPAT_VERSION},
+                {"name": "rabbitmq_management", "description": "RabbitMQ Management Console",
+                 "version": RABBITMQ_COMPAT_VERSION},
+                {"name": "rabbitmq_prometheus", "description": "Prometheus metrics for RabbitMQ",
+                 "version": RABBITMQ_COMPAT_VERSION},
+                {"name": "usagi", "description": "Usagi AMQP 0-9-1 broker", "version": __version__},
+            ],
+            "auth_mechanisms": [
+                {"name": "PLAIN", "description": "SASL PLAIN authentication mechanism", "enabled": True},
+                {"name": "AMQPLAIN", "description": "QPid AMQPLAIN mechanism", "enabled": True},
+            ],
+            "cluster_links": [],
+            "config_files": [],
+            "contexts": self.contexts(),
+            "db_dir": m.data_dir(),
+            "disk_free": disk_free,
+            "disk_free_alarm": "disk" in b.alarms,
+            "disk_free_limit": 50000000,
+            "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
+            "exchange_types": EXCHANGE_TYPES,
+            "fd_total": fd_total,
+            "fd_used": fd_used,
+            "log_files": ["<stderr>"],
+            "mem_alarm": "memory" in b.alarms,
+            "mem_calculation_strategy": "rss",
+            "mem_limit": mem_limit,
+            "mem_used": mem,
+            "metrics_gc_queue_length": {},
+            "name": self.node,
+            "net_ticktime": 60,
+            "os_pid": str(os.getpid()),
+            "partitions": [],
+            "proc_total": 1048576,
+            "proc_used": 1,
+            "processors": os.cpu_count() or 1,
+            "rates_mode": "basic",
+            "run_queue": 0,
+            "running": True,
+            "sockets_total": fd_total,
+            "sockets_used": conns,
+            "type": "disc",
+            "uptime": uptime,
+            "being_drained": False,
+        }
+        for k, v in (("mem_used", mem), ("disk_free", disk_free), ("fd_used", fd_used),
+                     ("sockets_used", conns), ("proc_used", 1)):
+            d[k + "_details"] = {"rate": 0.0}
+        for k in ("context_switches", "gc_bytes_reclaimed", "gc_num", "io_read_bytes", "io_read_count",
+                  "io_reopen_count", "io_seek_count", "io_sync_count", "io_write_bytes", "io_write_count",
+                  "mnesia_disk_tx_count", "mnesia_ram_tx_count", "msg_store_read_count",
+                  "msg_store_write_count", "queue_index_read_count", "queue_index_write_count",
+                  "connection_created", "connection_closed", "channel_created", "channel_closed",
+                  "queue_declared", "queue_created", "queue_deleted"):
+            d.update(_stats(zero(k)))
+        tot = self.sampler.global_totals()
+        d["connection_created"] = tot["connection_created"]
+        d["connection_closed"] = tot["connection_closed"]
+        for k in ("io_read_avg_time", "io_seek_avg_time", "io_sync_avg_time", "io_write_avg_time"):
+            d[k] = 0.0
+            d[k + "_details"] = {"rate": 0.0}
+        return d

@@ -1,0 +1,256 @@
+"""Prometheus text exposition with rabbitmq_prometheus's metric names.
+
+`/metrics` gives node-wide aggregates (RabbitMQ's default), `/metrics/per-object` the queue metrics
+labelled by vhost and queue, and `/metrics/detailed?family=...&vhost=...` the families RabbitMQ
+names `queue_coarse_metrics`, `queue_consumer_count`, `queue_metrics`, `exchange_names`,
+`exchange_bindings` and `vhost_status` with the `rabbitmq_detailed_` prefix.
+"""
+from __future__ import annotations
+
+import platform
+
+from .. import RABBITMQ_COMPAT_VERSION, __version__
+from . import ops
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def _esc(v) -> str:
+    return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(v) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    if isinstance(v, float):
+        return repr(v) if v == v else "NaN"
+    return str(int(v))
+
+
+class Exposition:
+    def __init__(self):
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_: str, samples):
+        """samples: [(labels dict, value)]"""
+        self.lines.append(f"# TYPE {name} {kind}")
+        self.lines.append(f"# HELP {name} {help_}")
+        for labels, value in samples:
+            if labels:
+                lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+                self.lines.append(f"{name}{{{lab}}} {_num(value)}")
+            else:
+                self.lines.append(f"{name} {_num(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _queues(broker, vhosts=None):
+    for vname, v in sorted(broker.vhosts.items()):
+        if vhosts and vname not in vhosts:
+            continue
+        for qname, q in sorted(v.queues.items()):
+            yield v, q
+
+
+def _unacked_bytes(broker) -> dict:
+    acc = {}
+    for c in broker.connections:
+        for ch in c.channels.values():
+            for u in ch.unacked.values():
+                acc[id(u.queue)] = acc.get(id(u.queue), 0) + len(u.msg.body)
+    return acc
+
+
+def _identity(m, ex: Exposition):
+    b = m.broker
+    ex.family("rabbitmq_identity_info", "untyped", "RabbitMQ node & cluster identity info",
+              [({"rabbitmq_node": m.node, "rabbitmq_cluster": b.server_properties.get("cluster_name", m.node),
+                 "rabbitmq_cluster_permanent_id": ops.cluster_id(b)}, 1)])
+
+
+def _queue_samples(broker, ub, vhosts, fn):
+    return [({"vhost": v.name, "queue": q.name}, fn(q, ub)) for v, q in _queues(broker, vhosts)]
+
+
+QUEUE_GAUGES = (
+    ("queue_messages_ready", "Messages ready to be delivered to consumers", lambda q, ub: q.message_count),
+    ("queue_messages_unacked", "Messages delivered to consumers but not yet acknowledged",
+     lambda q, ub: q.unacked),
+    ("queue_messages", "Sum of ready and unacknowledged messages - total queue depth",
+     lambda q, ub: q.message_count + q.unacked),
+    ("queue_messages_ready_bytes", "Size in bytes of ready messages", lambda q, ub: q.ready_bytes),
+    ("queue_messages_unacked_bytes", "Size in bytes of all unacknowledged messages",
+     lambda q, ub: ub.get(id(q), 0)),
+    ("queue_messages_bytes", "Size in bytes of ready and unacknowledged messages",
+     lambda q, ub: q.ready_bytes + ub.get(id(q), 0)),
+    ("queue_consumers", "Consumers on a queue", lambda q, ub: len(q.consumers)),
+)
+
+
+def render_metrics(m) -> str:
+    """GET /metrics: aggregated across all objects, as rabbitmq_prometheus does by default."""
+    b = m.broker
+    ex = Exposition()
+    conns = [c for c in b.connections if not c.closed]
+    channels = sum(len(c.channels) for c in conns)
+    queues = list(_queues(b))
+    consumers = sum(len(q.consumers) for _v, q in queues)
+    publishers = sum(1 for c in conns for ch in c.channels.values() if ch.published)
+    ub = _unacked_bytes(b)
+    tot = m.sampler.global_totals()
+    st = b.stats
+
+    ex.family("rabbitmq_connections", "gauge", "Connections currently open", [({}, len(conns))])
+    ex.family("rabbitmq_channels", "gauge", "Channels currently open", [({}, channels)])
+    ex.family("rabbitmq_consumers", "gauge", "Consumers currently connected", [({}, consumers)])
+    ex.family("rabbitmq_queues", "gauge", "Queues available", [({}, len(queues))])
+    ex.family("rabbitmq_connections_opened_total", "counter", "Total number of connections opened",
+              [({}, tot["connection_created"])])
+    ex.family("rabbitmq_connections_closed_total", "counter",
+              "Total number of connections closed or terminated", [({}, tot["connection_closed"])])
+    for name, help_, fn in QUEUE_GAUGES:
+        ex.family("rabbitmq_" + name, "gauge", help_, [({}, sum(fn(q, ub) for _v, q in queues))])
+
+    proto = {"protocol": "amqp091"}
+    routed = max(st.get("publish", 0) - st.get("drop_unroutable", 0) - st.get("return_unroutable", 0), 0)
+    for name, help_, value in (
+        ("global_messages_received_total", "Total number of messages received from publishers",
+         st.get("publish", 0)),
+        ("global_messages_received_confirm_total",
+         "Total number of messages received from publishers expecting confirmations", st.get("confirm", 0)),
+        ("global_messages_routed_total", "Total number of messages routed to queues or streams", routed),
+        ("global_messages_unroutable_dropped_total",
+         "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+         st.get("drop_unroutable", 0)),
+        ("global_messages_unroutable_returned_total",
+         "Total number of messages published as mandatory into an exchange and returned to the publisher "
+         "as unroutable", st.get("return_unroutable", 0)),
+        ("global_messages_confirmed_total", "Total number of messages confirmed to publishers",
+         st.get("confirm", 0)),
+        ("global_messages_delivered_total", "Total number of messages delivered to consumers",
+         tot["deliver_get"]),
+        ("global_messages_delivered_get_manual_ack_total",
+         "Total number of messages fetched with basic.get in manual acknowledgement mode", tot["get"]),
+        ("global_messages_redelivered_total",
+         "Total number of messages redelivered to consumers", tot["redeliver"]),
+        ("global_messages_acknowledged_total", "Total number of messages acknowledged by consumers",
+         tot["ack"]),
+    ):
+        ex.family("rabbitmq_" + name, "counter", help_, [(proto, value)])
+    ex.family("rabbitmq_global_publishers", "gauge", "Current number of publishers", [(proto, publishers)])
+    ex.family("rabbitmq_global_consumers", "gauge", "Current number of consumers", [(proto, consumers)])
+
+    ex.family("rabbitmq_channel_messages_published_total", "counter",
+              "Total number of messages published into an exchange on a channel", [({}, st.get("publish", 0))])
+    ex.family("rabbitmq_channel_messages_confirmed_total", "counter",
+              "Total number of messages published into an exchange and confirmed on the channel",
+              [({}, st.get("confirm", 0))])
+    ex.family("rabbitmq_channel_messages_unroutable_dropped_total", "counter",
+              "Total number of messages published as non-mandatory into an exchange and dropped as unroutable",
+              [({}, st.get("drop_unroutable", 0))])
+    ex.family("rabbitmq_channel_messages_unroutable_returned_total", "counter",
+              "Total number of messages published as mandatory into an exchange and returned to the publisher "
+              "as unroutable", [({}, st.get("return_unroutable", 0))])
+    ex.family("rabbitmq_channel_messages_delivered_ack_total", "counter",
+              "Total number of messages delivered to consumers in manual acknowledgement mode",
+              [({}, tot["deliver"])])
+    ex.family("rabbitmq_channel_get_ack_total", "counter",
+              "Total number of messages fetched with basic.get in manual acknowledgement mode",
+              [({}, tot["get"])])
+    ex.family("rabbitmq_channel_messages_acked_total", "counter",
+              "Total number of messages acknowledged by consumers", [({}, tot["ack"])])
+    ex.family("rabbitmq_channel_messages_redelivered_total", "counter",
+              "Total number of messages redelivered to consumers", [({}, tot["redeliver"])])
+
+    fd_used, fd_total = m.fds()
+    mem = b.memory_usage()
+    ex.family("rabbitmq_process_resident_memory_bytes", "gauge", "Memory used in bytes", [({}, mem)])
+    ex.family("rabbitmq_resident_memory_limit_bytes", "gauge", "Memory high watermark in bytes",
+              [({}, m.mem_limit())])
+    ex.family("rabbitmq_process_open_fds", "gauge", "Open file descriptors", [({}, fd_used)])
+    ex.family("rabbitmq_process_max_fds", "gauge", "Open file descriptors limit", [({}, fd_total)])
+    ex.family("rabbitmq_process_open_tcp_sockets", "gauge", "Open TCP sockets", [({}, len(conns))])
+    ex.family("rabbitmq_disk_space_available_bytes", "gauge", "Disk space available in bytes",
+              [({}, m.disk_free())])
+    ex.family("rabbitmq_disk_space_available_limit_bytes", "gauge", "Free disk space low watermark in bytes",
+              [({}, 50000000)])
+    ex.family("rabbitmq_alarms_memory_used_watermark", "gauge",
+              "is 1 if VM memory watermark alarm is in effect", [({}, int("memory" in b.alarms))])
+    ex.family("rabbitmq_alarms_free_disk_space_watermark", "gauge",
+              "is 1 if free disk space watermark alarm is in effect", [({}, int("disk" in b.alarms))])
+    ex.family("rabbitmq_alarms_file_descriptor_limit", "gauge",
+              "is 1 if file descriptor limit alarm is in effect", [({}, 0)])
+    import time
+    ex.family("rabbitmq_erlang_uptime_seconds", "gauge", "Node uptime",
+              [({}, round(time.time() - b.started_at, 3))])
+    ex.family("rabbitmq_build_info", "untyped", "RabbitMQ & Erlang/OTP version info",
+              [({"rabbitmq_version": RABBITMQ_COMPAT_VERSION, "prometheus_plugin_version": RABBITMQ_COMPAT_VERSION,
+                 "prometheus_client_version": "4.11.0", "erlang_version": platform.python_version(),
+                 "usagi_version": __version__}, 1)])
+    _identity(m, ex)
+    return ex.text()
+
+
+def render_per_object(m) -> str:
+    """GET /metrics/per-object: the queue gauges labelled by vhost and queue."""
+    b = m.broker
+    ex = Exposition()
+    ub = _unacked_bytes(b)
+    for name, help_, fn in QUEUE_GAUGES:
+        ex.family("rabbitmq_" + name, "gauge", help_, _queue_samples(b, ub, None, fn))
+    _identity(m, ex)
+    return ex.text()
+
+
+DETAILED_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count", "queue_metrics", "exchange_names",
+                     "exchange_bindings", "vhost_status")
+
+
+def render_detailed(m, families: list, vhosts: list) -> str:
+    """GET /metrics/detailed?family=F&vhost=V (both repeatable)."""
+    b = m.broker
+    ex = Exposition()
+    vset = set(vhosts) if vhosts else None
+    ub = _unacked_bytes(b) if "queue_metrics" in families else {}
+    p = "rabbitmq_detailed_"
+    if "queue_coarse_metrics" in families:
+        ex.family(p + "queue_messages_ready", "gauge", "Messages ready to be delivered to consumers",
+                  _queue_samples(b, ub, vset, lambda q, _u: q.message_count))
+        ex.family(p + "queue_messages_unacked", "gauge",
+                  "Messages delivered to consumers but not yet acknowledged",
+                  _queue_samples(b, ub, vset, lambda q, _u: q.unacked))
+        ex.family(p + "queue_messages", "gauge", "Sum of ready and unacknowledged messages - total queue depth",
+                  _queue_samples(b, ub, vset, lambda q, _u: q.message_count + q.unacked))
+        ex.family(p + "queue_process_reductions_total", "counter",
+                  "Total number of queue process reductions", _queue_samples(b, ub, vset, lambda q, _u: 0))
+    if "queue_consumer_count" in families:
+        ex.family(p + "queue_consumers", "gauge", "Consumers on a queue",
+                  _queue_samples(b, ub, vset, lambda q, _u: len(q.consumers)))
+    if "queue_metrics" in families:
+        ex.family(p + "queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
+                  _queue_samples(b, ub, vset, lambda q, _u: q.ready_bytes))
+        ex.family(p + "queue_messages_unacked_bytes", "gauge", "Size in bytes of all unacknowledged messages",
+                  _queue_samples(b, ub, vset, lambda q, u: u.get(id(q), 0)))
+        ex.family(p + "queue_messages_bytes", "gauge", "Size in bytes of ready and unacknowledged messages",
+                  _queue_samples(b, ub, vset, lambda q, u: q.ready_bytes + u.get(id(q), 0)))
+        ex.family(p + "queue_messages_published_total", "counter", "Total number of messages published to queues",
+                  _queue_samples(b, ub, vset, lambda q, _u: q.published))
+    if "exchange_names" in families or "exchange_bindings" in families:
+        xs = [(v, x) for vn, v in sorted(b.vhosts.items()) if not vset or vn in vset
+              for _n, x in sorted(v.exchanges.items())]
+        if "exchange_names" in families:
+            ex.family(p + "exchange_name", "gauge", "Enumerates exchanges without any additional info. "
+                      "This value is cluster-wide. A cheaper alternative to `exchange_bindings`",
+                      [({"vhost": v.name, "exchange": x.name, "type": x.type}, 1) for v, x in xs])
+        if "exchange_bindings" in families:
+            ex.family(p + "exchange_bindings", "gauge", "Number of bindings for an exchange. This value is "
+                      "cluster-wide.",
+                      [({"vhost": v.name, "exchange": x.name, "type": x.type}, len(x.bindings))
+                       for v, x in xs])
+    if "vhost_status" in families:
+        ex.family(p + "vhost_status", "gauge", "Whether a given vhost is running",
+                  [({"vhost": vn}, 1) for vn in sorted(b.vhosts) if not vset or vn in vset])
+    _identity(m, ex)
+    return ex.text()

@@ -1,0 +1,211 @@
+"""The management service: aiohttp listeners for the HTTP API and Prometheus, and the rate sampler.
+
+The server composes it in with `management_service(host, management_port, metrics_port)`, which
+returns `svc(broker, server)`; awaiting that starts the listeners on the running loop and returns
+the running service (`stop()`, `describe()`). Port 0 picks a free port; -1 disables a listener.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import shutil
+from pathlib import Path
+
+from aiohttp import web
+
+from . import api, metrics
+from .stats import Sampler
+
+log = logging.getLogger("usagi.mgmt")
+
+STATIC_DIR = Path(__file__).with_name("static")
+DEFAULT_INTERVAL = 5.0      # RabbitMQ's collect_statistics_interval
+
+
+def _interval() -> float:
+    raw = os.environ.get("USAGI_COLLECT_STATISTICS_INTERVAL")     # milliseconds, like RabbitMQ's setting
+    if raw:
+        try:
+            v = float(raw) / 1000.0
+            if v > 0:
+                return v
+        except ValueError:
+            log.warning("ignoring USAGI_COLLECT_STATISTICS_INTERVAL=%r: not a number", raw)
+    return DEFAULT_INTERVAL
+
+
+def _sock_addr(site) -> tuple[str, int]:
+    server = getattr(site, "_server", None)
+    for sock in getattr(server, "sockets", None) or ():
+        h, p = sock.getsockname()[:2]
+        return h, p
+    return "?", 0
+
+
+class ManagementService:
+    def __init__(self, broker, server, host, management_port: int, metrics_port: int,
+                 sample_interval: float | None = None):
+        self.broker = broker
+        self.server = server
+        self.host = host
+        self.management_port = management_port
+        self.metrics_port = metrics_port
+        self.node = broker.config.node_name
+        self.sampler = Sampler(broker, sample_interval or _interval())
+        self._runners: list = []
+        self._listeners: list = []      # (protocol, host, port)
+        self._sample_handle = None
+        self._mem_limit = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> "ManagementService":
+        loop = asyncio.get_running_loop()
+        if self.management_port is not None and self.management_port >= 0:
+            app = web.Application(client_max_size=512 * 1024 * 1024)
+            app.router.add_route("*", "/api", self._api)
+            app.router.add_route("*", "/api/{tail:.*}", self._api)
+            app.router.add_route("GET", "/", self._index)
+            app.router.add_route("GET", "/{path:.+}", self._static)
+            await self._listen(app, self.management_port, "http")
+        if self.metrics_port is not None and self.metrics_port >= 0:
+            app = web.Application()
+            app.router.add_route("GET", "/metrics", self._metrics)
+            app.router.add_route("GET", "/metrics/per-object", self._metrics_per_object)
+            app.router.add_route("GET", "/metrics/detailed", self._metrics_detailed)
+            await self._listen(app, self.metrics_port, "http/prometheus")
+        self.sampler.sample()
+        self._sample_handle = loop.call_later(self.sampler.interval, self._sample)
+        return self
+
+    async def _listen(self, app, port: int, protocol: str):
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        h, p = _sock_addr(site)
+        self._listeners.append((protocol, h, p))
+
+    async def stop(self):
+        if self._sample_handle is not None:
+            self._sample_handle.cancel()
+            self._sample_handle = None
+        for runner in reversed(self._runners):
+            try:
+                await runner.cleanup()
+            except Exception:  # pragma: no cover - shutting down anyway
+                log.exception("stopping a management listener")
+        self._runners.clear()
+
+    def describe(self) -> list[str]:
+        out = []
+        for protocol, h, p in self._listeners:
+            what = "Management" if protocol == "http" else "Metrics"
+            out.append(f"{what} listener on {h}:{p}")
+        return out
+
+    def _sample(self):
+        try:
+            self.sampler.sample()
+        except Exception:  # pragma: no cover - never let the timer die
+            log.exception("statistics sampling failed")
+        self._sample_handle = asyncio.get_running_loop().call_later(self.sampler.interval, self._sample)
+
+    # ------------------------------------------------------------------ facts for the views
+    def amqp_listeners(self) -> list:
+        out = []
+        for proto, h, p in getattr(self.server, "listeners", ()) or ():
+            out.append(("amqp" if proto == "amqp" else "amqp/ssl", h, p))
+        return out
+
+    def http_listeners(self) -> list:
+        return list(self._listeners)
+
+    @property
+    def management_bound_port(self) -> int | None:
+        for proto, _h, p in self._listeners:
+            if proto == "http":
+                return p
+        return None
+
+    def mem_limit(self) -> int:
+        if self._mem_limit is None:
+            total = 0
+            try:
+                with open("/proc/meminfo") as f:
+                    for line in f:
+                        if line.startswith("MemTotal:"):
+                            total = int(line.split()[1]) * 1024
+                            break
+            except OSError:
+                pass
+            self._mem_limit = int(total * 0.6) if total else 0     # vm_memory_high_watermark 0.6 (4.x)
+        return self._mem_limit
+
+    def data_dir(self) -> str:
+        return str(getattr(self.broker.store, "data_dir", "") or "")
+
+    def disk_free(self) -> int:
+        try:
+            return shutil.disk_usage(self.data_dir() or os.getcwd()).free
+        except OSError:
+            return 0
+
+    @staticmethod
+    def fds() -> tuple[int, int]:
+        try:
+            used = len(os.listdir("/proc/self/fd"))
+        except OSError:
+            used = 0
+        try:
+            total = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (OSError, ValueError):
+            total = 1024
+        return used, total
+
+    # ------------------------------------------------------------------ handlers
+    async def _api(self, request: web.Request) -> web.StreamResponse:
+        return await api.dispatch(self, request)
+
+    async def _index(self, request: web.Request) -> web.StreamResponse:
+        index = STATIC_DIR / "index.html"
+        if index.is_file():
+            return web.FileResponse(index)
+        return web.Response(status=404, text="Usagi management: no dashboard installed; the HTTP API is at /api/\n")
+
+    async def _static(self, request: web.Request) -> web.StreamResponse:
+        rel = request.match_info["path"]
+        base = STATIC_DIR.resolve()
+        try:
+            target = (base / rel).resolve()
+        except (OSError, ValueError):
+            raise web.HTTPNotFound() from None
+        if base not in target.parents or not target.is_file():
+            raise web.HTTPNotFound()
+        return web.FileResponse(target)
+
+    def _text(self, body: str) -> web.Response:
+        return web.Response(body=body.encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
+
+    async def _metrics(self, request: web.Request) -> web.StreamResponse:
+        return self._text(metrics.render_metrics(self))
+
+    async def _metrics_per_object(self, request: web.Request) -> web.StreamResponse:
+        return self._text(metrics.render_per_object(self))
+
+    async def _metrics_detailed(self, request: web.Request) -> web.StreamResponse:
+        q = request.rel_url.query
+        families = [f for v in q.getall("family", []) for f in v.split(",") if f]
+        vhosts = q.getall("vhost", [])
+        return self._text(metrics.render_detailed(self, families, vhosts))
+
+
+def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None):
+    """The service the server starts: `await svc(broker, server)` returns the running service."""
+    async def svc(broker, server):
+        s = ManagementService(broker, server, host, management_port, metrics_port, sample_interval)
+        await s.start()
+        return s
+    return svc
