@@ -774,11 +774,17 @@ def test_default_and_system_exchanges_are_protected(conn, vhost):
         403, "ACCESS_REFUSED - exchange name 'amq.default' contains reserved prefix 'amq.*'")
 
 
-def test_unknown_exchange_type_is_connection_error_503(conn):
+def test_unknown_exchange_type(conn):
     ch = conn.channel()
-    with pytest.raises(pex.ConnectionClosedByBroker) as ei:
+    with pytest.raises((pex.ConnectionClosedByBroker, pex.ChannelClosedByBroker)) as ei:
         ch.exchange_declare(uname("x"), "no-such-type")
-    assert closed_by_broker(ei) == (503, "COMMAND_INVALID - unknown exchange type 'no-such-type'")
+    if isinstance(ei.value, pex.ConnectionClosedByBroker):
+        # RabbitMQ 3.x: a connection error
+        assert closed_by_broker(ei) == (503, "COMMAND_INVALID - unknown exchange type 'no-such-type'")
+    else:
+        # RabbitMQ 4.x: a channel error
+        assert closed_by_broker(ei) == (406, "PRECONDITION_FAILED - unknown exchange type 'no-such-type'")
+        assert conn.is_open
 
 
 def test_publish_to_missing_exchange_404(conn, vhost):

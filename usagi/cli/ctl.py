@@ -194,9 +194,11 @@ class Api:
         if r.ok or r.status in allow:
             return r
         if r.status in (401, 403) and "auth" not in kw:
+            hint = ("check the user name and password in --url or USAGI_URL" if r.status == 401
+                    and "login failed" in r.reason.lower() else
+                    "this command needs a user with the administrator tag")
             raise CtlError(f"Error: the management API at {self.display} refused user "
-                           f"'{self.user}' ({r.status}: {r.reason}). Check the credentials in "
-                           f"--url / USAGI_URL; the user needs the administrator tag.",
+                           f"'{self.user}' ({r.status}: {r.reason}): {hint}.",
                            EX_UNAVAILABLE, prefix=False)
         raise CtlError(r.reason, EX_SOFTWARE)
 
@@ -563,8 +565,8 @@ def _usagi_post(ctx, action: str):
         return r
     if r.status in (404, 405):
         raise CtlError(f"{action} is not supported by the management API at {ctx.api.display} "
-                       f"(POST /api/usagi/{action} answered {r.status}). usagictl can only "
-                       f"{action.replace('_', ' ')} Usagi nodes.", EX_UNAVAILABLE)
+                       f"(POST /api/usagi/{action} answered {r.status}); usagictl can run {action} "
+                       f"only against Usagi nodes", EX_UNAVAILABLE)
     if r.status in (401, 403):
         raise CtlError(f"the management API refused POST /api/usagi/{action} for user "
                        f"'{ctx.api.user}' ({r.status}: {r.reason})", EX_UNAVAILABLE)

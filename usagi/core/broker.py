@@ -44,10 +44,11 @@ def not_found(kind: str, name: str, vhost: str) -> ChannelError:
 
 # The value types RabbitMQ names in "inequivalent arg" texts.
 def _type_name(v) -> str:
+    """The AMQP field type RabbitMQ reports for a value (as its clients send them)."""
     if isinstance(v, bool):
         return "bool"
     if isinstance(v, int):
-        return "long" if not -2147483648 <= v <= 2147483647 else "signedint"
+        return "signedint" if -2147483648 <= v <= 2147483647 else "long"
     if isinstance(v, float):
         return "double"
     if isinstance(v, (str, bytes)):
@@ -148,6 +149,7 @@ class Broker:
         self.flush_pending: list = []      # connections with output to write
         self.on_flush_needed = None        # set by the server: schedules flush_output()
         self.on_commit_needed = None       # set by the server: schedules a store commit
+        self.on_defer = None               # set by the server: runs a callback on a later turn
         self.next_msg_id = 1
         self.started_at = time.time()
         self.server_properties = server_properties(self.config.node_name)
@@ -321,8 +323,12 @@ class Broker:
             a, b = new.get(k), cur.get(k)
             if a is None and b is None:
                 continue
-            if a is not None and b is not None and _numeric_equal(a, b):
-                continue
+            if a is not None and b is not None:
+                if _numeric_equal(a, b):
+                    continue
+                raise ChannelError(f"inequivalent arg '{k}' for {kind} '{name}' in vhost '{vhost_name}': "
+                                   f"received '{_fmt_value(a)}' but current is '{_fmt_value(b)}'",
+                                   E.PRECONDITION_FAILED)
             recv = "none" if a is None else f"the value '{_fmt_value(a)}' of type '{_type_name(a)}'"
             curr = "none" if b is None else f"the value '{_fmt_value(b)}' of type '{_type_name(b)}'"
             raise ChannelError(f"inequivalent arg '{k}' for {kind} '{name}' in vhost '{vhost_name}': "
@@ -374,7 +380,7 @@ class Broker:
             raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
         if q is not None:
             self.check_exclusive(q, owner)
-            for arg, new, cur in (("durable", durable, q.durable),
+            for arg, new, cur in (("durable", durable if q.exclusive_owner is None else q.durable, q.durable),
                                   ("exclusive", exclusive, q.exclusive_owner is not None),
                                   ("auto_delete", auto_delete, q.auto_delete)):
                 if bool(new) != bool(cur):
@@ -432,24 +438,42 @@ class Broker:
         def bad(k, why):
             return ChannelError(f"invalid arg '{k}' for queue '{name}' in vhost '{vhost.name}': {why}",
                                 E.PRECONDITION_FAILED)
-        for k in ("x-expires", "x-message-ttl", "x-max-length", "x-max-length-bytes", "x-delivery-limit"):
-            if k in args:
-                v = args[k]
-                if isinstance(v, bool) or not isinstance(v, int):
-                    raise bad(k, f"{{unacceptable_type,{_type_name(v)}}}")
-                if v < 0 or (k == "x-expires" and v == 0):
-                    what = "value_zero" if v == 0 else "value_negative"
-                    raise bad(k, f"{{{what},{v}}}")
-        if "x-max-priority" in args:
-            v = args["x-max-priority"]
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise bad("x-max-priority", f"{{unacceptable_type,{_type_name(v)}}}")
-            if v < 0 or v > 255:
-                raise bad("x-max-priority", f"{{value_out_of_range,{v}}}")
-        if "x-overflow" in args and args["x-overflow"] not in ("drop-head", "reject-publish",
-                                                               "reject-publish-dlx"):
-            raise bad("x-overflow", f"{{unknown_overflow_type,<<\"{_fmt_value(args['x-overflow'])}\">>}}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for k in ("x-expires", "x-message-ttl", "x-max-length", "x-max-length-bytes", "x-delivery-limit",
+                  "x-max-priority"):
+            if k not in args:
+                continue
+            v = args[k]
+            if not is_int(v):
+                if k == "x-message-ttl":
+                    raise bad(k, f'"expected integer, got {_type_name(v)}"')
+                raise bad(k, f"{{unacceptable_type,{_type_name(v)}}}")
+            if k == "x-expires" and v == 0:
+                raise bad(k, "{value_zero,0}")
+            if v < 0:
+                raise bad(k, f"{{value_negative,{v}}}")
+            if k == "x-max-priority" and v > 255:
+                raise bad(k, f"{{max_value_exceeded,{v}}}")
+        if "x-overflow" in args:
+            ov = args["x-overflow"]
+            if isinstance(ov, bytes):
+                ov = ov.decode("utf-8", "replace")
+            if ov not in ("drop-head", "reject-publish", "reject-publish-dlx"):
+                raise bad("x-overflow", "invalid_overflow")
+        if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
+            raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
+        if "x-single-active-consumer" in args and not isinstance(args["x-single-active-consumer"], bool):
+            raise bad("x-single-active-consumer",
+                      f"{{unacceptable_type,{_type_name(args['x-single-active-consumer'])}}}")
+        for k in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
+            if k in args and not isinstance(args[k], (str, bytes)):
+                raise bad(k, f"{{unacceptable_type,{_type_name(args[k])}}}")
         qt = args.get("x-queue-type")
+        if isinstance(qt, bytes):
+            qt = qt.decode("utf-8", "replace")
         if qt is not None and qt not in ("classic", "quorum", "stream"):
             raise bad("x-queue-type", f"{{unsupported_queue_type,<<\"{_fmt_value(qt)}\">>}}")
 
@@ -713,11 +737,7 @@ class Broker:
         if q.kind == "stream":
             return q.append(self, msg)
         if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
-            if not msg.stored:
-                self.store.add_message(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body)
-                msg.stored = True
-            msg.refs += 1
-            self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id)
+            self.persist(q, msg)
         if ttl is None and q.consumers and q.message_count == 0:
             c = self._pick_consumer(q)
             if c is not None:
@@ -734,6 +754,14 @@ class Broker:
         if q.consumers:
             self.dirty[id(q)] = q
         return True
+
+    def persist(self, q: Queue, msg: Message):
+        """Record a persistent message's entry in a durable queue (the seq it is about to get)."""
+        if not msg.stored:
+            self.store.add_message(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body)
+            msg.stored = True
+        msg.refs += 1
+        self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id)
 
     def _full(self, q, msg) -> bool:
         if q.max_length is not None and q.message_count >= q.max_length:
@@ -964,6 +992,13 @@ class Broker:
         self.mark_dirty(q)
 
     # ------------------------------------------------------------------ output and commits
+    def defer(self, fn):
+        """Run fn on a later loop turn (set up by the server; called at once without one)."""
+        if self.on_defer is not None:
+            self.on_defer(fn)
+        else:
+            fn()
+
     def want_flush(self, conn):
         self.flush_pending.append(conn)
         if len(self.flush_pending) == 1 and self.on_flush_needed is not None:

@@ -7,6 +7,7 @@ hands this channel a message for one of its consumers.
 from __future__ import annotations
 
 import logging
+import re
 import struct
 
 from ..amqp import errors as E
@@ -14,6 +15,7 @@ from ..amqp import methods as M
 from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
+from ..model.message import Message
 from ..model.queue import Consumer, Queue
 from .deadletter import with_header
 from ..model.util import gen_name
@@ -21,6 +23,9 @@ from ..model.util import gen_name
 log = logging.getLogger("usagi.channel")
 
 _Q = struct.Struct(">Q")
+_QB = struct.Struct(">QB")
+_INTEGER = re.compile(r"^[+-]?[0-9]+\Z")
+_SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
 _FH = struct.Struct(">BHI")
 _HHQ = struct.Struct(">HHQ")
 _H = struct.Struct(">H")
@@ -181,25 +186,59 @@ class Channel:
         else:
             self._parts.append(bytes(payload))
 
+    def fast_publish(self, payload, props, body):
+        """basic.publish with its header and body, all arrived together (the connection's hot path)."""
+        try:
+            n = payload[6]
+            off = 7 + n
+            k = payload[off]
+            end = off + 1 + k
+            bits = payload[end]
+        except IndexError:
+            raise E.SyntaxError_("basic.publish method frame truncated", None, 60, 40) from None
+        try:
+            exchange = payload[7:off].decode() if n else ""
+            routing_key = payload[off + 1:end].decode() if k else ""
+        except UnicodeDecodeError:
+            exchange = payload[7:off].decode("utf-8", "surrogateescape")
+            routing_key = payload[off + 1:end].decode("utf-8", "surrogateescape")
+        self.conn.publishing = True
+        self._pub = (exchange, routing_key, payload[6:end], bits)
+        self._props = props
+        self._complete(body)
+
     def _complete(self, body: bytes):
         exchange, routing_key, route, bits = self._pub
         self._pub = None
+        props = self._props
+        broker = self.broker
         try:
             if bits & 2:
                 raise ConnectionError_("immediate=true", E.NOT_IMPLEMENTED, 60, 40)
             x = self._x_cache.get(exchange)
             if x is None or x.deleted:
                 x = self._publish_target(exchange)
-            scan = P.scan(self._props)
-            if scan.user_id is not None and scan.user_id != self.user.name:
-                raise ChannelError(f"user_id property set to '{scan.user_id}' but authenticated user was "
-                                   f"'{self.user.name}'", E.PRECONDITION_FAILED, 60, 40)
-            if scan.expiration is not None:
-                self._check_expiration(scan.expiration)
-            if scan.reply_to == "amq.rabbitmq.reply-to":
-                self._props = self._reply_to_props(self._props, scan)
-                scan = P.scan(self._props)
-            msg = self.broker.new_message(exchange, routing_key, self._props, body, scan, route[0:])
+            cached = _SCANS.get(props)
+            if cached is None:
+                scan = P.scan(props)
+                special = scan.user_id is not None or scan.expiration is not None or scan.reply_to is not None
+                if len(props) <= 96:
+                    if len(_SCANS) >= 4096:
+                        _SCANS.clear()
+                    _SCANS[props] = (scan, special)
+            else:
+                scan, special = cached
+            if special:
+                if scan.user_id is not None and scan.user_id != self.user.name:
+                    raise ChannelError(f"user_id property set to '{scan.user_id}' but authenticated user was "
+                                       f"'{self.user.name}'", E.PRECONDITION_FAILED, 60, 40)
+                if scan.expiration is not None:
+                    self._check_expiration(scan.expiration)
+                if scan.reply_to == "amq.rabbitmq.reply-to":
+                    props = self._reply_to_props(props, scan)
+                    scan = P.scan(props)
+            msg = Message(exchange, routing_key, props, body, scan, broker.next_msg_id, route)
+            broker.next_msg_id += 1
         except ChannelError as e:
             e.class_id, e.method_id = 60, 40
             self.fail(e)
@@ -224,18 +263,20 @@ class Channel:
 
     @staticmethod
     def _check_expiration(value: str):
-        try:
-            v = int(value)
-            ok = v >= 0 and value.strip() == value and value.isdigit()
-        except ValueError:
-            ok = False
-        if not ok:
-            raise ChannelError(f"invalid expiration '{value}'", E.PRECONDITION_FAILED)
+        if not _INTEGER.match(value):
+            raise ChannelError(f"invalid expiration '{value}': no_integer", E.PRECONDITION_FAILED)
+        if int(value) < 0:
+            raise ChannelError(f"invalid expiration '{value}': {{value_negative,{int(value)}}}",
+                               E.PRECONDITION_FAILED)
 
     def _route_publish(self, x, msg, mandatory):
         broker = self.broker
         rk = msg.routing_key
-        if rk.startswith("amq.rabbitmq.reply-to.") and x.name == "":
+        if not x.name and msg.scan.headers_span is None and not rk.startswith("amq.rabbitmq.reply-to."):
+            x.publish_in += 1
+            q = self.vhost.queues.get(rk)
+            queues = (q,) if q is not None else ()
+        elif rk.startswith("amq.rabbitmq.reply-to.") and x.name == "":
             queues = self._reply_route(msg)
         else:
             queues = broker.route_publish(self.vhost, x, msg)
@@ -244,9 +285,29 @@ class Channel:
         rejected = False
         if queues:
             x.publish_out += 1
-            enqueue = broker.enqueue
             for q in queues:
-                if q is not None and not enqueue(q, msg):
+                if q is None:
+                    continue
+                if q.simple and msg.scan.expiration is None:
+                    # plain queue: straight to a consumer with room, or onto the queue
+                    if msg.scan.delivery_mode == 2 and q.durable and broker.store.durable:
+                        broker.persist(q, msg)
+                    if q.consumers and not q.ready and not q.returned:
+                        c = broker._pick_consumer(q)
+                        if c is not None:
+                            q.seq += 1
+                            q.published += 1
+                            c.channel.deliver(c, q, q.seq, msg, False)
+                            continue
+                    q.seq += 1
+                    q.ready.append((q.seq, msg))
+                    q.ready_bytes += len(msg.body)
+                    q.published += 1
+                    if q.consumers:
+                        broker.dirty[id(q)] = q
+                        # consumers are behind: let them catch up (credit flow, in effect)
+                        self.conn.throttled = True
+                elif not broker.enqueue(q, msg):
                     rejected = True
         elif mandatory:
             self._send_return(msg, E.NO_ROUTE, "NO_ROUTE")
@@ -358,15 +419,37 @@ class Channel:
 
     def deliver(self, c, q, seq, msg, redelivered):
         self.next_tag = tag = self.next_tag + 1
-        m = c.prefix + _Q.pack(tag) + _REDELIVERED[redelivered] + msg.route
         if redelivered and q.delivery_counts and seq in q.delivery_counts:
+            m = c.prefix + _QB.pack(tag, redelivered) + msg.route
             self.conn.out_size += self._write_content(m, _with_delivery_count(msg, q.delivery_counts[seq]))
         else:
-            self.conn.out_size += self._write_content(m, msg)
+            body = msg.body
+            size = len(body)
+            conn = self.conn
+            if 0 < size <= conn.frame_max - FRAME_OVERHEAD:
+                # one method, one header and one body frame, built in a single join
+                num = self.number
+                props = msg.props
+                route = msg.route
+                prefix = c.prefix
+                data = b"".join((_FH.pack(1, num, len(prefix) + 9 + len(route)), prefix,
+                                 _QB.pack(tag, redelivered), route,
+                                 _END, _FH.pack(2, num, 12 + len(props)), _HHQ.pack(60, 0, size), props,
+                                 _END, _FH.pack(3, num, size), body, _END))
+                if not conn.out:
+                    self.broker.want_flush(conn)
+                conn.out.append(data)
+                conn.out_size += len(data)
+            else:
+                m = c.prefix + _QB.pack(tag, redelivered) + msg.route
+                conn.out_size += self._write_content(m, msg)
         q.delivered += 1
         self.delivered += 1
         if c.no_ack:
-            self.broker.settle(q, seq, msg)
+            if msg.stored or q.held_expiry or q.delivery_counts or q.kind == "stream":
+                self.broker.settle(q, seq, msg)
+            else:
+                q.acked += 1
         else:
             self.unacked[tag] = Unacked(tag, q, seq, msg, c)
             c.unacked += 1

@@ -15,6 +15,7 @@ from ..amqp import errors as E
 from ..amqp import methods as M
 from ..amqp.errors import AMQPError, ConnectionError_
 from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE,
+                           FRAME_OVERHEAD,
                            HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
                            method_frame)
 from ..auth import sasl
@@ -23,6 +24,11 @@ from .channel import Channel
 log = logging.getLogger("usagi.connection")
 
 _HH = struct.Struct(">HH")
+_FH = struct.Struct(">BHI")
+_HHQ = struct.Struct(">HHQ")
+_PUBLISH_HEAD = b"\x00\x3c\x00\x28"
+INPUT_BUDGET = 256      # frames handled per connection per loop turn before yielding to others
+THROTTLED_BUDGET = 24   # ... when its publishes queue up behind consumers that have a backlog
 _ids = itertools.count(1)
 
 # states
@@ -69,6 +75,9 @@ class Connection:
         self.blocked = False          # connection.blocked sent
         self.publishing = False       # has published: an alarm stops reading from it
         self.alarm_paused = False
+        self.yielded = False          # input left for the next turn (fairness budget)
+        self.input_paused = False
+        self.throttled = False        # publishing into a backlog: take smaller turns
         self.closed = False
         self.close_reason = None
         self.consumer_tags = itertools.count(1)
@@ -121,7 +130,8 @@ class Connection:
         self.writable = True
         if self.reading_paused:
             self.reading_paused = False
-            self.transport.resume_reading()
+            if not self.input_paused and not self.alarm_paused:
+                self.transport.resume_reading()
         for ch in self.channels.values():
             ch.kick()
         self.broker.run_dirty()
@@ -130,15 +140,25 @@ class Connection:
     def connection_made(self):
         self.broker.connection_opened(self)
 
-    def data_received(self, data: bytes):
+    def data_received(self, data: bytes, counted: bool = False):
         if self.closed:
             return
-        self.last_recv = time.monotonic()
-        self.recv_oct += len(data)
-        self.recv_cnt += 1
+        if not counted:
+            self.last_recv = time.monotonic()
+            self.recv_oct += len(data)
+            self.recv_cnt += 1
         reader = self.reader
-        frames = reader.feed(data)
         try:
+            if self.state == OPEN and reader.error is None:
+                data = self._fast(data)
+                if self.yielded:
+                    reader._buf = data
+                    data = None
+                    if not self.input_paused:
+                        self.input_paused = True
+                        self.transport.pause_reading()
+                    self.broker.defer(self._continue_input)
+            frames = reader.feed(data) if data else None
             if frames:
                 self.handle_frames(frames)
             if reader.error is not None:
@@ -166,6 +186,77 @@ class Connection:
                 self.transport.get_write_buffer_size() > self.broker.config.write_hard_limit:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def _continue_input(self):
+        """Go on with input left over when the last turn's budget ran out."""
+        self.yielded = False
+        if self.closed:
+            return
+        self.data_received(b"", counted=True)
+        if not self.yielded and self.input_paused:
+            self.input_paused = False
+            if not self.closed and not self.reading_paused and not self.alarm_paused:
+                self.transport.resume_reading()
+
+    def _fast(self, data):
+        """The hot path: frames parsed in place, and a publish whose header and body frames came
+        in the same read handled in one go. Anything unusual (an incomplete or broken frame, a
+        state change) is left to the general reader: the bytes not consumed are returned."""
+        reader = self.reader
+        buf = reader._buf
+        if buf:
+            buf = buf + data
+            reader._buf = b""
+        else:
+            buf = data
+        n = len(buf)
+        off = 0
+        fmax = reader.frame_max - FRAME_OVERHEAD
+        max_msg = self.broker.config.max_message_size
+        channels = self.channels
+        unpack = _FH.unpack_from
+        budget = INPUT_BUDGET
+        self.throttled = False
+        while n - off >= 7:
+            ftype, chnum, size = unpack(buf, off)
+            end = off + 7 + size
+            if size > fmax or end >= n or buf[end] != 206:
+                break
+            budget -= 1
+            if budget < 0 or (self.throttled and budget < INPUT_BUDGET - THROTTLED_BUDGET):
+                # enough for one turn: let other connections (consumers, their acks) run first
+                self.yielded = True
+                break
+            if ftype == 1 and buf[off + 7:off + 11] == _PUBLISH_HEAD:
+                ch = channels.get(chnum)
+                if ch is not None and not ch.state and not ch.content_expected and not ch.body_expected:
+                    hoff = end + 1
+                    if n - hoff >= 21 and buf[hoff] == 2:
+                        _t, hch, hsize = unpack(buf, hoff)
+                        hend = hoff + 7 + hsize
+                        if hch == chnum and 14 <= hsize <= fmax and hend < n and buf[hend] == 206:
+                            cls, _w, bsize = _HHQ.unpack_from(buf, hoff + 7)
+                            if cls == 60 and bsize <= max_msg:
+                                if bsize == 0:
+                                    ch.fast_publish(buf[off + 7:end], buf[hoff + 19:hend], b"")
+                                    off = hend + 1
+                                    continue
+                                boff = hend + 1
+                                if n - boff >= 7 and buf[boff] == 3:
+                                    _t, bch, bsz = unpack(buf, boff)
+                                    bend = boff + 7 + bsz
+                                    if bch == chnum and bsz == bsize and bsz <= fmax and bend < n \
+                                            and buf[bend] == 206:
+                                        ch.fast_publish(buf[off + 7:end], buf[hoff + 19:hend], buf[boff + 7:bend])
+                                        off = bend + 1
+                                        continue
+            if ftype != 1 and ftype != 2 and ftype != 3 and ftype != 8:
+                break
+            self.handle_frames(((ftype, chnum, buf[off + 7:end]),))
+            off = end + 1
+            if self.state != OPEN:
+                break
+        return buf[off:] if off else buf
 
     def handle_frames(self, frames):
         channels = self.channels
@@ -371,7 +462,7 @@ class Connection:
         self.set_blocked(False)
         if self.alarm_paused:
             self.alarm_paused = False
-            if not self.closed and not self.reading_paused:
+            if not self.closed and not self.reading_paused and not self.input_paused:
                 self.transport.resume_reading()
 
     def set_blocked(self, blocked: bool, reason: str = "low on memory"):

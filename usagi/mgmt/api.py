@@ -293,7 +293,8 @@ def authenticate(m, request: web.Request):
     user = m.broker.users.authenticate(username, password)
     if user is None:
         log.warning("HTTP access denied: user '%s' - invalid credentials", username)
-        raise ApiError(401, "not_authorized", "Not_Authorized", {"WWW-Authenticate": REALM})
+        # RabbitMQ 3.10 says "Login failed" here, 3.13+ "Not_Authorized"; usagictl reads the former
+        raise ApiError(401, "not_authorized", "Login failed", {"WWW-Authenticate": REALM})
     if username in m.broker.config.loopback_users and not is_loopback(request.remote or ""):
         raise not_authorised("User can only log in via localhost")
     if not any(t in MGMT_TAGS for t in user.tags):
@@ -1151,9 +1152,7 @@ def _policies(r: Req, vhost: str | None) -> list:
             continue
         if not r.is_admin and r.broker.users.permission(r.user.name, vh) is None:
             continue
-        out.append({"vhost": vh, "name": p.get("name", _n), "pattern": p.get("pattern"),
-                    "apply-to": p.get("apply-to", "all"), "definition": jsonable(p.get("definition", {})),
-                    "priority": p.get("priority", 0)})
+        out.append(ops.policy_json(p, vh, _n))
     return out
 
 
@@ -1190,15 +1189,41 @@ def policy_delete(r: Req):
     return Reply(204)
 
 
-@get("operator-policies", POLICIES)
+def _operator_policies(r: Req, vhost: str | None) -> list:
+    return [ops.policy_json(p) for (vh, _n), p in sorted(r.broker.operator_policies.items())
+            if vhost is None or vh == vhost]
+
+
+@get("operator-policies", ADMIN)
 def operator_policies(r: Req):
-    return []
+    return Listing(_operator_policies(r, None))
 
 
-@get("operator-policies/:vhost", POLICIES)
+@get("operator-policies/:vhost", ADMIN)
 def operator_policies_vhost(r: Req):
-    r.vhost()
-    return []
+    return Listing(_operator_policies(r, r.vhost().name))
+
+
+@get("operator-policies/:vhost/:name", ADMIN)
+def operator_policy_get(r: Req):
+    for p in _operator_policies(r, r.vhost().name):
+        if p["name"] == r.p("name"):
+            return p
+    raise not_found()
+
+
+@put("operator-policies/:vhost/:name", ADMIN)
+def operator_policy_put(r: Req):
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    return created(ops.put_policy(r.broker, v.name, r.p("name"), r.body(), operator=True))
+
+
+@delete("operator-policies/:vhost/:name", ADMIN)
+def operator_policy_delete(r: Req):
+    v = r.vhost()
+    if not ops.delete_policy(r.broker, v.name, r.p("name"), operator=True):
+        raise not_found()
+    return Reply(204)
 
 
 @get("vhost-limits", ADMIN)
@@ -1210,6 +1235,49 @@ def vhost_limits(r: Req):
 def vhost_limits_vhost(r: Req):
     v = r.vhost()
     return [{"vhost": v.name, "value": dict(v.limits)}] if v.limits else []
+
+
+@put("vhost-limits/:vhost/:name", ADMIN)
+def vhost_limit_put(r: Req):
+    v = r.vhost()
+    created_ = ops.set_vhost_limit(r.broker, v, r.p("name"), r.body())
+    return created(created_)
+
+
+@delete("vhost-limits/:vhost/:name", ADMIN)
+def vhost_limit_delete(r: Req):
+    v = r.vhost()
+    if not ops.clear_vhost_limit(r.broker, v, r.p("name")):
+        raise not_found()
+    return Reply(204)
+
+
+@get("user-limits", ADMIN)
+def user_limits(r: Req):
+    return [{"user": u.name, "value": dict(u.limits)} for _n, u in sorted(r.broker.users.users.items())
+            if u.limits]
+
+
+@get("user-limits/:user", ADMIN)
+def user_limits_user(r: Req):
+    u = _user(r)
+    return [{"user": u.name, "value": dict(u.limits)}] if u.limits else []
+
+
+@put("user-limits/:user/:name", ADMIN)
+def user_limit_put(r: Req):
+    u = _user(r)
+    return created(ops.set_user_limit(r.broker, u, r.p("name"), r.body()))
+
+
+@delete("user-limits/:user/:name", ADMIN)
+def user_limit_delete(r: Req):
+    u = _user(r)
+    if r.p("name") not in u.limits:
+        raise not_found()
+    del u.limits[r.p("name")]
+    r.broker.save_user(u)
+    return Reply(204)
 
 
 @get("parameters", POLICIES)
@@ -1331,3 +1399,33 @@ def definitions_vhost_import(r: Req):
     defs = r.json("failed_to_parse_json")
     ops.import_definitions(r.broker, defs, v.name)
     return Reply(204)
+
+
+# ---------------------------------------------------------------------------------------- Usagi node control
+# rabbitmqctl stop / stop_app / start_app act over Erlang distribution; usagictl uses these instead.
+
+@post("usagi/stop", ADMIN)
+def usagi_stop(r: Req):
+    log.info("stop requested through the management API by user '%s'", r.user.name)
+    r.m.request_stop()
+    return Reply(204)
+
+
+def _app_control(r: Req, action: str):
+    fn = getattr(r.m.server, action, None)
+    if fn is None:
+        return Reply(501, {"error": "not_implemented",
+                           "reason": f"this server cannot {action.replace('_', ' ')} (no Server.{action})"})
+    log.info("%s requested through the management API by user '%s'", action, r.user.name)
+    r.m.run_soon(fn)
+    return Reply(204)
+
+
+@post("usagi/stop_app", ADMIN)
+def usagi_stop_app(r: Req):
+    return _app_control(r, "stop_app")
+
+
+@post("usagi/start_app", ADMIN)
+def usagi_start_app(r: Req):
+    return _app_control(r, "start_app")

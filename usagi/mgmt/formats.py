@@ -25,6 +25,8 @@ EXCHANGE_TYPES = [
     {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": True},
 ]
 
+CONTENTS_WALK_LIMIT = 50_000
+
 GC = {"fullsweep_after": 0, "max_heap_size": 0, "min_bin_vheap_size": 0, "min_heap_size": 0, "minor_gcs": 0}
 
 
@@ -61,37 +63,47 @@ class View:
         return self.sampler.rate(obj, key)
 
     # ------------------------------------------------------------------ queues
+    def queue_contents(self, q, detail: bool) -> tuple:
+        """(persistent count, persistent bytes, head timestamp): a walk over the queue, so lists skip
+        it for very long queues and show what the last detailed look found."""
+        cache = self.m.contents_cache
+        n = q.message_count
+        if not detail and n > CONTENTS_WALK_LIMIT:
+            return cache.get(q, (0, 0, None))
+        persistent = persistent_bytes = 0
+        head_ts = None
+        entries = q.peek_all() if n else []
+        if q.durable:
+            for _s, m, _r in entries:
+                if m.scan.delivery_mode == 2:
+                    persistent += 1
+                    persistent_bytes += len(m.body)
+        if entries:
+            props = ops.decode_properties(entries[0][1].props)
+            if isinstance(props, dict) and "timestamp" in props:
+                head_ts = props["timestamp"]
+        result = (persistent, persistent_bytes, head_ts)
+        cache[q] = result
+        return result
+
     def queue(self, q, detail: bool = False) -> dict:
         s = self.sampler
         ready = q.message_count
         unacked = q.unacked
-        ready_bytes = q.ready_bytes
+        ready_bytes = getattr(q, "message_bytes", q.ready_bytes)
         unacked_bytes = self.unacked_bytes(q)
-        persistent = persistent_bytes = 0
-        if q.durable:
-            for _s, m in q.ready:
-                if m.scan.delivery_mode == 2:
-                    persistent += 1
-                    persistent_bytes += len(m.body)
-            for _s, m in q.returned:
-                if m.scan.delivery_mode == 2:
-                    persistent += 1
-                    persistent_bytes += len(m.body)
-        qtype = q.arguments.get("x-queue-type", "classic") if q.arguments else "classic"
-        if isinstance(qtype, bytes):
-            qtype = qtype.decode("utf-8", "replace")
+        persistent, persistent_bytes, head_ts = self.queue_contents(q, detail)
+        qtype = getattr(q, "kind", None)
+        if qtype is None:
+            qtype = q.arguments.get("x-queue-type", "classic") if q.arguments else "classic"
+            if isinstance(qtype, bytes):
+                qtype = qtype.decode("utf-8", "replace")
         policy = ops.effective_policy(self.broker, "queue", q)
         excl = None
         for c in q.consumers:
             if c.exclusive:
                 excl = c.tag
                 break
-        head_ts = None
-        head = q.returned[0][1] if q.returned else (q.ready[0][1] if q.ready else None)
-        if head is not None:
-            props = ops.decode_properties(head.props)
-            if isinstance(props, dict) and "timestamp" in props:
-                head_ts = props["timestamp"]
         n_consumers = len(q.consumers)
         d = {
             "arguments": jsonable(q.arguments),
@@ -133,11 +145,12 @@ class View:
             "messages_unacknowledged_ram": unacked,
             "name": q.name,
             "node": self.node,
-            "operator_policy": None,
+            "operator_policy": getattr(q, "operator_policy", None),
             "policy": policy["name"] if policy else None,
             "reductions": 0,
             "reductions_details": {"rate": 0.0},
-            "single_active_consumer_tag": None,
+            "single_active_consumer_tag": next((c.tag for c in q.consumers if c.active), None)
+            if getattr(q, "single_active", False) else None,
             "state": "running",
             "type": qtype,
             "vhost": q.vhost,
@@ -494,7 +507,7 @@ class View:
             "processors": os.cpu_count() or 1,
             "rates_mode": "basic",
             "run_queue": 0,
-            "running": True,
+            "running": not getattr(m.server, "app_stopped", False),
             "sockets_total": fd_total,
             "sockets_used": conns,
             "type": "disc",

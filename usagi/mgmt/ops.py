@@ -64,8 +64,12 @@ def _erl(v) -> str:
     return f'<<"{v}">>' if isinstance(v, str) else str(jsonable(v)).lower() if isinstance(v, bool) else str(v)
 
 
-def put_policy(broker, vhost: str, name: str, body: dict) -> bool:
-    """Create or replace a policy. Returns True if it was created."""
+OPERATOR_POLICY_KEYS = ("expires", "message-ttl", "max-length", "max-length-bytes", "max-in-memory-length",
+                        "max-in-memory-bytes", "delivery-limit", "overflow", "target-group-size")
+
+
+def put_policy(broker, vhost: str, name: str, body: dict, operator: bool = False) -> bool:
+    """Create or replace a (operator) policy through the broker, which applies it. True if created."""
     key_missing(body, ("pattern", "definition"))
     pattern = body["pattern"]
     if not isinstance(pattern, str):
@@ -77,6 +81,11 @@ def put_policy(broker, vhost: str, name: str, body: dict) -> bool:
                           f"{e}\n") from None
     definition = body["definition"]
     validate_policy_definition(definition)
+    if operator:
+        unknown = [k for k in definition if k not in OPERATOR_POLICY_KEYS]
+        if unknown:
+            names = ",".join(f'<<"{k}">>' for k in unknown)
+            raise bad_request(f"Validation failed\n\n[{names}] are not recognised operator policy settings\n")
     priority = body.get("priority", 0)
     if isinstance(priority, str):
         try:
@@ -89,19 +98,32 @@ def put_policy(broker, vhost: str, name: str, body: dict) -> bool:
     apply_to = body.get("apply-to", "all")
     if apply_to not in APPLY_TO:
         raise bad_request(f"Validation failed\n\n'{apply_to}' is not a valid apply-to value\n")
-    p = {"vhost": vhost, "name": name, "pattern": pattern, "apply-to": apply_to,
-         "definition": definition, "priority": priority}
-    created = (vhost, name) not in broker.policies
-    broker.policies[(vhost, name)] = p
-    broker.store.put_definition("policy", (vhost, name), p)
+    table = broker.operator_policies if operator else broker.policies
+    created = (vhost, name) not in table
+    if hasattr(broker, "set_policy"):
+        broker.set_policy(vhost, name, pattern, definition, priority, apply_to, operator=operator)
+    else:       # an engine without policy support: keep and persist it all the same
+        p = {"vhost": vhost, "name": name, "pattern": pattern, "apply-to": apply_to,
+             "definition": definition, "priority": priority}
+        table[(vhost, name)] = p
+        broker.store.put_definition("operator_policy" if operator else "policy", (vhost, name), p)
     return created
 
 
-def delete_policy(broker, vhost: str, name: str) -> bool:
-    if broker.policies.pop((vhost, name), None) is None:
+def delete_policy(broker, vhost: str, name: str, operator: bool = False) -> bool:
+    if hasattr(broker, "clear_policy"):
+        return broker.clear_policy(vhost, name, operator=operator)
+    table = broker.operator_policies if operator else broker.policies
+    if table.pop((vhost, name), None) is None:
         return False
-    broker.store.delete_definition("policy", (vhost, name))
+    broker.store.delete_definition("operator_policy" if operator else "policy", (vhost, name))
     return True
+
+
+def policy_json(p: dict, vhost: str | None = None, name: str | None = None) -> dict:
+    return {"vhost": p.get("vhost", vhost), "name": p.get("name", name), "pattern": p.get("pattern"),
+            "apply-to": p.get("apply-to", "all"), "definition": jsonable(p.get("definition") or {}),
+            "priority": p.get("priority", 0)}
 
 
 def _applies(p: dict, kind: str, obj) -> bool:
@@ -119,7 +141,10 @@ def _applies(p: dict, kind: str, obj) -> bool:
 
 
 def effective_policy(broker, kind: str, obj) -> dict | None:
-    """The policy RabbitMQ would apply to a queue or exchange: the highest priority match."""
+    """The policy applied to a queue or exchange: the engine's choice, else the highest priority match."""
+    if hasattr(obj, "policy"):
+        name = obj.policy
+        return broker.policies.get((obj.vhost, name)) if name else None
     best = None
     for (vhost, _name), p in broker.policies.items():
         if vhost != obj.vhost or not _applies(p, kind, obj):
@@ -132,6 +157,66 @@ def effective_policy(broker, kind: str, obj) -> dict | None:
         if best is None or p.get("priority", 0) > best.get("priority", 0):
             best = p
     return best
+
+
+# ---------------------------------------------------------------------------------------- limits
+
+VHOST_LIMITS = ("max-connections", "max-queues")
+USER_LIMITS = ("max-connections", "max-channels")
+
+
+def _limit_value(name: str, body: dict, known) -> int:
+    if name not in known:
+        raise bad_request(f"Validation failed\n\nUnrecognised terms [{{<<\"{name}\">>,...}}] in limits\n")
+    key_missing(body, ("value",))
+    v = body["value"]
+    if isinstance(v, str) and v.lstrip("-").isdigit():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise bad_request(f"Validation failed\n\n<<\"{name}\">> should be a number, actually was {_erl(v)}\n")
+    return v
+
+
+def set_vhost_limit(broker, v, name: str, body: dict) -> bool:
+    value = _limit_value(name, body, VHOST_LIMITS)
+    created = name not in v.limits
+    v.limits[name] = value
+    _save_vhost_limits(broker, v)
+    return created
+
+
+def clear_vhost_limit(broker, v, name: str) -> bool:
+    if v.limits.pop(name, None) is None:
+        return False
+    _save_vhost_limits(broker, v)
+    return True
+
+
+def _save_vhost_limits(broker, v):
+    # RabbitMQ keeps vhost limits as the runtime parameter vhost-limits/limits of the vhost
+    key = (v.name, "vhost-limits", "limits")
+    if v.limits:
+        p = {"vhost": v.name, "component": "vhost-limits", "name": "limits", "value": dict(v.limits)}
+        broker.parameters[key] = p
+        broker.store.put_definition("parameter", key, p)
+    elif broker.parameters.pop(key, None) is not None:
+        broker.store.delete_definition("parameter", key)
+
+
+def load_vhost_limits(broker):
+    """Vhost limits recovered as parameters go back onto the vhosts (at service start)."""
+    for (vname, comp, name), p in list(broker.parameters.items()):
+        v = broker.vhosts.get(vname)
+        if comp == "vhost-limits" and name == "limits" and v is not None and isinstance(p.get("value"), dict):
+            v.limits.update(p["value"])
+
+
+def set_user_limit(broker, u, name: str, body: dict) -> bool:
+    value = _limit_value(name, body, USER_LIMITS)
+    created = name not in u.limits
+    u.limits[name] = value
+    broker.save_user(u)
+    return created
 
 
 # ---------------------------------------------------------------------------------------- vhosts, users
@@ -329,12 +414,14 @@ def publish(broker, user, vhost, exchange_name: str, body: dict) -> bool:
         # RabbitMQ publishes over an internal channel and reports its close as a bad request
         raise bad_request(f"{e.code} {e.reply_text}") from None
     msg = broker.new_message(exchange_name, rk, props, payload, scan)
-    queues = broker.route(vhost, x, msg)
+    route = getattr(broker, "route_publish", broker.route)    # alternate exchanges, CC/BCC, delays
+    queues = route(vhost, x, msg)
     broker.stats["publish"] += 1
     if queues:
         x.publish_out += 1
         for q in queues:
-            broker.enqueue(q, msg)
+            if q is not None:
+                broker.enqueue(q, msg)
         broker.run_dirty()
     else:
         broker.stats["drop_unroutable"] += 1
@@ -528,7 +615,7 @@ def export_definitions(broker, vhost_name: str | None = None) -> dict:
                 dtype = "exchange"
             bdefs.append({"source": src, "vhost": v.name, "destination": dest.name,
                           "destination_type": dtype, "routing_key": rk, "arguments": jsonable(args)})
-    policies = [dict(p) for (vh, _n), p in sorted(broker.policies.items())
+    policies = [policy_json(p, vh, n) for (vh, n), p in sorted(broker.policies.items())
                 if vhost_name is None or vh == vhost_name]
     if vhost_name is not None:
         for d in qdefs + xdefs + bdefs:

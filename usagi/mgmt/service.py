@@ -11,11 +11,13 @@ import logging
 import os
 import resource
 import shutil
+import signal
+import weakref
 from pathlib import Path
 
 from aiohttp import web
 
-from . import api, metrics
+from . import api, metrics, ops
 from .stats import Sampler
 
 log = logging.getLogger("usagi.mgmt")
@@ -58,10 +60,12 @@ class ManagementService:
         self._listeners: list = []      # (protocol, host, port)
         self._sample_handle = None
         self._mem_limit = None
+        self.contents_cache = weakref.WeakKeyDictionary()   # queue -> last walk of its contents
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> "ManagementService":
         loop = asyncio.get_running_loop()
+        ops.load_vhost_limits(self.broker)
         if self.management_port is not None and self.management_port >= 0:
             app = web.Application(client_max_size=512 * 1024 * 1024)
             app.router.add_route("*", "/api", self._api)
@@ -112,6 +116,24 @@ class ManagementService:
         except Exception:  # pragma: no cover - never let the timer die
             log.exception("statistics sampling failed")
         self._sample_handle = asyncio.get_running_loop().call_later(self.sampler.interval, self._sample)
+
+    # ------------------------------------------------------------------ node control
+    def request_stop(self):
+        """Stop the whole server as SIGTERM does, once the current response has gone out."""
+        asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+
+    def run_soon(self, fn):
+        """Run a server action (sync or async) after the current response has gone out."""
+        loop = asyncio.get_running_loop()
+
+        def go():
+            try:
+                res = fn()
+                if asyncio.iscoroutine(res):
+                    loop.create_task(res)
+            except Exception:
+                log.exception("server action %s failed", getattr(fn, "__name__", fn))
+        loop.call_later(0.05, go)
 
     # ------------------------------------------------------------------ facts for the views
     def amqp_listeners(self) -> list:

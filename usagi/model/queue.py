@@ -108,6 +108,8 @@ class Queue:
         self.delivery_limit = _int_arg(effective.get("x-delivery-limit"))
         self.single_active = effective.get("x-single-active-consumer") is True
         self.limited = self.max_length is not None or self.max_length_bytes is not None
+        # a plain queue takes the engine's fast path: no limits, TTL or special type
+        self.simple = (not self.limited and self.message_ttl is None and type(self) is Queue)
 
     # -- contents
     @property

@@ -107,6 +107,7 @@ class Server:
         b = self.broker
         b.on_flush_needed = self._schedule_flush
         b.on_commit_needed = self._schedule_commit
+        b.on_defer = self.loop.call_soon
         factory = lambda: AMQPProtocol(self)  # noqa: E731
         srv = await self.loop.create_server(factory, self.host, self.port, reuse_address=True, backlog=1024)
         self.servers.append(srv)

@@ -1,0 +1,129 @@
+"""Authentication, error shapes, the node-level endpoints and health checks."""
+from __future__ import annotations
+
+from mgmtutil import q
+
+
+def test_listeners_are_logged_on_their_own_free_ports(mgmt):
+    ports = {mgmt.amqp_port, mgmt.port, mgmt.metrics_port}
+    assert len(ports) == 3 and all(p > 0 for p in ports)
+    assert mgmt.api.get("/api/overview").status == 200
+
+
+def test_missing_or_wrong_credentials(api, mgmt):
+    anon = api.as_user(None, "")
+    r = anon.get("/api/overview")
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"] == 'Basic realm="RabbitMQ Management"'
+    assert r.body == b""
+    r = api.as_user("guest", "wrong").get("/api/overview")
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"] == 'Basic realm="RabbitMQ Management"'
+    assert r.json()["error"] == "not_authorized"
+    assert api.as_user("nobody", "x").get("/api/whoami").status == 401
+
+
+def test_tags_decide_what_a_user_may_see(api):
+    api.ok("PUT", "/api/users/plain", {"password": "p", "tags": ""})
+    api.ok("PUT", "/api/users/mgr", {"password": "p", "tags": "management"})
+    api.ok("PUT", "/api/users/mon", {"password": "p", "tags": ["monitoring"]})
+    api.ok("PUT", "/api/users/pol", {"password": "p", "tags": "management,policymaker"})
+
+    r = api.as_user("plain", "p").get("/api/overview")
+    assert r.status == 401 and r.json() == {"error": "not_authorised", "reason": "Not management user"}
+
+    mgr = api.as_user("mgr", "p")
+    assert mgr.get("/api/overview").status == 200
+    assert mgr.get("/api/whoami").json()["tags"] == ["management"]
+    r = mgr.get("/api/users")
+    assert r.status == 401 and r.json() == {"error": "not_authorised", "reason": "Not administrator user"}
+    r = mgr.get("/api/nodes")
+    assert r.status == 401 and r.json()["reason"] == "Not monitor user"
+    # no permission in "/": the vhost's resources are hidden
+    r = mgr.get("/api/queues/%2F")
+    assert r.status == 401
+    assert r.json() == {"error": "not_authorised", "reason": "User not authorised to access virtual host"}
+    assert mgr.get("/api/vhosts").json() == []
+    r = mgr.get("/api/policies/%2F")
+    assert r.status == 401
+
+    mon = api.as_user("mon", "p")
+    assert mon.get("/api/nodes").status == 200
+    assert [v["name"] for v in mon.get("/api/vhosts").json()] == ["/"]
+
+    api.ok("PUT", "/api/permissions/%2F/pol", {"configure": ".*", "write": ".*", "read": ".*"})
+    pol = api.as_user("pol", "p")
+    assert pol.put("/api/policies/%2F/p1", {"pattern": ".*", "definition": {"max-length": 5}}).status == 201
+    assert pol.get("/api/queues/%2F").status == 200
+
+
+def test_error_shapes_and_methods(api):
+    r = api.get("/api/no-such-thing")
+    assert r.status == 404
+    assert r.json() == {"error": "Object Not Found", "reason": "Not Found"}
+    assert r.headers["Content-Type"].startswith("application/json")
+    assert api.get("/api/queues/%2F/no-such-queue").json() == {"error": "Object Not Found",
+                                                                "reason": "Not Found"}
+    assert api.get("/api/queues/no-such-vhost/q").status == 404
+    r = api.post("/api/overview", {})
+    assert r.status == 405
+    assert r.headers["Allow"] == "HEAD, GET, OPTIONS"
+    r = api.request("DELETE", "/api/queues")
+    assert r.status == 405
+    r = api.request("PUT", "/api/queues/%2F/q1", raw=b"{not json")
+    assert r.status == 400 and r.json() == {"error": "bad_request", "reason": "not_json"}
+    r = api.request("OPTIONS", "/api/queues/%2F/q1")
+    assert r.status == 200 and "PUT" in r.headers["Allow"] and "DELETE" in r.headers["Allow"]
+    assert api.request("HEAD", "/api/whoami").status == 200
+
+
+def test_overview_whoami_nodes_and_cluster_name(api, mgmt):
+    ov = api.get("/api/overview").json()
+    for key in ("management_version", "rabbitmq_version", "product_name", "cluster_name", "node",
+                "message_stats", "queue_totals", "object_totals", "listeners", "contexts",
+                "exchange_types", "churn_rates", "rates_mode"):
+        assert key in ov, key
+    assert ov["object_totals"]["exchanges"] == len(api.get("/api/exchanges").json()) >= 6
+    assert ov["object_totals"]["queues"] == 0 and ov["object_totals"]["connections"] == 0
+    amqp = [l for l in ov["listeners"] if l["protocol"] == "amqp"]
+    assert amqp and amqp[0]["port"] == mgmt.amqp_port
+    assert {c["port"] for c in ov["contexts"]} == {str(mgmt.port)}
+    assert api.get("/api/whoami").json()["name"] == "guest"
+    assert api.get("/api/whoami").json()["tags"] == ["administrator"]
+
+    nodes = api.get("/api/nodes").json()
+    assert len(nodes) == 1 and nodes[0]["name"] == ov["node"] and nodes[0]["running"] is True
+    assert nodes[0]["mem_used"] > 0
+    assert api.get("/api/nodes/" + q(ov["node"])).json()["name"] == ov["node"]
+    assert api.get("/api/nodes/nobody@nowhere").status == 404
+
+    assert api.put("/api/cluster-name", {"name": "rabbit-hole"}).status == 204
+    assert api.get("/api/cluster-name").json() == {"name": "rabbit-hole"}
+    assert api.get("/api/overview").json()["cluster_name"] == "rabbit-hole"
+    conn = mgmt.pika()                      # new connections are told the new name
+    name = conn._impl.server_properties["cluster_name"]
+    assert (name.decode() if isinstance(name, bytes) else name) == "rabbit-hole"
+    assert api.get("/api/extensions").json() == []
+
+
+def test_health_checks_and_aliveness(api, mgmt):
+    for path in ("alarms", "local-alarms", "virtual-hosts", "node-is-quorum-critical"):
+        r = api.get("/api/health/checks/" + path)
+        assert r.status == 200 and r.json() == {"status": "ok"}, path
+    r = api.get(f"/api/health/checks/port-listener/{mgmt.amqp_port}")
+    assert r.status == 200 and r.json() == {"status": "ok", "port": mgmt.amqp_port}
+    r = api.get("/api/health/checks/port-listener/1")
+    assert r.status == 503
+    body = r.json()
+    assert body["status"] == "failed" and body["missing"] == 1 and mgmt.amqp_port in body["ports"]
+    assert api.get("/api/health/checks/protocol-listener/amqp").status == 200
+    assert api.get("/api/health/checks/protocol-listener/stomp").status == 503
+
+    assert api.get("/api/aliveness-test/%2F").json() == {"status": "ok"}
+    assert api.get("/api/queues/%2F/aliveness-test").json()["messages"] == 0
+    assert api.get("/api/aliveness-test/nope").status == 404
+
+
+def test_api_index_and_unknown_top_level(api):
+    r = api.get("/api")
+    assert r.status == 200 and b"Management HTTP API" in r.body
