@@ -477,9 +477,9 @@ class UsagiProcess(Target):
 
 
 class RabbitMQ(Target):
-    def __init__(self, url, mgmt, node, raise_fd):
+    def __init__(self, url, mgmt, node):
         super().__init__("rabbitmq", *parse_url(url, 5672))
-        self.mgmt, self.node, self.raise_fd = mgmt, node, raise_fd
+        self.mgmt, self.node = mgmt, node
 
     def up(self, sid, run):
         if not self.find_pid():
@@ -509,33 +509,62 @@ class RabbitMQ(Target):
         with urllib.request.urlopen(req, timeout=10) as r:
             return json.loads(r.read())
 
-    def ensure_fds(self, n):
-        """RabbitMQ needs n sockets: the OS limit of beam.smp and its file_handle_cache limit."""
-        notes = []
-        lim = nofile_limit(self.pid)
-        need = n + 500
-        if lim and lim[0] < need:
-            if not self.raise_fd:
-                raise RuntimeError("RabbitMQ (pid %d) may open %d files (soft limit), %d connections are needed; "
-                                   "rerun with --raise-rabbitmq-fd-limit (prlimit + file_handle_cache:set_limit) "
-                                   "or start it with a higher `ulimit -n`" % (self.pid, lim[0], n))
-            hard = max(lim[1], need)
-            subprocess.run(["prlimit", "--pid", str(self.pid), "--nofile=%d:%d" % (hard, hard)], check=True)
-            notes.append("prlimit nofile %s -> %d" % (lim, hard))
-        if self.raise_fd:
-            lim = nofile_limit(self.pid)
-            r = subprocess.run(["rabbitmqctl", "-n", self.node, "eval",
-                                "file_handle_cache:get_limit()."], capture_output=True, text=True, timeout=60)
-            try:
-                cur = int(r.stdout.strip())
-            except ValueError:
-                cur = None
-            if cur is not None and cur < need and lim and lim[0] >= need:
-                subprocess.run(["rabbitmqctl", "-n", self.node, "eval",
-                                "file_handle_cache:set_limit(%d)." % (lim[0] - 100)],
-                               capture_output=True, text=True, timeout=60)
-                notes.append("file_handle_cache limit %s -> %d" % (cur, lim[0] - 100))
-        return notes
+
+
+class RabbitMQTemp(RabbitMQ):
+    """A throw-away RabbitMQ node (Debian package) with `ulimit -n` raised, no plugins, fresh
+    mnesia dir, started for one connN scenario and stopped after it.  Needed because the Erlang
+    VM sizes its poll set from the open-files limit it was booted with: raising the limit of a
+    running node does not let it accept more sockets."""
+
+    def __init__(self, base, workdir):
+        super().__init__("amqp://%s:%s@127.0.0.1:5672/%%2F" % (base.user, base.password), "", "")
+        self.workdir = workdir
+        self.dir = None
+
+    def up(self, sid, run):
+        self.port, dist = free_port(), free_port()
+        self.node = "usagi-bench-conns-%d@localhost" % os.getpid()
+        self.dir = tempfile.mkdtemp(prefix="usagi-bench-rmq-")
+        for sub in ("mnesia", "log"):
+            os.makedirs(os.path.join(self.dir, sub))
+        with open(os.path.join(self.dir, "enabled_plugins"), "w") as f:
+            f.write("[].\n")
+        with open(os.path.join(self.dir, "rabbitmq.conf"), "w") as f:
+            f.write("listeners.tcp.1 = 127.0.0.1:%d\nloopback_users = none\n" % self.port)
+        if os.geteuid() == 0:
+            subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", self.dir], check=True)
+            os.chmod(self.dir, 0o755)
+        env = dict(os.environ, RABBITMQ_NODENAME=self.node, RABBITMQ_NODE_PORT=str(self.port),
+                   RABBITMQ_NODE_IP_ADDRESS="127.0.0.1", RABBITMQ_DIST_PORT=str(dist),
+                   RABBITMQ_MNESIA_BASE=self.dir + "/mnesia", RABBITMQ_LOG_BASE=self.dir + "/log",
+                   RABBITMQ_ENABLED_PLUGINS_FILE=self.dir + "/enabled_plugins",
+                   RABBITMQ_CONFIG_FILE=self.dir + "/rabbitmq")
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+        def limits():
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        subprocess.run(["rabbitmq-server", "-detached"], cwd=self.dir, env=env, preexec_fn=limits,
+                       check=True, capture_output=True, timeout=120)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 120:
+            if listener_pid(self.port):
+                break
+            time.sleep(0.5)
+        r = subprocess.run(["rabbitmqctl", "-n", self.node, "await_startup", "--timeout", "120"],
+                           capture_output=True, text=True, timeout=180)
+        if not self.find_pid():
+            raise RuntimeError("temporary RabbitMQ node %s did not start: %s" % (self.node, r.stderr[-500:]))
+        time.sleep(1)
+
+    def down(self):
+        if self.dir:
+            subprocess.run(["rabbitmqctl", "-n", self.node, "stop"], capture_output=True, timeout=120)
+            t0 = time.monotonic()
+            while self.pid and os.path.exists("/proc/%d" % self.pid) and time.monotonic() - t0 < 30:
+                time.sleep(0.2)
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
 
 
 # ------------------------------------------------------------------ scenarios
@@ -575,13 +604,12 @@ def run_conn(a, tgt, sid, n):
                              % (soft, hard, n))
         res["ok"] = False
         return res
-    if isinstance(tgt, RabbitMQ):
-        try:
-            res["fd_notes"] = tgt.ensure_fds(n)
-        except (RuntimeError, subprocess.CalledProcessError, OSError) as e:
-            res["errors"].append(str(e))
-            res["ok"] = False
-            return res
+    lim = nofile_limit(tgt.pid) if tgt.pid else None
+    if lim and lim[0] < n + 50:
+        res["errors"].append("the broker (pid %d) may open only %d files, fewer than %d connections; start it with "
+                             "a higher `ulimit -n` (for RabbitMQ see --rabbitmq-conns)" % (tgt.pid, lim[0], n))
+        res["ok"] = False
+        return res
     res["broker_nofile"] = nofile_limit(tgt.pid) if tgt.pid else None
     time.sleep(a.settle)
     rss0 = rss_kib(tgt.pid)
@@ -590,16 +618,22 @@ def run_conn(a, tgt, sid, n):
     cpu = CpuWindow(tgt.pid)
     try:
         for i in range(0, n, a.conn_batch):
-            batch = [tgt.raw(connect=False) for _ in range(min(a.conn_batch, n - i))]
-            for c in batch:
-                c.start(30.0)
-                conns.append(c)
+            batch = []
+            for _ in range(min(a.conn_batch, n - i)):
+                c = tgt.raw(connect=False)
+                c.start(15.0)
+                batch.append(c)
             for step in (Raw.finish_start, Raw.finish_tune, Raw.finish_open):
                 for c in batch:
                     step(c)
-            opened += len(batch)
+            conns += batch
+            batch = []
+            opened = len(conns)
     except (OSError, AMQPFail) as e:
         res["errors"].append("after %d connections: %s: %s" % (opened, type(e).__name__, e))
+        for c in batch:
+            if c.sock:
+                c.sock.close()
     open_s = time.monotonic() - t0
     res["cpu_open"] = cpu.result()
     res["opened"] = opened
@@ -614,18 +648,20 @@ def run_conn(a, tgt, sid, n):
     res["rss_before_kib"], res["rss_after_kib"] = rss0, rss1
     if opened and rss0 is not None and rss1 is not None:
         res["rss_kib_per_conn"] = round((rss1 - rss0) / opened, 2)
-    # graceful close, in batches
+    # graceful close, in batches; give up waiting for close-ok after 60 s in all
+    deadline = time.monotonic() + 60
     for i in range(0, len(conns), a.conn_batch):
         batch = conns[i:i + a.conn_batch]
         for c in batch:
             try:
-                c.sock.settimeout(10)
+                c.sock.settimeout(5)
                 c.send_close()
             except OSError:
                 pass
         for c in batch:
             try:
-                c.expect(10, 51)
+                if time.monotonic() < deadline:
+                    c.expect(10, 51)
             except (OSError, AMQPFail):
                 pass
             c.sock.close()
@@ -897,9 +933,10 @@ def main():
     ap.add_argument("--rabbitmq-port", type=int, default=None, help="port of the running RabbitMQ (default 5682)")
     ap.add_argument("--rabbitmq-mgmt", default="http://127.0.0.1:15682", help="management API (for the version)")
     ap.add_argument("--rabbitmq-node", default="bench@localhost", help="node name for rabbitmqctl")
-    ap.add_argument("--raise-rabbitmq-fd-limit", action="store_true",
-                    help="for connN: raise beam.smp's open-files limit with prlimit and RabbitMQ's "
-                         "file_handle_cache limit with rabbitmqctl eval, if they are below N")
+    ap.add_argument("--rabbitmq-conns", choices=("auto", "same", "spawn"), default="auto",
+                    help="connN against RabbitMQ: 'same' node, or 'spawn' a temporary node (rabbitmq-server "
+                         "-detached, ulimit -n raised, no plugins) per scenario; 'auto' spawns only when the "
+                         "running node's open-files limit is below N (default)")
     ap.add_argument("--brokers", default="usagi,rabbitmq", help="which to run, in this order within a pair")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scenarios", default=DEFAULT_SCENARIOS, help="comma-separated: " + ",".join(SCENARIOS))
@@ -961,7 +998,7 @@ def main():
             else:
                 targets[b] = UsagiProcess(a.usagi_cmd, logdir, a.keep_logs)
         elif b == "rabbitmq":
-            targets[b] = RabbitMQ(rurl, a.rabbitmq_mgmt, a.rabbitmq_node, a.raise_rabbitmq_fd_limit)
+            targets[b] = RabbitMQ(rurl, a.rabbitmq_mgmt, a.rabbitmq_node)
         else:
             ap.error("unknown broker %r" % b)
 
@@ -989,6 +1026,10 @@ def main():
     def one(bname, sid, run, pair):
         tgt = targets[bname]
         desc, kind, args = scenario(sid)
+        if kind == "conn" and isinstance(tgt, RabbitMQ) and a.rabbitmq_conns != "same":
+            lim = nofile_limit(tgt.find_pid() or 0)
+            if a.rabbitmq_conns == "spawn" or (lim and lim[0] < args["n"] + 50):
+                tgt = RabbitMQTemp(tgt, logdir)
         t0 = time.time()
         gi = git_info() if bname == "usagi" else None
         try:
@@ -1004,10 +1045,12 @@ def main():
         finally:
             if isinstance(tgt, UsagiProcess):
                 tail = tgt.log_tail()
-                tgt.down()
+            tgt.down()
         if isinstance(tgt, UsagiProcess) and tail.strip():
             res["usagi_log_tail"] = tail[-800:]
             res["usagi_log"] = tgt.log
+        if isinstance(tgt, RabbitMQTemp):
+            res["rabbitmq_node"] = "temporary node %s (no plugins, ulimit -n %s)" % (tgt.node, res.get("broker_nofile"))
         rec = {"type": "result", "ts": time.strftime("%Y-%m-%dT%H:%M:%S"), "broker": bname, "scenario": sid,
                "run": run, "pair": pair, "elapsed_s": round(time.time() - t0, 1), "res": res}
         if gi:

@@ -185,8 +185,9 @@ def gen(spec_path: str) -> str:
                     raise ValueError(kind)
             w("        except (struct.error, IndexError) as e:")
             w("            raise SyntaxError_(f'truncated method arguments: {e}') from None")
-            w("        if off > end:")
-            w(f"            raise SyntaxError_('truncated method arguments')")
+            w("        if off != end:")
+            w(f"            raise SyntaxError_('truncated method arguments' if off > end else "
+              f"'trailing bytes after method arguments')")
             w(f"        return {cname}({', '.join(fields)})")
             # encoder
             w("")

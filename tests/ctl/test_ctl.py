@@ -537,8 +537,16 @@ def test_stop_app_start_app_stop_usagi(mgmt):
     node = mgmt.api("GET", "/api/overview")[1]["node"]
     r = mgmt.ctl("stop_app")
     assert (r.returncode, r.stdout) == (0, f"Stopping rabbit application on node {node} ...\n"), r.stderr
-    with pytest.raises(pika.exceptions.AMQPConnectionError):
-        pika.BlockingConnection(pika.URLParameters(mgmt.amqp("/")))
+    # stop_app is asynchronous: new AMQP connections are refused soon after
+    refused = False
+    deadline = time.monotonic() + 10
+    while not refused and time.monotonic() < deadline:
+        try:
+            pika.BlockingConnection(pika.URLParameters(mgmt.amqp("/"))).close()
+            time.sleep(0.2)
+        except pika.exceptions.AMQPConnectionError:
+            refused = True
+    assert refused, "AMQP connections still accepted after stop_app"
     r = mgmt.ctl("await_startup", "-t", "2")
     assert r.returncode == 69
     r = mgmt.ctl("start_app")

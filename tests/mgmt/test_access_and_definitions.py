@@ -196,3 +196,42 @@ def test_vhost_definitions_import(api):
     assert r.status == 404 and r.json() == {"error": "not_found", "reason": "vhost_not_found"}
     r = api.post("/api/definitions", {"queues": [{"name": "q", "vhost": "missing", "durable": True}]})
     assert r.status == 400 and "missing" in r.json()["reason"]
+
+
+def test_vhost_and_user_limits(api):
+    api.ok("PUT", "/api/vhosts/lim")
+    assert api.get("/api/vhost-limits").json() == []
+    assert api.put("/api/vhost-limits/lim/max-queues", {"value": 5}).status == 201
+    assert api.put("/api/vhost-limits/lim/max-connections", {"value": 10}).status == 201
+    assert api.put("/api/vhost-limits/lim/max-queues", {"value": 6}).status == 204
+    assert api.get("/api/vhost-limits/lim").json() == [{"vhost": "lim", "value": {"max-queues": 6,
+                                                                                 "max-connections": 10}}]
+    assert api.get("/api/vhost-limits").json()[0]["vhost"] == "lim"
+    assert api.put("/api/vhost-limits/lim/max-bananas", {"value": 1}).status == 400
+    assert api.put("/api/vhost-limits/lim/max-queues", {"value": "many"}).status == 400
+    assert api.put("/api/vhost-limits/nope/max-queues", {"value": 1}).status == 404
+    assert api.delete("/api/vhost-limits/lim/max-queues").status == 204
+    assert api.delete("/api/vhost-limits/lim/max-queues").status == 404
+    assert api.get("/api/vhost-limits/lim").json() == [{"vhost": "lim", "value": {"max-connections": 10}}]
+
+    api.ok("PUT", "/api/users/lu", {"password": "x", "tags": ""})
+    assert api.put("/api/user-limits/lu/max-channels", {"value": 3}).status == 201
+    assert api.get("/api/user-limits/lu").json() == [{"user": "lu", "value": {"max-channels": 3}}]
+    assert api.get("/api/users/lu").json()["limits"] == {"max-channels": 3}
+    assert api.get("/api/user-limits").json() == [{"user": "lu", "value": {"max-channels": 3}}]
+    assert api.put("/api/user-limits/nobody/max-channels", {"value": 3}).status == 404
+    assert api.delete("/api/user-limits/lu/max-channels").status == 204
+    assert api.get("/api/user-limits/lu").json() == []
+
+
+def test_operator_policies(api):
+    body = {"pattern": "^op", "definition": {"max-length": 7}, "priority": 1, "apply-to": "queues"}
+    assert api.put("/api/operator-policies/%2F/cap", body).status == 201
+    assert api.get("/api/operator-policies/%2F/cap").json()["definition"] == {"max-length": 7}
+    assert [p["name"] for p in api.get("/api/operator-policies").json()] == ["cap"]
+    r = api.put("/api/operator-policies/%2F/bad", {"pattern": ".*", "definition": {"alternate-exchange": "x"}})
+    assert r.status == 400 and "operator policy" in r.json()["reason"]
+    api.ok("PUT", "/api/queues/%2F/op-q")
+    assert api.get("/api/queues/%2F/op-q").json()["operator_policy"] == "cap"
+    assert api.delete("/api/operator-policies/%2F/cap").status == 204
+    assert api.get("/api/queues/%2F/op-q").json()["operator_policy"] is None

@@ -127,3 +127,20 @@ def test_health_checks_and_aliveness(api, mgmt):
 def test_api_index_and_unknown_top_level(api):
     r = api.get("/api")
     assert r.status == 200 and b"Management HTTP API" in r.body
+
+
+def test_usagi_node_control(api, mgmt):
+    r = api.post("/api/usagi/stop_app")
+    if r.status == 501:         # the server layer offers no stop_app: said so in RabbitMQ's error shape
+        assert r.json()["error"] == "not_implemented"
+    else:
+        assert r.status == 204
+        from mgmtutil import wait_until
+        wait_until(lambda: api.get("/api/nodes").json()[0]["running"] is False, 5)
+        assert api.post("/api/usagi/start_app").status == 204
+        wait_until(lambda: api.get("/api/nodes").json()[0]["running"] is True, 5)
+    mgr_tags = {"password": "p", "tags": "management"}
+    api.ok("PUT", "/api/users/mgr", mgr_tags)
+    assert api.as_user("mgr", "p").post("/api/usagi/stop").status == 401
+    assert api.post("/api/usagi/stop").status == 204
+    assert mgmt.server.proc.wait(20) == 0

@@ -19,6 +19,8 @@ def test_api_made_state_survives_restart(start_mgmt, tmp_path):
     api.ok("PUT", "/api/policies/keep/kp", {"pattern": "^k", "definition": {"max-length": 9}})
     api.ok("POST", "/api/exchanges/keep/kx/publish", {"properties": {"delivery_mode": 2}, "routing_key": "k",
                                                        "payload": "durable", "payload_encoding": "string"})
+    api.ok("PUT", "/api/vhost-limits/keep/max-queues", {"value": 50})
+    api.ok("PUT", "/api/user-limits/ivy/max-channels", {"value": 4})
     api.ok("PUT", "/api/users/gone", {"password": "g", "tags": ""})
     api.ok("DELETE", "/api/users/gone")
     assert api.get("/api/queues/keep/kq").json()["messages"] == 1
@@ -36,6 +38,8 @@ def test_api_made_state_survives_restart(start_mgmt, tmp_path):
     assert api2.get("/api/queues/keep/transient").status == 404
     assert [b["routing_key"] for b in api2.get("/api/bindings/keep/e/kx/q/kq").json()] == ["k"]
     assert api2.get("/api/policies/keep/kp").json()["definition"] == {"max-length": 9}
+    assert api2.get("/api/vhost-limits/keep").json() == [{"vhost": "keep", "value": {"max-queues": 50}}]
+    assert api2.get("/api/user-limits/ivy").json() == [{"user": "ivy", "value": {"max-channels": 4}}]
     m2.pika("keep", user="ivy", password="i").close()
     got = api2.post("/api/queues/keep/kq/get", {"count": 1, "ackmode": "ack_requeue_false",
                                                 "encoding": "auto"}).json()

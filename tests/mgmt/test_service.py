@@ -102,3 +102,16 @@ def test_sampler_rates_and_deleted_queue_totals():
     # the deleted queue's deliveries still count in the node totals
     assert s.global_totals()["deliver_get"] == 4
     assert s.queue_history()["publish"] == 10
+
+
+def test_a_busy_port_fails_the_start_cleanly():
+    async def main():
+        first = await management_service("127.0.0.1", 0, -1)(make_broker(), FakeServer())
+        try:
+            port = first.management_bound_port
+            with pytest.raises(OSError) as info:
+                await management_service("127.0.0.1", 0, port)(make_broker(), FakeServer())
+            assert f"metrics listener on 127.0.0.1:{port}" in str(info.value)
+        finally:
+            await first.stop()
+    run(main())

@@ -44,6 +44,7 @@ class AMQPError(Exception):
     """
 
     code = INTERNAL_ERROR
+    send_anyway = False   # send connection.close even during the handshake (authentication failures)
 
     def __init__(self, text: str = "", code: int | None = None, class_id: int = 0, method_id: int = 0):
         super().__init__(text)

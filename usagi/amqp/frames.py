@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import struct
 
+from . import erlfmt
 from .errors import FrameError
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+# AMQP 0-9 clients send this one; RabbitMQ serves them as 0-9-1
+ACCEPTED_HEADERS = (PROTOCOL_HEADER, b"AMQP\x01\x01\x00\x09")
 
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -62,13 +65,13 @@ class FrameReader:
         frames = []
         if self.expect_header:
             if n < 8:
-                if buf[:n] != PROTOCOL_HEADER[:n]:
+                if not any(h.startswith(bytes(buf[:n])) for h in ACCEPTED_HEADERS):
                     self.error = BadProtocolHeader(bytes(buf))
                     self._buf = b""
                     return frames
                 self._buf = bytes(buf)
                 return frames
-            if buf[:8] != PROTOCOL_HEADER:
+            if buf[:8] not in ACCEPTED_HEADERS:
                 self.error = BadProtocolHeader(bytes(buf[:8]))
                 self._buf = b""
                 return frames
@@ -79,26 +82,28 @@ class FrameReader:
         unpack = _hdr.unpack_from
         while n - off >= 7:
             ftype, channel, size = unpack(buf, off)
-            if frame_max and size + FRAME_OVERHEAD > frame_max:
-                self.error = FrameError(
-                    f"type {ftype}, all octets = <<>>: {{frame_too_large,{size},{frame_max - FRAME_OVERHEAD}}}")
+            if frame_max and size > frame_max:
+                # RabbitMQ allows a payload of frame_max (not frame_max - 8) and reports the limit
+                # as frame_max - 8
+                self.error = FrameError(erlfmt.frame_error(ftype, b"", "frame_too_large", size,
+                                                           frame_max - FRAME_OVERHEAD))
                 self._buf = b""
                 return frames
             end = off + 7 + size
             if end >= n:  # need the frame-end octet too
                 break
+            payload = buf[off + 7:end]
             if buf[end] != FRAME_END:
-                self.error = FrameError(
-                    f"type {ftype}, first 16 octets = {_octets(buf[off + 7:off + 7 + min(size, 16)])}: "
-                    f"{{invalid_frame_end_marker,{buf[end]}}}")
+                self.error = FrameError(erlfmt.frame_error(ftype, payload, "invalid_frame_end_marker", buf[end]))
                 self._buf = b""
                 return frames
-            if ftype != FRAME_METHOD and ftype != FRAME_HEADER and ftype != FRAME_BODY \
-                    and ftype != FRAME_HEARTBEAT:
-                self.error = FrameError(f"type {ftype}, all octets = <<>>: {{unknown_frame_type,{ftype}}}")
+            if (ftype != FRAME_METHOD and ftype != FRAME_HEADER and ftype != FRAME_BODY
+                    and ftype != FRAME_HEARTBEAT) or (ftype == FRAME_METHOD and size < 4) \
+                    or (ftype == FRAME_HEARTBEAT and size):
+                self.error = FrameError(erlfmt.frame_error(ftype, payload, "unknown_frame"))
                 self._buf = b""
                 return frames
-            frames.append((ftype, channel, buf[off + 7:end]))
+            frames.append((ftype, channel, payload))
             off = end + 1
         self._buf = bytes(buf[off:]) if off < n else b""
         return frames

@@ -101,8 +101,8 @@ class ConnectionStart(Method):
             off += 4 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionStart(version_major, version_minor, server_properties, mechanisms, locales)
 
     def encode(self):
@@ -153,8 +153,8 @@ class ConnectionStartOk(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionStartOk(client_properties, mechanism, response, locale)
 
     def encode(self):
@@ -203,8 +203,8 @@ class ConnectionSecure(Method):
             off += 4 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionSecure(challenge)
 
     def encode(self):
@@ -238,8 +238,8 @@ class ConnectionSecureOk(Method):
             off += 4 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionSecureOk(response)
 
     def encode(self):
@@ -274,8 +274,8 @@ class ConnectionTune(Method):
             off += 8
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionTune(channel_max, frame_max, heartbeat)
 
     def encode(self):
@@ -306,8 +306,8 @@ class ConnectionTuneOk(Method):
             off += 8
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionTuneOk(channel_max, frame_max, heartbeat)
 
     def encode(self):
@@ -345,8 +345,8 @@ class ConnectionOpen(Method):
             insist = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionOpen(virtual_host, capabilities, insist)
 
     def encode(self):
@@ -390,8 +390,8 @@ class ConnectionOpenOk(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionOpenOk(known_hosts)
 
     def encode(self):
@@ -434,8 +434,8 @@ class ConnectionClose(Method):
             off += 4
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionClose(reply_code, reply_text, class_id, method_id)
 
     def encode(self):
@@ -471,8 +471,8 @@ class ConnectionCloseOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionCloseOk()
 
     def encode(self):
@@ -501,8 +501,8 @@ class ConnectionBlocked(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionBlocked(reason)
 
     def encode(self):
@@ -536,8 +536,8 @@ class ConnectionUnblocked(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionUnblocked()
 
     def encode(self):
@@ -570,8 +570,8 @@ class ConnectionUpdateSecret(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionUpdateSecret(new_secret, reason)
 
     def encode(self):
@@ -610,8 +610,8 @@ class ConnectionUpdateSecretOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConnectionUpdateSecretOk()
 
     def encode(self):
@@ -640,8 +640,8 @@ class ChannelOpen(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ChannelOpen(out_of_band)
 
     def encode(self):
@@ -677,8 +677,8 @@ class ChannelOpenOk(Method):
             off += 4 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ChannelOpenOk(channel_id)
 
     def encode(self):
@@ -712,8 +712,8 @@ class ChannelFlow(Method):
             active = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ChannelFlow(active)
 
     def encode(self):
@@ -743,8 +743,8 @@ class ChannelFlowOk(Method):
             active = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ChannelFlowOk(active)
 
     def encode(self):
@@ -781,8 +781,8 @@ class ChannelClose(Method):
             off += 4
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ChannelClose(reply_code, reply_text, class_id, method_id)
 
     def encode(self):
@@ -818,8 +818,8 @@ class ChannelCloseOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ChannelCloseOk()
 
     def encode(self):
@@ -860,8 +860,8 @@ class AccessRequest(Method):
             read = bool(_b & 16)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return AccessRequest(realm, exclusive, passive, active, write, read)
 
     def encode(self):
@@ -897,8 +897,8 @@ class AccessRequestOk(Method):
             off += 2
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return AccessRequestOk(ticket)
 
     def encode(self):
@@ -949,8 +949,8 @@ class ExchangeDeclare(Method):
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeDeclare(ticket, exchange, type, passive, durable, auto_delete, internal, nowait, arguments)
 
     def encode(self):
@@ -994,8 +994,8 @@ class ExchangeDeclareOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeDeclareOk()
 
     def encode(self):
@@ -1033,8 +1033,8 @@ class ExchangeDelete(Method):
             nowait = bool(_b & 2)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeDelete(ticket, exchange, if_unused, nowait)
 
     def encode(self):
@@ -1070,8 +1070,8 @@ class ExchangeDeleteOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeDeleteOk()
 
     def encode(self):
@@ -1117,8 +1117,8 @@ class ExchangeBind(Method):
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeBind(ticket, destination, source, routing_key, nowait, arguments)
 
     def encode(self):
@@ -1169,8 +1169,8 @@ class ExchangeBindOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeBindOk()
 
     def encode(self):
@@ -1216,8 +1216,8 @@ class ExchangeUnbind(Method):
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeUnbind(ticket, destination, source, routing_key, nowait, arguments)
 
     def encode(self):
@@ -1268,8 +1268,8 @@ class ExchangeUnbindOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ExchangeUnbindOk()
 
     def encode(self):
@@ -1315,8 +1315,8 @@ class QueueDeclare(Method):
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueDeclare(ticket, queue, passive, durable, exclusive, auto_delete, nowait, arguments)
 
     def encode(self):
@@ -1359,8 +1359,8 @@ class QueueDeclareOk(Method):
             off += 8
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueDeclareOk(queue, message_count, consumer_count)
 
     def encode(self):
@@ -1414,8 +1414,8 @@ class QueueBind(Method):
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueBind(ticket, queue, exchange, routing_key, nowait, arguments)
 
     def encode(self):
@@ -1466,8 +1466,8 @@ class QueueBindOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueBindOk()
 
     def encode(self):
@@ -1503,8 +1503,8 @@ class QueuePurge(Method):
             nowait = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueuePurge(ticket, queue, nowait)
 
     def encode(self):
@@ -1541,8 +1541,8 @@ class QueuePurgeOk(Method):
             off += 4
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueuePurgeOk(message_count)
 
     def encode(self):
@@ -1583,8 +1583,8 @@ class QueueDelete(Method):
             nowait = bool(_b & 4)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueDelete(ticket, queue, if_unused, if_empty, nowait)
 
     def encode(self):
@@ -1621,8 +1621,8 @@ class QueueDeleteOk(Method):
             off += 4
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueDeleteOk(message_count)
 
     def encode(self):
@@ -1665,8 +1665,8 @@ class QueueUnbind(Method):
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueUnbind(ticket, queue, exchange, routing_key, arguments)
 
     def encode(self):
@@ -1716,8 +1716,8 @@ class QueueUnbindOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return QueueUnbindOk()
 
     def encode(self):
@@ -1750,8 +1750,8 @@ class BasicQos(Method):
             global_ = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicQos(prefetch_size, prefetch_count, global_)
 
     def encode(self):
@@ -1780,8 +1780,8 @@ class BasicQosOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicQosOk()
 
     def encode(self):
@@ -1829,8 +1829,8 @@ class BasicConsume(Method):
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicConsume(ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments)
 
     def encode(self):
@@ -1876,8 +1876,8 @@ class BasicConsumeOk(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicConsumeOk(consumer_tag)
 
     def encode(self):
@@ -1917,8 +1917,8 @@ class BasicCancel(Method):
             nowait = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicCancel(consumer_tag, nowait)
 
     def encode(self):
@@ -1955,8 +1955,8 @@ class BasicCancelOk(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicCancelOk(consumer_tag)
 
     def encode(self):
@@ -2005,8 +2005,8 @@ class BasicPublish(Method):
             immediate = bool(_b & 2)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicPublish(ticket, exchange, routing_key, mandatory, immediate)
 
     def encode(self):
@@ -2062,8 +2062,8 @@ class BasicReturn(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicReturn(reply_code, reply_text, exchange, routing_key)
 
     def encode(self):
@@ -2129,8 +2129,8 @@ class BasicDeliver(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicDeliver(consumer_tag, delivery_tag, redelivered, exchange, routing_key)
 
     def encode(self):
@@ -2189,8 +2189,8 @@ class BasicGet(Method):
             no_ack = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicGet(ticket, queue, no_ack)
 
     def encode(self):
@@ -2242,8 +2242,8 @@ class BasicGetOk(Method):
             off += 4
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicGetOk(delivery_tag, redelivered, exchange, routing_key, message_count)
 
     def encode(self):
@@ -2289,8 +2289,8 @@ class BasicGetEmpty(Method):
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicGetEmpty(cluster_id)
 
     def encode(self):
@@ -2329,8 +2329,8 @@ class BasicAck(Method):
             multiple = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicAck(delivery_tag, multiple)
 
     def encode(self):
@@ -2364,8 +2364,8 @@ class BasicReject(Method):
             requeue = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicReject(delivery_tag, requeue)
 
     def encode(self):
@@ -2396,8 +2396,8 @@ class BasicRecoverAsync(Method):
             requeue = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicRecoverAsync(requeue)
 
     def encode(self):
@@ -2427,8 +2427,8 @@ class BasicRecover(Method):
             requeue = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicRecover(requeue)
 
     def encode(self):
@@ -2456,8 +2456,8 @@ class BasicRecoverOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicRecoverOk()
 
     def encode(self):
@@ -2491,8 +2491,8 @@ class BasicNack(Method):
             requeue = bool(_b & 2)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return BasicNack(delivery_tag, multiple, requeue)
 
     def encode(self):
@@ -2521,8 +2521,8 @@ class TxSelect(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return TxSelect()
 
     def encode(self):
@@ -2549,8 +2549,8 @@ class TxSelectOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return TxSelectOk()
 
     def encode(self):
@@ -2577,8 +2577,8 @@ class TxCommit(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return TxCommit()
 
     def encode(self):
@@ -2605,8 +2605,8 @@ class TxCommitOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return TxCommitOk()
 
     def encode(self):
@@ -2633,8 +2633,8 @@ class TxRollback(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return TxRollback()
 
     def encode(self):
@@ -2661,8 +2661,8 @@ class TxRollbackOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return TxRollbackOk()
 
     def encode(self):
@@ -2691,8 +2691,8 @@ class ConfirmSelect(Method):
             nowait = bool(_b & 1)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConfirmSelect(nowait)
 
     def encode(self):
@@ -2720,8 +2720,8 @@ class ConfirmSelectOk(Method):
             pass
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
-        if off > end:
-            raise SyntaxError_('truncated method arguments')
+        if off != end:
+            raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
         return ConfirmSelectOk()
 
     def encode(self):

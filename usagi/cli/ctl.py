@@ -563,6 +563,8 @@ def _usagi_post(ctx, action: str):
     r = ctx.api.request("POST", f"/api/usagi/{action}")
     if r.ok:
         return r
+    if r.status == 501:
+        raise CtlError(r.reason, EX_UNAVAILABLE)
     if r.status in (404, 405):
         raise CtlError(f"{action} is not supported by the management API at {ctx.api.display} "
                        f"(POST /api/usagi/{action} answered {r.status}); usagictl can run {action} "

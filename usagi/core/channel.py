@@ -146,10 +146,13 @@ class Channel:
             return
         if len(payload) < 14:
             raise E.FrameError("content header frame too short")
-        class_id, _weight, size = _HHQ.unpack_from(payload, 0)
+        class_id, weight, size = _HHQ.unpack_from(payload, 0)
+        if weight != 0:
+            raise ConnectionError_("expected content header for class 60, got non content header frame "
+                                   "instead", E.UNEXPECTED_FRAME, 60, 40)
         if class_id != 60:
             raise ConnectionError_(f"expected content header for class 60, got one for class {class_id} "
-                                   f"instead", E.UNEXPECTED_FRAME)
+                                   f"instead", E.UNEXPECTED_FRAME, 60, 40)
         self.content_expected = False
         self._props = bytes(payload[12:])
         self._size = size
@@ -170,10 +173,9 @@ class Channel:
             return
         n = len(payload)
         self._got += n
-        if self._got >= self._size:
-            if self._got > self._size:
-                raise ConnectionError_(f"received a content body frame of {n} bytes that goes past the "
-                                       f"announced body size {self._size}", E.FRAME_ERROR)
+        if self._got > self._size:
+            raise ConnectionError_("content body frame exceeds remaining content size", E.FRAME_ERROR, 60, 40)
+        if self._got == self._size:
             self.body_expected = False
             parts = self._parts
             if parts:
@@ -208,6 +210,9 @@ class Channel:
         self._complete(body)
 
     def _complete(self, body: bytes):
+        if not isinstance(self._pub, tuple):
+            m = self._pub
+            raise ConnectionError_("unimplemented method", E.COMMAND_INVALID, m.CLASS_ID, m.METHOD_ID)
         exchange, routing_key, route, bits = self._pub
         self._pub = None
         props = self._props
@@ -601,8 +606,12 @@ class Channel:
             return
         h = _HANDLERS.get(m.INDEX)
         if h is None:
-            raise ConnectionError_(f"unexpected method {m.NAME} on a channel", E.COMMAND_INVALID,
-                                   m.CLASS_ID, m.METHOD_ID)
+            if m.HAS_CONTENT:
+                # RabbitMQ reads the content of a method it will refuse, then refuses it
+                self._pub = m
+                self.content_expected = True
+                return
+            raise ConnectionError_("unimplemented method", E.COMMAND_INVALID, m.CLASS_ID, m.METHOD_ID)
         try:
             h(self, m)
         except ChannelError as e:
@@ -619,6 +628,8 @@ class Channel:
 
     # --- channel class
     def channel_flow(self, m):
+        if not m.active:
+            raise ConnectionError_("active=false", E.NOT_IMPLEMENTED)
         self.flow_active = bool(m.active)
         self.reply(M.ChannelFlowOk(m.active))
         if self.flow_active:

@@ -12,6 +12,7 @@ import struct
 import time
 
 from ..amqp import errors as E
+from ..amqp import erlfmt
 from ..amqp import methods as M
 from ..amqp.errors import AMQPError, ConnectionError_
 from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE,
@@ -211,7 +212,7 @@ class Connection:
             buf = data
         n = len(buf)
         off = 0
-        fmax = reader.frame_max - FRAME_OVERHEAD
+        fmax = reader.frame_max
         max_msg = self.broker.config.max_message_size
         channels = self.channels
         unpack = _FH.unpack_from
@@ -236,7 +237,7 @@ class Connection:
                         hend = hoff + 7 + hsize
                         if hch == chnum and 14 <= hsize <= fmax and hend < n and buf[hend] == 206:
                             cls, _w, bsize = _HHQ.unpack_from(buf, hoff + 7)
-                            if cls == 60 and bsize <= max_msg:
+                            if cls == 60 and not _w and bsize <= max_msg:
                                 if bsize == 0:
                                     ch.fast_publish(buf[off + 7:end], buf[hoff + 19:hend], b"")
                                     off = hend + 1
@@ -250,7 +251,8 @@ class Connection:
                                         ch.fast_publish(buf[off + 7:end], buf[hoff + 19:hend], buf[boff + 7:bend])
                                         off = bend + 1
                                         continue
-            if ftype != 1 and ftype != 2 and ftype != 3 and ftype != 8:
+            if (ftype != 1 and ftype != 2 and ftype != 3 and ftype != 8) or (ftype == 1 and size < 4) \
+                    or (ftype == 8 and size):
                 break
             self.handle_frames(((ftype, chnum, buf[off + 7:end]),))
             off = end + 1
@@ -272,9 +274,7 @@ class Connection:
                     what = "header for class 60" if ch.content_expected else "body"
                     raise ConnectionError_(
                         f"expected content {what}, got non content {what.split()[0]} frame instead",
-                        E.UNEXPECTED_FRAME)
-                if len(payload) < 4:
-                    raise ConnectionError_("method frame too short", E.FRAME_ERROR)
+                        E.UNEXPECTED_FRAME, 60, 40)
                 cid, mid = _HH.unpack_from(payload, 0)
                 index = (cid << 16) | mid
                 if index == 0x3C0028 and ch is not None:   # basic.publish, the hot path
@@ -282,19 +282,23 @@ class Connection:
                     continue
                 cls = M.METHODS.get(index)
                 if cls is None:
-                    raise ConnectionError_(f"unknown method class {cid} method {mid}"
-                                           if cid in M.CLASS_NAMES else f"unknown class {cid}",
-                                           E.COMMAND_INVALID if cid in M.CLASS_NAMES else E.NOT_IMPLEMENTED)
+                    # RabbitMQ cannot look the method up and drops the connection without a frame
+                    log.warning("connection %s: unknown method class %d method %d, closing",
+                                self.name, cid, mid)
+                    self.finish_close()
+                    return
                 try:
                     method = cls.decode(payload, 4, len(payload))
-                except AMQPError as e:
-                    e.class_id, e.method_id = cid, mid
-                    raise
+                except AMQPError:
+                    raise ConnectionError_(f"cannot decode {erlfmt.binary(payload[4:])}", E.FRAME_ERROR,
+                                           cid, mid) from None
                 if chnum == 0:
                     self.handle_connection_method(method)
                 else:
                     self.handle_channel_method(chnum, method)
             elif ftype == FRAME_HEADER:
+                if chnum == 0:
+                    raise ConnectionError_(erlfmt.frame_octets(ftype, payload), E.UNEXPECTED_FRAME)
                 ch = channels.get(chnum)
                 if ch is not None and ch.state:   # closing: discard until close-ok
                     continue
@@ -302,6 +306,8 @@ class Connection:
                     self._unexpected(chnum, "content header")
                 ch.on_header(payload)
             elif ftype == FRAME_BODY:
+                if chnum == 0:
+                    raise ConnectionError_(erlfmt.frame_octets(ftype, payload), E.UNEXPECTED_FRAME)
                 ch = channels.get(chnum)
                 if ch is not None and ch.state:   # closing: discard until close-ok
                     continue
@@ -310,16 +316,18 @@ class Connection:
                 ch.on_body(payload)
             elif ftype == FRAME_HEARTBEAT:
                 if chnum != 0:
-                    raise ConnectionError_(f"heartbeat frame on channel {chnum}", E.FRAME_ERROR)
+                    raise ConnectionError_(erlfmt.frame_octets(ftype, payload), E.UNEXPECTED_FRAME)
             elif ftype == "header":
                 self._send_start()
 
     def _unexpected(self, chnum, what):
-        if chnum == 0:
-            raise ConnectionError_(f"unexpected {what} frame on channel 0", E.UNEXPECTED_FRAME)
-        if chnum not in self.channels:
-            raise ConnectionError_(f"expected 'channel.open'", E.CHANNEL_ERROR)
-        raise ConnectionError_(f"expected method frame, got non method frame instead", E.UNEXPECTED_FRAME)
+        ch = self.channels.get(chnum)
+        if ch is None:
+            raise ConnectionError_("expected 'channel.open'", E.CHANNEL_ERROR)
+        if what == "content header" and ch.body_expected:
+            raise ConnectionError_("expected content body, got non content body frame instead",
+                                   E.UNEXPECTED_FRAME, 60, 40)
+        raise ConnectionError_("expected method frame, got non method frame instead", E.UNEXPECTED_FRAME)
 
     def _closing_frame(self, ftype, chnum, payload):
         """After we sent connection.close, only close-ok (or the peer's own close) matters."""
@@ -365,13 +373,10 @@ class Connection:
             return self.finish_close()
         if idx == M.ConnectionUpdateSecret.INDEX and st == OPEN:
             return self._update_secret(m)
-        if idx in (M.ConnectionBlocked.INDEX, M.ConnectionUnblocked.INDEX):
-            return
-        if st == OPEN and m.CLASS_ID != 10:
-            raise ConnectionError_(f"unexpected method in connection state running",
-                                   E.COMMAND_INVALID, m.CLASS_ID, m.METHOD_ID)
-        raise ConnectionError_(f"expected {self._expected()} but got {m.NAME}" if st != OPEN else
-                               f"unexpected method in connection state running",
+        if st == OPEN:
+            raise ConnectionError_("unexpected method in connection state running",
+                                   E.CHANNEL_ERROR, m.CLASS_ID, m.METHOD_ID)
+        raise ConnectionError_(f"expected {self._expected()} but got {m.NAME}",
                                E.COMMAND_INVALID, m.CLASS_ID, m.METHOD_ID)
 
     def _expected(self):
@@ -410,6 +415,7 @@ class Connection:
         text = text or (f"Login was refused using authentication mechanism {mech}. "
                         f"For details see the broker logfile.")
         err = ConnectionError_(text, E.ACCESS_REFUSED)
+        err.send_anyway = True
         if self.capabilities.get("authentication_failure_close"):
             self.connection_error(err)
         else:
@@ -483,9 +489,9 @@ class Connection:
         if m.INDEX == M.ChannelOpen.INDEX:
             if ch is not None:
                 raise ConnectionError_("second 'channel.open' seen", E.CHANNEL_ERROR, 20, 10)
-            if chnum > self.channel_max:
-                raise ConnectionError_(f"channel number {chnum} is higher than the negotiated "
-                                       f"channel_max ({self.channel_max})", E.CHANNEL_ERROR, 20, 10)
+            if self.channel_max and len(self.channels) >= self.channel_max:
+                raise ConnectionError_(f"number of channels opened ({len(self.channels)}) has reached the "
+                                       f"negotiated channel_max ({self.channel_max})", E.NOT_ALLOWED)
             ch = self.channels[chnum] = Channel(self, chnum)
             self.send_method(chnum, M.ChannelOpenOk())
             return
@@ -501,7 +507,9 @@ class Connection:
     def connection_error(self, e: AMQPError):
         if self.closed or self.state == CLOSING:
             return
-        if self.state == AWAIT_HEADER:
+        if self.state in (AWAIT_HEADER, AWAIT_START_OK, AWAIT_SECURE_OK, AWAIT_TUNE_OK) and not e.send_anyway:
+            # before the connection is open RabbitMQ sends no close frame: it drops the socket
+            log.info("connection %s: closing during handshake: %s", self.name, e.reply_text)
             self.finish_close()
             return
         level = logging.INFO if e.code in (E.ACCESS_REFUSED, E.NOT_ALLOWED) else logging.WARNING

@@ -84,12 +84,7 @@ def restore(broker, rec) -> dict:
                 q.restore(seq - 1, msg, int(time.time() * 1000))
                 count += 1
                 continue
-            q.seq = max(q.seq, seq)
-            if redelivered:
-                q.requeue(seq, msg)
-            else:
-                q.ready.append((seq, msg))
-                q.ready_bytes += len(msg.body)
+            q.restore(seq, msg, bool(redelivered))
             count += 1
     max_id = getattr(store, "max_msg_id", 0) or 0
     broker.next_msg_id = max(broker.next_msg_id, max_id + 1)

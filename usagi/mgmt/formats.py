@@ -46,18 +46,29 @@ class View:
         self.sampler = m.sampler
         self.node = m.node
         self._unacked_bytes = None
+        self._vhost_totals = None
 
     # ------------------------------------------------------------------ helpers
-    def unacked_bytes(self, q) -> int:
+    def _unacked(self, q) -> list:
+        """[bytes, persistent count, persistent bytes] of the deliveries of `q` awaiting an ack."""
         if self._unacked_bytes is None:
             acc = {}
             for c in self.broker.connections:
                 for ch in c.channels.values():
                     for u in ch.unacked.values():
-                        k = id(u.queue)
-                        acc[k] = acc.get(k, 0) + len(u.msg.body)
+                        e = acc.get(id(u.queue))
+                        if e is None:
+                            e = acc[id(u.queue)] = [0, 0, 0]
+                        n = len(u.msg.body)
+                        e[0] += n
+                        if u.queue.durable and u.msg.scan.delivery_mode == 2:
+                            e[1] += 1
+                            e[2] += n
             self._unacked_bytes = acc
-        return self._unacked_bytes.get(id(q), 0)
+        return self._unacked_bytes.get(id(q), (0, 0, 0))
+
+    def unacked_bytes(self, q) -> int:
+        return self._unacked(q)[0]
 
     def rate(self, obj, key) -> float:
         return self.sampler.rate(obj, key)
@@ -93,6 +104,9 @@ class View:
         ready_bytes = getattr(q, "message_bytes", q.ready_bytes)
         unacked_bytes = self.unacked_bytes(q)
         persistent, persistent_bytes, head_ts = self.queue_contents(q, detail)
+        _b, p_unacked, pb_unacked = self._unacked(q)
+        persistent += p_unacked
+        persistent_bytes += pb_unacked
         qtype = getattr(q, "kind", None)
         if qtype is None:
             qtype = q.arguments.get("x-queue-type", "classic") if q.arguments else "classic"
@@ -292,7 +306,8 @@ class View:
         # RabbitMQ shows the publishing side and the delivering side only once they have happened
         pairs = []
         if ch.published or ch.confirm:
-            pairs += [("confirm", 0, 0.0), ("drop_unroutable", 0, 0.0),
+            confirmed = max(ch.publish_seq - len(ch.waiting), 0) if ch.confirm else 0
+            pairs += [("confirm", confirmed, 0.0), ("drop_unroutable", 0, 0.0),
                       ("publish", ch.published, s.rate(ch, "publish")), ("return_unroutable", 0, 0.0)]
         if ch.delivered or ch.consumers or ch.acked:
             pairs += [("ack", ch.acked, s.rate(ch, "ack")),
@@ -327,7 +342,9 @@ class View:
     # ------------------------------------------------------------------ vhosts, users
     def vhost(self, v) -> dict:
         s = self.sampler
-        tot = s.vhost_totals().get(v.name, {})
+        if self._vhost_totals is None:
+            self._vhost_totals = s.vhost_totals()
+        tot = self._vhost_totals.get(v.name, {})
         r = lambda k: s.vhost_rate(v.name, k)  # noqa: E731
         d = {
             "cluster_state": {self.node: "running"},

@@ -16,7 +16,7 @@ from ..amqp import errors as E
 from ..amqp import properties as P
 from ..amqp.errors import ChannelError
 from ..amqp.table import Timestamp
-from ..auth.passwords import MD5, SHA256, SHA512, hash_password
+from ..auth.passwords import MD5, SHA256, SHA512
 from ..model.queue import Queue
 from .util import bad_request, jsonable, key_missing, parse_bool, parse_tags
 
@@ -621,8 +621,6 @@ def export_definitions(broker, vhost_name: str | None = None) -> dict:
         for d in qdefs + xdefs + bdefs:
             d.pop("vhost", None)
         return {"rabbit_version": RABBITMQ_COMPAT_VERSION,
-                "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
-                "product_name": "RabbitMQ", "product_version": RABBITMQ_COMPAT_VERSION,
                 "parameters": parameters_list(broker, vhost_name), "policies": policies,
                 "queues": qdefs, "exchanges": xdefs, "bindings": bdefs}
     return {
@@ -686,10 +684,11 @@ def import_definitions(broker, defs, vhost_name: str | None = None) -> None:
             for v in _items(defs, "vhosts"):
                 key_missing(v, ("name",))
                 meta = v.get("metadata") if isinstance(v.get("metadata"), dict) else {}
-                put_vhost(broker, v["name"], {
-                    "description": v.get("description", meta.get("description", "")),
-                    "tags": v.get("tags", meta.get("tags", [])),
-                    "default_queue_type": v.get("default_queue_type", meta.get("default_queue_type"))})
+                body = {}
+                for k in ("description", "tags", "default_queue_type"):
+                    if k in v or k in meta:
+                        body[k] = v.get(k, meta.get(k))
+                put_vhost(broker, v["name"], body)
             for p in _items(defs, "permissions"):
                 key_missing(p, ("user", "vhost", "configure", "write", "read"))
                 put_permission(broker, p["user"], p["vhost"], p)

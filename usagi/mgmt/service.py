@@ -66,6 +66,16 @@ class ManagementService:
     async def start(self) -> "ManagementService":
         loop = asyncio.get_running_loop()
         ops.load_vhost_limits(self.broker)
+        try:
+            await self._start_listeners()
+        except BaseException:
+            await self.stop()
+            raise
+        self.sampler.sample()
+        self._sample_handle = loop.call_later(self.sampler.interval, self._sample)
+        return self
+
+    async def _start_listeners(self):
         if self.management_port is not None and self.management_port >= 0:
             app = web.Application(client_max_size=512 * 1024 * 1024)
             app.router.add_route("*", "/api", self._api)
@@ -79,16 +89,17 @@ class ManagementService:
             app.router.add_route("GET", "/metrics/per-object", self._metrics_per_object)
             app.router.add_route("GET", "/metrics/detailed", self._metrics_detailed)
             await self._listen(app, self.metrics_port, "http/prometheus")
-        self.sampler.sample()
-        self._sample_handle = loop.call_later(self.sampler.interval, self._sample)
-        return self
 
     async def _listen(self, app, port: int, protocol: str):
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, port, reuse_address=True)
-        await site.start()
         self._runners.append(runner)
+        site = web.TCPSite(runner, self.host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as e:
+            what = "management" if protocol == "http" else "metrics"
+            raise OSError(e.errno, f"{what} listener on {self.host or '*'}:{port}: {e.strerror}") from None
         h, p = _sock_addr(site)
         self._listeners.append((protocol, h, p))
 

@@ -170,6 +170,16 @@ class Queue:
         heapq.heappush(self.returned, (seq, msg))
         self.ready_bytes += len(msg.body)
 
+    def restore(self, seq: int, msg, redelivered: bool):
+        """Put back an entry recovered from the store, in order."""
+        if seq > self.seq:
+            self.seq = seq
+        if redelivered:
+            self.requeue(seq, msg)
+        else:
+            self.ready.append((seq, msg))
+            self.ready_bytes += len(msg.body)
+
     def remove(self, seq: int, msg):
         """Take an entry out from anywhere (expiry): it is skipped when it reaches the head."""
         self.dead.add(seq)
@@ -280,6 +290,15 @@ class PriorityQueue(Queue):
     def requeue(self, seq: int, msg):
         heapq.heappush(self.returned, (-self._level(msg), seq, msg))
         self.ready_bytes += len(msg.body)
+
+    def restore(self, seq: int, msg, redelivered: bool):
+        if seq > self.seq:
+            self.seq = seq
+        if redelivered:
+            self.requeue(seq, msg)
+        else:
+            self.levels[self._level(msg)].append((seq, msg))
+            self.ready_bytes += len(msg.body)
 
     @property
     def ready(self):

@@ -100,6 +100,7 @@ class Server:
         self._tick_handle = None
         self._commit_task = None
         self._last_resource_check = 0.0
+        self.app_stopped = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -131,6 +132,33 @@ class Server:
         except Exception:
             log.exception("timer work failed")
         self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
+
+    async def stop_app(self):
+        """rabbitmqctl stop_app: stop the AMQP side (listeners closed, connections closed with 320);
+        the process, the management API and all state stay."""
+        if self.app_stopped:
+            return
+        self.app_stopped = True
+        for srv in self.servers:
+            srv.close()
+        self.servers = []
+        self.broker.shutdown_connections("broker forced connection closure with reason 'shutdown'")
+        self.broker.flush_output()
+        log.info("AMQP listeners stopped (stop_app)")
+
+    async def start_app(self):
+        """rabbitmqctl start_app: listen again on the same ports."""
+        if not self.app_stopped:
+            return
+        factory = lambda: AMQPProtocol(self)  # noqa: E731
+        ports = sorted({(proto, p) for proto, _h, p in self.listeners})
+        for proto, port in ports:
+            ssl = self.tls_context if proto == "amqps" else None
+            srv = await self.loop.create_server(factory, self.host, port, ssl=ssl, reuse_address=True,
+                                                backlog=1024)
+            self.servers.append(srv)
+        self.app_stopped = False
+        log.info("AMQP listeners started again (start_app)")
 
     @property
     def amqp_port(self) -> int:
