@@ -544,8 +544,15 @@ class RabbitMQTemp(RabbitMQ):
 
         def limits():
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        subprocess.run(["rabbitmq-server", "-detached"], cwd=self.dir, env=env, preexec_fn=limits,
-                       check=True, capture_output=True, timeout=120)
+        cmd = ["rabbitmq-server", "-detached"]
+        if os.geteuid() == 0:
+            # the package's wrapper would `su rabbitmq`, whose pam_limits resets `ulimit -n` to 1024
+            cmd = ["runuser", "-u", "rabbitmq", "--", "sh", "-c",
+                   "ulimit -n %d && exec /usr/sbin/rabbitmq-server -detached" % hard]
+        r = subprocess.run(cmd, cwd=self.dir, env=env, preexec_fn=limits, capture_output=True, text=True,
+                           timeout=120)
+        if r.returncode != 0:
+            raise RuntimeError("%s failed: %s" % (" ".join(cmd), (r.stderr or r.stdout)[-500:]))
         t0 = time.monotonic()
         while time.monotonic() - t0 < 120:
             if listener_pid(self.port):

@@ -104,6 +104,22 @@ def lock_data_dir(path: str):
     _lock_file = f
 
 
+def setup_paging(data_dir):
+    """Long queues page messages out to DATA_DIR/paging (a private temp dir when in memory)."""
+    import shutil
+    import tempfile
+    from ..model.queue import PAGING
+    if data_dir:
+        path = os.path.join(data_dir, "paging")
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path, exist_ok=True)
+    else:
+        path = tempfile.mkdtemp(prefix="usagi-paging-")
+        import atexit
+        atexit.register(shutil.rmtree, path, True)
+    PAGING["dir"] = path
+
+
 def make_broker(args):
     from ..core.broker import Broker, Config
     from ..core.recovery import restore
@@ -119,6 +135,7 @@ def make_broker(args):
         os.makedirs(args.data_dir, exist_ok=True)
         lock_data_dir(args.data_dir)
         store = SQLiteStore(args.data_dir)
+    setup_paging(None if args.in_memory else args.data_dir)
     broker = Broker(cfg, store)
     rec = store.open()
     counts = restore(broker, rec)

@@ -297,17 +297,14 @@ class Channel:
                     # plain queue: straight to a consumer with room, or onto the queue
                     if msg.scan.delivery_mode == 2 and q.durable and broker.store.durable:
                         broker.persist(q, msg)
-                    if q.consumers and not q.ready and not q.returned:
+                    if q.consumers and not q.ready and not q.returned and not q.paged:
                         c = broker._pick_consumer(q)
                         if c is not None:
                             q.seq += 1
                             q.published += 1
                             c.channel.deliver(c, q, q.seq, msg, False)
                             continue
-                    q.seq += 1
-                    q.ready.append((q.seq, msg))
-                    q.ready_bytes += len(msg.body)
-                    q.published += 1
+                    q.push(msg)
                     if q.consumers:
                         broker.dirty[id(q)] = q
                         # consumers are behind: let them catch up (credit flow, in effect)

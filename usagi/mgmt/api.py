@@ -951,6 +951,30 @@ def queue_get_messages(r: Req):
     return ops.get_messages(r.broker, r.user, q, r.body())
 
 
+@get("queues/:vhost/:queue/peek", VHOST)
+def queue_peek_messages(r: Req):
+    """Usagi only: the first `count` messages in delivery order, read without taking them (no
+    requeue, so no redelivered flag is set); the same JSON shape as POST .../get."""
+    v = r.vhost()
+    q = _queue(r, v)
+    r.check("read", "queue", q.name, v.name)
+    try:
+        count = int(r.query.get("count", "50"))
+        truncate = r.query.get("truncate")
+        truncate = int(truncate) if truncate not in (None, "") else None
+    except ValueError:
+        raise bad_request("count and truncate must be integers") from None
+    if count < 0 or (truncate is not None and truncate < 0):
+        raise bad_request("count and truncate must not be negative")
+    encoding = r.query.get("encoding", "auto")
+    if encoding not in ("auto", "base64"):
+        raise bad_request("Unsupported encoding. Please use auto or base64.")
+    entries = q.peek_all()[:count] if count else []
+    total = q.message_count
+    return [ops.message_json(msg, redelivered, max(total - i - 1, 0), encoding, truncate)
+            for i, (_seq, msg, redelivered) in enumerate(entries)]
+
+
 @post("queues/:vhost/:queue/actions", VHOST)
 def queue_actions(r: Req):
     v = r.vhost()

@@ -53,5 +53,11 @@ class Message:
     def properties(self) -> dict:
         return P.decode(self.props)
 
+    @staticmethod
+    def from_page(exchange, routing_key, props, body, msg_id, stored) -> "Message":
+        m = Message(exchange, routing_key, props, body, None, msg_id)
+        m.stored = bool(stored)
+        return m
+
     def with_props(self, props: bytes) -> "Message":
         return Message(self.exchange, self.routing_key, props, self.body)

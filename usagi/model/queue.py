@@ -14,6 +14,12 @@ from __future__ import annotations
 import heapq
 from collections import deque
 
+from .paging import Pager
+
+# Paging of long plain queues (see paging.py): where segment files go (None = never page) and the
+# in-memory budget of one queue before the rest goes to disk.
+PAGING = {"dir": None, "bytes": 32 * 1024 * 1024, "count": 50_000, "batch": 4096}
+
 
 class Consumer:
     __slots__ = ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch", "unacked",
@@ -69,6 +75,8 @@ class Queue:
         self.expiry: dict = {}       # seq -> expires_at_ms
         self.delivery_counts: dict = {}   # seq -> times returned to the queue
         self.held_expiry: dict = {}  # seq -> expires_at_ms of delivered, unacked entries
+        self.pager = None            # paged-out messages (plain queues only)
+        self.paged = 0
         # features, set by configure()
         self.policy = None
         self.operator_policy = None
@@ -114,18 +122,37 @@ class Queue:
     # -- contents
     @property
     def message_count(self) -> int:
-        return len(self.ready) + len(self.returned) - len(self.dead)
+        return len(self.ready) + len(self.returned) - len(self.dead) + self.paged
 
     @property
     def message_bytes(self) -> int:
-        return self.ready_bytes - self.dead_bytes
+        return self.ready_bytes - self.dead_bytes + (self.pager.bytes if self.pager is not None else 0)
 
     def push(self, msg) -> int:
         self.seq += 1
+        self.published += 1
+        if self.paged or (self.simple and (len(self.ready) >= PAGING["count"] or
+                                           self.ready_bytes >= PAGING["bytes"]) and PAGING["dir"]):
+            if self.pager is None:
+                self.pager = Pager(PAGING["dir"])
+            self.pager.append(self.seq, msg)
+            self.paged += 1
+            return self.seq
         self.ready.append((self.seq, msg))
         self.ready_bytes += len(msg.body)
-        self.published += 1
         return self.seq
+
+    def page_in(self):
+        """Bring the next batch of paged-out messages back into memory."""
+        from .message import Message
+        got = self.pager.read(PAGING["batch"], Message.from_page)
+        self.paged -= len(got)
+        if got:
+            self.ready.extend(got)
+            self.ready_bytes += sum(len(m.body) for _, m in got)
+        if not self.paged:
+            self.pager.drop()
+            self.pager = None
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -142,6 +169,9 @@ class Queue:
             elif self.ready:
                 seq, msg = self.ready.popleft()
                 red = False
+            elif self.paged:
+                self.page_in()
+                continue
             else:
                 return None
             self.ready_bytes -= len(msg.body)
@@ -176,6 +206,12 @@ class Queue:
             self.seq = seq
         if redelivered:
             self.requeue(seq, msg)
+        elif self.paged or (self.simple and PAGING["dir"] and (len(self.ready) >= PAGING["count"] or
+                                                              self.ready_bytes >= PAGING["bytes"])):
+            if self.pager is None:
+                self.pager = Pager(PAGING["dir"])
+            self.pager.append(seq, msg)
+            self.paged += 1
         else:
             self.ready.append((seq, msg))
             self.ready_bytes += len(msg.body)
@@ -187,6 +223,17 @@ class Queue:
 
     def purge(self) -> list:
         dead = self.dead
+        if self.pager is not None:
+            from .message import Message
+            while self.paged:
+                got = self.pager.read(PAGING["batch"], Message.from_page)
+                if not got:
+                    break
+                self.paged -= len(got)
+                self.ready.extend(got)
+            self.pager.drop()
+            self.pager = None
+            self.paged = 0
         msgs = [m for s, m in self.returned if s not in dead] + [m for s, m in self.ready if s not in dead]
         self.returned = []
         self.ready.clear()
