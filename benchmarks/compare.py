@@ -94,6 +94,7 @@ METRICS = {
              ("connections opened/s", lambda r: r.get("open_rate"), True)],
     "deep": [("RSS bytes per queued msg", lambda r: r.get("rss_bytes_per_msg"), False),
              ("RSS MiB with queue full", lambda r: r.get("rss_full_mib"), False),
+             ("data dir MiB with queue full", lambda r: r.get("disk_full_mib"), False),
              ("publish msg/s (into queue)", lambda r: r.get("publish_rate"), True),
              ("drain msg/s", lambda r: r.get("drain_rate"), True)],
 }
@@ -237,6 +238,31 @@ def nofile_limit(pid):
     except (OSError, ValueError):
         pass
     return None
+
+
+def disk_mib(path):
+    """Disk space used under path (allocated blocks), MiB."""
+    if not path:
+        return None
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for fn in files:
+            try:
+                total += os.lstat(os.path.join(root, fn)).st_blocks * 512
+            except OSError:
+                pass
+    return round(total / 1048576, 1)
+
+
+def rabbitmq_data_dir(pid):
+    """The node's mnesia dir, from its environment (RABBITMQ_MNESIA_DIR / _BASE)."""
+    try:
+        with open("/proc/%d/environ" % pid, "rb") as f:
+            env = dict(x.split(b"=", 1) for x in f.read().split(b"\0") if b"=" in x)
+    except OSError:
+        return None
+    d = env.get(b"RABBITMQ_MNESIA_DIR") or env.get(b"RABBITMQ_MNESIA_BASE")
+    return d.decode() if d else None
 
 
 # ------------------------------------------------------------------ raw AMQP 0-9-1
@@ -399,6 +425,9 @@ class Target:
     def alive(self):
         return self.pid is not None and os.path.exists("/proc/%d" % self.pid)
 
+    def data_dir(self):
+        return None
+
 
 def parse_url(url, default_port):
     u = urllib.parse.urlparse(url)
@@ -422,12 +451,12 @@ class UsagiProcess(Target):
         super().__init__("usagi", "127.0.0.1", 0, "guest", "guest", "/")
         self.cmd, self.workdir, self.keep_logs = cmd, workdir, keep_logs
         self.proc = None
-        self.data_dir = None
+        self.data_dir_path = None
 
     def up(self, sid, run):
         self.port = free_port()
-        self.data_dir = tempfile.mkdtemp(prefix="usagi-bench-%s-" % sid)
-        argv = shlex.split(self.cmd.format(port=self.port, data_dir=self.data_dir, python=sys.executable))
+        self.data_dir_path = tempfile.mkdtemp(prefix="usagi-bench-%s-" % sid)
+        argv = shlex.split(self.cmd.format(port=self.port, data_dir=self.data_dir_path, python=sys.executable))
         self.log = os.path.join(self.workdir, "usagi-%s-run%d.log" % (sid, run))
         logf = open(self.log, "wb")
         self.proc = subprocess.Popen(argv, cwd=REPO, stdout=logf, stderr=subprocess.STDOUT,
@@ -447,6 +476,9 @@ class UsagiProcess(Target):
         self.pid = listener_pid(self.port) or self.proc.pid
         time.sleep(0.3)
 
+    def data_dir(self):
+        return self.data_dir_path
+
     def log_tail(self, n=1500):
         try:
             with open(self.log, "rb") as f:
@@ -464,9 +496,9 @@ class UsagiProcess(Target):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                     self.proc.wait()
             self.proc = None
-        if self.data_dir:
-            shutil.rmtree(self.data_dir, ignore_errors=True)
-            self.data_dir = None
+        if self.data_dir_path:
+            shutil.rmtree(self.data_dir_path, ignore_errors=True)
+            self.data_dir_path = None
         if self.log and not self.keep_logs:
             # keep the log only if it says something worth reading
             try:
@@ -485,6 +517,9 @@ class RabbitMQ(Target):
         if not self.find_pid():
             raise RuntimeError("nothing listens on %s:%d; start RabbitMQ first (see benchmarks/README.md)"
                                % (self.host, self.port))
+
+    def data_dir(self):
+        return rabbitmq_data_dir(self.pid) if self.pid else None
 
     def version(self):
         try:
@@ -738,6 +773,8 @@ def run_deep(a, tgt, sid, n, size):
         time.sleep(a.settle)
         rss1 = rss_kib(tgt.pid)
         res["rss_before_kib"], res["rss_full_kib"] = rss0, rss1
+        res["data_dir"] = tgt.data_dir()
+        res["disk_full_mib"] = disk_mib(res["data_dir"])
         res["rss_full_mib"] = round(rss1 / 1024, 1) if rss1 else None
         if rss0 is not None and rss1 is not None and count:
             res["rss_bytes_per_msg"] = round((rss1 - rss0) * 1024 / count)

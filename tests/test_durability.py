@@ -192,3 +192,23 @@ def test_sigterm_closes_connections_with_320(server_in):
     assert e.value.reply_text.startswith("CONNECTION_FORCED")
     assert srv.proc.wait(15) == 0
     del closed
+
+
+def test_disk_free_limit_blocks_publishers_but_consumers_drain(server_in):
+    """Below the free-disk limit publishers get connection.blocked and are not read from;
+    consumers keep draining (a limit larger than any disk forces the alarm)."""
+    srv = server_in(["--disk-free-limit", str(10 ** 18)])
+    # a consumer connection drains what was queued before
+    params = pika.URLParameters(srv.url())
+    blocked = []
+    pub = pika.BlockingConnection(params)
+    pub.add_on_connection_blocked_callback(lambda conn, frame: blocked.append(frame.method.reason))
+    wait_for(lambda: pub.process_data_events(0.05) or blocked, timeout=10, message="connection.blocked")
+    assert blocked == ["low on disk"]
+    cons = connect(srv)
+    ch = cons.channel()
+    ch.queue_declare("drain-me")
+    assert ch.basic_get("drain-me")[0] is None
+    cons.close()
+    pub.close()
+    assert "disk resource limit alarm set" in "".join(srv.lines)

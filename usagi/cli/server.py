@@ -70,11 +70,84 @@ def build_parser() -> argparse.ArgumentParser:
                    default=_env("VM_MEMORY_HIGH_WATERMARK", "0.4"),
                    help="block publishers when the process uses more than this fraction of RAM "
                         "(default 0.4; env USAGI_VM_MEMORY_HIGH_WATERMARK)")
+    p.add_argument("--vm-memory-high-watermark-absolute", type=_int,
+                   default=_env("VM_MEMORY_HIGH_WATERMARK_ABSOLUTE", "0"),
+                   help="block publishers when the process uses more than this many bytes; overrides "
+                        "--vm-memory-high-watermark (vm_memory_high_watermark.absolute; env "
+                        "USAGI_VM_MEMORY_HIGH_WATERMARK_ABSOLUTE)")
+    add_limit_and_tls_options(p)
     p.add_argument("--default-user", default=_env("DEFAULT_USER", "guest"))
     p.add_argument("--default-pass", default=_env("DEFAULT_PASS", "guest"))
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--version", action="version", version=f"usagi-server {__version__}")
     return p
+
+
+def add_limit_and_tls_options(p: argparse.ArgumentParser):
+    """Limits (RabbitMQ's connection_max, consumer_timeout, handshake_timeout) and TLS (ssl_options)."""
+    p.add_argument("--max-connections", type=_int, default=_env("MAX_CONNECTIONS", "-1"),
+                   help="node-wide connection limit, -1 for none (connection_max; env USAGI_MAX_CONNECTIONS)")
+    p.add_argument("--consumer-timeout", type=_int, default=_env("CONSUMER_TIMEOUT", "1800000"),
+                   help="close a channel whose delivery stays unacknowledged this long, in ms; 0 disables "
+                        "(default 1800000, 30 minutes; env USAGI_CONSUMER_TIMEOUT)")
+    p.add_argument("--handshake-timeout", type=_int, default=_env("HANDSHAKE_TIMEOUT", "10000"),
+                   help="time a client has from connecting to connection.open, in ms "
+                        "(default 10000; env USAGI_HANDSHAKE_TIMEOUT)")
+    p.add_argument("--tls-cert", default=_env("TLS_CERT", ""),
+                   help="PEM certificate (chain) of the AMQPS listener; enables it "
+                        "(ssl_options.certfile; env USAGI_TLS_CERT)")
+    p.add_argument("--tls-key", default=_env("TLS_KEY", ""),
+                   help="PEM private key, if not in --tls-cert (ssl_options.keyfile; env USAGI_TLS_KEY)")
+    p.add_argument("--tls-ca", default=_env("TLS_CA", ""),
+                   help="PEM CA certificates that client certificates are verified against "
+                        "(ssl_options.cacertfile; env USAGI_TLS_CA)")
+    p.add_argument("--tls-port", type=_port, default=_env("TLS_PORT", "5671"),
+                   help="AMQPS port when --tls-cert is given; 0 picks a free one (default 5671; env USAGI_TLS_PORT)")
+    p.add_argument("--tls-verify", nargs="?", const="require", default=_env("TLS_VERIFY", "none"),
+                   help="client certificates: none; peer (verify_peer: verified if sent); require (verify_peer "
+                        "and fail_if_no_peer_cert, the default when the option is given without a value). "
+                        "SASL EXTERNAL is offered when they are asked for (env USAGI_TLS_VERIFY)")
+    p.add_argument("--tls-cert-login-from", default=_env("TLS_CERT_LOGIN_FROM", "common_name"),
+                   choices=["common_name", "distinguished_name", "subject_alternative_name"],
+                   help="where SASL EXTERNAL takes the user name from (ssl_cert_login_from; default "
+                        "common_name; env USAGI_TLS_CERT_LOGIN_FROM)")
+    p.add_argument("--tls-cert-login-san-type", default=_env("TLS_CERT_LOGIN_SAN_TYPE", "dns"),
+                   choices=["dns", "ip", "email", "uri", "other_name"],
+                   help="SAN type for --tls-cert-login-from subject_alternative_name (default dns)")
+    p.add_argument("--tls-cert-login-san-index", type=_int, default=_env("TLS_CERT_LOGIN_SAN_INDEX", "0"),
+                   help="which SAN of that type (default 0, the first)")
+    p.add_argument("--management-tls", action="store_true",
+                   default=_env("MANAGEMENT_TLS", "") not in ("", "0"),
+                   help="serve the management API over HTTPS with the --tls-cert/--tls-key certificate "
+                        "(env USAGI_MANAGEMENT_TLS=1)")
+
+
+def apply_limit_options(cfg, args):
+    cfg.connection_max = args.max_connections if args.max_connections >= 0 else None
+    cfg.consumer_timeout = args.consumer_timeout / 1000.0 if args.consumer_timeout > 0 else 0.0
+    cfg.handshake_timeout = max(0.001, args.handshake_timeout / 1000.0)
+    cfg.ssl_cert_login_from = args.tls_cert_login_from
+    cfg.ssl_cert_login_san_type = args.tls_cert_login_san_type
+    cfg.ssl_cert_login_san_index = args.tls_cert_login_san_index
+    if args.vm_memory_high_watermark_absolute > 0:
+        # the alarm compares RSS with a fraction of RAM: express the absolute limit as that fraction
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+            cfg.memory_high_watermark = args.vm_memory_high_watermark_absolute / total
+        except (ValueError, OSError):
+            pass
+
+
+def tls_contexts(args):
+    """(AMQPS context or None, management HTTPS context or None); raises TLSConfigError."""
+    from ..server.tls import TLSConfigError, server_context
+    if not args.tls_cert:
+        if args.management_tls:
+            raise TLSConfigError("--management-tls needs --tls-cert")
+        return None, None
+    amqps = server_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify)
+    mgmt = server_context(args.tls_cert, args.tls_key, args.tls_ca, "none") if args.management_tls else None
+    return amqps, mgmt
 
 
 class DataDirInUse(Exception):
@@ -128,6 +201,7 @@ def make_broker(args):
                  max_message_size=args.max_message_size, default_user=args.default_user,
                  default_pass=args.default_pass, disk_free_limit=args.disk_free_limit,
                  memory_high_watermark=args.vm_memory_high_watermark)
+    apply_limit_options(cfg, args)
     if args.in_memory:
         store = MemoryStore()
     else:
@@ -161,6 +235,11 @@ def main(argv=None) -> int:
             uvloop.install()
         except ImportError:
             pass
+    try:
+        tls_ctx, mgmt_tls_ctx = tls_contexts(args)
+    except Exception as e:
+        log.error("%s", e)
+        return 1
     t0 = time.monotonic()
     try:
         broker, counts = make_broker(args)
@@ -178,7 +257,11 @@ def main(argv=None) -> int:
     if not args.no_management and args.management_port != -1:
         try:
             from ..mgmt.service import management_service
-            services.append(management_service(args.host or None, args.management_port, args.metrics_port))
+            if mgmt_tls_ctx is not None:
+                services.append(management_service(args.host or None, args.management_port, args.metrics_port,
+                                                   ssl_context=mgmt_tls_ctx))
+            else:
+                services.append(management_service(args.host or None, args.management_port, args.metrics_port))
         except ImportError:
             pass
 
@@ -189,13 +272,17 @@ def main(argv=None) -> int:
                  "(in memory)" if args.in_memory else args.data_dir, counts["queues"], counts["messages"],
                  counts["seconds"])
         log.info("AMQP listener on %s:%d", *server.listeners[0][1:])
+        for proto, h, p in server.listeners:
+            if proto == "amqps":
+                log.info("AMQPS listener on %s:%d", h, p)
         for s in svcs:
             for line in getattr(s, "describe", lambda: [])():
                 log.info("%s", line)
         del hosts
 
     try:
-        return asyncio.run(serve(broker, args.host or None, args.port, started, services))
+        return asyncio.run(serve(broker, args.host or None, args.port, started, services,
+                                 tls_context=tls_ctx, tls_port=args.tls_port if tls_ctx is not None else None))
     except OSError as e:
         log.error("cannot listen on port %s: %s", args.port, e)
         return 1

@@ -16,12 +16,14 @@ from .. import RABBITMQ_COMPAT_VERSION, __version__
 from ..amqp import errors as E
 from ..amqp import properties as P
 from ..amqp.errors import ChannelError, ConnectionError_, channel_error
+from ..auth import x509
 from ..auth.users import UserDB
 from ..model.exchanges import TYPES
 from ..model.exchanges.base import Binding
 from ..model.message import Message
 from ..model.queue import PriorityQueue, Queue
 from . import deadletter as DL
+from . import limits
 import heapq
 from ..model.util import freeze, gen_name
 from ..model.vhost import VHost
@@ -132,6 +134,10 @@ class Config:
         self.disk_free_limit = 50 * 1000 * 1000      # bytes, as RabbitMQ's default
         self.memory_high_watermark = 0.4             # fraction of RAM, as RabbitMQ's default
         self.quorum_delivery_limit = 20              # RabbitMQ 4.x default for quorum queues
+        self.connection_max = None                   # node-wide connection limit (None: infinity)
+        self.ssl_cert_login_from = "common_name"     # SASL EXTERNAL: common_name, distinguished_name,
+        self.ssl_cert_login_san_type = "dns"         # or subject_alternative_name (of this type and
+        self.ssl_cert_login_san_index = 0            # index)
         for k, v in kw.items():
             if not hasattr(self, k):
                 raise TypeError(f"unknown setting {k}")
@@ -366,7 +372,7 @@ class Broker:
 
     # ------------------------------------------------------------------ queues
     def declare_queue(self, vhost: VHost, name: str, durable=False, exclusive=False, auto_delete=False,
-                      arguments=None, passive=False, owner=None) -> Queue:
+                      arguments=None, passive=False, owner=None, server_named=False) -> Queue:
         arguments = arguments or {}
         q = vhost.queues.get(name) if name else None
         if passive:
@@ -376,7 +382,7 @@ class Broker:
             return q
         if not name:
             name = gen_name("amq.gen-")
-        elif q is None and name.startswith("amq."):
+        elif q is None and name.startswith("amq.") and not server_named:   # amq.gen- named by a channel
             raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
         if q is not None:
             self.check_exclusive(q, owner)
@@ -402,6 +408,7 @@ class Broker:
                 if bad:
                     raise ChannelError(f"invalid property '{prop}' for queue '{name}' in vhost "
                                        f"'{vhost.name}'", E.PRECONDITION_FAILED)
+        limits.check_queue_limit(self, vhost, name)
         q = self.make_queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
         vhost.queues[name] = q
         if exclusive and owner is not None:
@@ -1167,6 +1174,10 @@ class Broker:
             self.run_dirty()
 
     # ------------------------------------------------------------------ connections
+    def sasl_mechanisms(self, conn) -> tuple:
+        """Mechanisms offered in connection.start: EXTERNAL too where client certificates are verified."""
+        return x509.mechanisms(conn.tls)
+
     def connection_opened(self, conn):
         self.connections.add(conn)
 

@@ -656,6 +656,9 @@ class Channel:
             b.declare_exchange(self.vhost, name, m.type, passive=True)
         else:
             b.check_access(self.user, self.vhost.name, "configure", "exchange", name)
+            if name not in self.vhost.exchanges:
+                # creating it with an alternate exchange: read on it and write on the alternate
+                self._check_arg_exchange(m.arguments, "alternate-exchange", "exchange", name)
             b.declare_exchange(self.vhost, name, m.type, m.durable, m.auto_delete, m.internal,
                                m.arguments, owner=self.conn)
         if not m.nowait:
@@ -678,9 +681,10 @@ class Channel:
     def _e2e(self, m, unbind: bool):
         b = self.broker
         v = self.vhost
+        # RabbitMQ's order: write on the destination, then the default exchange, then read
+        b.check_access(self.user, v.name, "write", "exchange", m.destination or "amq.default")
         if not m.destination or not m.source:
             raise default_exchange_error()
-        b.check_access(self.user, v.name, "write", "exchange", m.destination)
         b.check_access(self.user, v.name, "read", "exchange", m.source)
         src = b.get_exchange(v, m.source)
         dst = b.get_exchange(v, m.destination)
@@ -717,13 +721,31 @@ class Channel:
         if m.passive:
             q = b.declare_queue(self.vhost, self._queue_name(name), passive=True, owner=self.conn)
         else:
-            if name:
-                b.check_access(self.user, self.vhost.name, "configure", "queue", name)
+            # RabbitMQ: the reserved prefix first, then configure (server-named queues included)
+            if name.startswith("amq."):
+                raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
+            server_named = not name
+            if server_named:
+                name = gen_name("amq.gen-")
+            b.check_access(self.user, self.vhost.name, "configure", "queue", name)
+            if name not in self.vhost.queues:
+                # creating it with a dead letter exchange: read on it and write on the DLX
+                self._check_arg_exchange(m.arguments, "x-dead-letter-exchange", "queue", name)
             q = b.declare_queue(self.vhost, name, m.durable, m.exclusive, m.auto_delete, m.arguments,
-                                owner=self.conn)
+                                owner=self.conn, server_named=server_named)
         self.last_queue = q.name
         if not m.nowait:
             self.reply(M.QueueDeclareOk(q.name, q.message_count, len(q.consumers)))
+
+    def _check_arg_exchange(self, arguments, key: str, resource: str, name: str):
+        """An exchange named by an argument (alternate-exchange, x-dead-letter-exchange) of a new
+        exchange or queue: RabbitMQ wants read on the new one and write on that exchange."""
+        target = arguments.get(key) if arguments else None
+        if not isinstance(target, str):
+            return      # absent, or of the wrong type (refused by the declaration itself)
+        b = self.broker
+        b.check_access(self.user, self.vhost.name, "read", resource, name)
+        b.check_access(self.user, self.vhost.name, "write", "exchange", target or "amq.default")
 
     def _queue_binding(self, m):
         b = self.broker
@@ -732,9 +754,10 @@ class Channel:
         rk = m.routing_key
         if not m.queue and not rk:
             rk = qname
+        # RabbitMQ's order: write on the queue, then the default exchange, then read
+        b.check_access(self.user, v.name, "write", "queue", qname)
         if not m.exchange:
             raise default_exchange_error()
-        b.check_access(self.user, v.name, "write", "queue", qname)
         b.check_access(self.user, v.name, "read", "exchange", m.exchange)
         q = b.get_queue(v, qname, self.conn)
         x = b.get_exchange(v, m.exchange)

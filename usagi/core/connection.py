@@ -19,7 +19,8 @@ from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METH
                            FRAME_OVERHEAD,
                            HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
                            method_frame)
-from ..auth import sasl
+from ..auth import sasl, x509
+from . import limits
 from .channel import Channel
 
 log = logging.getLogger("usagi.connection")
@@ -383,7 +384,12 @@ class Connection:
         return {AWAIT_START_OK: "'connection.start_ok'", AWAIT_TUNE_OK: "'connection.tune_ok'",
                 AWAIT_OPEN: "'connection.open'"}.get(self.state, "'connection.close_ok'")
 
-    def _start_ok(self, m):
+    def _start_ok(self, m, gated=False):
+        if not gated and not limits.login_gate(self, lambda: self._resume_login(m)):
+            # an address with recent failed logins waits for its turn (see limits.login_gate)
+            if not self.closed:
+                self.state = AWAIT_SECURE_OK
+            return
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
@@ -393,12 +399,19 @@ class Connection:
         if mech not in offered:
             raise ConnectionError_(f"unknown authentication mechanism '{mech}'", E.COMMAND_INVALID,
                                    10, 11)
-        try:
-            username, password = sasl.parse_response(mech, m.response)
-        except sasl.SaslError as e:
-            log.warning("connection %s: bad %s response: %s", self.name, mech, e)
-            return self._refuse_login(mech, "")
-        user = self.broker.users.authenticate(username, password)
+        if mech == "EXTERNAL":
+            username, why = x509.login_name(self.tls, self.broker.config)
+            if username is None:
+                log.warning("connection %s: EXTERNAL login refused: %s", self.name, why)
+                return self._refuse_login(mech, "")
+            user = self.broker.users.users.get(username)
+        else:
+            try:
+                username, password = sasl.parse_response(mech, m.response)
+            except sasl.SaslError as e:
+                log.warning("connection %s: bad %s response: %s", self.name, mech, e)
+                return self._refuse_login(mech, "")
+            user = self.broker.users.authenticate(username, password)
         if user is None:
             log.warning("connection %s: user '%s' failed to authenticate with %s", self.name, username, mech)
             return self._refuse_login(mech, username)
@@ -411,7 +424,18 @@ class Connection:
         self.send_method(0, M.ConnectionTune(c.channel_max, c.frame_max, c.heartbeat))
         self.state = AWAIT_TUNE_OK
 
+    def _resume_login(self, m):
+        if self.closed or self.state != AWAIT_SECURE_OK:
+            return
+        self.state = AWAIT_START_OK
+        try:
+            self._start_ok(m, True)
+        except AMQPError as e:
+            self.connection_error(e)
+        self.broker.flush_output()
+
     def _refuse_login(self, mech, username, text=None):
+        limits.login_failed(self)
         text = text or (f"Login was refused using authentication mechanism {mech}. "
                         f"For details see the broker logfile.")
         err = ConnectionError_(text, E.ACCESS_REFUSED)
@@ -446,6 +470,7 @@ class Connection:
         v = self.broker.vhosts.get(name)
         if v is None:
             raise ConnectionError_(f"vhost {name} not found", E.NOT_ALLOWED, 10, 40)
+        limits.check_connection_open(self, name)
         if self.broker.users.permission(self.user.name, name) is None:
             raise ConnectionError_(f"access to vhost '{name}' refused for user '{self.user.name}'",
                                    E.NOT_ALLOWED, 10, 40)
@@ -492,6 +517,7 @@ class Connection:
             if self.channel_max and len(self.channels) >= self.channel_max:
                 raise ConnectionError_(f"number of channels opened ({len(self.channels)}) has reached the "
                                        f"negotiated channel_max ({self.channel_max})", E.NOT_ALLOWED)
+            limits.check_channel_open(self)
             ch = self.channels[chnum] = Channel(self, chnum)
             self.send_method(chnum, M.ChannelOpenOk())
             return

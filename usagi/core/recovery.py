@@ -64,6 +64,7 @@ def restore(broker, rec) -> dict:
     # messages: shared bodies are loaded once per message id
     count = 0
     by_id = {}
+    refs = getattr(rec.messages, "refs", None)
     for (vname, qname), entries in rec.messages.items():
         v = broker.vhosts.get(vname)
         q = v.queues.get(qname) if v is not None else None
@@ -72,12 +73,14 @@ def restore(broker, rec) -> dict:
         for entry in entries:
             seq, exchange, routing_key, props, body, redelivered = entry[:6]
             msg_id = entry[6] if len(entry) > 6 else None
+            shared = refs is None or refs.get(msg_id, 2) > 1      # held by several queues: load once
             msg = by_id.get(msg_id) if msg_id is not None else None
             if msg is None:
                 msg = broker.new_message(exchange, routing_key, props, body)
                 if msg_id is not None:
                     msg.id = msg_id
-                    by_id[msg_id] = msg
+                    if shared:
+                        by_id[msg_id] = msg
                 msg.stored = True
             msg.refs += 1
             if q.kind == "stream":

@@ -401,7 +401,7 @@ class View:
     def contexts(self) -> list:
         return [{"node": self.node, "description": "RabbitMQ Management", "path": "/",
                  "port": str(p), "ssl_opts": []} for _proto, _h, p in self.m.http_listeners()
-                if _proto == "http"]
+                if _proto in ("http", "https")]
 
     def overview(self, vhosts: list) -> dict:
         s = self.sampler

@@ -48,8 +48,9 @@ def _sock_addr(site) -> tuple[str, int]:
 
 class ManagementService:
     def __init__(self, broker, server, host, management_port: int, metrics_port: int,
-                 sample_interval: float | None = None):
+                 sample_interval: float | None = None, ssl_context=None):
         self.broker = broker
+        self.ssl_context = ssl_context  # HTTPS for the management API (usagi-server --management-tls)
         self.server = server
         self.host = host
         self.management_port = management_port
@@ -82,7 +83,7 @@ class ManagementService:
             app.router.add_route("*", "/api/{tail:.*}", self._api)
             app.router.add_route("GET", "/", self._index)
             app.router.add_route("GET", "/{path:.+}", self._static)
-            await self._listen(app, self.management_port, "http")
+            await self._listen(app, self.management_port, "https" if self.ssl_context is not None else "http")
         if self.metrics_port is not None and self.metrics_port >= 0:
             app = web.Application()
             app.router.add_route("GET", "/metrics", self._metrics)
@@ -94,11 +95,12 @@ class ManagementService:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.host, port, reuse_address=True)
+        site = web.TCPSite(runner, self.host, port, reuse_address=True,
+                           ssl_context=self.ssl_context if protocol == "https" else None)
         try:
             await site.start()
         except OSError as e:
-            what = "management" if protocol == "http" else "metrics"
+            what = "management" if protocol in ("http", "https") else "metrics"
             raise OSError(e.errno, f"{what} listener on {self.host or '*'}:{port}: {e.strerror}") from None
         h, p = _sock_addr(site)
         self._listeners.append((protocol, h, p))
@@ -117,8 +119,8 @@ class ManagementService:
     def describe(self) -> list[str]:
         out = []
         for protocol, h, p in self._listeners:
-            what = "Management" if protocol == "http" else "Metrics"
-            out.append(f"{what} listener on {h}:{p}")
+            what = "Management" if protocol in ("http", "https") else "Metrics"
+            out.append(f"{what} listener on {h}:{p}" + (" (HTTPS)" if protocol == "https" else ""))
         return out
 
     def _sample(self):
@@ -159,7 +161,7 @@ class ManagementService:
     @property
     def management_bound_port(self) -> int | None:
         for proto, _h, p in self._listeners:
-            if proto == "http":
+            if proto in ("http", "https"):
                 return p
         return None
 
@@ -235,10 +237,12 @@ class ManagementService:
         return self._text(metrics.render_detailed(self, families, vhosts))
 
 
-def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None):
+def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None,
+                       ssl_context=None):
     """The service the server starts: `await svc(broker, server)` returns the running service."""
     async def svc(broker, server):
-        s = ManagementService(broker, server, host, management_port, metrics_port, sample_interval)
+        s = ManagementService(broker, server, host, management_port, metrics_port, sample_interval,
+                              ssl_context=ssl_context)
         await s.start()
         return s
     return svc

@@ -14,10 +14,12 @@ import time
 
 from .. import __version__
 from ..amqp import errors as E
+from ..core import limits
 from ..core.broker import Broker
 from ..core.connection import OPEN, Connection
 
 log = logging.getLogger("usagi.server")
+TLS_HANDSHAKE_TIMEOUT = 5.0     # RabbitMQ's ssl_handshake_timeout
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -100,6 +102,7 @@ class Server:
         self._tick_handle = None
         self._commit_task = None
         self._last_resource_check = 0.0
+        self._last_sweep = 0.0
         self.app_stopped = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -117,11 +120,13 @@ class Server:
             self.listeners.append(("amqp", h, p))
         if self.tls_context is not None and self.tls_port is not None:
             tsrv = await self.loop.create_server(factory, self.host, self.tls_port, ssl=self.tls_context,
-                                                 reuse_address=True, backlog=1024)
+                                                 reuse_address=True, backlog=1024,
+                                                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
             self.servers.append(tsrv)
             for sock in tsrv.sockets:
                 h, p = sock.getsockname()[:2]
                 self.listeners.append(("amqps", h, p))
+        limits.attach(b, self.loop.call_later)
         self._tick_handle = self.loop.call_later(1.0, self._tick)
         self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
         return self
@@ -153,9 +158,10 @@ class Server:
         factory = lambda: AMQPProtocol(self)  # noqa: E731
         ports = sorted({(proto, p) for proto, _h, p in self.listeners})
         for proto, port in ports:
-            ssl = self.tls_context if proto == "amqps" else None
-            srv = await self.loop.create_server(factory, self.host, port, ssl=ssl, reuse_address=True,
-                                                backlog=1024)
+            kw = {"ssl": self.tls_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} \
+                if proto == "amqps" else {}
+            srv = await self.loop.create_server(factory, self.host, port, reuse_address=True,
+                                                backlog=1024, **kw)
             self.servers.append(srv)
         self.app_stopped = False
         log.info("AMQP listeners started again (start_app)")
@@ -184,12 +190,12 @@ class Server:
             if conn.closed:
                 self.conns.discard(conn)
                 continue
-            if conn.state < OPEN and now - conn.last_recv > hs_timeout and conn.connected_at:
-                if time.time() - conn.connected_at > hs_timeout:
-                    log.warning("connection %s: handshake timeout", conn.name)
-                    conn.transport.abort()
-                    conn.connection_lost()
-                    continue
+            # as RabbitMQ's handshake_timeout: counted from the accept, however slowly bytes trickle in
+            if conn.state < OPEN and conn.connected_at and time.time() - conn.connected_at > hs_timeout:
+                log.warning("connection %s: handshake timeout", conn.name)
+                conn.transport.abort()
+                conn.connection_lost()
+                continue
             if not conn.heartbeat_tick(now):
                 conn.transport.abort()
                 conn.connection_lost()
@@ -197,7 +203,11 @@ class Server:
         if b.store.durable and not self.commit_running and b.store.pending():
             self._schedule_commit()
         b.tick(time.time())
+        if now - self._last_sweep >= 0.5:
+            self._last_sweep = now
+            limits.sweep(b, now)            # consumer acknowledgement timeouts
         if now - self._last_resource_check >= 1.0:
+            limits.forget_stale(b, now)
             self._last_resource_check = now
             b.check_resources()
         b.run_dirty()
@@ -254,9 +264,10 @@ class Server:
                 pass
 
 
-async def serve(broker: Broker, host, port, on_started=None, extra_services=()):
+async def serve(broker: Broker, host, port, on_started=None, extra_services=(), tls_context=None,
+                tls_port=None):
     """Run until SIGINT/SIGTERM. Returns the exit code."""
-    server = await Server(broker, host, port).start()
+    server = await Server(broker, host, port, tls_context=tls_context, tls_port=tls_port).start()
     started = []
     for svc in extra_services:
         started.append(await svc(broker, server))

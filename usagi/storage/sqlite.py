@@ -209,6 +209,57 @@ class _QueueIndex:
         return bm
 
 
+class _LazyMessages:
+    """Recovered.messages for a large store: (vhost, queue) -> entries, read as they are iterated.
+
+    Entries are (seq, exchange, routing_key, props, body, redelivered, msg_id); `refs` says how
+    many entries hold each message id."""
+
+    def __init__(self, conn, keys, refs):
+        self.conn = conn
+        self.keys = keys
+        self.refs = refs
+
+    def __len__(self):
+        return len(self.keys)
+
+    def __bool__(self):
+        return bool(self.keys)
+
+    def keys_(self):
+        return list(self.keys)
+
+    def _entries(self, key):
+        for seq, mid, delivered, ex, rk, props, body in self.conn.execute(
+                "SELECT e.seq, e.msg_id, e.delivered, m.exchange, m.routing_key, m.props, m.body "
+                "FROM queue_entries e JOIN messages m ON m.id = e.msg_id "
+                "WHERE e.vhost = ? AND e.queue = ? ORDER BY e.seq", key):
+            yield (seq, ex, rk, bytes(props), bytes(body), bool(delivered), mid)
+
+    def items(self):
+        for key in self.keys:
+            yield key, self._entries(key)
+
+    def get(self, key, default=None):
+        return list(self._entries(key)) if key in self.keys else default
+
+    def __getitem__(self, key):
+        if key not in self.keys:
+            raise KeyError(key)
+        return list(self._entries(key))
+
+    def __contains__(self, key):
+        return key in self.keys
+
+    def __iter__(self):
+        return iter(self.keys)
+
+    def __eq__(self, other):
+        if isinstance(other, dict):
+            return {k: list(v) for k, v in self.items()} == other
+        return NotImplemented
+
+
 class SQLiteStore(Store):
     durable = True
 
@@ -306,45 +357,33 @@ class SQLiteStore(Store):
         conn.execute("DELETE FROM messages WHERE id NOT IN (SELECT msg_id FROM queue_entries)")
         conn.execute("COMMIT")
 
-        msgs = rec.messages
-        shared = {}
+        # Index pass: which message each entry holds, without reading any body.
         refs = self._refs
         queues = self._queues
-        stored_refs = {}
         cur_key = None
-        lst = idx = None
-        for vhost, queue, seq, mid, delivered, ex, rk, props, body, mrefs in conn.execute(
-                "SELECT e.vhost, e.queue, e.seq, e.msg_id, e.delivered, m.exchange, "
-                "m.routing_key, m.props, m.body, m.refs FROM queue_entries e "
-                "JOIN messages m ON m.id = e.msg_id ORDER BY e.vhost, e.queue, e.seq"):
+        idx = None
+        for vhost, queue, seq, mid in conn.execute(
+                "SELECT vhost, queue, seq, msg_id FROM queue_entries ORDER BY vhost, queue, seq"):
             key = (vhost, queue)
             if key != cur_key:
                 cur_key = key
-                lst = msgs.setdefault(key, [])
                 idx = queues.get(key)
                 if idx is None:
                     idx = queues[key] = _QueueIndex()
-            r = refs.get(mid)
-            if r is None:
-                refs[mid] = 1
-                stored_refs[mid] = mrefs
-                props, body = bytes(props), bytes(body)
-                if mrefs != 1:
-                    shared[mid] = (props, body)
-            else:
-                refs[mid] = r + 1
-                pb = shared.get(mid)
-                if pb is not None:
-                    props, body = pb
-            # a 7th element, the stored message id: a message on several queues has one id, and
-            # the engine keeps it as Message.id so that dequeue(..., seq=0, msg_id) finds it
-            lst.append((seq, ex, rk, props, body, bool(delivered), mid))
             idx.by_seq[seq] = mid
-        fix = [(n, mid) for mid, n in refs.items() if stored_refs.get(mid) != n]
+            refs[mid] = refs.get(mid, 0) + 1
+        fix = []
+        for mid, stored in conn.execute("SELECT id, refs FROM messages"):
+            n = refs.get(mid, 0)
+            if n != stored:
+                fix.append((n, mid))
         if fix:
             conn.execute("BEGIN")
             conn.executemany(SQL_SET_REFS, fix)
             conn.execute("COMMIT")
+        # Bodies are streamed queue by queue while the engine rebuilds its queues, so a large
+        # backlog is never all in memory at once.
+        rec.messages = _LazyMessages(conn, list(queues), refs)
         self.max_msg_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
 
     def close(self):
