@@ -499,13 +499,6 @@ class UsagiProcess(Target):
         if self.data_dir_path:
             shutil.rmtree(self.data_dir_path, ignore_errors=True)
             self.data_dir_path = None
-        if self.log and not self.keep_logs:
-            # keep the log only if it says something worth reading
-            try:
-                if os.path.getsize(self.log) == 0:
-                    os.unlink(self.log)
-            except OSError:
-                pass
 
 
 class RabbitMQ(Target):
@@ -997,7 +990,7 @@ def main():
     ap.add_argument("--deep-autoack", action="store_true", help="drain the deep queue with autoack")
     ap.add_argument("--drain-idle", type=float, default=30.0)
     ap.add_argument("--out", default=os.path.join(HERE, "results", datetime.date.today().isoformat() + ".jsonl"))
-    ap.add_argument("--keep-logs", action="store_true", help="keep Usagi logs even when empty")
+    ap.add_argument("--keep-logs", action="store_true", help="keep the Usagi logs (a temporary dir) after the run")
     ap.add_argument("--table-from", default="", help="comma-separated .jsonl files: only print the table")
     a = ap.parse_args()
 
@@ -1025,8 +1018,7 @@ def main():
 
     out_dir = os.path.dirname(os.path.abspath(a.out))
     os.makedirs(out_dir, exist_ok=True)
-    logdir = os.path.join(out_dir, "logs")
-    os.makedirs(logdir, exist_ok=True)
+    logdir = tempfile.mkdtemp(prefix="usagi-bench-logs-")  # broker logs; their tails go into the JSON
 
     rurl = a.rabbitmq_url
     if a.rabbitmq_port:
@@ -1129,6 +1121,10 @@ def main():
                     print("   noisy (other CPU > %g%% for %s): running the pair again" % (a.max_other, ",".join(noisy)),
                           file=sys.stderr)
     out.close()
+    if a.keep_logs:
+        print("broker logs kept in %s" % logdir, file=sys.stderr)
+    else:
+        shutil.rmtree(logdir, ignore_errors=True)
     tab = table(records, a.max_other)
     print(tab)
     md = os.path.splitext(a.out)[0] + ".md"

@@ -10,6 +10,7 @@ STANDARD_EXCHANGES = (
     ("amq.topic", "topic"),
     ("amq.headers", "headers"),
     ("amq.match", "headers"),
+    ("amq.rabbitmq.trace", "topic"),     # internal, as in RabbitMQ (firehose tracing target)
 )
 
 
@@ -24,7 +25,8 @@ class VHost:
         self.limits: dict = {}
         self.tracing = False
         for name_, type_ in STANDARD_EXCHANGES:
-            self.exchanges[name_] = TYPES[type_](self.name, name_, durable=True)
+            self.exchanges[name_] = TYPES[type_](self.name, name_, durable=True,
+                                                 internal=name_ == "amq.rabbitmq.trace")
 
     def metadata(self) -> dict:
         return {"description": self.description, "tags": list(self.tags),

@@ -44,7 +44,7 @@
     return node;
   }
 
-  function append(node, children) {
+  function append(node, ...children) {
     for (const c of children.flat(Infinity)) {
       if (c === null || c === undefined || c === false) continue;
       node.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
@@ -310,7 +310,7 @@
       }
       ctx.lineJoin = 'round';
       ctx.lineCap = 'round';
-      for (const s of this.series) {
+      for (const s of this.series.slice().reverse()) {    // the first series listed ends on top
         const vals = series[s.key];
         ctx.beginPath();
         for (let i = 0; i < n; i++) {
