@@ -483,10 +483,12 @@ class Channel:
             if tag not in unacked:
                 raise ChannelError(f"unknown delivery tag {tag}", E.PRECONDITION_FAILED)
             items = []
-            for t in list(unacked):
+            for t, u in unacked.items():      # tags are in delivery order
                 if t > tag:
                     break
-                items.append(unacked.pop(t))
+                items.append(u)
+            for u in items:
+                del unacked[u.tag]
             return items
         u = unacked.pop(tag, None)
         if u is None:

@@ -628,7 +628,7 @@ def vhost_get(r: Req):
 
 @put("vhosts/:vhost", ADMIN)
 def vhost_put(r: Req):
-    return created(ops.put_vhost(r.broker, r.p("vhost"), r.body()))
+    return created(ops.put_vhost(r.broker, r.p("vhost"), r.body(), r.user.name))
 
 
 @delete("vhosts/:vhost", ADMIN)
@@ -1402,7 +1402,7 @@ def all_configuration(r: Req):
 def definitions_import(r: Req):
     defs = r.json("failed_to_parse_json")
     log.info("importing definitions on request from the management API (user '%s')", r.user.name)
-    ops.import_definitions(r.broker, defs)
+    ops.import_definitions(r.broker, defs, acting_user=r.user.name)
     return Reply(204)
 
 

@@ -221,8 +221,11 @@ def set_user_limit(broker, u, name: str, body: dict) -> bool:
 
 # ---------------------------------------------------------------------------------------- vhosts, users
 
-def put_vhost(broker, name: str, body: dict) -> bool:
-    """Create a vhost or update its metadata. Returns True if it was created."""
+def put_vhost(broker, name: str, body: dict, acting_user: str | None = None) -> bool:
+    """Create a vhost or update its metadata. Returns True if it was created.
+
+    As in RabbitMQ, the user that creates a vhost through the API (PUT or a definitions import)
+    is granted full permissions on it."""
     description = body.get("description", "")
     tags = parse_tags(body.get("tags"))
     dqt = body.get("default_queue_type") or "classic"
@@ -233,6 +236,8 @@ def put_vhost(broker, name: str, body: dict) -> bool:
     v = broker.vhosts.get(name)
     if v is None:
         broker.add_vhost(name, description or "", tags, dqt)
+        if acting_user is not None and acting_user in broker.users.users:
+            broker.set_permissions(acting_user, name, ".*", ".*", ".*")
         return True
     changed = False
     if "description" in body and v.description != description:
@@ -274,13 +279,25 @@ def put_user(broker, name: str, body: dict) -> bool:
                 base64.b64decode(phash, validate=True)
             except ValueError:
                 raise bad_request("password_hash is not valid base64") from None
+    limits = body.get("limits")
+    if limits is not None:
+        if limits == []:
+            limits = {}
+        if not isinstance(limits, dict):
+            raise bad_request("limits must be a JSON object")
+        limits = {k: _limit_value(k, {"value": v}, USER_LIMITS) for k, v in limits.items()}
     u = broker.users.users.get(name)
     if u is None:
         if password is not None:
-            broker.add_user(name, password, tags)
+            u = broker.add_user(name, password, tags)
         else:
-            broker.add_user(name, None, tags, password_hash=phash or "", hashing_algorithm=algo)
+            u = broker.add_user(name, None, tags, password_hash=phash or "", hashing_algorithm=algo)
+        if limits:            # RabbitMQ's put_user sets the limits an export carries
+            u.limits = limits
+            broker.save_user(u)
         return True
+    if limits is not None:
+        u.limits = limits
     u.tags = tags
     if password is not None:
         u.set_password(password)
@@ -617,11 +634,12 @@ def export_definitions(broker, vhost_name: str | None = None) -> dict:
                           "destination_type": dtype, "routing_key": rk, "arguments": jsonable(args)})
     policies = [policy_json(p, vh, n) for (vh, n), p in sorted(broker.policies.items())
                 if vhost_name is None or vh == vhost_name]
+    parameters = parameters_list(broker, vhost_name) + operator_policy_parameters(broker, vhost_name)
     if vhost_name is not None:
         for d in qdefs + xdefs + bdefs:
             d.pop("vhost", None)
         return {"rabbit_version": RABBITMQ_COMPAT_VERSION,
-                "parameters": parameters_list(broker, vhost_name), "policies": policies,
+                "parameters": parameters, "policies": policies,
                 "queues": qdefs, "exchanges": xdefs, "bindings": bdefs}
     return {
         "rabbit_version": RABBITMQ_COMPAT_VERSION,
@@ -632,13 +650,42 @@ def export_definitions(broker, vhost_name: str | None = None) -> dict:
         "vhosts": [vhost_definition(v) for _n, v in sorted(broker.vhosts.items())],
         "permissions": [permission_json(p) for _k, p in sorted(broker.users.permissions.items())],
         "topic_permissions": [dict(p) for _k, p in sorted(broker.users.topic_permissions.items())],
-        "parameters": parameters_list(broker),
+        "parameters": parameters,
         "global_parameters": global_parameters_list(broker),
         "policies": policies,
         "queues": qdefs,
         "exchanges": xdefs,
         "bindings": bdefs,
     }
+
+
+def operator_policy_parameters(broker, vhost: str | None = None) -> list:
+    """Operator policies as RabbitMQ exports them: runtime parameters of component operator_policy."""
+    out = []
+    for (vh, name), p in sorted(broker.operator_policies.items()):
+        if vhost is None or vh == vhost:
+            value = {"pattern": p.get("pattern"), "definition": jsonable(p.get("definition") or {}),
+                     "priority": p.get("priority", 0), "apply-to": p.get("apply-to", "all")}
+            out.append({"value": value, "vhost": vh, "component": "operator_policy", "name": name})
+    return out
+
+
+def import_parameter(broker, vhost, component: str, name: str, value) -> None:
+    """A runtime parameter of a definitions file. RabbitMQ keeps operator policies and vhost
+    limits as parameters too, so those become operator policies and vhost limits here."""
+    if component == "operator_policy":
+        if not isinstance(value, dict):
+            raise bad_request("operator_policy value must be a JSON object")
+        put_policy(broker, vhost.name, name, value, operator=True)
+    elif component == "vhost-limits" and name == "limits":
+        if not isinstance(value, dict):
+            raise bad_request("vhost-limits value must be a JSON object")
+        limits = {k: _limit_value(k, {"value": v}, VHOST_LIMITS) for k, v in value.items()}
+        vhost.limits.clear()
+        vhost.limits.update(limits)
+        _save_vhost_limits(broker, vhost)
+    else:
+        put_parameter(broker, vhost.name, component, name, value)
 
 
 def _items(defs: dict, key: str) -> list:
@@ -668,7 +715,7 @@ def _amqp_args(a) -> dict:
     return a
 
 
-def import_definitions(broker, defs, vhost_name: str | None = None) -> None:
+def import_definitions(broker, defs, vhost_name: str | None = None, acting_user: str | None = None) -> None:
     """POST /api/definitions[/vhost]: apply an export, in RabbitMQ's order."""
     if not isinstance(defs, dict):
         raise bad_request("failed_to_parse_json")
@@ -688,7 +735,7 @@ def import_definitions(broker, defs, vhost_name: str | None = None) -> None:
                 for k in ("description", "tags", "default_queue_type"):
                     if k in v or k in meta:
                         body[k] = v.get(k, meta.get(k))
-                put_vhost(broker, v["name"], body)
+                put_vhost(broker, v["name"], body, acting_user)
             for p in _items(defs, "permissions"):
                 key_missing(p, ("user", "vhost", "configure", "write", "read"))
                 put_permission(broker, p["user"], p["vhost"], p)
@@ -698,7 +745,7 @@ def import_definitions(broker, defs, vhost_name: str | None = None) -> None:
         for p in _items(defs, "parameters"):
             key_missing(p, ("component", "name", "value"))
             v = _vhost_for(broker, p, vhost_name)
-            put_parameter(broker, v.name, p["component"], p["name"], p["value"])
+            import_parameter(broker, v, p["component"], p["name"], p["value"])
         if vhost_name is None:
             for p in _items(defs, "global_parameters"):
                 key_missing(p, ("name", "value"))

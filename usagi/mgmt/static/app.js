@@ -754,7 +754,8 @@
         const n = Math.max(1, Math.min(1000, parseInt(count.value, 10) || 10));
         const msgs = await api('GET', `/queues/${seg(vhost)}/${seg(name)}/peek?count=${n}&truncate=50000`);
         append(clear(list), msgs.map(messageCard));
-        setText(status, msgs.length ? `Showing the first ${msgs.length} message${msgs.length === 1 ? '' : 's'} in delivery order.` : 'The queue has no ready messages.');
+        setText(status, msgs.length ? `Showing the first ${msgs.length} message${msgs.length === 1 ? '' : 's'} in delivery order, as of ${clock(Date.now())}.`
+          : `The queue had no ready messages at ${clock(Date.now())}.`);
       } catch (e) {
         clear(list);
         setText(status, 'Peek failed: ' + e.message);
