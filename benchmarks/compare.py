@@ -855,6 +855,22 @@ def other_pct(res):
     return max(vals) if vals else None
 
 
+def wait_quiet(max_busy, max_wait):
+    """Before a pair: wait (up to max_wait s) until the whole machine is below max_busy % CPU
+    (100 = one core), sampled over 1 s.  Returns the last sample."""
+    t0 = time.monotonic()
+    while True:
+        s0, w0 = sys_busy_ticks(), time.monotonic()
+        time.sleep(1.0)
+        busy = (sys_busy_ticks() - s0) / CLK / (time.monotonic() - w0) * 100
+        if busy <= max_busy or time.monotonic() - t0 >= max_wait:
+            if time.monotonic() - t0 > 1.5:
+                print("   waited %.0f s for a quieter machine (busy %.0f%%)" % (time.monotonic() - t0, busy),
+                      file=sys.stderr)
+            return busy
+        time.sleep(2.0)
+
+
 # ------------------------------------------------------------------ provenance
 def git_info():
     def g(*args):
@@ -982,6 +998,10 @@ def main():
     ap.add_argument("--max-other", type=float, default=30.0,
                     help="a pair where other processes took more than this CPU %% (100 = one core) is noisy")
     ap.add_argument("--retries", type=int, default=1, help="re-runs of a noisy pair")
+    ap.add_argument("--wait-quiet", type=float, default=0, metavar="PCT",
+                    help="before each pair, wait until the machine's total CPU use is at most PCT %% "
+                         "(100 = one core), for up to --wait-max s (0: do not wait)")
+    ap.add_argument("--wait-max", type=float, default=60)
     ap.add_argument("--budget-min", type=float, default=0,
                     help="stop re-running noisy pairs once this many minutes have passed (0: no limit)")
     ap.add_argument("--settle", type=float, default=2.0, help="seconds to wait before reading RSS")
@@ -1106,20 +1126,25 @@ def main():
 
     t_start = time.monotonic()
     pair = 0
-    for run in range(a.runs):
-        for sid in sids:
-            for attempt in range(a.retries + 1):
-                pair += 1
-                res = {b: one(b, sid, run, pair) for b in targets}
-                noisy = [b for b, r in res.items() if (other_pct(r) or 0) > a.max_other]
-                if not noisy or len(targets) < 2:
-                    break
-                if a.budget_min and time.monotonic() - t_start > a.budget_min * 60:
-                    print("   noisy (%s) but over the time budget: kept" % ",".join(noisy), file=sys.stderr)
-                    break
-                if attempt < a.retries:
-                    print("   noisy (other CPU > %g%% for %s): running the pair again" % (a.max_other, ",".join(noisy)),
-                          file=sys.stderr)
+    try:
+        for run in range(a.runs):
+            for sid in sids:
+                for attempt in range(a.retries + 1):
+                    if a.wait_quiet:
+                        wait_quiet(a.wait_quiet, a.wait_max)
+                    pair += 1
+                    res = {b: one(b, sid, run, pair) for b in targets}
+                    noisy = [b for b, r in res.items() if (other_pct(r) or 0) > a.max_other]
+                    if not noisy or len(targets) < 2:
+                        break
+                    if a.budget_min and time.monotonic() - t_start > a.budget_min * 60:
+                        print("   noisy (%s) but over the time budget: kept" % ",".join(noisy), file=sys.stderr)
+                        break
+                    if attempt < a.retries:
+                        print("   noisy (other CPU > %g%% for %s): running the pair again" % (a.max_other, ",".join(noisy)),
+                              file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted: the table below has what was measured so far", file=sys.stderr)
     out.close()
     if a.keep_logs:
         print("broker logs kept in %s" % logdir, file=sys.stderr)

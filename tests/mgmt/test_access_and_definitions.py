@@ -19,7 +19,10 @@ def test_vhost_lifecycle(api, mgmt):
     assert names == ["/", "dev"]
     assert api.get("/api/vhosts/%2F").json()["name"] == "/"
 
-    # no permission yet: the broker refuses the AMQP login to the vhost
+    # as in RabbitMQ, the user that created the vhost was granted full permissions on it
+    assert api.get("/api/permissions/dev/guest").json()["configure"] == ".*"
+    assert api.delete("/api/permissions/dev/guest").status == 204
+    # no permission now: the broker refuses the AMQP login to the vhost
     with pytest.raises(pika.exceptions.AMQPConnectionError):
         mgmt.pika("dev")
     assert api.put("/api/permissions/dev/guest", PERMS).status == 201

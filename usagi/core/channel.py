@@ -121,23 +121,7 @@ class Channel:
     def on_publish(self, payload):
         if self.state == CLOSING:
             return
-        try:
-            n = payload[6]
-            off = 7 + n
-            k = payload[off]
-            end = off + 1 + k
-            bits = payload[end]
-        except IndexError:
-            raise E.SyntaxError_("basic.publish method frame truncated", None, 60, 40) from None
-        xname = payload[7:off]
-        rk = payload[off + 1:end]
-        try:
-            exchange = xname.decode() if n else ""
-            routing_key = rk.decode() if k else ""
-        except UnicodeDecodeError:
-            exchange = xname.decode("utf-8", "surrogateescape")
-            routing_key = rk.decode("utf-8", "surrogateescape")
-        self._pub = (exchange, routing_key, bytes(payload[6:end]), bits)
+        self._pub = _parse_publish(payload)
         self.content_expected = True
         self.conn.publishing = True
 
@@ -190,22 +174,8 @@ class Channel:
 
     def fast_publish(self, payload, props, body):
         """basic.publish with its header and body, all arrived together (the connection's hot path)."""
-        try:
-            n = payload[6]
-            off = 7 + n
-            k = payload[off]
-            end = off + 1 + k
-            bits = payload[end]
-        except IndexError:
-            raise E.SyntaxError_("basic.publish method frame truncated", None, 60, 40) from None
-        try:
-            exchange = payload[7:off].decode() if n else ""
-            routing_key = payload[off + 1:end].decode() if k else ""
-        except UnicodeDecodeError:
-            exchange = payload[7:off].decode("utf-8", "surrogateescape")
-            routing_key = payload[off + 1:end].decode("utf-8", "surrogateescape")
         self.conn.publishing = True
-        self._pub = (exchange, routing_key, payload[6:end], bits)
+        self._pub = _parse_publish(payload)
         self._props = props
         self._complete(body)
 
@@ -959,6 +929,25 @@ class Channel:
             self.unacked = dict(sorted(self.unacked.items()))
             self.tx_acks.clear()
         self.reply(M.TxRollbackOk())
+
+
+def _parse_publish(payload) -> tuple:
+    """(exchange, routing key, the two as shortstrs, flag bits) of a basic.publish payload."""
+    try:
+        n = payload[6]
+        off = 7 + n
+        k = payload[off]
+        end = off + 1 + k
+        bits = payload[end]
+    except IndexError:
+        raise E.SyntaxError_("basic.publish method frame truncated", None, 60, 40) from None
+    try:
+        exchange = payload[7:off].decode() if n else ""
+        routing_key = payload[off + 1:end].decode() if k else ""
+    except UnicodeDecodeError:
+        exchange = payload[7:off].decode("utf-8", "surrogateescape")
+        routing_key = payload[off + 1:end].decode("utf-8", "surrogateescape")
+    return exchange, routing_key, bytes(payload[6:end]), bits
 
 
 def _with_delivery_count(msg, count: int):

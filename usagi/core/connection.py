@@ -150,6 +150,10 @@ class Connection:
             self.recv_oct += len(data)
             self.recv_cnt += 1
         reader = self.reader
+        if reader.error is not None:
+            # the stream broke and the connection is closing: what follows is discarded (re-raising
+            # the stored error would chain a traceback, and with it this data, per call: a leak)
+            return
         try:
             if self.state == OPEN and reader.error is None:
                 data = self._fast(data)
@@ -297,24 +301,20 @@ class Connection:
                     self.handle_connection_method(method)
                 else:
                     self.handle_channel_method(chnum, method)
-            elif ftype == FRAME_HEADER:
+            elif ftype == FRAME_HEADER or ftype == FRAME_BODY:
                 if chnum == 0:
                     raise ConnectionError_(erlfmt.frame_octets(ftype, payload), E.UNEXPECTED_FRAME)
                 ch = channels.get(chnum)
                 if ch is not None and ch.state:   # closing: discard until close-ok
                     continue
-                if ch is None or not ch.content_expected:
-                    self._unexpected(chnum, "content header")
-                ch.on_header(payload)
-            elif ftype == FRAME_BODY:
-                if chnum == 0:
-                    raise ConnectionError_(erlfmt.frame_octets(ftype, payload), E.UNEXPECTED_FRAME)
-                ch = channels.get(chnum)
-                if ch is not None and ch.state:   # closing: discard until close-ok
-                    continue
-                if ch is None or not ch.body_expected:
-                    self._unexpected(chnum, "content body")
-                ch.on_body(payload)
+                if ftype == FRAME_HEADER:
+                    if ch is None or not ch.content_expected:
+                        self._unexpected(chnum, "content header")
+                    ch.on_header(payload)
+                else:
+                    if ch is None or not ch.body_expected:
+                        self._unexpected(chnum, "content body")
+                    ch.on_body(payload)
             elif ftype == FRAME_HEARTBEAT:
                 if chnum != 0:
                     raise ConnectionError_(erlfmt.frame_octets(ftype, payload), E.UNEXPECTED_FRAME)
@@ -417,8 +417,8 @@ class Connection:
             return self._refuse_login(mech, username)
         if username in self.broker.config.loopback_users and not _is_loopback(self.peer[0]):
             log.warning("connection %s: user '%s' can only connect via localhost", self.name, username)
-            return self._refuse_login(mech, username,
-                                      f"User '{username}' can only connect via localhost")
+            # RabbitMQ's auth_fail: the reason goes to the log, the client gets the generic text
+            return self._refuse_login(mech, username)
         self.user = user
         c = self.broker.config
         self.send_method(0, M.ConnectionTune(c.channel_max, c.frame_max, c.heartbeat))

@@ -235,14 +235,17 @@ class Queue:
             self.pager = None
             self.paged = 0
         msgs = [m for s, m in self.returned if s not in dead] + [m for s, m in self.ready if s not in dead]
-        self.returned = []
         self.ready.clear()
+        self._emptied()
+        return msgs
+
+    def _emptied(self):
+        self.returned = []
         self.ready_bytes = 0
         self.dead.clear()
         self.dead_bytes = 0
         self.deadlines = []
         self.expiry.clear()
-        return msgs
 
     def peek_all(self) -> list:
         """(seq, message, redelivered) in delivery order, without taking anything."""
@@ -365,12 +368,7 @@ class PriorityQueue(Queue):
         for lv in reversed(self.levels):
             msgs += [m for s, m in lv if s not in dead]
             lv.clear()
-        self.returned = []
-        self.ready_bytes = 0
-        self.dead.clear()
-        self.dead_bytes = 0
-        self.deadlines = []
-        self.expiry.clear()
+        self._emptied()
         return msgs
 
     def peek_all(self) -> list:

@@ -58,6 +58,7 @@
   // ------------------------------------------------------------------ formatting
   const NF = new Intl.NumberFormat('en-US');
   const NF1 = new Intl.NumberFormat('en-US', { maximumFractionDigits: 1, minimumFractionDigits: 0 });
+  const NF2c = new Intl.NumberFormat('en-US', { maximumFractionDigits: 2 });
   const NF2 = new Intl.NumberFormat('en-US', { maximumFractionDigits: 2, minimumFractionDigits: 1 });
 
   function num(v) { return (typeof v === 'number' && isFinite(v)) ? NF.format(v) : '–'; }
@@ -74,7 +75,7 @@
     if (a >= 1e9) return NF1.format(v / 1e9) + 'G';
     if (a >= 1e6) return NF1.format(v / 1e6) + 'M';
     if (a >= 1e4) return NF1.format(v / 1e3) + 'k';
-    return NF1.format(v);
+    return a > 0 && a < 10 ? NF2c.format(v) : NF1.format(v);
   }
   function yesno(v) { return v ? 'yes' : 'no'; }
   function get(obj, path) {
@@ -93,6 +94,10 @@
     if (v === null || v === undefined) return '';
     if (typeof v === 'object') return Object.keys(v).length ? JSON.stringify(v) : '';
     return String(v);
+  }
+  function monoOrNone(v) {
+    const t = jsonText(v);
+    return t ? h('span', { class: 'mono', text: t }) : '';
   }
   function reasonText(r) {
     if (Array.isArray(r)) return r.join(': ');
@@ -198,11 +203,14 @@
     }
   }
 
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
-    const exp = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * exp) return m * exp;
-    return 10 * exp;
+  /* The top of the y axis: four equal steps of 1, 2, 2.5 or 5 times a power of ten. */
+  function niceMax(v, integer) {
+    if (!(v > 0)) return integer ? 4 : 1;
+    let step = v / 4;
+    const exp = Math.pow(10, Math.floor(Math.log10(step)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (step <= m * exp) { step = m * exp; break; }
+    if (integer) step = Math.max(1, Math.ceil(step));
+    return step * 4;
   }
 
   function clock(t) {
@@ -257,7 +265,7 @@
       }
       let max = 0;
       for (const s of this.series) for (const v of series[s.key]) if (v > max) max = v;
-      const ymax = niceMax(max * 1.05);
+      const ymax = niceMax(max * 1.05, this.unit !== '/s');
       const now = n ? t[n - 1] : Date.now();
       const span = Math.max(60000, n > 1 ? now - t[0] : 0);
       const t0 = now - span;
@@ -820,7 +828,7 @@
     const missing = h('div', { class: 'error-box', hidden: true });
     append(clear(main), [
       pageHead([h('span', { id: 'queue-name', text: name }), titleBadges], sub, [purge, del],
-        [h('a', { href: '#/queues', text: 'Queues' }), ' / ', vhost]),
+        [h('a', { href: '#/queues', text: 'Queues' }), ' › virtual host ', h('b', { text: vhost })]),
       missing, body,
     ]);
     queued.draw();
@@ -865,7 +873,7 @@
       queued.push(q);
       rates.push(rv);
       append(clear(titleBadges), h('span', { class: 'badge type', text: q.type || 'classic' }), ' ', stateBadge(q.state));
-      setText(sub, `Queue in vhost ${vhost} on ${q.node || ''}`);
+      setText(sub, `${q.durable ? 'Durable' : 'Transient'} queue on node ${q.node || ''}`);
       append(clear(details), kvTable([
         ['Virtual host', q.vhost],
         ['Type', q.type],
@@ -873,9 +881,9 @@
         ['Durable', yesno(q.durable)],
         ['Auto-delete', yesno(q.auto_delete)],
         ['Exclusive', yesno(q.exclusive)],
-        ['Arguments', h('span', { class: 'mono', text: jsonText(q.arguments) })],
+        ['Arguments', monoOrNone(q.arguments)],
         ['Policy', q.policy || ''],
-        ['Effective policy', h('span', { class: 'mono', text: jsonText(q.effective_policy_definition) })],
+        ['Effective policy', monoOrNone(q.effective_policy_definition)],
         ['Message bytes', `${bytes(q.message_bytes)} (ready ${bytes(q.message_bytes_ready)}, unacked ${bytes(q.message_bytes_unacknowledged)})`],
         ['Persistent messages', num(q.messages_persistent)],
         ['Consumer capacity', typeof q.consumer_capacity === 'number' ? Math.round(q.consumer_capacity * 100) + '%' : ''],
@@ -919,8 +927,8 @@
       h('section', { class: 'panel' }, h('h2', null, 'Publish message'),
         h('div', { class: 'panel-body' }, PublishForm(vhost, { exchange: real, onPublished: () => refreshNow() }))));
     append(clear(main), [
-      pageHead([h('span', { text: xlabel(real) }), titleBadges], `Exchange in vhost ${vhost}`, [del],
-        [h('a', { href: '#/exchanges', text: 'Exchanges' }), ' / ', vhost]),
+      pageHead([h('span', { text: xlabel(real) }), titleBadges], null, [del],
+        [h('a', { href: '#/exchanges', text: 'Exchanges' }), ' › virtual host ', h('b', { text: vhost })]),
       missing, body,
     ]);
     del.addEventListener('click', async () => {
@@ -950,7 +958,7 @@
       append(clear(details), kvTable([
         ['Virtual host', x.vhost], ['Type', x.type], ['Durable', yesno(x.durable)],
         ['Auto-delete', yesno(x.auto_delete)], ['Internal', yesno(x.internal)],
-        ['Arguments', h('span', { class: 'mono', text: jsonText(x.arguments) })], ['Policy', x.policy || ''],
+        ['Arguments', monoOrNone(x.arguments)], ['Policy', x.policy || ''],
       ]));
       if (real === '') {
         append(clear(bindings), h('div', { class: 'panel-body muted', text: 'The default exchange routes to the queue named by the routing key.' }));
