@@ -218,10 +218,33 @@ class Channel:
             e.class_id, e.method_id = 60, 40
             self.fail(e)
             return
+        if x.TYPE == "topic" and self.broker.users.topic_permissions:
+            try:
+                self.check_topic(x, routing_key, "write")
+            except ChannelError as e:
+                e.class_id, e.method_id = 60, 40
+                self.fail(e)
+                return
         if self.tx:
             self.tx_publishes.append((x, msg, bits & 1))
             return
         self._route_publish(x, msg, bits & 1)
+
+    def check_topic(self, x, routing_key: str, kind: str):
+        """Topic permissions (RabbitMQ's topic authorisation): on topic exchanges the routing key
+        must match the user's write (publish) or read (bind) pattern for that exchange, if any."""
+        p = self.broker.users.topic_permissions.get((self.user.name, self.vhost.name, x.name))
+        if p is None:
+            return
+        pattern = (p.get(kind) or "").replace("{username}", re.escape(self.user.name)) \
+            .replace("{vhost}", re.escape(self.vhost.name))
+        try:
+            ok = re.search(pattern or "^$", routing_key) is not None
+        except re.error:
+            ok = False
+        if not ok:
+            raise ChannelError(f"access to topic '{routing_key}' in exchange '{x.name}' in vhost "
+                               f"'{self.vhost.name}' refused for user '{self.user.name}'", E.ACCESS_REFUSED)
 
     def _publish_target(self, exchange: str):
         if exchange not in self._write_ok:
@@ -737,6 +760,8 @@ class Channel:
 
     def queue_bind(self, m):
         v, x, q, rk = self._queue_binding(m)
+        if x.TYPE == "topic" and self.broker.users.topic_permissions:
+            self.check_topic(x, rk, "read")
         self.broker.bind(v, x, q, rk, m.arguments)
         if not m.nowait:
             self.reply(M.QueueBindOk())
