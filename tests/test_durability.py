@@ -212,3 +212,26 @@ def test_disk_free_limit_blocks_publishers_but_consumers_drain(server_in):
     cons.close()
     pub.close()
     assert "disk resource limit alarm set" in "".join(srv.lines)
+
+
+def test_delayed_messages_survive_restart(server_in):
+    srv = server_in()
+    conn = connect(srv)
+    ch = conn.channel()
+    ch.exchange_declare("delay-x", "x-delayed-message", durable=True, arguments={"x-delayed-type": "direct"})
+    ch.queue_declare("delay-q", durable=True)
+    ch.queue_bind("delay-q", "delay-x", "k")
+    ch.confirm_delivery()
+    t0 = time.time()
+    ch.basic_publish("delay-x", "k", b"later", pika.BasicProperties(delivery_mode=2, headers={"x-delay": 2500}))
+    conn.close()
+    time.sleep(0.3)                       # let it reach the delayed store
+    assert srv.stop() == 0
+    srv = server_in()
+    conn = connect(srv)
+    ch = conn.channel()
+    assert ch.basic_get("delay-q")[0] is None        # not due yet
+    got = wait_for(lambda: ch.basic_get("delay-q", auto_ack=True)[2], timeout=10, message="the delayed message")
+    assert got == b"later"
+    assert time.time() - t0 >= 2.4
+    conn.close()

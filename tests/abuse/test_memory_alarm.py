@@ -41,6 +41,7 @@ class Publisher(threading.Thread):
         self.url = url
         self.blocked = threading.Event()
         self.unblocked = threading.Event()
+        self.events = []      # the order pika reported them in
         self.stop = threading.Event()
         self.confirmed = []
         self.after_unblock = 0
@@ -51,8 +52,9 @@ class Publisher(threading.Thread):
             p = pika.URLParameters(self.url)
             p.blocked_connection_timeout = 120
             c = pika.BlockingConnection(p)
-            c.add_on_connection_blocked_callback(lambda *_: self.blocked.set())
-            c.add_on_connection_unblocked_callback(lambda *_: self.unblocked.set())
+            c.add_on_connection_blocked_callback(lambda *_: (self.events.append("blocked"), self.blocked.set()))
+            c.add_on_connection_unblocked_callback(lambda *_: (self.events.append("unblocked"),
+                                                               self.unblocked.set()))
             ch = c.channel()
             ch.confirm_delivery()
             i = 0
@@ -76,14 +78,16 @@ def test_memory_alarm_blocks_publishers_until_consumers_drain(fresh_server):
     setup.close()
     pub = Publisher(srv.url())
     pub.start()
-    assert pub.blocked.wait(90), f"never blocked; rss {rss(srv.proc.pid)} limit {limit}; {len(pub.confirmed)} sent"
-    assert "memory resource limit alarm set" in "".join(srv.lines)
-    # blocked: the publisher makes no progress
+    # the alarm goes off; the server stops reading from the publisher, whose publish (waiting for its
+    # confirm) stalls; pika dispatches connection.blocked to the callback once that publish returns
+    wait_for(lambda: "memory resource limit alarm set" in "".join(srv.lines), timeout=90,
+             message=f"memory alarm (limit {limit})")
     time.sleep(1.0)
     n = len(pub.confirmed)
     time.sleep(2.0)
     assert len(pub.confirmed) <= n + 1, "publisher went on while blocked"
     assert not pub.unblocked.is_set()
+    assert pub.is_alive() and pub.error is None
     # a consumer drains the queue; the alarm clears; the publisher resumes
     seen = set()
     c = pika.BlockingConnection(pika.URLParameters(srv.url()))
@@ -105,7 +109,7 @@ def test_memory_alarm_blocks_publishers_until_consumers_drain(fresh_server):
     c.close()
     pub.join(10)
     assert pub.error is None, pub.error
-    assert pub.unblocked.is_set()
+    assert pub.events[:2] == ["blocked", "unblocked"], pub.events
     missing = set(pub.confirmed) - seen
     assert not missing, f"{len(missing)} confirmed messages lost"
     wait_for(lambda: "memory resource limit alarm cleared" in "".join(srv.lines), message="alarm cleared")

@@ -211,6 +211,9 @@ def make_broker(args):
         store = SQLiteStore(args.data_dir)
     setup_paging(None if args.in_memory else args.data_dir)
     broker = Broker(cfg, store)
+    if not args.in_memory:
+        from ..core.delayed import DelayedMessages
+        broker.delayed = DelayedMessages(args.data_dir)
     rec = store.open()
     counts = restore(broker, rec)
     broker.bootstrap()

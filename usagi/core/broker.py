@@ -23,6 +23,7 @@ from ..model.exchanges.base import Binding
 from ..model.message import Message
 from ..model.queue import PriorityQueue, Queue
 from . import deadletter as DL
+from .delayed import DelayedMessages
 from . import limits
 import heapq
 from ..model.util import freeze, gen_name
@@ -171,8 +172,7 @@ class Broker:
         self.commit_waiters: list = []     # channels waiting on the current epoch
         self.alarms: set = set()           # "memory", "disk"
         self.ttl_queues: dict = {}         # queues holding messages with a TTL
-        self.delayed: list = []            # heap of (due, seq, vhost, exchange, message)
-        self.delayed_seq = 0
+        self.delayed = DelayedMessages(None)   # x-delayed-message exchanges' waiting messages
         self.reply_to: dict = {}           # direct reply-to token -> channel
 
     # ------------------------------------------------------------------ setup
@@ -689,22 +689,22 @@ class Broker:
         h = msg.headers if msg.scan.headers_span is not None else {}
         delay = h.get("x-delay", 0)
         if isinstance(delay, int) and not isinstance(delay, bool) and delay > 0:
-            due = time.monotonic() + delay / 1000.0
-            self.delayed_seq += 1
-            heapq.heappush(self.delayed, (due, self.delayed_seq, vhost.name, x.name, msg))
+            self.delayed.add(int(time.time() * 1000) + delay, vhost.name, x.name, msg)
             return [None]        # accepted: not unroutable
         return self.route(vhost, x, msg)
 
-    def _release_delayed(self, now: float):
-        d = self.delayed
-        while d and d[0][0] <= now:
-            _, _, vname, xname, msg = heapq.heappop(d)
+    def _release_delayed(self, now_ms: int):
+        for vname, xname, msg in self.delayed.due(now_ms, self._delayed_message):
             v = self.vhosts.get(vname)
             x = v.exchanges.get(xname) if v is not None else None
             if x is None:
                 continue
             for q in self.route(v, x, msg):
                 self.enqueue(q, msg)
+        self.delayed.flush()
+
+    def _delayed_message(self, exchange, routing_key, props, body) -> Message:
+        return self.new_message(exchange, routing_key, props, body)
 
     # -- time to live
     @staticmethod
@@ -1168,8 +1168,8 @@ class Broker:
         """Called every few tens of milliseconds: message TTLs and delayed messages."""
         if self.ttl_queues:
             self.expire(int(time.time() * 1000))
-        if self.delayed:
-            self._release_delayed(time.monotonic())
+        if len(self.delayed):
+            self._release_delayed(int(time.time() * 1000))
         if self.dirty:
             self.run_dirty()
 

@@ -257,6 +257,7 @@ class Server:
         if b.store.durable and b.store.pending():
             await self.loop.run_in_executor(None, b.store.commit)
         b.store.close()
+        b.delayed.close()
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
