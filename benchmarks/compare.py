@@ -971,6 +971,49 @@ def table(records, max_other):
     return "\n".join(lines)
 
 
+def details(records):
+    """Per broker and scenario: medians of the raw numbers, over all runs (noisy ones included)."""
+    rows = {}
+    for r in records:
+        if r.get("type") == "result":
+            rows.setdefault((r["scenario"], r["broker"]), []).append(r["res"])
+    cols = [("published msg/s", lambda x: x.get("pub_rate") or x.get("publish_rate")),
+            ("consumed msg/s", lambda x: x.get("cons_rate") or x.get("drain_rate")),
+            ("p50/p99/p99.9 us", None),
+            ("RSS MiB before/after", None),
+            ("broker CPU %", lambda x: (x.get("cpu") or {}).get("broker_pct")),
+            ("loadgen CPU %", lambda x: (x.get("cpu") or {}).get("loadgen_pct")),
+            ("other CPU %", other_pct)]
+    out = ["| scenario | broker | runs | " + " | ".join(c for c, _ in cols) + " | lost | errors |",
+           "|---" * (len(cols) + 5) + "|"]
+    order = [s for s in SCENARIOS] + sorted({k[0] for k in rows} - set(SCENARIOS))
+    for sid in order:
+        for b in ("usagi", "rabbitmq"):
+            rs = rows.get((sid, b))
+            if not rs:
+                continue
+            cells = []
+            for name, fn in cols:
+                if name.startswith("p50"):
+                    ls = [x.get("latency") for x in rs if x.get("latency")]
+                    cells.append("/".join(fmt(statistics.median([l[k] for l in ls])) for k in ("p50_us", "p99_us", "p999_us"))
+                                 if ls else "-")
+                elif name.startswith("RSS"):
+                    b0 = [x.get("rss_before_kib") for x in rs if x.get("rss_before_kib")]
+                    b1 = [x.get("rss_full_kib") or x.get("rss_after_kib") for x in rs
+                          if x.get("rss_full_kib") or x.get("rss_after_kib")]
+                    cells.append("%s / %s" % (fmt(statistics.median(b0) / 1024) if b0 else "-",
+                                              fmt(statistics.median(b1) / 1024) if b1 else "-"))
+                else:
+                    v = [fn(x) for x in rs]
+                    v = [x for x in v if x is not None]
+                    cells.append(fmt(statistics.median(v)) if v else "-")
+            lost = ",".join(str(x.get("lost", "-")) for x in rs)
+            errs = sum(1 for x in rs if x.get("errors"))
+            out.append("| %s | %s | %d | %s | %s | %s |" % (sid, b, len(rs), " | ".join(cells), lost, errs))
+    return "\n".join(out)
+
+
 # ------------------------------------------------------------------ main
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1020,6 +1063,8 @@ def main():
             with open(fn) as f:
                 recs += [json.loads(l) for l in f if l.strip()]
         print(table(recs, a.max_other))
+        print()
+        print(details(recs))
         return 0
 
     sids = [s for s in a.scenarios.split(",") if s]
@@ -1150,7 +1195,7 @@ def main():
         print("broker logs kept in %s" % logdir, file=sys.stderr)
     else:
         shutil.rmtree(logdir, ignore_errors=True)
-    tab = table(records, a.max_other)
+    tab = table(records, a.max_other) + "\n\nAll runs, medians per broker:\n\n" + details(records)
     print(tab)
     md = os.path.splitext(a.out)[0] + ".md"
     with open(md, "w") as f:

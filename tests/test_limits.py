@@ -14,7 +14,7 @@ import urllib.request
 import pika
 import pytest
 
-from rawamqp import RawConnection, close_summary
+from rawamqp import ConnectionClosedByPeer, RawConnection, close_summary
 from support.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -227,45 +227,53 @@ def test_frame_size_before_tune_is_limited(fresh_server):
 
 
 # ---------------------------------------------------------------------------------------- logins
-def _bad_login(srv, password="wrong") -> float:
+def _bad_login(srv, password="wrong") -> tuple:
+    """(seconds until the server answered or dropped the connection, whether it answered 403)."""
     t0 = time.monotonic()
-    c = RawConnection.open_to(srv.host, srv.port)
+    c = RawConnection.open_to(srv.host, srv.port, timeout=15)
+    refused = False
     try:
         reply = c.handshake(password=password)
-        assert reply.name == "connection.close" and reply.args["reply_code"] == 403
-    except (ConnectionError, OSError, AssertionError, TimeoutError):
-        pass
+        refused = reply.name == "connection.close" and reply.args["reply_code"] == 403
+    except (ConnectionClosedByPeer, ConnectionError, OSError, TimeoutError):
+        pass                   # dropped unanswered
     finally:
         c.close()
-    return time.monotonic() - t0
+    return time.monotonic() - t0, refused
 
 
 def test_failed_logins_are_slowed_per_address_and_never_logged_with_the_password(fresh_server):
     srv = fresh_server()
-    times = [_bad_login(srv, "s3cr3t-guess-%d" % i) for i in range(7)]
-    assert max(times[:2]) < 0.5, times                 # the first failures are answered at once
-    assert sum(times) > 1.0, times                     # then each attempt waits longer (0.1, 0.2, 0.4 ... s)
-    assert times[-1] > times[2], times
-    # the right password still gets in from that address, after its turn
+    results = [_bad_login(srv, "s3cr3t-guess-%d" % i) for i in range(7)]
+    times = [t for t, _ in results]
+    assert all(r for _, r in results), results        # each one answered 403 in the end
+    assert times[0] < 0.5, times                        # the first failure is answered at once
+    # then later and later: 0.1, 0.2, 0.4, 0.8, 1.6, 3.2 s
+    assert sum(times) > 4.0 and times[-1] > 2.5 and times[-1] > times[2], times
+    # a successful login from that address is not held up
+    t0 = time.monotonic()
     c = RawConnection.open_to(srv.host, srv.port)
-    reply = c.handshake()
-    assert reply.name == "connection.open-ok"
+    assert c.handshake().name == "connection.open-ok"
+    assert time.monotonic() - t0 < 1.0
     c.close_connection()
     log = "".join(srv.lines)
     assert "user 'guest' failed to authenticate with PLAIN" in log
     assert "s3cr3t-guess" not in log
 
 
-def test_concurrent_guesses_do_not_go_faster(fresh_server):
+def test_parallel_guesses_do_not_go_faster(fresh_server):
+    from usagi.core import limits
     srv = fresh_server()
-    for i in range(3):
+    for i in range(4):
         _bad_login(srv)
     import concurrent.futures
-    t0 = time.monotonic()
-    with concurrent.futures.ThreadPoolExecutor(8) as ex:
-        list(ex.map(lambda i: _bad_login(srv), range(8)))
-    # one attempt per slot whatever the number of connections (or dropped once the queue is long)
-    assert time.monotonic() - t0 > 1.0
+    with concurrent.futures.ThreadPoolExecutor(10) as ex:
+        results = list(ex.map(lambda i: _bad_login(srv), range(10)))
+    answered = [t for t, r in results if r]
+    # only MAX_PENDING of them are evaluated and answered (late); the others are dropped unanswered
+    assert len(answered) <= limits.MAX_PENDING, results
+    assert all(t > 0.5 for t in answered), results
+    wait_for(lambda: "attempt dropped" in "".join(srv.lines), message="dropped attempts logged")
     assert srv.proc.poll() is None
 
 
@@ -318,7 +326,22 @@ def test_limit_texts_in_process():
     assert ei.value.text == "cannot declare queue 'two': queue limit in vhost '/' (1) is reached"
     assert limits.login_delay(0) == limits.login_delay(1) == 0
     assert limits.login_delay(2) == 0.1 and limits.login_delay(3) == 0.2 and limits.login_delay(50) == 5.0
+    assert limits.MAX_PENDING == 2
     assert limits.consumer_timeout_text(3, 1800000) == (
         "delivery acknowledgement on channel 3 timed out. Timeout value used: 1800000 ms. "
         "This timeout value can be configured, see consumers doc guide to learn more")
 
+
+
+def test_max_message_size(fresh_server):
+    srv = fresh_server(extra_args=["--max-message-size", "1000"])
+    conn = pika.BlockingConnection(pika.URLParameters(srv.url()))
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.basic_publish("", q, b"x" * 1000)
+    with pytest.raises(pika.exceptions.ChannelClosedByBroker) as ei:
+        ch.basic_publish("", q, b"x" * 1001)
+    assert (ei.value.reply_code, ei.value.reply_text) == (
+        406, "PRECONDITION_FAILED - message size 1001 is larger than configured max size 1000")
+    conn.close()

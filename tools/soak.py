@@ -470,8 +470,12 @@ def run(seconds: float, interval: float = 5.0, server_args=(), publishers: int =
                     pub, con = len(ledger.published), len(ledger.consumed)
                 log(f"[{s[0]:7.1f}s] rss {s[1] / 1e6:7.1f} MB  fds {s[2]:4d}  published {pub}  consumed {con}  "
                     f"errors {len(ledger.errors)}")
-        # stop producing, let the consumers drain what was confirmed
+        # stop producing (a publish under way still completes and counts), then let the consumers
+        # drain what was confirmed
         stop_pub.set()
+        for w in workers:
+            if isinstance(w, (Publisher, RawPublisher)):
+                w.join(60)
         for c in consumers:
             c.draining = True
         drain_deadline = time.monotonic() + 60 + seconds * 0.05
@@ -551,6 +555,11 @@ def main(argv=None) -> int:
     ap.add_argument("--server-arg", action="append", default=[], help="extra usagi-server argument")
     ap.add_argument("--json", help="write the full result here")
     a = ap.parse_args(argv)
+    import signal
+
+    def _term(*_):
+        raise KeyboardInterrupt       # so that the server it started is stopped too
+    signal.signal(signal.SIGTERM, _term)
     seconds = a.seconds if a.seconds is not None else a.minutes * 60
     res = run(seconds, a.interval, a.server_arg, a.publishers, a.pace, seed=a.seed,
               log=lambda s: print(s, flush=True))

@@ -62,6 +62,7 @@ class Publisher(threading.Thread):
             while not self.stop.is_set():
                 ch.basic_publish("", "flood", b"%08d" % i + body)
                 self.confirmed.append(i)
+                c.process_data_events(0)        # BlockingConnection dispatches blocked/unblocked here
                 if self.unblocked.is_set():
                     self.after_unblock += 1
                 i += 1
@@ -79,7 +80,7 @@ def test_memory_alarm_blocks_publishers_until_consumers_drain(fresh_server):
     pub = Publisher(srv.url())
     pub.start()
     # the alarm goes off; the server stops reading from the publisher, whose publish (waiting for its
-    # confirm) stalls; pika dispatches connection.blocked to the callback once that publish returns
+    # confirm) stalls; BlockingConnection dispatches connection.blocked once that publish returns
     wait_for(lambda: "memory resource limit alarm set" in "".join(srv.lines), timeout=90,
              message=f"memory alarm (limit {limit})")
     time.sleep(1.0)

@@ -103,6 +103,21 @@ def get_one(ch, q, timeout=3.0):
         time.sleep(0.02)
 
 
+def wait_gone(conn, q, timeout=5.0):
+    """Poll a passive declare (on fresh channels) until the queue is gone (404)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ch = conn.channel()
+        try:
+            ch.queue_declare(q, passive=True)
+        except pex.ChannelClosedByBroker as e:
+            assert e.reply_code == 404
+            return
+        ch.close()
+        assert time.monotonic() < deadline, f"queue {q} still there"
+        time.sleep(0.1)
+
+
 def dead_letter_target(ch):
     dlx = uname("dlx")
     ch.exchange_declare(dlx, "fanout", auto_delete=True)
@@ -121,10 +136,10 @@ def test_per_message_ttl_expires_behind_a_longer_lived_head(ch, usagi_only):
     ch.basic_publish("", q, b"long", pika.BasicProperties(expiration="10000"))
     t0 = time.monotonic()
     ch.basic_publish("", q, b"short", pika.BasicProperties(expiration="100"))
-    [(m, p, b)] = wait_bodies(ch, dq, 1, timeout=2.0)
+    [(m, p, b)] = wait_bodies(ch, dq, 1, timeout=3.0)
     elapsed = time.monotonic() - t0
     assert b == b"short"
-    assert 0.09 <= elapsed <= 0.3, elapsed
+    assert 0.09 <= elapsed <= 1.5, elapsed      # far below the head's 10 s (slack for busy hosts)
     assert p.headers["x-death"][0]["reason"] == "expired"
     assert p.headers["x-death"][0]["original-expiration"] == "100"
     assert ch.queue_declare(q, passive=True).method.message_count == 1
@@ -144,12 +159,12 @@ def test_requeued_message_keeps_its_original_expiry(ch):
 
 
 def test_queue_ttl_and_message_expiration_lower_wins(ch):
-    q = ch.queue_declare(uname("q"), exclusive=True, arguments={"x-message-ttl": 150}).method.queue
+    q = ch.queue_declare(uname("q"), exclusive=True, arguments={"x-message-ttl": 300}).method.queue
     ch.basic_publish("", q, b"prop-longer", pika.BasicProperties(expiration="60000"))
     ch.basic_publish("", q, b"prop-shorter", pika.BasicProperties(expiration="20"))
-    time.sleep(0.08)
+    ch.queue_declare(q, passive=True)       # the broker has taken both
+    time.sleep(0.6)      # past the queue TTL: the longer expiration does not extend it
     ch.basic_publish("", q, b"fresh")
-    time.sleep(0.12)     # 200 ms after the first: it is past the queue TTL even with a longer expiration
     assert bodies(ch, q) == [b"fresh"]
 
 
@@ -222,9 +237,9 @@ def test_dead_letter_cycle_by_expiry_is_dropped(ch):
     watch = ch.queue_declare(uname("watch"), exclusive=True).method.queue
     ch.queue_bind(watch, dlx)
     ch.basic_publish("", q, b"loop")
-    time.sleep(0.6)
-    got = get_all(ch, watch)
-    assert [b for _, _, b in got] == [b"loop"]
+    wait_bodies(ch, watch, 1)
+    time.sleep(0.5)             # room for several 50 ms rounds if the loop were not cut
+    assert get_all(ch, watch) == []
     assert ch.queue_declare(q, passive=True).method.message_count == 0
 
 
@@ -232,8 +247,11 @@ def test_dead_letter_cycle_through_default_exchange_is_dropped(ch):
     q = uname("q")
     ch.queue_declare(q, exclusive=True, arguments={"x-message-ttl": 50, "x-dead-letter-exchange": ""})
     ch.basic_publish("", q, b"loop")
-    time.sleep(0.4)
-    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    # were it put back, the queue would never be seen empty
+    deadline = time.monotonic() + 3
+    while ch.queue_declare(q, passive=True).method.message_count:
+        assert time.monotonic() < deadline, "the message keeps coming back"
+        time.sleep(0.05)
 
 
 def test_rejection_breaks_a_dead_letter_cycle(ch):
@@ -269,8 +287,9 @@ def test_expiry_cycle_after_an_older_rejection_is_still_a_cycle(ch):
     ch.basic_publish("", q2, b"m")
     m, _, _ = ch.basic_get(q2)
     ch.basic_reject(m.delivery_tag, requeue=False)
-    time.sleep(0.8)             # room for several 100 ms rounds if the loop were not cut
-    got = get_all(ch, watch)
+    got = wait_bodies(ch, watch, 2)
+    time.sleep(0.6)             # room for several 100 ms rounds if the loop were not cut
+    got += get_all(ch, watch)
     reasons = [[(d["queue"], d["reason"], d["count"]) for d in p.headers["x-death"]] for _, p, _ in got]
     assert reasons == [[(q2, "rejected", 1)], [(q1, "expired", 1), (q2, "rejected", 1)]]
     assert ch.queue_declare(q1, passive=True).method.message_count == 0
@@ -330,20 +349,17 @@ def test_queue_with_a_consumer_does_not_expire(conn, vhost):
     settle(conn, 0.8)
     ch.queue_declare(q, passive=True)
     ch.basic_cancel(tag)
-    time.sleep(1.3)
-    with pytest.raises(pex.ChannelClosedByBroker) as ei:
-        ch.queue_declare(q, passive=True)
-    assert ei.value.reply_code == 404
+    wait_gone(conn, q)
 
 
 def test_redeclaring_a_queue_resets_its_expiry(conn):
     ch = conn.channel()
     q = uname("q")
-    ch.queue_declare(q, arguments={"x-expires": 500})
+    ch.queue_declare(q, arguments={"x-expires": 1000})
     ch.basic_publish("", q, b"kept")
-    for _ in range(8):              # 1.6 s in all, never 500 ms without a declare
+    for _ in range(12):             # 2.4 s in all, never 1 s without a declare
         time.sleep(0.2)
-        ok = ch.queue_declare(q, arguments={"x-expires": 500})
+        ok = ch.queue_declare(q, arguments={"x-expires": 1000})
     # the same queue (a re-created one would be empty)
     assert ok.method.message_count == 1
     ch.queue_delete(q)
@@ -355,9 +371,7 @@ def test_expired_queue_drops_its_messages_without_dead_lettering(conn):
     q = uname("q")
     ch.queue_declare(q, arguments={"x-expires": 200, "x-dead-letter-exchange": dlx})
     ch.basic_publish("", q, b"lost")
-    time.sleep(1.3)
-    with pytest.raises(pex.ChannelClosedByBroker):
-        ch.queue_declare(q, passive=True)
+    wait_gone(conn, q)
     ch = conn.channel()
     assert bodies(ch, dq) == []
 
@@ -857,11 +871,13 @@ def test_policy_message_ttl(ch, mgmt, vhost):
 
     def expires():
         ch.basic_publish("", q, b"probe")
-        time.sleep(0.3)
+        ch.queue_declare(q, passive=True)
+        time.sleep(0.4)
         return ch.queue_declare(q, passive=True).method.message_count == 0
     eventually(expires, interval=0)
     ch.basic_publish("", q, b"short-lived")
-    time.sleep(0.3)
+    ch.queue_declare(q, passive=True)       # the broker has taken it (its TTL starts there)
+    time.sleep(0.4)
     ch.basic_publish("", q, b"fresh")
     assert bodies(ch, q) == [b"fresh"]
 
@@ -895,9 +911,10 @@ def test_delayed_messages_arrive_by_due_time(conn, usagi_only):
     order = [b for _, b in got]
     assert order == [b"now", b"zero", b"negative", b"early", b"late"]
     at = {b: t - t0 for t, b in got}
-    assert at[b"now"] < 0.15
-    assert 0.2 <= at[b"early"] < 0.45, at
-    assert 0.6 <= at[b"late"] < 0.85, at
+    # lower bounds are exact; upper ones leave room for a busy host
+    assert at[b"now"] < 0.5, at
+    assert 0.2 <= at[b"early"] < 1.5, at
+    assert 0.6 <= at[b"late"] < 2.0, at
 
 
 def test_delayed_message_routes_with_the_delayed_type(conn, usagi_only):
@@ -959,9 +976,8 @@ def test_delayed_exchange_needs_delayed_type(conn, usagi_only):
         406, "PRECONDITION_FAILED - Invalid argument, 'x-delayed-type' must be an existing exchange type")
 
 
-@pytest.mark.xfail(strict=True, reason="delayed messages live in an in-memory heap (broker.delayed); "
-                                       "the plugin keeps them on disk across restarts")
 def test_delayed_message_survives_restart(fresh_server):
+    """The plugin keeps delayed messages on disk; so does Usagi (usagi/core/delayed.py)."""
     server = fresh_server()
     conn = pika.BlockingConnection(pika.URLParameters(server.url()))
     ch = conn.channel()

@@ -91,7 +91,7 @@ def make_app(broker_url: str, prefix: str) -> Celery:
         ],
         task_routes={f"{prefix}.failing": {"queue": n["work2"], "routing_key": n["work2"]}},
         result_expires=60,
-        worker_prefetch_multiplier=1,
+        worker_prefetch_multiplier=4,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
         task_serializer="json",

@@ -384,12 +384,10 @@ class Connection:
         return {AWAIT_START_OK: "'connection.start_ok'", AWAIT_TUNE_OK: "'connection.tune_ok'",
                 AWAIT_OPEN: "'connection.open'"}.get(self.state, "'connection.close_ok'")
 
-    def _start_ok(self, m, gated=False):
-        if not gated and not limits.login_gate(self, lambda: self._resume_login(m)):
-            # an address with recent failed logins waits for its turn (see limits.login_gate)
-            if not self.closed:
-                self.state = AWAIT_SECURE_OK
-            return
+    def _start_ok(self, m):
+        if not limits.login_admit(self):
+            # failed logins from this address are still waiting for their answer: no more guesses
+            return self.finish_close()
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
@@ -424,18 +422,19 @@ class Connection:
         self.send_method(0, M.ConnectionTune(c.channel_max, c.frame_max, c.heartbeat))
         self.state = AWAIT_TUNE_OK
 
-    def _resume_login(self, m):
-        if self.closed or self.state != AWAIT_SECURE_OK:
-            return
-        self.state = AWAIT_START_OK
-        try:
-            self._start_ok(m, True)
-        except AMQPError as e:
-            self.connection_error(e)
-        self.broker.flush_output()
-
     def _refuse_login(self, mech, username, text=None):
-        limits.login_failed(self)
+        if limits.login_failed(self, lambda: self._refuse_later(mech, text)):
+            # repeated failures from one address are answered later and later (limits.login_failed)
+            self.state = AWAIT_SECURE_OK
+            return
+        self._refuse_now(mech, text)
+
+    def _refuse_later(self, mech, text):
+        if not self.closed and self.state == AWAIT_SECURE_OK:
+            self._refuse_now(mech, text)
+            self.broker.flush_output()
+
+    def _refuse_now(self, mech, text=None):
         text = text or (f"Login was refused using authentication mechanism {mech}. "
                         f"For details see the broker logfile.")
         err = ConnectionError_(text, E.ACCESS_REFUSED)

@@ -5,7 +5,7 @@
   parameter and on `VHost.limits`), user limits `max-connections` and `max-channels`
   (`User.limits`): checked by `check_connection_open`, `check_channel_open`, `check_queue_limit`;
 * the consumer acknowledgement timeout (`consumer_timeout`, 30 minutes by default): `sweep`;
-* failed logins slowed down per source address: `login_gate`, `login_failed`.
+* failed logins slowed down per source address: `login_admit`, `login_failed`.
 
 Nothing here touches sockets; the server layer gives the module its timer (`attach`).
 """
@@ -117,7 +117,7 @@ class State:
     def __init__(self):
         self.call_later = None          # set by the server: loop.call_later
         self.oldest: dict = {}          # id(channel) -> (channel, delivery tag, first seen)
-        self.failures: dict = {}        # address -> [failures, last failure, next free slot]
+        self.failures: dict = {}        # address -> [failures, last failure, answers pending]
         self.last_sweep = 0.0
 
 
@@ -195,63 +195,67 @@ def sweep(broker, now: float | None = None):
 
 
 # ---------------------------------------------------------------------------------------- failed logins
-FREE_FAILURES = 2        # failures from one address answered at once
-BASE_DELAY = 0.1         # then 0.1 s, 0.2 s, 0.4 s ... between attempts from that address
-MAX_DELAY = 5.0          # at most this
+FREE_FAILURES = 1        # failures from one address answered at once
+BASE_DELAY = 0.1         # then after 0.1 s, 0.2 s, 0.4 s ...
+MAX_DELAY = 5.0          # ... at most 5 s (under the 10 s handshake timeout)
+MAX_PENDING = 2          # failures of one address waiting for their answer; more attempts are dropped
 FORGET_AFTER = 300.0     # an address without failures for this long starts afresh
 
 
 def login_delay(failures: int) -> float:
-    if failures < FREE_FAILURES:
+    """Seconds before answering the `failures`-th recent failed login from one address."""
+    if failures <= FREE_FAILURES:
         return 0.0
-    return min(MAX_DELAY, BASE_DELAY * (2 ** (failures - FREE_FAILURES)))
+    return min(MAX_DELAY, BASE_DELAY * (2 ** (failures - FREE_FAILURES - 1)))
 
 
-def login_gate(conn, resume) -> bool:
-    """Before a login is checked: True to check it now. An address with recent failed logins gets
-    one attempt per slot (the delay doubling with each failure, capped), whatever the outcome and
-    however many connections it opens, so that guessing passwords is slow; `resume()` is then
-    called when the slot comes. Attempts that would wait longer than the handshake timeout are
-    dropped unanswered."""
+def login_admit(conn) -> bool:
+    """Before a login is checked: False (drop the connection unanswered) while MAX_PENDING failed
+    logins from the same address still wait for their answer. Guesses from one address, however
+    many connections it opens, then go no faster than MAX_PENDING per delay (0.4/s at the cap).
+    Successful logins are never delayed, so clients sharing an address are only held up while
+    failures from it are pending."""
     st = state(conn.broker)
     rec = st.failures.get(conn.peer[0])
-    if rec is None or st.call_later is None:
+    if rec is None or rec[2] < MAX_PENDING:
         return True
-    now = time.monotonic()
-    if now - rec[1] > FORGET_AFTER:
-        del st.failures[conn.peer[0]]
-        return True
-    delay = login_delay(rec[0])
-    if delay <= 0:
-        return True
-    slot = max(now, rec[2])
-    wait = slot - now
-    if wait > max(0.0, conn.broker.config.handshake_timeout - 1.0):
-        log.warning("connection %s: too many failed logins from %s, connection dropped", conn.name, conn.peer[0])
-        conn.finish_close()
-        return False
-    rec[2] = slot + delay
-    if wait <= 0:
-        return True
-    st.call_later(wait, resume)
+    log.warning("connection %s: failed logins from %s are still being answered; attempt dropped",
+                conn.name, conn.peer[0])
     return False
 
 
-def login_failed(conn):
+def login_failed(conn, refuse) -> float:
+    """Count a failed login from conn's address. Returns 0 to refuse at once, or the delay after
+    which `refuse()` will be called (by the server's timer)."""
     st = state(conn.broker)
     now = time.monotonic()
-    rec = st.failures.get(conn.peer[0])
-    if rec is None or now - rec[1] > FORGET_AFTER:
-        rec = st.failures[conn.peer[0]] = [0, now, now]
+    addr = conn.peer[0]
+    rec = st.failures.get(addr)
+    if rec is None or (now - rec[1] > FORGET_AFTER and rec[2] == 0):
+        rec = st.failures[addr] = [0, now, 0]     # failures, last failure, answers pending
     rec[0] += 1
     rec[1] = now
     if len(st.failures) > 100_000:      # bounded memory under a spray of addresses
-        for addr in sorted(st.failures, key=lambda a: st.failures[a][1])[:50_000]:
-            del st.failures[addr]
+        for a in sorted(st.failures, key=lambda a: st.failures[a][1])[:50_000]:
+            if st.failures[a][2] == 0:
+                del st.failures[a]
+    delay = login_delay(rec[0])
+    if delay <= 0 or st.call_later is None:
+        return 0.0
+    rec[2] += 1
+
+    def answer():
+        rec[2] -= 1
+        try:
+            refuse()
+        except Exception:  # pragma: no cover - never let the timer die
+            log.exception("answering a failed login")
+    st.call_later(delay, answer)
+    return delay
 
 
 def forget_stale(broker, now: float | None = None):
     st = state(broker)
     now = time.monotonic() if now is None else now
-    for addr in [a for a, r in st.failures.items() if now - r[1] > FORGET_AFTER]:
+    for addr in [a for a, r in st.failures.items() if now - r[1] > FORGET_AFTER and r[2] == 0]:
         del st.failures[addr]
