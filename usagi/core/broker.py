@@ -92,6 +92,22 @@ QUEUE_EQUIV_ARGS = ("x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-d
                     "x-queue-version")
 
 
+# Which queue arguments each queue type accepts (RabbitMQ refuses a known argument that the type
+# does not support).
+QUEUE_TYPE_ARGS = {
+    "classic": {"x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+                "x-max-length", "x-max-length-bytes", "x-max-priority", "x-overflow", "x-queue-mode",
+                "x-single-active-consumer", "x-queue-type", "x-queue-master-locator", "x-queue-version"},
+    "quorum": {"x-expires", "x-message-ttl", "x-dead-letter-exchange", "x-dead-letter-routing-key",
+               "x-max-length", "x-max-length-bytes", "x-delivery-limit", "x-overflow", "x-single-active-consumer",
+               "x-queue-type", "x-quorum-initial-group-size", "x-max-in-memory-length",
+               "x-max-in-memory-bytes", "x-dead-letter-strategy", "x-queue-leader-locator"},
+    "stream": {"x-max-length-bytes", "x-max-age", "x-stream-max-segment-size-bytes", "x-queue-type",
+               "x-initial-cluster-size", "x-queue-leader-locator"},
+}
+KNOWN_QUEUE_ARGS = set().union(*QUEUE_TYPE_ARGS.values())
+
+
 def server_properties(cluster_name: str) -> dict:
     return {
         "capabilities": {
@@ -397,6 +413,7 @@ class Broker:
                         f"received '{_fmt_value(bool(new))}' but current is '{_fmt_value(bool(cur))}'",
                         E.PRECONDITION_FAILED)
             self._check_args_equivalent("queue", name, vhost.name, QUEUE_EQUIV_ARGS, arguments, q.arguments)
+            q.last_used = time.monotonic()          # a redeclare counts as use for x-expires
             return q
         self.validate_queue_arguments(vhost, name, arguments)
         qtype = arguments.get("x-queue-type") or "classic"
@@ -455,9 +472,7 @@ class Broker:
                 continue
             v = args[k]
             if not is_int(v):
-                if k == "x-message-ttl":
-                    raise bad(k, f'"expected integer, got {_type_name(v)}"')
-                raise bad(k, f"{{unacceptable_type,{_type_name(v)}}}")
+                raise bad(k, f'"expected integer, got {_type_name(v)}"')
             if k == "x-expires" and v == 0:
                 raise bad(k, "{value_zero,0}")
             if v < 0:
@@ -483,6 +498,11 @@ class Broker:
             qt = qt.decode("utf-8", "replace")
         if qt is not None and qt not in ("classic", "quorum", "stream"):
             raise bad("x-queue-type", f"{{unsupported_queue_type,<<\"{_fmt_value(qt)}\">>}}")
+        supported = QUEUE_TYPE_ARGS[qt or "classic"]
+        for k in args:
+            if k in KNOWN_QUEUE_ARGS and k not in supported:
+                raise ChannelError(f"invalid arg '{k}' for queue '{name}' in vhost '{vhost.name}' of queue type "
+                                   f"rabbit_{qt or 'classic'}_queue", E.PRECONDITION_FAILED)
 
     def locked(self, q) -> ChannelError:
         return ChannelError(
@@ -650,13 +670,10 @@ class Broker:
     def route_publish(self, vhost: VHost, x, msg) -> list:
         """Queues for a published message: CC/BCC keys, alternate exchanges, delayed and reply-to."""
         scan = msg.scan
-        if scan.headers_span is not None and (b"\x02CC" in msg.props or b"\x03BCC" in msg.props):
-            queues = self._route_keys(vhost, x, msg, DL.routing_keys(msg))
-            msg.props = DL.strip_bcc(msg.props, scan)
-            msg.scan = P.scan(msg.props)
-            msg._headers = None
-        elif x.TYPE == "x-delayed-message":
+        if x.TYPE == "x-delayed-message":
             return self._delay(vhost, x, msg)
+        if scan.headers_span is not None and (b"\x02CC" in msg.props or b"\x03BCC" in msg.props):
+            queues = self._route_cc(vhost, x, msg)
         else:
             queues = self.route(vhost, x, msg)
         if not queues:
@@ -673,6 +690,15 @@ class Broker:
                     break
                 queues = self.route(vhost, ax, msg)
                 ae = ax.arguments.get("alternate-exchange") or ax.policy_ae
+        return queues
+
+    def _route_cc(self, vhost, x, msg) -> list:
+        """Route by the routing key and the CC and BCC headers; BCC is then stripped."""
+        queues = self._route_keys(vhost, x, msg, DL.routing_keys(msg))
+        msg.bcc = DL.bcc_keys(msg)
+        msg.props = DL.strip_bcc(msg.props, msg.scan)
+        msg.scan = P.scan(msg.props)
+        msg._headers = None
         return queues
 
     def _route_keys(self, vhost, x, msg, keys) -> list:
@@ -699,7 +725,11 @@ class Broker:
             x = v.exchanges.get(xname) if v is not None else None
             if x is None:
                 continue
-            for q in self.route(v, x, msg):
+            if msg.scan.headers_span is not None and (b"\x02CC" in msg.props or b"\x03BCC" in msg.props):
+                queues = self._route_cc(v, x, msg)
+            else:
+                queues = self.route(v, x, msg)
+            for q in queues:
                 self.enqueue(q, msg)
         self.delayed.flush()
 
@@ -846,7 +876,7 @@ class Broker:
             log.debug("dead-letter exchange '%s' of queue '%s' does not exist; message dropped", dlx, q.name)
             return
         props = DL.record_death(msg, q.name, reason, int(time.time() * 1000))
-        keys = [q.dlrk] if q.dlrk is not None else DL.routing_keys(msg)
+        keys = [q.dlrk] if q.dlrk is not None else DL.routing_keys(msg) + (msg.bcc or [])
         new = self.new_message(dlx, keys[0], props, msg.body)
         targets = self._route_keys(v, x, new, keys) if len(keys) > 1 else self.route(v, x, new)
         if not targets:
@@ -938,7 +968,7 @@ class Broker:
             v = args["x-priority"]
             if isinstance(v, bool) or not isinstance(v, int):
                 raise ChannelError(f"invalid arg 'x-priority' for {_q(q.name)} in vhost '{q.vhost}': "
-                                   f"{{unacceptable_type,{_type_name(v)}}}", E.PRECONDITION_FAILED)
+                                   f'"expected integer, got {_type_name(v)}"', E.PRECONDITION_FAILED)
         if q.kind == "stream":
             q.validate_consumer(args)
 
@@ -1048,6 +1078,8 @@ class Broker:
                          "dead-letter-routing-key": "x-dead-letter-routing-key",
                          "delivery-limit": "x-delivery-limit"}
 
+    POLICY_MIN_KEYS = {"x-message-ttl", "x-expires", "x-max-length", "x-max-length-bytes", "x-delivery-limit"}
+
     def _matching_policy(self, table: dict, vhost: str, name: str, kinds: tuple):
         best = None
         for (vname, _pname), p in table.items():
@@ -1071,8 +1103,13 @@ class Broker:
         if p is not None:
             for k, v in (p.get("definition") or {}).items():
                 arg = self.POLICY_QUEUE_KEYS.get(k)
-                if arg is not None and arg not in q.arguments:
+                if arg is None:
+                    continue
+                cur = q.arguments.get(arg)
+                if cur is None:
                     eff[arg] = v
+                elif arg in self.POLICY_MIN_KEYS and isinstance(v, int) and isinstance(cur, int):
+                    eff[arg] = min(cur, v)          # for limits the lower of argument and policy wins
         if op is not None:
             # operator policies bound numeric limits: the lower value wins
             for k, v in (op.get("definition") or {}).items():

@@ -17,12 +17,12 @@ def _s(v) -> Typed:
     return Typed("S", v)
 
 
-def routing_keys(msg) -> list:
-    """The message's routing key followed by those in its CC and BCC headers."""
+def routing_keys(msg, bcc: bool = True) -> list:
+    """The message's routing key followed by those in its CC (and BCC) headers."""
     keys = [msg.routing_key]
     if msg.scan.headers_span is not None and (b"\x02CC" in msg.props or b"\x03BCC" in msg.props):
         h = msg.headers
-        for k in ("CC", "BCC"):
+        for k in (("CC", "BCC") if bcc else ("CC",)):
             v = h.get(k)
             if isinstance(v, list):
                 keys += [x.decode() if isinstance(x, bytes) else x for x in v if isinstance(x, (str, bytes))]
@@ -41,16 +41,23 @@ def strip_bcc(props: bytes, scan) -> bytes:
 
 
 def is_cycle(deaths: list, queue: str) -> bool:
-    """A message going back to a queue it died in, with no rejection on the way, would loop forever."""
-    seen = False
-    for d in deaths:
+    """A message going back to a queue it died in would loop forever, unless one of the deaths
+    since (and including) its last death in that queue was a rejection by a consumer."""
+    for d in deaths:                      # most recent first
         if not isinstance(d, dict):
             continue
         if d.get("reason") == "rejected":
             return False
         if d.get("queue") == queue:
-            seen = True
-    return seen
+            return True
+    return False
+
+
+def bcc_keys(msg) -> list | None:
+    v = msg.headers.get("BCC") if msg.scan.headers_span is not None else None
+    if not isinstance(v, list):
+        return None
+    return [x.decode() if isinstance(x, bytes) else x for x in v if isinstance(x, (str, bytes))]
 
 
 def deaths_of(msg) -> list:
@@ -77,7 +84,7 @@ def record_death(msg, queue: str, reason: str, now_ms: int) -> bytes:
         old = t.get("x") if isinstance(t.get("x"), list) else []
     deaths = []
     found = None
-    keys = routing_keys(msg)
+    keys = routing_keys(msg, bcc=False)
     for d in old:
         if not isinstance(d, dict):
             continue

@@ -18,7 +18,7 @@ class Message:
     """
 
     __slots__ = ("exchange", "routing_key", "props", "body", "scan", "id", "refs", "stored",
-                 "_headers", "route")
+                 "_headers", "route", "bcc")
 
     def __init__(self, exchange: str, routing_key: str, props: bytes, body: bytes, scan=None,
                  msg_id: int = 0, route: bytes | None = None):
@@ -34,6 +34,7 @@ class Message:
         self.refs = 0          # durable queues holding this message in the store
         self.stored = False    # written (or queued for writing) to the message store
         self._headers = None
+        self.bcc = None        # BCC routing keys, kept after the header is stripped (for dead lettering)
 
     @property
     def persistent(self) -> bool:
