@@ -191,6 +191,9 @@ def setup_paging(data_dir):
         import atexit
         atexit.register(shutil.rmtree, path, True)
     PAGING["dir"] = path
+    # the in-memory budget of one queue before it pages (settable for tests and small machines)
+    PAGING["count"] = int(os.environ.get("USAGI_QUEUE_MEMORY_MESSAGES", PAGING["count"]))
+    PAGING["bytes"] = int(os.environ.get("USAGI_QUEUE_MEMORY_BYTES", PAGING["bytes"]))
 
 
 def make_broker(args):
