@@ -7,7 +7,8 @@ streams (x-stream-offset), policies (management API) and x-delayed-message.
 Differential mode (USAGI_TEST_BROKER_URL, e.g. RabbitMQ 3.10): everything runs against that
 broker except the tests marked usagi_only, where RabbitMQ differs on purpose or lacks a plugin:
   * per-message TTL without head-of-line blocking (RabbitMQ expires only at the queue head)
-  * x-delayed-message (rabbitmq_delayed_message_exchange is not enabled on the test node)
+  * x-delayed-message (rabbitmq_delayed_message_exchange is not enabled on the test node);
+    test_delayed_message_survives_restart also needs a server of its own (fresh_server)
 Policies need a management API: USAGI_TEST_MGMT_URL (e.g. http://guest:guest@127.0.0.1:15682)
 or, against Usagi, the session server's own (from its "Management listener on" log line).
 """
@@ -377,11 +378,12 @@ def test_expired_queue_drops_its_messages_without_dead_lettering(conn):
 
 
 # ------------------------------------------------------------------- single active consumer
-def test_single_active_consumer_hands_over_unacked_on_connection_close(pika_connect):
+def test_single_active_consumer_hands_over_unacked_on_connection_close(pika_connect, cleanup):
     c1, c2, pub = pika_connect(), pika_connect(), pika_connect()
     pch = pub.channel()
     q = uname("q")
     pch.queue_declare(q, auto_delete=False, arguments={"x-single-active-consumer": True})
+    cleanup["queues"].append(q)
     got1, got2 = [], []
     ch1 = c1.channel()
     ch1.basic_qos(prefetch_count=10)
@@ -399,7 +401,6 @@ def test_single_active_consumer_hands_over_unacked_on_connection_close(pika_conn
     pch.basic_publish("", q, b"m3")
     drain(c2, lambda: len(got2) == 4)
     assert got2 == [(b"m0", True), (b"m1", True), (b"m2", True), (b"m3", False)]
-    pch.queue_delete(q)
 
 
 # ---------------------------------------------------------------------- consumer priorities

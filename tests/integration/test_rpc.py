@@ -178,11 +178,22 @@ def test_reply_to_unknown_address_is_unroutable(conn):
     ch.basic_publish("", REPLY_TO + ".bogus", b"x")      # without mandatory: dropped, confirmed
 
 
-def test_passive_declare_of_the_reply_to_pseudo_queue(conn):
+@pytest.mark.parametrize("passive", [True, False])
+def test_declare_of_the_reply_to_pseudo_queue(conn, passive):
     ch = conn.channel()
-    ok = ch.queue_declare(REPLY_TO, passive=True).method
-    # RabbitMQ answers with a fixed (0 messages, 1 consumer)
+    ok = ch.queue_declare(REPLY_TO, passive=passive).method
+    # RabbitMQ answers with a fixed (0 messages, 1 consumer), whoever asks
     assert (ok.queue, ok.message_count, ok.consumer_count) == (REPLY_TO, 0, 1)
+
+
+@pytest.mark.parametrize("passive", [True, False])
+def test_declare_of_an_unknown_reply_to_address_404(conn, vhost, passive):
+    ch = conn.channel()
+    name = REPLY_TO + ".bogus"
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        ch.queue_declare(name, passive=passive)
+    assert (ei.value.reply_code, ei.value.reply_text) == (
+        404, f"NOT_FOUND - no queue '{name}' in vhost '{vhost}'")
 
 
 def test_reply_consumer_must_be_no_ack_and_single(conn):
