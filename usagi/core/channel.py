@@ -710,8 +710,14 @@ class Channel:
         b = self.broker
         name = m.queue
         if name == "amq.rabbitmq.reply-to" or name.startswith("amq.rabbitmq.reply-to."):
+            # the pseudo queue always "exists" (0 messages, 1 consumer); a reply address only while
+            # its requester's channel is there
+            if name != "amq.rabbitmq.reply-to":
+                ch = b.reply_to.get(name[len("amq.rabbitmq.reply-to."):])
+                if ch is None or ch.reply_queue is None or ch.state != OPEN:
+                    raise ChannelError(f"no queue '{name}' in vhost '{self.vhost.name}'", E.NOT_FOUND)
             if not m.nowait:
-                self.reply(M.QueueDeclareOk(name, 0, 0))
+                self.reply(M.QueueDeclareOk(name, 0, 1))
             return
         if m.passive:
             q = b.declare_queue(self.vhost, self._queue_name(name), passive=True, owner=self.conn)
