@@ -354,6 +354,7 @@ def main(argv=None) -> int:
             consumer.join()
         stop.set()
         rss_end = server.rss_kib()
+        db_bytes_end = sum(os.path.getsize(p) for p in (db, db + "-wal") if os.path.exists(p))
         cpu_total = server.cpu_seconds() - cpu0
         late = array.array("i")
         with open(lat_path, "rb") as f:
@@ -406,6 +407,7 @@ def main(argv=None) -> int:
         },
         "rss_growth_bytes_per_delayed_message": round((wait_peak - baseline) * 1024 / n, 1),
         "delayed_db_bytes_after_publish": db_bytes,
+        "delayed_db_bytes_after_delivery": db_bytes_end,
         "server_cpu_s": {"publish": round(cpu_publish, 1), "total": round(cpu_total, 1)},
         "delivered": cinfo["received"],
         "lateness_ms": {

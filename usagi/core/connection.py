@@ -385,9 +385,6 @@ class Connection:
                 AWAIT_OPEN: "'connection.open'"}.get(self.state, "'connection.close_ok'")
 
     def _start_ok(self, m):
-        if not limits.login_admit(self):
-            # failed logins from this address are still waiting for their answer: no more guesses
-            return self.finish_close()
         self.client_properties = m.client_properties or {}
         caps = self.client_properties.get("capabilities")
         self.capabilities = caps if isinstance(caps, dict) else {}
@@ -423,6 +420,10 @@ class Connection:
         self.state = AWAIT_TUNE_OK
 
     def _refuse_login(self, mech, username, text=None):
+        if not limits.login_admit(self):
+            # failed logins from this address are still waiting for their answer: this guess is
+            # dropped unanswered (correct logins from the address are never held up)
+            return self.finish_close()
         if limits.login_failed(self, lambda: self._refuse_later(mech, text)):
             # repeated failures from one address are answered later and later (limits.login_failed)
             self.state = AWAIT_SECURE_OK

@@ -210,7 +210,7 @@ def login_delay(failures: int) -> float:
 
 
 def login_admit(conn) -> bool:
-    """Before a login is checked: False (drop the connection unanswered) while MAX_PENDING failed
+    """After a login failed: False (drop the connection unanswered) while MAX_PENDING failed
     logins from the same address still wait for their answer. Guesses from one address, however
     many connections it opens, then go no faster than MAX_PENDING per delay (0.4/s at the cap).
     Successful logins are never delayed, so clients sharing an address are only held up while
