@@ -110,7 +110,8 @@ def celery_env(broker, tmp_path_factory):
         app.close()
         if conn.is_open:
             conn.close()
-        cleanup(broker, [n["work"], n["work2"], n["retry"], n["parked"]], [n["dlx"]])
+        # (Celery also declares an exchange named after the default queue)
+        cleanup(broker, [n["work"], n["work2"], n["retry"], n["parked"]], [n["dlx"], n["work"]])
 
 
 def collect_states(ch, reply_queue: str, timeout: float = 15.0) -> list:
@@ -237,4 +238,5 @@ def test_unacked_task_is_redelivered_after_worker_is_killed(broker, tmp_path):
             w2.stop()
         app.close()
         conn.close()
-        cleanup(broker, [n["work"], n["work2"], n["retry"], n["parked"]], [n["dlx"]])
+        # (Celery also declares an exchange named after the default queue)
+        cleanup(broker, [n["work"], n["work2"], n["retry"], n["parked"]], [n["dlx"], n["work"]])

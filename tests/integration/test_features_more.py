@@ -104,10 +104,15 @@ def get_one(ch, q, timeout=3.0):
         time.sleep(0.02)
 
 
-def wait_gone(conn, q, timeout=5.0):
-    """Poll a passive declare (on fresh channels) until the queue is gone (404)."""
+def wait_gone(conn, q, expires_ms, timeout=8.0):
+    """Wait until the queue is gone (404), checking with a passive declare on a fresh channel.
+
+    A declare counts as use and restarts the x-expires timer (RabbitMQ and Usagi), so the
+    checks are further apart than the expiry plus the broker's timer granularity (~1 s)."""
+    interval = expires_ms / 1000 + 1.2
     deadline = time.monotonic() + timeout
     while True:
+        time.sleep(interval)
         ch = conn.channel()
         try:
             ch.queue_declare(q, passive=True)
@@ -116,7 +121,6 @@ def wait_gone(conn, q, timeout=5.0):
             return
         ch.close()
         assert time.monotonic() < deadline, f"queue {q} still there"
-        time.sleep(0.1)
 
 
 def dead_letter_target(ch):
@@ -350,7 +354,7 @@ def test_queue_with_a_consumer_does_not_expire(conn, vhost):
     settle(conn, 0.8)
     ch.queue_declare(q, passive=True)
     ch.basic_cancel(tag)
-    wait_gone(conn, q)
+    wait_gone(conn, q, 300)
 
 
 def test_redeclaring_a_queue_resets_its_expiry(conn):
@@ -372,7 +376,7 @@ def test_expired_queue_drops_its_messages_without_dead_lettering(conn):
     q = uname("q")
     ch.queue_declare(q, arguments={"x-expires": 200, "x-dead-letter-exchange": dlx})
     ch.basic_publish("", q, b"lost")
-    wait_gone(conn, q)
+    wait_gone(conn, q, 200)
     ch = conn.channel()
     assert bodies(ch, dq) == []
 
