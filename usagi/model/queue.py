@@ -131,16 +131,20 @@ class Queue:
     def push(self, msg) -> int:
         self.seq += 1
         self.published += 1
-        if self.paged or (self.simple and (len(self.ready) >= PAGING["count"] or
-                                           self.ready_bytes >= PAGING["bytes"]) and PAGING["dir"]):
+        self._append(self.seq, msg)
+        return self.seq
+
+    def _append(self, seq: int, msg):
+        """At the tail: in memory, or paged out once the queue is over its memory budget."""
+        if self.paged or (self.simple and PAGING["dir"] and (len(self.ready) >= PAGING["count"] or
+                                                            self.ready_bytes >= PAGING["bytes"])):
             if self.pager is None:
                 self.pager = Pager(PAGING["dir"])
-            self.pager.append(self.seq, msg)
+            self.pager.append(seq, msg)
             self.paged += 1
-            return self.seq
-        self.ready.append((self.seq, msg))
-        self.ready_bytes += len(msg.body)
-        return self.seq
+        else:
+            self.ready.append((seq, msg))
+            self.ready_bytes += len(msg.body)
 
     def page_in(self):
         """Bring the next batch of paged-out messages back into memory."""
@@ -206,15 +210,8 @@ class Queue:
             self.seq = seq
         if redelivered:
             self.requeue(seq, msg)
-        elif self.paged or (self.simple and PAGING["dir"] and (len(self.ready) >= PAGING["count"] or
-                                                              self.ready_bytes >= PAGING["bytes"])):
-            if self.pager is None:
-                self.pager = Pager(PAGING["dir"])
-            self.pager.append(seq, msg)
-            self.paged += 1
         else:
-            self.ready.append((seq, msg))
-            self.ready_bytes += len(msg.body)
+            self._append(seq, msg)
 
     def remove(self, seq: int, msg):
         """Take an entry out from anywhere (expiry): it is skipped when it reaches the head."""
