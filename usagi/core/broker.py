@@ -773,24 +773,37 @@ class Broker:
                 return True
         if q.kind == "stream":
             return q.append(self, msg)
+        if ttl is None:
+            if not self.enqueue_plain(q, msg) and q.limited:
+                self._drop_head(q)
+            return True
         if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
             self.persist(q, msg)
-        if ttl is None and q.consumers and q.message_count == 0:
-            c = self._pick_consumer(q)
-            if c is not None:
-                c.channel.deliver(c, q, q.next_seq(), msg, False)
-                return True
         seq = q.push(msg)
-        if ttl is not None:
-            exp = int(time.time() * 1000) + ttl
-            q.expiry[seq] = exp
-            heapq.heappush(q.deadlines, (exp, seq, msg))
-            self.ttl_queues[id(q)] = q
+        exp = int(time.time() * 1000) + ttl
+        q.expiry[seq] = exp
+        heapq.heappush(q.deadlines, (exp, seq, msg))
+        self.ttl_queues[id(q)] = q
         if q.limited:
             self._drop_head(q)
         if q.consumers:
             self.dirty[id(q)] = q
         return True
+
+    def enqueue_plain(self, q: Queue, msg: Message) -> bool:
+        """A message with no TTL: straight to a consumer with room if the queue is empty (True),
+        else onto the queue (False). The publish hot path calls this directly for plain queues."""
+        if msg.scan.delivery_mode == 2 and q.durable and self.store.durable:
+            self.persist(q, msg)
+        if q.consumers and not q.ready and not q.returned and not q.paged:
+            c = self._pick_consumer(q)
+            if c is not None:
+                c.channel.deliver(c, q, q.next_seq(), msg, False)
+                return True
+        q.push(msg)
+        if q.consumers:
+            self.dirty[id(q)] = q
+        return False
 
     def persist(self, q: Queue, msg: Message):
         """Record a persistent message's entry in a durable queue (the seq it is about to get)."""

@@ -212,19 +212,14 @@ class Channel:
                 if scan.reply_to == "amq.rabbitmq.reply-to":
                     props = self._reply_to_props(props, scan)
                     scan = P.scan(props)
+            if x.TYPE == "topic" and broker.users.topic_permissions:
+                self.check_topic(x, routing_key, "write")
             msg = Message(exchange, routing_key, props, body, scan, broker.next_msg_id, route)
             broker.next_msg_id += 1
         except ChannelError as e:
             e.class_id, e.method_id = 60, 40
             self.fail(e)
             return
-        if x.TYPE == "topic" and self.broker.users.topic_permissions:
-            try:
-                self.check_topic(x, routing_key, "write")
-            except ChannelError as e:
-                e.class_id, e.method_id = 60, 40
-                self.fail(e)
-                return
         if self.tx:
             self.tx_publishes.append((x, msg, bits & 1))
             return
@@ -287,19 +282,7 @@ class Channel:
                 if q is None:
                     continue
                 if q.simple and msg.scan.expiration is None:
-                    # plain queue: straight to a consumer with room, or onto the queue
-                    if msg.scan.delivery_mode == 2 and q.durable and broker.store.durable:
-                        broker.persist(q, msg)
-                    if q.consumers and not q.ready and not q.returned and not q.paged:
-                        c = broker._pick_consumer(q)
-                        if c is not None:
-                            q.seq += 1
-                            q.published += 1
-                            c.channel.deliver(c, q, q.seq, msg, False)
-                            continue
-                    q.push(msg)
-                    if q.consumers:
-                        broker.dirty[id(q)] = q
+                    if not broker.enqueue_plain(q, msg) and q.consumers:
                         # consumers are behind: let them catch up (credit flow, in effect)
                         self.conn.throttled = True
                 elif not broker.enqueue(q, msg):
@@ -327,30 +310,38 @@ class Channel:
         self._write_content(m, msg)
 
     def _write_content(self, method_payload: bytes, msg) -> int:
-        """Write a method frame with content (deliver, get-ok, return). Returns the bytes written."""
+        """Write a method frame with content (deliver, get-ok, return): the stored property and
+        body bytes pass through as received. Returns the bytes written."""
         num = self.number
         body = msg.body
+        props = msg.props
         size = len(body)
-        hdr = _HHQ.pack(60, 0, size) + msg.props
-        chunk = self.conn.frame_max - FRAME_OVERHEAD
-        if size <= chunk:
-            if size:
-                data = b"".join((_FH.pack(1, num, len(method_payload)), method_payload, _END,
-                                 _FH.pack(2, num, len(hdr)), hdr, _END,
-                                 _FH.pack(3, num, size), body, _END))
-            else:
-                data = b"".join((_FH.pack(1, num, len(method_payload)), method_payload, _END,
-                                 _FH.pack(2, num, len(hdr)), hdr, _END))
-            self.conn.write(data)
+        conn = self.conn
+        chunk = conn.frame_max - FRAME_OVERHEAD
+        if 0 < size <= chunk:
+            # the common case: one write of one method, one header and one body frame
+            data = b"".join((_FH.pack(1, num, len(method_payload)), method_payload, _END,
+                             _FH.pack(2, num, 12 + len(props)), _HHQ.pack(60, 0, size), props, _END,
+                             _FH.pack(3, num, size), body, _END))
+            if conn.closed:
+                return 0
+            if not conn.out:
+                self.broker.want_flush(conn)
+            conn.out.append(data)
             return len(data)
-        parts = [_FH.pack(1, num, len(method_payload)), method_payload, _END,
-                 _FH.pack(2, num, len(hdr)), hdr, _END]
+        head = (_FH.pack(1, num, len(method_payload)), method_payload, _END,
+                _FH.pack(2, num, 12 + len(props)), _HHQ.pack(60, 0, size), props, _END)
+        if not size:
+            data = b"".join(head)
+            conn.write(data)
+            return len(data)
+        parts = list(head)
         mv = memoryview(body)
         for i in range(0, size, chunk):
             piece = mv[i:i + chunk]
             parts += (_FH.pack(3, num, len(piece)), piece, _END)
-        self.conn.write_parts(parts)
-        return size + len(hdr) + 64
+        conn.write_parts(parts)
+        return size + len(props) + 64
 
     # ------------------------------------------------------------------ confirms
     def on_commit(self, epoch: int, error):
@@ -414,30 +405,11 @@ class Channel:
 
     def deliver(self, c, q, seq, msg, redelivered):
         self.next_tag = tag = self.next_tag + 1
+        m = c.prefix + _QB.pack(tag, redelivered) + msg.route
         if redelivered and q.delivery_counts and seq in q.delivery_counts:
-            m = c.prefix + _QB.pack(tag, redelivered) + msg.route
             self.conn.out_size += self._write_content(m, _with_delivery_count(msg, q.delivery_counts[seq]))
         else:
-            body = msg.body
-            size = len(body)
-            conn = self.conn
-            if 0 < size <= conn.frame_max - FRAME_OVERHEAD:
-                # one method, one header and one body frame, built in a single join
-                num = self.number
-                props = msg.props
-                route = msg.route
-                prefix = c.prefix
-                data = b"".join((_FH.pack(1, num, len(prefix) + 9 + len(route)), prefix,
-                                 _QB.pack(tag, redelivered), route,
-                                 _END, _FH.pack(2, num, 12 + len(props)), _HHQ.pack(60, 0, size), props,
-                                 _END, _FH.pack(3, num, size), body, _END))
-                if not conn.out:
-                    self.broker.want_flush(conn)
-                conn.out.append(data)
-                conn.out_size += len(data)
-            else:
-                m = c.prefix + _QB.pack(tag, redelivered) + msg.route
-                conn.out_size += self._write_content(m, msg)
+            self.conn.out_size += self._write_content(m, msg)
         q.delivered += 1
         self.delivered += 1
         if c.no_ack:
