@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import re
-import struct
 
 from ..amqp import errors as E
 from ..amqp import methods as M
@@ -16,49 +15,24 @@ from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
 from ..model.message import Message
-from ..model.queue import Consumer, Queue
-from .deadletter import with_header
-from ..model.util import gen_name
+from .channel_common import (CLOSING, OPEN, _END, _FH, _H, _HHQ, _QB,
+                             _RETURN_HEAD, Unacked, _shortstr, _with_delivery_count)
+
+from .handlers.basic import BasicHandlers
+from .handlers.channel import ChannelClassHandlers
+from .handlers.exchange import ExchangeHandlers
+from .handlers.queue import QueueHandlers
+from .handlers.tx import TxHandlers
+from .replyto import ReplyToMixin
 
 log = logging.getLogger("usagi.channel")
 
-_Q = struct.Struct(">Q")
-_QB = struct.Struct(">QB")
 _INTEGER = re.compile(r"^[+-]?[0-9]+\Z")
 _SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
-_FH = struct.Struct(">BHI")
-_HHQ = struct.Struct(">HHQ")
-_H = struct.Struct(">H")
-_END = b"\xce"
-_DELIVER_HEAD = b"\x00\x3c\x00\x3c"
-_GET_OK_HEAD = b"\x00\x3c\x00\x47"
-_RETURN_HEAD = b"\x00\x3c\x00\x32"
-_REDELIVERED = (b"\x00", b"\x01")
-
-OPEN, CLOSING = 0, 1
 
 
-def _shortstr(s: str) -> bytes:
-    b = s.encode("utf-8", "surrogateescape")
-    return bytes((len(b),)) + b
-
-
-def default_exchange_error():
-    return ChannelError("operation not permitted on the default exchange", E.ACCESS_REFUSED)
-
-
-class Unacked:
-    __slots__ = ("tag", "queue", "seq", "msg", "consumer")
-
-    def __init__(self, tag, queue, seq, msg, consumer):
-        self.tag = tag
-        self.queue = queue
-        self.seq = seq
-        self.msg = msg
-        self.consumer = consumer
-
-
-class Channel:
+class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandlers, TxHandlers,
+              ReplyToMixin):
     def __init__(self, conn, number: int):
         self.conn = conn
         self.broker = conn.broker
@@ -514,51 +488,6 @@ class Channel:
         if q.auto_delete and not q.consumers and q.had_consumer and not q.deleted:
             self.broker.delete_queue(q)
 
-    # ------------------------------------------------------------------ direct reply-to
-    def _consume_reply_to(self, m):
-        if not m.no_ack:
-            raise ChannelError("reply consumer cannot acknowledge", E.PRECONDITION_FAILED)
-        if self.reply_queue is not None:
-            raise ChannelError("reply consumer already set", E.PRECONDITION_FAILED)
-        tag = m.consumer_tag or gen_name("amq.ctag-")
-        if tag in self.consumers:
-            raise ConnectionError_(f"attempt to reuse consumer tag '{tag}'", E.NOT_ALLOWED)
-        q = Queue(self.vhost.name, "amq.rabbitmq.reply-to", False, None, False, {})
-        c = Consumer(tag, self, q, True, False, 0, m.arguments)
-        c.prefix = _DELIVER_HEAD + _shortstr(tag)
-        q.consumers.append(c)
-        self.consumers[tag] = c
-        self.reply_queue = q
-        self.reply_token = gen_name("")
-        self.broker.reply_to[self.reply_token] = self
-        if not m.nowait:
-            self.reply(M.BasicConsumeOk(tag))
-
-    def _drop_reply_consumer(self):
-        if self.reply_token is not None:
-            self.broker.reply_to.pop(self.reply_token, None)
-        self.reply_queue = None
-        self.reply_token = None
-
-    def _reply_to_props(self, props: bytes, scan) -> bytes:
-        if self.reply_queue is None:
-            raise ChannelError("fast reply consumer does not exist", E.PRECONDITION_FAILED)
-        d = P.decode(props)
-        d["reply_to"] = "amq.rabbitmq.reply-to." + self.reply_token
-        raw_headers = props[scan.headers_span[0]:scan.headers_span[1]] if scan.headers_span else None
-        return P.encode(d, raw_headers=raw_headers)
-
-    def _reply_route(self, msg) -> list:
-        """Publishing to amq.rabbitmq.reply-to.TOKEN delivers straight to the requester's channel."""
-        token = msg.routing_key[len("amq.rabbitmq.reply-to."):]
-        ch = self.broker.reply_to.get(token)
-        if ch is None or ch.reply_queue is None or ch.state != OPEN:
-            return []
-        q = ch.reply_queue
-        c = q.consumers[0]
-        ch.deliver(c, q, q.next_seq(), msg, False)
-        return [None]
-
     # ------------------------------------------------------------------ methods
     def handle(self, m):
         if self.state == CLOSING:
@@ -590,349 +519,6 @@ class Channel:
     def reply(self, method):
         self.conn.send_method(self.number, method)
 
-    # --- channel class
-    def channel_flow(self, m):
-        if not m.active:
-            raise ConnectionError_("active=false", E.NOT_IMPLEMENTED)
-        self.flow_active = bool(m.active)
-        self.reply(M.ChannelFlowOk(m.active))
-        if self.flow_active:
-            self.kick()
-
-    def channel_flow_ok(self, m):
-        pass
-
-    def channel_close(self, m):
-        self.release()
-        self.reply(M.ChannelCloseOk())
-        self.conn.channel_closed(self)
-
-    def channel_close_ok(self, m):
-        self.conn.channel_closed(self)
-
-    def channel_open(self, m):
-        raise ConnectionError_("second 'channel.open' seen", E.CHANNEL_ERROR)
-
-    # --- exchange class
-    def exchange_declare(self, m):
-        b = self.broker
-        name = m.exchange
-        if not name:
-            raise default_exchange_error()
-        if m.passive:
-            b.declare_exchange(self.vhost, name, m.type, passive=True)
-        else:
-            b.check_access(self.user, self.vhost.name, "configure", "exchange", name)
-            if name not in self.vhost.exchanges:
-                # creating it with an alternate exchange: read on it and write on the alternate
-                self._check_arg_exchange(m.arguments, "alternate-exchange", "exchange", name)
-            b.declare_exchange(self.vhost, name, m.type, m.durable, m.auto_delete, m.internal,
-                               m.arguments, owner=self.conn)
-        if not m.nowait:
-            self.reply(M.ExchangeDeclareOk())
-
-    def exchange_delete(self, m):
-        b = self.broker
-        name = m.exchange
-        if not name:
-            raise default_exchange_error()
-        if name.startswith("amq.") and name in self.vhost.exchanges:
-            raise ChannelError(f"deletion of system exchange '{name}' in vhost '{self.vhost.name}' not "
-                               f"allowed", E.ACCESS_REFUSED)
-        b.check_access(self.user, self.vhost.name, "configure", "exchange", name)
-        b.delete_exchange(self.vhost, name, m.if_unused)
-        self._x_cache.pop(name, None)
-        if not m.nowait:
-            self.reply(M.ExchangeDeleteOk())
-
-    def _e2e(self, m, unbind: bool):
-        b = self.broker
-        v = self.vhost
-        # RabbitMQ's order: write on the destination, then the default exchange, then read
-        b.check_access(self.user, v.name, "write", "exchange", m.destination or "amq.default")
-        if not m.destination or not m.source:
-            raise default_exchange_error()
-        b.check_access(self.user, v.name, "read", "exchange", m.source)
-        src = b.get_exchange(v, m.source)
-        dst = b.get_exchange(v, m.destination)
-        if unbind:
-            b.unbind(v, src, dst, m.routing_key, m.arguments)
-        else:
-            b.bind(v, src, dst, m.routing_key, m.arguments)
-
-    def exchange_bind(self, m):
-        self._e2e(m, False)
-        if not m.nowait:
-            self.reply(M.ExchangeBindOk())
-
-    def exchange_unbind(self, m):
-        self._e2e(m, True)
-        if not m.nowait:
-            self.reply(M.ExchangeUnbindOk())
-
-    # --- queue class
-    def _queue_name(self, name: str) -> str:
-        if name:
-            return name
-        if not self.last_queue:
-            raise ChannelError("no previously declared queue", E.NOT_FOUND)
-        return self.last_queue
-
-    def queue_declare(self, m):
-        b = self.broker
-        name = m.queue
-        if name == "amq.rabbitmq.reply-to" or name.startswith("amq.rabbitmq.reply-to."):
-            # the pseudo queue always "exists" (0 messages, 1 consumer); a reply address only while
-            # its requester's channel is there
-            if name != "amq.rabbitmq.reply-to":
-                ch = b.reply_to.get(name[len("amq.rabbitmq.reply-to."):])
-                if ch is None or ch.reply_queue is None or ch.state != OPEN:
-                    raise ChannelError(f"no queue '{name}' in vhost '{self.vhost.name}'", E.NOT_FOUND)
-            if not m.nowait:
-                self.reply(M.QueueDeclareOk(name, 0, 1))
-            return
-        if m.passive:
-            q = b.declare_queue(self.vhost, self._queue_name(name), passive=True, owner=self.conn)
-        else:
-            # RabbitMQ: the reserved prefix first, then configure (server-named queues included)
-            if name.startswith("amq."):
-                raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
-            server_named = not name
-            if server_named:
-                name = gen_name("amq.gen-")
-            b.check_access(self.user, self.vhost.name, "configure", "queue", name)
-            if name not in self.vhost.queues:
-                # creating it with a dead letter exchange: read on it and write on the DLX
-                self._check_arg_exchange(m.arguments, "x-dead-letter-exchange", "queue", name)
-            q = b.declare_queue(self.vhost, name, m.durable, m.exclusive, m.auto_delete, m.arguments,
-                                owner=self.conn, server_named=server_named)
-        self.last_queue = q.name
-        if not m.nowait:
-            self.reply(M.QueueDeclareOk(q.name, q.message_count, len(q.consumers)))
-
-    def _check_arg_exchange(self, arguments, key: str, resource: str, name: str):
-        """An exchange named by an argument (alternate-exchange, x-dead-letter-exchange) of a new
-        exchange or queue: RabbitMQ wants read on the new one and write on that exchange."""
-        target = arguments.get(key) if arguments else None
-        if not isinstance(target, str):
-            return      # absent, or of the wrong type (refused by the declaration itself)
-        b = self.broker
-        b.check_access(self.user, self.vhost.name, "read", resource, name)
-        b.check_access(self.user, self.vhost.name, "write", "exchange", target or "amq.default")
-
-    def _queue_binding(self, m):
-        b = self.broker
-        v = self.vhost
-        qname = self._queue_name(m.queue)
-        rk = m.routing_key
-        if not m.queue and not rk:
-            rk = qname
-        # RabbitMQ's order: write on the queue, then the default exchange, then read
-        b.check_access(self.user, v.name, "write", "queue", qname)
-        if not m.exchange:
-            raise default_exchange_error()
-        b.check_access(self.user, v.name, "read", "exchange", m.exchange)
-        q = b.get_queue(v, qname, self.conn)
-        x = b.get_exchange(v, m.exchange)
-        return v, x, q, rk
-
-    def queue_bind(self, m):
-        v, x, q, rk = self._queue_binding(m)
-        if x.TYPE == "topic" and self.broker.users.topic_permissions:
-            self.check_topic(x, rk, "read")
-        self.broker.bind(v, x, q, rk, m.arguments)
-        if not m.nowait:
-            self.reply(M.QueueBindOk())
-
-    def queue_unbind(self, m):
-        v, x, q, rk = self._queue_binding(m)
-        self.broker.unbind(v, x, q, rk, m.arguments)
-        self.reply(M.QueueUnbindOk())
-
-    def queue_purge(self, m):
-        b = self.broker
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "read", "queue", name)
-        q = b.get_queue(self.vhost, name, self.conn)
-        n = b.purge_queue(q)
-        if not m.nowait:
-            self.reply(M.QueuePurgeOk(n))
-
-    def queue_delete(self, m):
-        b = self.broker
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "configure", "queue", name)
-        q = self.vhost.queues.get(name)
-        n = 0
-        if q is not None:
-            b.check_exclusive(q, self.conn)
-            n = b.delete_queue(q, m.if_unused, m.if_empty)
-        if not m.nowait:
-            self.reply(M.QueueDeleteOk(n))
-
-    # --- basic class
-    def basic_qos(self, m):
-        if m.prefetch_size:
-            raise ConnectionError_(f"prefetch_size!=0 ({m.prefetch_size})", E.NOT_IMPLEMENTED)
-        if m.global_:
-            self.global_prefetch = m.prefetch_count
-        else:
-            self.prefetch_count = m.prefetch_count
-        self.reply(M.BasicQosOk())
-        self.kick()
-
-    def basic_consume(self, m):
-        b = self.broker
-        if m.queue == "amq.rabbitmq.reply-to":
-            return self._consume_reply_to(m)
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "read", "queue", name)
-        q = b.get_queue(self.vhost, name, self.conn)
-        tag = m.consumer_tag or gen_name("amq.ctag-")
-        if tag in self.consumers:
-            raise ConnectionError_(f"attempt to reuse consumer tag '{tag}'", E.NOT_ALLOWED)
-        if (m.exclusive and q.consumers) or q.has_exclusive_consumer():
-            raise ChannelError(f"queue '{q.name}' in vhost '{q.vhost}' in exclusive use", E.ACCESS_REFUSED)
-        b.validate_consumer_arguments(q, m.arguments)
-        if q.kind == "stream":
-            if self.global_prefetch and not self.prefetch_count:
-                raise ChannelError(f"global qos is not supported by stream queues {q.label}",
-                                   E.NOT_IMPLEMENTED)
-            q.check_consume(m.no_ack, self.prefetch_count)
-        c = Consumer(tag, self, q, m.no_ack, m.exclusive, self.prefetch_count, m.arguments)
-        c.prefix = _DELIVER_HEAD + _shortstr(tag)
-        c.priority = b.consumer_priority(m.arguments)
-        self.consumers[tag] = c
-        if not m.nowait:
-            self.reply(M.BasicConsumeOk(tag))
-        q.add_consumer(c)
-        b.consumer_added(q, c)
-        b.mark_dirty(q)
-
-    def basic_cancel(self, m):
-        c = self.consumers.pop(m.consumer_tag, None)
-        if not m.nowait:
-            self.reply(M.BasicCancelOk(m.consumer_tag))
-        if c is not None:
-            self._remove_consumer(c)
-
-    def basic_get(self, m):
-        b = self.broker
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "read", "queue", name)
-        q = b.get_queue(self.vhost, name, self.conn)
-        if q.kind == "stream":
-            raise ConnectionError_(f"basic.get not supported by stream queues {q.label}", E.NOT_IMPLEMENTED)
-        item = b.get_message(q)
-        if item is None:
-            self.reply(M.BasicGetEmpty(""))
-            return
-        seq, msg, redelivered = item
-        self.next_tag = tag = self.next_tag + 1
-        payload = (_GET_OK_HEAD + _Q.pack(tag) + _REDELIVERED[redelivered] + msg.route +
-                   struct.pack(">I", q.message_count))
-        if redelivered and q.delivery_counts and seq in q.delivery_counts:
-            self._write_content(payload, _with_delivery_count(msg, q.delivery_counts[seq]))
-        else:
-            self._write_content(payload, msg)
-        q.delivered += 1
-        b.stats["get"] += 1
-        if m.no_ack:
-            b.settle(q, seq, msg)
-        else:
-            self.unacked[tag] = Unacked(tag, q, seq, msg, None)
-            q.unacked += 1
-            if msg.stored and q.durable:
-                b.store.mark_delivered(q.vhost, q.name, seq)
-
-    def basic_ack(self, m):
-        items = self._take(m.delivery_tag, m.multiple)
-        if self.tx:
-            self.tx_acks.append((items, None))
-        else:
-            self._settle(items, None)
-
-    def _no_stream_rejects(self, items):
-        for u in items:
-            if u.queue.kind == "stream":
-                for v in items:
-                    self.unacked[v.tag] = v
-                self.unacked = dict(sorted(self.unacked.items()))
-                raise ConnectionError_(f"basic.nack and basic.reject not supported by stream queues "
-                                       f"{u.queue.label}", E.NOT_IMPLEMENTED)
-
-    def basic_nack(self, m):
-        items = self._take(m.delivery_tag, m.multiple)
-        self._no_stream_rejects(items)
-        if self.tx:
-            self.tx_acks.append((items, bool(m.requeue)))
-        else:
-            self._settle(items, bool(m.requeue))
-
-    def basic_reject(self, m):
-        items = self._take(m.delivery_tag, False)
-        self._no_stream_rejects(items)
-        if self.tx:
-            self.tx_acks.append((items, bool(m.requeue)))
-        else:
-            self._settle(items, bool(m.requeue))
-
-    def basic_recover(self, m):
-        if not m.requeue:
-            raise ConnectionError_("requeue=false", E.NOT_IMPLEMENTED)
-        self.requeue_all()
-        self.reply(M.BasicRecoverOk())
-
-    def basic_recover_async(self, m):
-        if not m.requeue:
-            raise ConnectionError_("requeue=false", E.NOT_IMPLEMENTED)
-        self.requeue_all()
-
-    # --- confirm and tx classes
-    def confirm_select(self, m):
-        if self.tx:
-            raise ChannelError("cannot switch from tx to confirm mode", E.PRECONDITION_FAILED)
-        self.confirm = True
-        if not m.nowait:
-            self.reply(M.ConfirmSelectOk())
-
-    def tx_select(self, m):
-        if self.confirm:
-            raise ChannelError("cannot switch from confirm to tx mode", E.PRECONDITION_FAILED)
-        self.tx = True
-        self.reply(M.TxSelectOk())
-
-    def tx_commit(self, m):
-        if not self.tx:
-            raise ChannelError("channel is not transactional", E.PRECONDITION_FAILED)
-        publishes, self.tx_publishes = self.tx_publishes, []
-        acks, self.tx_acks = self.tx_acks, []
-        stored = False
-        for x, msg, mandatory in publishes:
-            if x.deleted:
-                continue
-            self._route_publish(x, msg, mandatory)
-            stored = stored or msg.stored
-        for items, requeue in acks:
-            self._settle(items, requeue)
-        if stored and self.broker.store.durable:
-            self.tx_commit_epoch = self.broker.wait_for_commit(self)
-        else:
-            self.reply(M.TxCommitOk())
-
-    def tx_rollback(self, m):
-        if not self.tx:
-            raise ChannelError("channel is not transactional", E.PRECONDITION_FAILED)
-        self.tx_publishes.clear()
-        # acks taken in the transaction go back to the unacked set
-        if self.tx_acks:
-            for items, _requeue in self.tx_acks:
-                for u in items:
-                    self.unacked[u.tag] = u
-            self.unacked = dict(sorted(self.unacked.items()))
-            self.tx_acks.clear()
-        self.reply(M.TxRollbackOk())
-
 
 def _parse_publish(payload) -> tuple:
     """(exchange, routing key, the two as shortstrs, flag bits) of a basic.publish payload."""
@@ -951,13 +537,6 @@ def _parse_publish(payload) -> tuple:
         exchange = payload[7:off].decode("utf-8", "surrogateescape")
         routing_key = payload[off + 1:end].decode("utf-8", "surrogateescape")
     return exchange, routing_key, bytes(payload[6:end]), bits
-
-
-def _with_delivery_count(msg, count: int):
-    from ..amqp.table import Typed
-    from ..model.message import Message
-    props = with_header(msg, "x-delivery-count", Typed("l", count))
-    return Message(msg.exchange, msg.routing_key, props, msg.body, None, msg.id, msg.route)
 
 
 def _build_handlers():

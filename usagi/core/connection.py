@@ -16,7 +16,6 @@ from ..amqp import erlfmt
 from ..amqp import methods as M
 from ..amqp.errors import AMQPError, ConnectionError_
 from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE,
-                           FRAME_OVERHEAD,
                            HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
                            method_frame)
 from ..auth import sasl, x509

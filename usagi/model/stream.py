@@ -155,7 +155,7 @@ class StreamQueue(Queue):
         c.offset = self.start_offset(c.arguments.get("x-stream-offset") if c.arguments else None)
 
     def dispatch(self, broker):
-        from ..core.deadletter import with_header
+        from .deadletter import with_header
         from .message import Message
         first = self.first_offset
         for c in list(self.consumers):
