@@ -330,6 +330,8 @@ class Server:
                     continue
                 # what failed stays pending in the store and is retried first after the back-off
                 delay = self.backoff.failed(error)
+                if self._stopping:
+                    break
                 fut = self._backoff_wait = self.loop.create_future()
                 handle = self.loop.call_later(delay, _wake, fut)
                 self._fail_waiters()
