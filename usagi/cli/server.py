@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -196,6 +197,78 @@ def setup_paging(data_dir):
     PAGING["bytes"] = int(os.environ.get("USAGI_QUEUE_MEMORY_BYTES", PAGING["bytes"]))
 
 
+NODE_FILE = "node.json"
+
+
+class NodeIdentityError(Exception):
+    """The data dir's node identity and its store disagree: the message says what to do."""
+
+
+def read_node_identity(data_dir: str) -> dict | None:
+    """DATA_DIR/node.json, written at a node's first start: its id, its store's file name and when
+    it was created. None in a fresh data dir (or one made before node.json existed)."""
+    path = os.path.join(data_dir, NODE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            ident = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise NodeIdentityError(f"{path} is unreadable ({e}); restore it from a backup, or move the data "
+                                f"dir {data_dir} away to start a new node") from None
+    store = ident.get("store") if isinstance(ident, dict) else None
+    if not isinstance(store, str) or not store or os.sep in store or store in (".", ".."):
+        raise NodeIdentityError(f"{path} does not name its store file; restore it from a backup, or move "
+                                f"the data dir {data_dir} away to start a new node")
+    return ident
+
+
+def write_node_identity(data_dir: str, store_file: str) -> dict:
+    """Write DATA_DIR/node.json for a new node (atomically: a crash leaves the old state or the new)."""
+    import uuid
+    ident = {"node_id": uuid.uuid4().hex, "store": store_file,
+             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "created_by": f"usagi {__version__}"}
+    path = os.path.join(data_dir, NODE_FILE)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(ident, f, indent=2)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(data_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return ident
+
+
+def check_store_of_node(data_dir: str, ident: dict | None, store_file: str):
+    """Refuse to start afresh where a store existed: node.json names a store that is missing, empty
+    or has no tables (restored data dir without its database, a truncated file), or a store file
+    left empty. A fresh data dir, and one made before node.json existed, pass."""
+    from ..storage.sqlite import probe_file
+    path = os.path.join(data_dir, store_file)
+    state = probe_file(path)
+    if state == "present":
+        return
+    if ident is not None and state in ("missing", "empty", "no tables"):
+        what = {"missing": "is missing", "empty": "is empty (0 bytes)",
+                "no tables": "holds no store (no tables)"}[state]
+        raise NodeIdentityError(
+            f"the store {path} {what}, but {os.path.join(data_dir, NODE_FILE)} says this data dir holds the "
+            f"store of node {ident.get('node_id', '?')} (created {ident.get('created_at', '?')}); refusing "
+            f"to start afresh, which would lose its definitions and messages: restore {store_file} from a "
+            f"backup, or move the data dir {data_dir} away to start a new node")
+    if state == "empty":
+        raise NodeIdentityError(
+            f"the store {path} is empty (0 bytes); refusing to start afresh, which would lose its "
+            f"definitions and messages: restore it from a backup, or move it (or the data dir "
+            f"{data_dir}) away to start a new node")
+
+
 def make_broker(args):
     from ..core.broker import Broker, Config
     from ..core.recovery import restore
@@ -205,19 +278,26 @@ def make_broker(args):
                  default_pass=args.default_pass, disk_free_limit=args.disk_free_limit,
                  memory_high_watermark=args.vm_memory_high_watermark)
     apply_limit_options(cfg, args)
+    ident = None
     if args.in_memory:
         store = MemoryStore()
     else:
-        from ..storage.sqlite import SQLiteStore
+        from ..storage.sqlite import DB_NAME, SQLiteStore
         os.makedirs(args.data_dir, exist_ok=True)
         lock_data_dir(args.data_dir)
-        store = SQLiteStore(args.data_dir)
+        ident = read_node_identity(args.data_dir)
+        store_file = ident["store"] if ident is not None else DB_NAME
+        check_store_of_node(args.data_dir, ident, store_file)
+        store = SQLiteStore(args.data_dir, store_file)
     setup_paging(None if args.in_memory else args.data_dir)
     broker = Broker(cfg, store)
     if not args.in_memory:
         from ..core.delayed import DelayedMessages
         broker.delayed = DelayedMessages(args.data_dir)
     rec = store.open()
+    if ident is None and not args.in_memory:
+        # the store exists now (a new one has its tables): from here on, losing it is noticed
+        write_node_identity(args.data_dir, store_file)
     counts = restore(broker, rec)
     broker.bootstrap()
     return broker, counts

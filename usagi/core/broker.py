@@ -31,6 +31,10 @@ from .routing import RoutingMixin
 log = logging.getLogger("usagi.broker")
 
 
+class CommitFailed(Exception):
+    """A store commit failed: what it held is not known to be durable. The text names the store's error."""
+
+
 def server_properties(cluster_name: str) -> dict:
     return {
         "capabilities": {
@@ -101,6 +105,8 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.flush_pending: list = []      # connections with output to write
         self.on_flush_needed = None        # set by the server: schedules flush_output()
         self.on_commit_needed = None       # set by the server: schedules a store commit
+        self.on_commit_barrier = None      # set by the server: returns an awaitable done when what is
+        #                                    recorded so far is durable (raises CommitFailed)
         self.on_defer = None               # set by the server: runs a callback on a later turn
         self.next_msg_id = 1
         self.started_at = time.time()
@@ -115,6 +121,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.commit_epoch = 0              # the epoch now collecting writes
         self.committed_epoch = 0           # the last epoch known to be on disk
         self.commit_waiters: list = []     # channels waiting on the current epoch
+        self.commit_in_flight = False      # an epoch is being written
         self.alarms: set = set()           # "memory", "disk"
         self.ttl_queues: dict = {}         # queues holding messages with a TTL
         self.delayed = DelayedMessages(None)   # x-delayed-message exchanges' waiting messages
@@ -155,29 +162,44 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         for conn in pending:
             conn.flush()
 
-    def wait_for_commit(self, channel) -> int:
-        """Register `channel` to be told when the writes recorded so far are durable."""
+    def commit_needed(self) -> bool:
+        """Whether something recorded so far may not be durable yet: pending in the store, or in a
+        commit under way (a write recorded just now may have been taken by it)."""
+        store = self.store
+        return store.durable and (self.commit_in_flight or store.pending())
+
+    def wait_for_commit(self, waiter) -> int:
+        """Register `waiter` (anything with on_commit(epoch, error): channels, the server's barrier) to
+        be told when the writes recorded so far are durable, or that the commit holding them failed."""
         if not self.commit_waiters and self.on_commit_needed is not None:
             self.on_commit_needed()
-        self.commit_waiters.append(channel)
+        self.commit_waiters.append(waiter)
         return self.commit_epoch
 
     def begin_commit(self) -> tuple:
-        """Close the current epoch: returns (epoch, channels waiting on it)."""
+        """Close the current epoch: returns (epoch, waiters on it)."""
         epoch = self.commit_epoch
         waiters = self.commit_waiters
         self.commit_epoch += 1
         self.commit_waiters = []
+        self.commit_in_flight = True
         return epoch, waiters
 
     def commit_done(self, epoch: int, waiters: list, error: Exception | None = None):
-        self.committed_epoch = max(self.committed_epoch, epoch)
+        """The commit of `epoch` is durable (error None) or failed; a failed one's writes stay pending in
+        the store, and the next commit that succeeds makes them durable with it."""
+        self.commit_in_flight = False
+        if error is None:
+            self.committed_epoch = max(self.committed_epoch, epoch)
         seen = set()
         for ch in waiters:
             if id(ch) in seen:
                 continue
             seen.add(id(ch))
-            ch.on_commit(epoch, error)
+            try:
+                ch.on_commit(epoch, error)
+            except Exception:      # one waiter's failure must not keep the others waiting
+                log.exception("commit notification of %r failed", ch)
 
     def tick(self, now: float):
         """Called about once a second: slow time-based work (x-expires of unused queues)."""
@@ -212,4 +234,4 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
 
 
 
-__all__ = ["Broker", "Config", "channel_error"]
+__all__ = ["Broker", "CommitFailed", "Config", "channel_error"]

@@ -56,7 +56,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         self.reply_token = None
         self.prefetch_count = 0      # basic.qos global=false: for consumers created afterwards
         self.global_prefetch = 0     # basic.qos global=true: for the whole channel
-        self.flow_active = True      # channel.flow from the client
+        self.flow_active = True      # deliveries allowed: channel.flow, and no reply held (below)
         self.last_queue = ""
         # confirms
         self.confirm = False
@@ -69,7 +69,9 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         self.tx = False
         self.tx_publishes: list = []
         self.tx_acks: list = []      # [(kind, tag, multiple, requeue)]
-        self.tx_commit_epoch = None
+        # a reply that promises durability, held until the store has committed (reply_after_commit)
+        self.held = None             # [method, ...]: this channel's output held back, in order
+        self.held_epoch = None       # the commit epoch the held reply waits for
         # caches
         self._x_cache = {}           # exchange name -> exchange (validated per use)
         self._write_ok: set = set()  # exchange names the user may write to
@@ -86,7 +88,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         if self.state == CLOSING:
             return
         log.info("channel %s/%d closed: %s", self.conn.name, self.number, e.reply_text)
-        self.conn.send_method(self.number, M.ChannelClose(e.code, e.reply_text, e.class_id, e.method_id))
+        self._send(M.ChannelClose(e.code, e.reply_text, e.class_id, e.method_id))
         self.state = CLOSING
         self.content_expected = self.body_expected = False
         self.release()
@@ -317,13 +319,82 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         conn.write_parts(parts)
         return size + len(props) + 64
 
+    # ------------------------------------------------------------------ replies after the commit
+    def _send(self, method):
+        """Send a method of this channel's own (not a confirm), after a held reply if there is one."""
+        held = self.held
+        if held is not None:
+            held.append(method)
+        else:
+            self.conn.send_method(self.number, method)
+
+    def hold_output(self):
+        """Hold what this channel says from now on until the reply to the method being handled is
+        out (reply_after_commit): the basic.cancel of its own consumers of a queue it deletes follows
+        queue.delete-ok, as RabbitMQ's channel sends them."""
+        if self.held is None:
+            self.held = []
+
+    def reply_after_commit(self, method, durable=True):
+        """Send the reply to a method whose effect the store records (None: a nowait method, which
+        gets no reply) once that effect is durable: at once when nothing recorded waits for the
+        store, else after the commit that holds it. Meanwhile the connection handles no more input
+        and this channel gets no deliveries, so nothing it says afterwards overtakes the reply
+        (RabbitMQ's channel blocks on the write the same way). `durable` False: the method wrote
+        nothing that must outlive a crash (a transient entity)."""
+        held = self.held
+        broker = self.broker
+        if method is not None and durable and broker.commit_needed():
+            self.held = [method] + held if held else [method]
+            self.held_epoch = broker.wait_for_commit(self)
+            self.flow_active = False
+            self.conn.hold_input(self)
+            return
+        self.held = None
+        send = self.conn.send_method
+        if method is not None:
+            send(self.number, method)
+        if held:
+            for h in held:
+                send(self.number, h)
+
+    @staticmethod
+    def _stored(q) -> bool:
+        """Whether the store keeps queue `q` (durable and not exclusive)."""
+        return q.durable and q.exclusive_owner is None
+
+    def _durable_ends(self, m) -> bool:
+        """Whether the exchange-to-exchange binding named by `m` is one the store keeps (both ends
+        durable); an end gone (auto-deleted by the unbind) counts, its deletion being recorded."""
+        xs = self.vhost.exchanges
+        src = xs.get(m.source)
+        dst = xs.get(m.destination)
+        return src is None or dst is None or (src.durable and dst.durable)
+
+    def _release_held(self, error):
+        held, self.held = self.held, None
+        self.held_epoch = None
+        self.flow_active = True
+        conn = self.conn
+        if conn.holder is not self:
+            return          # the connection closed meanwhile: nobody to tell
+        if error is not None:
+            # an ok would be a lie: close the connection, as RabbitMQ does when a write crashes the
+            # channel (541 INTERNAL_ERROR), and say why (connection_error logs it)
+            conn.connection_error(ConnectionError_(f"store commit failed: {error}", E.INTERNAL_ERROR))
+            return
+        send = conn.send_method
+        for h in held:
+            send(self.number, h)
+        self.kick()
+        conn.input_released(self)
+
     # ------------------------------------------------------------------ confirms
     def on_commit(self, epoch: int, error):
         """The store committed everything recorded up to `epoch` (or failed to)."""
-        if self.tx_commit_epoch is not None and self.tx_commit_epoch <= epoch:
-            self.tx_commit_epoch = None
-            if self.state == OPEN:
-                self.conn.send_method(self.number, M.TxCommitOk())
+        he = self.held_epoch
+        if he is not None and he <= epoch:
+            self._release_held(error)
         w = self.waiting
         i = 0
         while i < len(w) and w[i][1] <= epoch:
@@ -409,7 +480,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         if self.consumers.get(c.tag) is c:
             del self.consumers[c.tag]
             if self.state == OPEN and self.conn.capabilities.get("consumer_cancel_notify"):
-                self.conn.send_method(self.number, M.BasicCancel(c.tag, True))
+                self._send(M.BasicCancel(c.tag, True))
 
     # ------------------------------------------------------------------ acks
     def _take(self, tag: int, multiple: bool) -> list:
@@ -510,6 +581,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         except ChannelError as e:
             if not e.class_id:
                 e.class_id, e.method_id = m.CLASS_ID, m.METHOD_ID
+            if self.held is not None and self.held_epoch is None:
+                self.reply_after_commit(None)       # what the failed method held back goes first
             self.fail(e)
         except ConnectionError_ as e:
             if not e.class_id:

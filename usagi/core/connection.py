@@ -79,6 +79,9 @@ class Connection:
         self.yielded = False          # input left for the next turn (fairness budget)
         self.input_paused = False
         self.throttled = False        # publishing into a backlog: take smaller turns
+        self.holder = None            # the channel whose reply waits for a store commit: no input
+        #                               is handled until it is sent (Channel.reply_after_commit)
+        self.held_frames = None       # frames read before that reply, handled after it
         self.closed = False
         self.close_reason = None
         self.consumer_tags = itertools.count(1)
@@ -153,16 +156,30 @@ class Connection:
             # the stream broke and the connection is closing: what follows is discarded (re-raising
             # the stored error would chain a traceback, and with it this data, per call: a leak)
             return
+        if self.holder is not None:
+            # a reply waits for the store (reading is paused): keep what still arrives for later
+            if data:
+                reader._buf = reader._buf + data
+            return
         try:
+            if self.held_frames is not None:
+                # frames read before a reply that waited for the store: they come first
+                frames, self.held_frames = self.held_frames, None
+                self.handle_frames(frames)
+                if self.holder is not None:
+                    if data:
+                        reader._buf = reader._buf + data
+                    return
             if self.state == OPEN and reader.error is None:
                 data = self._fast(data)
-                if self.yielded:
+                if self.yielded or self.holder is not None:
                     reader._buf = data
                     data = None
                     if not self.input_paused:
                         self.input_paused = True
                         self.transport.pause_reading()
-                    self.broker.defer(self._continue_input)
+                    if self.yielded:
+                        self.broker.defer(self._continue_input)
             frames = reader.feed(data) if data else None
             if frames:
                 self.handle_frames(frames)
@@ -193,15 +210,39 @@ class Connection:
             self.transport.pause_reading()
 
     def _continue_input(self):
-        """Go on with input left over when the last turn's budget ran out."""
+        """Go on with input left over when the last turn's budget ran out, or after a reply that
+        waited for the store."""
         self.yielded = False
-        if self.closed:
+        if self.closed or self.holder is not None:
             return
         self.data_received(b"", counted=True)
-        if not self.yielded and self.input_paused:
+        if not self.yielded and self.holder is None and self.input_paused:
             self.input_paused = False
             if not self.closed and not self.reading_paused and not self.alarm_paused:
                 self.transport.resume_reading()
+
+    def hold_input(self, channel):
+        """`channel` holds a reply until the store commits: handle no more input until then (the
+        bytes and frames not yet handled are kept), so that nothing overtakes it."""
+        self.holder = channel
+        if not self.input_paused:
+            self.input_paused = True
+            self.transport.pause_reading()
+
+    def input_released(self, channel):
+        """The held reply of `channel` is sent: go on with the input, on a later turn."""
+        if self.holder is channel:
+            self.holder = None
+            self.broker.defer(self._continue_input)
+
+    def _hold_rest(self, frames, payload):
+        """A reply now waits for the store: keep the frames after the one (`payload`) that asked for it."""
+        for i, f in enumerate(frames):
+            if f[2] is payload:
+                rest = list(frames[i + 1:])
+                if rest:
+                    self.held_frames = rest + (self.held_frames or [])
+                return
 
     def _fast(self, data):
         """The hot path: frames parsed in place, and a publish whose header and body frames came
@@ -260,7 +301,7 @@ class Connection:
                 break
             self.handle_frames(((ftype, chnum, buf[off + 7:end]),))
             off = end + 1
-            if self.state != OPEN:
+            if self.state != OPEN or self.holder is not None:
                 break
         return buf[off:] if off else buf
 
@@ -300,6 +341,9 @@ class Connection:
                     self.handle_connection_method(method)
                 else:
                     self.handle_channel_method(chnum, method)
+                    if self.holder is not None:
+                        self._hold_rest(frames, payload)
+                        return
             elif ftype == FRAME_HEADER or ftype == FRAME_BODY:
                 if chnum == 0:
                     raise ConnectionError_(erlfmt.frame_octets(ftype, payload), E.UNEXPECTED_FRAME)
@@ -558,6 +602,11 @@ class Connection:
         self.broker.flush_output()
 
     def _release(self):
+        if self.holder is not None:
+            # a held reply will not be sent: read again (a closing connection waits for close-ok)
+            self.holder = None
+            self.held_frames = None
+            self.broker.defer(self._continue_input)
         for ch in list(self.channels.values()):
             ch.release()
         self.channels.clear()

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..amqp import errors as E
 from ..amqp.errors import AMQPError, ChannelError
+from ..core.broker import CommitFailed
 from ..model.queue import Queue
 from . import ops
 from .formats import View
@@ -345,7 +346,17 @@ async def dispatch(m, request: web.Request) -> web.StreamResponse:
                 raw = await request.read()
         r = Req(m, request, params, user, raw)
         access(r)
-        result = fn(r)
+        if method == "GET" or method == "HEAD":
+            result = fn(r)
+        else:
+            # a 2xx to a write promises it is durable: answer after the commit that holds it
+            recorded = m.broker.store.recorded
+            result = fn(r)
+            if m.broker.store.recorded != recorded:
+                await m.durable()
+    except CommitFailed as e:
+        log.error("management API %s %s: %s", method, request.path, e)
+        return error_response(ApiError(500, "internal_server_error", str(e)))
     except ApiError as e:
         if not e.error:     # no credentials: an empty 401 with the realm
             return web.Response(status=e.status, headers=e.headers)

@@ -148,6 +148,12 @@ class ManagementService:
                 log.exception("server action %s failed", getattr(fn, "__name__", fn))
         loop.call_later(0.05, go)
 
+    async def durable(self):
+        """Wait until everything recorded so far is durable (raises CommitFailed if its commit fails)."""
+        barrier = self.broker.on_commit_barrier
+        if barrier is not None:
+            await barrier()
+
     # ------------------------------------------------------------------ facts for the views
     def amqp_listeners(self) -> list:
         out = []

@@ -2,7 +2,8 @@
 
 Nothing else in Usagi touches sockets or the loop. The engine is synchronous; this module feeds it
 bytes, flushes its output once per loop turn, runs store commits in a worker thread and tells the
-engine when they are durable.
+engine when they are durable. A failing store (a full disk) is retried with a growing back-off,
+logged once per period, and meanwhile whoever waits for a commit gets the error at once.
 """
 from __future__ import annotations
 
@@ -16,11 +17,75 @@ import time
 from .. import __version__
 from ..amqp import errors as E
 from ..core import limits
-from ..core.broker import Broker
+from ..core.broker import Broker, CommitFailed
 from ..core.connection import OPEN, Connection
 
 log = logging.getLogger("usagi.server")
 TLS_HANDSHAKE_TIMEOUT = 5.0     # RabbitMQ's ssl_handshake_timeout
+STOP_COMMIT_WAIT = 10.0         # how long a stop waits for a store commit under way
+
+
+class CommitBackoff:
+    """The retries of a failing store: a back-off growing from FIRST to CAP seconds, and one log line
+    when it starts failing, one per LOG_EVERY seconds while it goes on, one when it works again."""
+
+    FIRST = 0.1
+    CAP = 3.0
+    LOG_EVERY = 10.0
+
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.error = None           # the last commit's error while failing, else None
+        self.delay = 0.0
+        self.since = 0.0
+        self.failures = 0           # failed attempts since it started failing
+        self.logged_at = 0.0
+        self.logged_failures = 0
+
+    def failed(self, error) -> float:
+        """A commit failed: returns how long to wait before the next attempt."""
+        now = self.clock()
+        self.failures += 1
+        if self.error is None:
+            self.since = self.logged_at = now
+            self.logged_failures = self.failures = 1
+            self.delay = self.FIRST
+            log.error("store commit failed: %s; retrying with a back-off of up to %.0fs: until a commit "
+                      "succeeds, publishers get nacks and replies that promise durability an error",
+                      error, self.CAP)
+        else:
+            self.delay = min(self.CAP, self.delay * 2)
+            if now - self.logged_at >= self.LOG_EVERY:
+                log.error("store commit still failing after %.0fs: %d attempts failed since the last "
+                          "report, %d in all; last error: %s", now - self.since,
+                          self.failures - self.logged_failures, self.failures, error)
+                self.logged_at = now
+                self.logged_failures = self.failures
+        self.error = error
+        return self.delay
+
+    def succeeded(self):
+        if self.error is not None:
+            log.warning("store commit succeeded again after %d failed attempts over %.1fs",
+                        self.failures, self.clock() - self.since)
+            self.error = None
+            self.failures = 0
+
+
+class _Barrier:
+    """A commit waiter (see Broker.wait_for_commit) that completes a future."""
+
+    __slots__ = ("fut",)
+
+    def __init__(self, fut):
+        self.fut = fut
+
+    def on_commit(self, epoch, error):
+        if not self.fut.done():
+            if error is None:
+                self.fut.set_result(None)
+            else:
+                self.fut.set_exception(CommitFailed(f"store commit failed: {error}"))
 
 
 class AMQPProtocol(asyncio.Protocol):
@@ -99,6 +164,8 @@ class Server:
         self.close_timeout = 3.0
         self.commit_running = False
         self.commit_interval = 0.2       # background commit of persistent messages not waiting on confirms
+        self.backoff = CommitBackoff()
+        self._backoff_wait = None        # the future a failing commit loop sleeps on
         self._stopping = None
         self._tick_handle = None
         self._commit_task = None
@@ -112,6 +179,7 @@ class Server:
         b = self.broker
         b.on_flush_needed = self._schedule_flush
         b.on_commit_needed = self._schedule_commit
+        b.on_commit_barrier = self.commit_barrier
         b.on_defer = self.loop.call_soon
         factory = lambda: AMQPProtocol(self)  # noqa: E731
         srv = await self.loop.create_server(factory, self.host, self.port, reuse_address=True, backlog=1024)
@@ -216,28 +284,71 @@ class Server:
 
     # ------------------------------------------------------------------ group commit
     def _schedule_commit(self):
+        if self._stopping:
+            return
         if not self.commit_running:
             self.commit_running = True
             self._commit_task = self.loop.create_task(self._commit_loop())
+        elif self._backoff_wait is not None:
+            # the store is failing and the loop waits before its next attempt: this waiter gets
+            # the last error now rather than after the back-off
+            self.loop.call_soon(self._fail_waiters)
+
+    def _fail_waiters(self):
+        b = self.broker
+        if self._backoff_wait is None or not b.commit_waiters or self.backoff.error is None:
+            return
+        epoch, waiters = b.begin_commit()
+        b.commit_done(epoch, waiters, self.backoff.error)
+        b.flush_output()
+
+    def commit_barrier(self):
+        """An awaitable done when everything recorded so far is durable; it raises CommitFailed if
+        the commit holding it fails (the management API answers its writes after it)."""
+        fut = self.loop.create_future()
+        b = self.broker
+        if not b.commit_needed():
+            fut.set_result(None)
+        else:
+            b.wait_for_commit(_Barrier(fut))
+        return fut
 
     async def _commit_loop(self):
         b = self.broker
         try:
-            while b.commit_waiters or b.store.pending():
+            while not self._stopping and (b.commit_waiters or b.store.pending()):
                 epoch, waiters = b.begin_commit()
                 error = None
                 try:
                     await self.loop.run_in_executor(None, b.store.commit)
-                except Exception as e:  # storage errors reach the publishers as nacks
-                    log.error("store commit failed: %s", e)
+                except Exception as e:  # storage errors reach the waiters: nacks, errors
                     error = e
                 b.commit_done(epoch, waiters, error)
                 b.flush_output()
+                if error is None:
+                    self.backoff.succeeded()
+                    continue
+                # what failed stays pending in the store and is retried first after the back-off
+                delay = self.backoff.failed(error)
+                if self._stopping:
+                    break
+                fut = self._backoff_wait = self.loop.create_future()
+                handle = self.loop.call_later(delay, _wake, fut)
+                self._fail_waiters()
+                try:
+                    await fut
+                finally:
+                    handle.cancel()
+                    self._backoff_wait = None
+        except Exception:   # pragma: no cover - a bug; the next commit request starts a new loop
+            log.exception("store commit loop failed")
         finally:
             self.commit_running = False
 
     # ------------------------------------------------------------------ stop
-    async def stop(self, reason: str = "shutdown"):
+    async def stop(self, reason: str = "shutdown") -> bool:
+        """Close listeners and connections, write what is pending and close the store. Returns False
+        when something could not be written (it is logged); the stop completes either way."""
         for srv in self.servers:
             srv.close()
         b = self.broker
@@ -253,17 +364,44 @@ class Server:
             self._tick_handle.cancel()
         if getattr(self, "_fast_handle", None) is not None:
             self._fast_handle.cancel()
-        while self.commit_running:
+        self._stopping = True
+        if self._backoff_wait is not None:
+            _wake(self._backoff_wait)
+        deadline = time.monotonic() + STOP_COMMIT_WAIT
+        while self.commit_running and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        if b.store.durable and b.store.pending():
-            await self.loop.run_in_executor(None, b.store.commit)
-        b.store.close()
-        b.delayed.close()
+        ok = True
+        if self.commit_running:
+            log.error("a store commit is still running after %.0fs; stopping without waiting for it: "
+                      "what it holds may not be written", STOP_COMMIT_WAIT)
+            ok = False
+        else:
+            store = b.store
+            unwritten = ""
+            if store.durable and store.pending():
+                unwritten = store.pending_summary()
+            try:
+                await self.loop.run_in_executor(None, store.close)     # commits what is pending first
+            except Exception as e:
+                log.error("stopping with writes the store could not take (%s): not written: %s", e,
+                          unwritten or "(nothing known)")
+                ok = False
+        try:
+            b.delayed.close()
+        except Exception as e:
+            log.error("closing the delayed-message store failed: %s", e)
+            ok = False
         for srv in self.servers:
             try:
                 await asyncio.wait_for(srv.wait_closed(), 1.0)
             except (asyncio.TimeoutError, Exception):
                 pass
+        return ok
+
+
+def _wake(fut):
+    if not fut.done():
+        fut.set_result(None)
 
 
 async def serve(broker: Broker, host, port, on_started=None, extra_services=(), tls_context=None,
@@ -294,7 +432,9 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
             await s.stop()
         except Exception:  # pragma: no cover
             pass
-    await server.stop()
+    if not await server.stop():
+        log.error("Usagi %s stopped; some writes were not made (see above)", __version__)
+        return 1
     log.info("Usagi %s stopped", __version__)
     return 0
 

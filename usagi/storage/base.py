@@ -32,6 +32,7 @@ class Store:
     """Base class and in-memory no-op behaviour. Subclasses persist."""
 
     durable = False
+    recorded = 0      # changes recorded so far (a durable store counts them): did an operation write?
 
     def open(self) -> Recovered:
         return Recovered()
@@ -69,3 +70,7 @@ class Store:
 
     def commit(self):
         """Write everything recorded so far and sync it. Runs in a worker thread."""
+
+    def pending_summary(self) -> str:
+        """What is waiting for commit(), in words (for the log when it cannot be written)."""
+        return ""

@@ -25,6 +25,7 @@ import logging
 import os
 import sqlite3
 import threading
+import urllib.parse
 from decimal import Decimal
 
 from .base import Recovered, Store
@@ -37,6 +38,28 @@ FORMAT_VERSION = 1     # PRAGMA user_version of the database file
 
 class StoreError(Exception):
     """The store cannot be opened: the message names the file and what is wrong."""
+
+def probe_file(path: str) -> str:
+    """What is at `path`, without creating or changing anything: "missing", "empty" (0 bytes),
+    "no tables" (a database without the store's tables) or "present" (a store, or something the
+    store will report as unreadable when it opens it)."""
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        return "missing"
+    if size == 0:
+        return "empty"
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=rw", uri=True, timeout=30)
+        try:
+            n = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table' "
+                             "AND name='definitions'").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError:
+        return "present"
+    return "present" if n else "no tables"
+
 
 KINDS = {
     "vhost": "vhosts", "user": "users", "permission": "permissions", "exchange": "exchanges",
@@ -269,6 +292,7 @@ class SQLiteStore(Store):
         self.conn: sqlite3.Connection | None = None
         self.max_msg_id = 0            # highest message id stored, known after open()
         self.commits = 0               # transactions written
+        self.recorded = 0              # changes recorded (definitions, messages, entries)
         self._lock = threading.Lock()          # guards the in-memory state below
         self._commit_lock = threading.Lock()   # one commit at a time
         # live state (committed, in flight or pending)
@@ -403,15 +427,18 @@ class SQLiteStore(Store):
         v = encode_json(value)
         with self._lock:
             self._defs[k] = v
+            self.recorded += 1
 
     def delete_definition(self, kind: str, key: tuple):
         k = (kind, encode_key(key))
         with self._lock:
             self._defs[k] = None
+            self.recorded += 1
 
     # ------------------------------------------------------------------ messages
     def add_message(self, msg_id: int, exchange: str, routing_key: str, props: bytes, body: bytes):
         with self._lock:
+            self.recorded += 1
             self._new_msgs[msg_id] = (msg_id, exchange, routing_key, props, body)
             if msg_id > self.max_msg_id:
                 self.max_msg_id = msg_id
@@ -437,6 +464,7 @@ class SQLiteStore(Store):
             if msg_id not in self._new_msgs:
                 self._touched.add(msg_id)
             self._new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 0)
+            self.recorded += 1
 
     def _unref(self, msg_id, n):
         refs = self._refs
@@ -480,6 +508,7 @@ class SQLiteStore(Store):
                     del by_seq[s]
             if not by_seq:
                 del self._queues[qk]
+            self.recorded += 1
             new_entries = self._new_entries
             for s in seqs:
                 key = (vhost, queue, s)
@@ -504,6 +533,7 @@ class SQLiteStore(Store):
         with self._lock:
             idx = self._queues.pop(qk, None)
             self._drops.append(qk)
+            self.recorded += 1
             if idx is None:
                 return
             new_entries = self._new_entries
@@ -519,6 +549,32 @@ class SQLiteStore(Store):
         return bool(self._new_entries or self._new_msgs or self._del_entries or self._defs
                     or self._drops or self._del_msgs or self._marks or self._touched
                     or self._failed)
+
+    def pending_summary(self) -> str:
+        """What is waiting to be written (pending and failed batches), in words for the log."""
+        with self._lock:
+            puts = dels = marks = del_entries = drops = del_msgs = msgs = entries = 0
+            for (p, d, mk, de, dr, dm, _t, ms, en) in self._failed or []:
+                puts += len(p)
+                dels += len(d)
+                marks += len(mk)
+                del_entries += len(de)
+                drops += len(dr)
+                del_msgs += len(dm)
+                msgs += len(ms)
+                entries += len(en)
+            puts += sum(1 for v in self._defs.values() if v is not None)
+            dels += sum(1 for v in self._defs.values() if v is None)
+            marks += len(self._marks)
+            del_entries += len(self._del_entries)
+            drops += len(self._drops)
+            del_msgs += len(self._del_msgs)
+            msgs += sum(1 for m in self._new_msgs if self._refs.get(m))
+            entries += len(self._new_entries)
+        parts = [(puts, "definitions written"), (dels, "definitions deleted"), (msgs, "messages"),
+                 (entries, "queue entries"), (del_entries + del_msgs, "removals of messages"),
+                 (drops, "queues emptied"), (marks, "deliveries marked")]
+        return ", ".join(f"{n} {what}" for n, what in parts if n) or "nothing"
 
     def _swap(self):
         """Take the pending work as one batch (under the lock)."""

@@ -32,7 +32,7 @@ class ExchangeHandlers:
             b.declare_exchange(self.vhost, name, m.type, m.durable, m.auto_delete, m.internal,
                                m.arguments, owner=self.conn)
         if not m.nowait:
-            self.reply(M.ExchangeDeclareOk())
+            self.reply_after_commit(M.ExchangeDeclareOk(), m.durable and not m.passive)
 
     def exchange_delete(self, m):
         b = self.broker
@@ -46,7 +46,7 @@ class ExchangeHandlers:
         b.delete_exchange(self.vhost, name, m.if_unused)
         self._x_cache.pop(name, None)
         if not m.nowait:
-            self.reply(M.ExchangeDeleteOk())
+            self.reply_after_commit(M.ExchangeDeleteOk())
 
     def _e2e(self, m, unbind: bool):
         b = self.broker
@@ -66,9 +66,9 @@ class ExchangeHandlers:
     def exchange_bind(self, m):
         self._e2e(m, False)
         if not m.nowait:
-            self.reply(M.ExchangeBindOk())
+            self.reply_after_commit(M.ExchangeBindOk(), self._durable_ends(m))
 
     def exchange_unbind(self, m):
         self._e2e(m, True)
         if not m.nowait:
-            self.reply(M.ExchangeUnbindOk())
+            self.reply_after_commit(M.ExchangeUnbindOk(), self._durable_ends(m))

@@ -55,7 +55,8 @@ class QueueHandlers:
                                 owner=self.conn, server_named=server_named)
         self.last_queue = q.name
         if not m.nowait:
-            self.reply(M.QueueDeclareOk(q.name, q.message_count, len(q.consumers)))
+            self.reply_after_commit(M.QueueDeclareOk(q.name, q.message_count, len(q.consumers)),
+                                    self._stored(q) and not m.passive)
 
     def _check_arg_exchange(self, arguments, key: str, resource: str, name: str):
         """An exchange named by an argument (alternate-exchange, x-dead-letter-exchange) of a new
@@ -89,12 +90,12 @@ class QueueHandlers:
             self.check_topic(x, rk, "read")
         self.broker.bind(v, x, q, rk, m.arguments)
         if not m.nowait:
-            self.reply(M.QueueBindOk())
+            self.reply_after_commit(M.QueueBindOk(), x.durable and self._stored(q))
 
     def queue_unbind(self, m):
         v, x, q, rk = self._queue_binding(m)
         self.broker.unbind(v, x, q, rk, m.arguments)
-        self.reply(M.QueueUnbindOk())
+        self.reply_after_commit(M.QueueUnbindOk(), x.durable and self._stored(q))
 
     def queue_purge(self, m):
         b = self.broker
@@ -103,7 +104,7 @@ class QueueHandlers:
         q = b.get_queue(self.vhost, name, self.conn)
         n = b.purge_queue(q)
         if not m.nowait:
-            self.reply(M.QueuePurgeOk(n))
+            self.reply_after_commit(M.QueuePurgeOk(n), self._stored(q))
 
     def queue_delete(self, m):
         b = self.broker
@@ -113,6 +114,7 @@ class QueueHandlers:
         n = 0
         if q is not None:
             b.check_exclusive(q, self.conn)
+            self.hold_output()      # its own consumers' basic.cancel follow delete-ok, as in RabbitMQ
             n = b.delete_queue(q, m.if_unused, m.if_empty)
-        if not m.nowait:
-            self.reply(M.QueueDeleteOk(n))
+        self.reply_after_commit(None if m.nowait else M.QueueDeleteOk(n),
+                                q is not None and self._stored(q))

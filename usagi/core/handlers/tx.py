@@ -34,18 +34,17 @@ class TxHandlers:
             raise ChannelError("channel is not transactional", E.PRECONDITION_FAILED)
         publishes, self.tx_publishes = self.tx_publishes, []
         acks, self.tx_acks = self.tx_acks, []
-        stored = False
+        store = self.broker.store
+        recorded = store.recorded
         for x, msg, mandatory in publishes:
             if x.deleted:
                 continue
             self._route_publish(x, msg, mandatory)
-            stored = stored or msg.stored
         for items, requeue in acks:
             self._settle(items, requeue)
-        if stored and self.broker.store.durable:
-            self.tx_commit_epoch = self.broker.wait_for_commit(self)
-        else:
-            self.reply(M.TxCommitOk())
+        # commit-ok promises the publishes and the acks alike: an acked persistent message must not
+        # come back after a crash, nor a committed one be missing
+        self.reply_after_commit(M.TxCommitOk(), store.recorded != recorded)
 
     def tx_rollback(self, m):
         if not self.tx:

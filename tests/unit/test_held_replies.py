@@ -1,0 +1,185 @@
+"""Replies held until the store commits, sans-IO: the engine with a real SQLite store, bytes fed in
+by hand (split at every offset), commits driven by hand as the server's commit loop drives them.
+
+A reply that promises durability comes out only after the commit; nothing behind it is handled
+before; every reply comes once, in order, however the input is split; a failed commit closes the
+connection with 541 and no ok.
+"""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from usagi.amqp import methods as M
+from usagi.amqp.frames import PROTOCOL_HEADER, content_frames, method_frame
+from usagi.core.broker import Broker
+from usagi.core.connection import Connection
+from usagi.storage.sqlite import SQLiteStore
+
+PERSISTENT = b"\x10\x00\x02"      # property flags: delivery-mode; delivery-mode 2
+
+
+class Transport:
+    def __init__(self):
+        self.data = b""
+        self.paused = False
+        self.closed = False
+
+    def write(self, data):
+        self.data += data
+
+    def close(self):
+        self.closed = True
+
+    def pause_reading(self):
+        self.paused = True
+
+    def resume_reading(self):
+        self.paused = False
+
+    def get_write_buffer_size(self):
+        return 0
+
+
+class Node:
+    """A broker on a SQLite store; `later` holds what the engine deferred to a later loop turn."""
+
+    def __init__(self, path):
+        self.store = SQLiteStore(str(path))
+        self.store.open()
+        self.broker = Broker(store=self.store)
+        self.broker.bootstrap()
+        self.store.commit()
+        self.later = []
+        self.broker.on_defer = self.later.append
+
+    def connect(self):
+        t = Transport()
+        conn = Connection(self.broker, t, ("127.0.0.1", 1), ("127.0.0.1", 2))
+        conn.connection_made()
+        caps = {"capabilities": {"consumer_cancel_notify": True}}
+        conn.data_received(PROTOCOL_HEADER
+                           + method_frame(0, M.ConnectionStartOk(caps, "PLAIN", b"\x00guest\x00guest").encode())
+                           + method_frame(0, M.ConnectionTuneOk(2047, 131072, 0).encode())
+                           + method_frame(0, M.ConnectionOpen("/").encode())
+                           + method_frame(1, M.ChannelOpen().encode()))
+        self.broker.flush_output()
+        t.data = b""
+        return conn, t
+
+    def run_later(self) -> bool:
+        ran = bool(self.later)
+        while self.later:
+            self.later.pop(0)()
+        self.broker.flush_output()
+        return ran
+
+    def commit(self, error=None) -> bool:
+        """One turn of the commit loop: False when there was nothing to commit."""
+        b = self.broker
+        if not (b.commit_waiters or self.store.pending()):
+            return False
+        epoch, waiters = b.begin_commit()
+        if error is None:
+            self.store.commit()
+        b.commit_done(epoch, waiters, error)
+        b.flush_output()
+        return True
+
+    def settle(self):
+        while self.run_later() or self.commit():
+            pass
+
+
+def replies(data: bytes) -> list:
+    """(channel, method name, fields) of the method frames in `data`."""
+    out = []
+    off = 0
+    while off < len(data):
+        ftype, ch, size = struct.unpack_from(">BHI", data, off)
+        payload = data[off + 7:off + 7 + size]
+        off += size + 8
+        if ftype == 1:
+            cls = M.METHODS[struct.unpack_from(">I", payload)[0]]
+            m = cls.decode(payload, 4, len(payload))
+            out.append((ch, cls.NAME, {f: getattr(m, f) for f in cls.FIELDS}))
+    return out
+
+
+def publish(queue: str, body: bytes) -> bytes:
+    return (method_frame(1, M.BasicPublish(0, "", queue).encode())
+            + b"".join(content_frames(1, 60, PERSISTENT, body, 131072)))
+
+
+PIPELINE = b"".join((
+    method_frame(1, M.QueueDeclare(queue="q1", durable=True).encode()),
+    method_frame(1, M.QueueBind(queue="q1", exchange="amq.direct", routing_key="k").encode()),
+    publish("q1", b"first"),
+    method_frame(1, M.QueuePurge(queue="q1").encode()),
+    method_frame(1, M.TxSelect().encode()),
+    publish("q1", b"second"),
+    method_frame(1, M.TxCommit().encode()),
+    method_frame(1, M.BasicGet(queue="q1", no_ack=True).encode()),
+    method_frame(1, M.QueueDeclare(queue="q2", durable=True).encode()),
+    method_frame(1, M.BasicConsume(queue="q2", consumer_tag="c2").encode()),
+    method_frame(1, M.QueueDelete(queue="q2").encode()),
+    method_frame(1, M.BasicGet(queue="q1").encode()),
+))
+EXPECTED = ["queue.declare-ok", "queue.bind-ok", "queue.purge-ok", "tx.select-ok", "tx.commit-ok",
+            "basic.get-ok", "queue.declare-ok", "basic.consume-ok", "queue.delete-ok", "basic.cancel",
+            "basic.get-empty"]
+HELD = {"queue.declare-ok", "queue.bind-ok", "queue.purge-ok", "tx.commit-ok", "queue.delete-ok"}
+
+
+def test_each_held_reply_comes_after_its_commit_and_nothing_overtakes_it(tmp_path):
+    node = Node(tmp_path)
+    conn, t = node.connect()
+    conn.data_received(PIPELINE)
+    node.broker.flush_output()
+    assert replies(t.data) == [] and t.paused          # the declare waits: nothing else is handled
+    names = []
+    while True:
+        committed = node.commit()
+        ran = node.run_later()          # the input goes on after the held reply
+        if not (committed or ran):
+            break
+        got = [name for _ch, name, _f in replies(t.data)]
+        t.data = b""
+        # after each commit: one held reply, then what follows it up to the next held one
+        assert got and got[0] in HELD and not HELD & set(got[1:]), got
+        names += got
+    assert names == EXPECTED
+    assert not t.paused
+
+
+@pytest.mark.parametrize("step", [1, 7, 13, 64])
+def test_any_split_of_the_input_gives_the_same_replies(tmp_path, step):
+    node = Node(tmp_path)
+    conn, t = node.connect()
+    for i in range(0, len(PIPELINE), step):
+        conn.data_received(PIPELINE[i:i + step])
+        node.settle()
+    node.settle()
+    got = replies(t.data)
+    assert [name for _ch, name, _f in got] == EXPECTED
+    assert got[2][2]["message_count"] == 1                 # purge-ok: "first"
+    assert node.store.pending() is False
+
+
+def test_a_failed_commit_closes_the_connection_with_541_and_no_ok(tmp_path):
+    node = Node(tmp_path)
+    conn, t = node.connect()
+    conn.data_received(method_frame(1, M.TxSelect().encode()) + publish("", b"x")
+                       + method_frame(1, M.QueueDeclare(queue="qf", durable=True).encode())
+                       + method_frame(1, M.QueueDeclare(queue="after").encode()))
+    node.broker.flush_output()
+    assert [name for _c, name, _f in replies(t.data)] == ["tx.select-ok"]
+    assert node.commit(error=OSError(28, "No space left on device"))
+    node.run_later()
+    got = replies(t.data)
+    assert [name for _c, name, _f in got] == ["tx.select-ok", "connection.close"]
+    assert got[-1][2]["reply_code"] == 541
+    assert got[-1][2]["reply_text"] == "INTERNAL_ERROR - store commit failed: [Errno 28] No space left on device"
+    assert "after" not in node.broker.vhosts["/"].queues    # nothing behind the failed reply ran
+    assert not t.paused                                      # close-ok can be read
