@@ -24,6 +24,12 @@ _f = struct.Struct(">f")
 _d = struct.Struct(">d")
 _D = struct.Struct(">Bi")
 
+# Tables and arrays nest at most this deep. Decoding and encoding recurse (two frames per level),
+# so this bound is also what keeps them far from the interpreter's recursion limit: every value
+# decoded from the wire (headers, arguments, x-death) nests no deeper, and so neither do the
+# recursive walks over such values elsewhere (x-death editing, model.util.freeze of binding
+# arguments). Values given as JSON to the management API have no such bound: the walks over
+# those (mgmt.util.jsonable, the store's JSON encoding) iterate instead.
 MAX_DEPTH = 100
 
 
@@ -266,8 +272,34 @@ def encode_value(value) -> bytes:
     return bytes(out)
 
 
+_FIXED_SIZES = {116: 1, 98: 1, 66: 1, 115: 2, 117: 2, 73: 4, 105: 4, 102: 4, 108: 8, 84: 8, 100: 8, 68: 5,
+                86: 0}       # t b B s u I i f l T d D V: bytes after the type code
+
+
+def _skip_value(buf, off, end):
+    """The offset after the field value at `off`, from its type code and length prefix alone:
+    strings, tables and arrays are stepped over whole, not decoded (so at no cost in depth)."""
+    if off >= end:
+        raise SyntaxError_("field table truncated")
+    t = buf[off]
+    off += 1
+    if t == 83 or t == 120 or t == 65 or t == 70:    # 'S' 'x' 'A' 'F': a 32-bit length, then the bytes
+        _need(buf, off, 4, end)
+        off += 4 + _i.unpack_from(buf, off)[0]
+    else:
+        n = _FIXED_SIZES.get(t)
+        if n is None:
+            raise SyntaxError_(f"unknown field table type {chr(t)!r}")
+        off += n
+    if off > end:
+        raise SyntaxError_("field table truncated")
+    return off
+
+
 def table_entries(raw: bytes) -> list:
-    """Split an encoded table (with its length prefix) into [(name, typed value bytes)], unchanged."""
+    """Split an encoded table (with its length prefix) into [(name, typed value bytes)], unchanged.
+    Values are stepped over by their length, not decoded: the cost is linear in the number of
+    entries, however large or deeply nested their values (x-death grows along dead-letter chains)."""
     size, = _i.unpack_from(raw, 0)
     end = 4 + size
     off = 4
@@ -276,7 +308,7 @@ def table_entries(raw: bytes) -> list:
         n = raw[off]
         name = raw[off + 1:off + 1 + n].decode("utf-8", "surrogateescape")
         start = off + 1 + n
-        _, off = _decode_value(raw, start, end, 0)
+        off = _skip_value(raw, start, end)
         entries.append((name, raw[start:off]))
     return entries
 

@@ -16,6 +16,7 @@ import time
 
 from ..amqp import errors as E
 from ..amqp.errors import ChannelError, ConnectionError_
+from . import upkeep
 
 log = logging.getLogger("usagi.limits")
 
@@ -165,33 +166,38 @@ def sweep(broker, now: float | None = None):
         if conn.closed:
             continue
         for ch in list(conn.channels.values()):
-            unacked = ch.unacked
-            if not unacked or ch.state:
-                continue
-            tag = next(iter(unacked))
-            key = id(ch)
-            prev = old.get(key)
-            first = prev[2] if prev is not None and prev[0] is ch and prev[1] == tag else now
-            seen[key] = (ch, tag, first)
-            ms = _timeout_ms(broker, unacked[tag])
-            if ms is not None and (now - first) * 1000 >= ms:
-                expired.append((ch, tag, ms))
+            try:
+                unacked = ch.unacked
+                if not unacked or ch.state:
+                    continue
+                tag = next(iter(unacked))
+                key = id(ch)
+                prev = old.get(key)
+                first = prev[2] if prev is not None and prev[0] is ch and prev[1] == tag else now
+                seen[key] = (ch, tag, first)
+                ms = _timeout_ms(broker, unacked[tag])
+                if ms is not None and (now - first) * 1000 >= ms:
+                    expired.append((ch, tag, ms))
+            except Exception:       # one odd channel must not stop the timeout for all the others
+                upkeep.failed("consumer timeout sweep", log)
     st.oldest = seen
     for ch, tag, ms in expired:
-        u = ch.unacked.get(tag)
-        consumer = getattr(getattr(u, "consumer", None), "tag", "")
-        qname = getattr(getattr(u, "queue", None), "name", "")
-        log.warning("Consumer '%s' on channel %d and queue '%s' in vhost '%s' has timed out waiting for a "
-                    "consumer acknowledgement of a delivery with delivery tag = %d. Timeout used: %d ms. "
-                    "This timeout value can be configured, see consumers doc guide to learn more",
-                    consumer, ch.number, qname, getattr(ch.vhost, "name", ""), tag, ms)
         try:
+            u = ch.unacked.get(tag)
+            consumer = getattr(getattr(u, "consumer", None), "tag", "")
+            qname = getattr(getattr(u, "queue", None), "name", "")
+            log.warning("Consumer '%s' on channel %d and queue '%s' in vhost '%s' has timed out waiting for a "
+                        "consumer acknowledgement of a delivery with delivery tag = %d. Timeout used: %d ms. "
+                        "This timeout value can be configured, see consumers doc guide to learn more",
+                        consumer, ch.number, qname, getattr(ch.vhost, "name", ""), tag, ms)
             ch.fail(ChannelError(consumer_timeout_text(ch.number, ms), E.PRECONDITION_FAILED))
-        except Exception:  # pragma: no cover - never let the timer die
-            log.exception("closing a timed out channel")
+        except Exception:           # never let the timer die
+            upkeep.failed("closing a timed out channel", log)
     if expired:
-        broker.run_dirty()
-        broker.flush_output()
+        try:
+            broker.run_dirty()
+        finally:
+            broker.flush_output()
 
 
 # ---------------------------------------------------------------------------------------- failed logins
@@ -248,8 +254,8 @@ def login_failed(conn, refuse) -> float:
         rec[2] -= 1
         try:
             refuse()
-        except Exception:  # pragma: no cover - never let the timer die
-            log.exception("answering a failed login")
+        except Exception:  # never let the timer die
+            upkeep.failed("answering a failed login", log)
     st.call_later(delay, answer)
     return delay
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from ..core import upkeep
 from . import api, metrics, ops
 from .stats import Sampler
 
@@ -24,6 +25,7 @@ log = logging.getLogger("usagi.mgmt")
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_INTERVAL = 5.0      # RabbitMQ's collect_statistics_interval
+_actions: set = set()       # server actions (run_soon) still running
 
 
 def _interval() -> float:
@@ -124,11 +126,13 @@ class ManagementService:
         return out
 
     def _sample(self):
+        """The statistics timer: a failed sample is logged (rate-limited) and the timer runs on."""
         try:
             self.sampler.sample()
-        except Exception:  # pragma: no cover - never let the timer die
-            log.exception("statistics sampling failed")
-        self._sample_handle = asyncio.get_running_loop().call_later(self.sampler.interval, self._sample)
+        except Exception:  # never let the timer die
+            upkeep.failed("statistics sampling", log)
+        finally:
+            self._sample_handle = asyncio.get_running_loop().call_later(self.sampler.interval, self._sample)
 
     # ------------------------------------------------------------------ node control
     def request_stop(self):
@@ -138,14 +142,22 @@ class ManagementService:
     def run_soon(self, fn):
         """Run a server action (sync or async) after the current response has gone out."""
         loop = asyncio.get_running_loop()
+        name = getattr(fn, "__name__", str(fn))
+
+        def done(task):
+            _actions.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("server action %s failed", name, exc_info=task.exception())
 
         def go():
             try:
                 res = fn()
                 if asyncio.iscoroutine(res):
-                    loop.create_task(res)
+                    task = loop.create_task(res)
+                    _actions.add(task)          # held until done (the loop keeps only a weak reference)
+                    task.add_done_callback(done)
             except Exception:
-                log.exception("server action %s failed", getattr(fn, "__name__", fn))
+                log.exception("server action %s failed", name)
         loop.call_later(0.05, go)
 
     async def durable(self):

@@ -42,8 +42,11 @@ def key_missing(body: dict, keys) -> None:
         raise bad_request("[" + ",".join(f"{{key_missing,{k}}}" for k in missing) + "]")
 
 
-def jsonable(v):
-    """An AMQP value (field-table value, property) as JSON, the way the management API shows it."""
+_NESTED = object()
+
+
+def _json_leaf(v):
+    """A value that holds no others, as JSON; _NESTED for a table, an array or a typed value."""
     if v is None or isinstance(v, (bool, str)):
         return v
     if isinstance(v, Timestamp):
@@ -54,17 +57,43 @@ def jsonable(v):
         return v if math.isfinite(v) else str(v)
     if isinstance(v, (bytes, bytearray, memoryview)):
         return bytes(v).decode("utf-8", "replace")
-    if isinstance(v, dict):
-        return {str(k): jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [jsonable(x) for x in v]
-    if isinstance(v, Typed):
-        return jsonable(v.value)
+    if isinstance(v, (dict, list, tuple, Typed)):
+        return _NESTED
     if isinstance(v, Decimal):
         return float(v)
     if isinstance(v, datetime.datetime):
         return int(v.timestamp())
     return str(v)
+
+
+def jsonable(v):
+    """An AMQP value (field-table value, property) as JSON, the way the management API shows it.
+
+    Iterative, with an explicit stack: values decoded from AMQP nest at most amqp.table.MAX_DEPTH
+    deep, but those given as JSON through this API (arguments, policy definitions) have no such
+    bound, and a recursion here would break every listing that shows them."""
+    leaf = _json_leaf(v)
+    if leaf is not _NESTED:
+        return leaf
+    root = [None]
+    stack = [(v, root, 0)]
+    while stack:
+        v, into, at = stack.pop()
+        while isinstance(v, Typed):
+            v = v.value
+        leaf = _json_leaf(v)
+        if leaf is not _NESTED:
+            into[at] = leaf
+        elif isinstance(v, dict):
+            items = [(str(k), x) for k, x in v.items()]
+            out = into[at] = dict.fromkeys(k for k, _ in items)
+            for k, x in reversed(items):        # first item first; a repeated key keeps the last value
+                stack.append((x, out, k))
+        else:
+            out = into[at] = [None] * len(v)
+            for i in range(len(v) - 1, -1, -1):
+                stack.append((v[i], out, i))
+    return root[0]
 
 
 def dumps(obj) -> bytes:

@@ -40,6 +40,13 @@ def strip_bcc(props: bytes, scan) -> bytes:
     return P.replace_headers(props, join_entries(kept))
 
 
+def queue_field(queue: str) -> bytes:
+    """How the `queue` field of an x-death entry naming this queue is encoded. Properties without
+    these bytes hold no death in that queue: a byte search that spares decoding x-death."""
+    raw = queue.encode("utf-8", "surrogateescape")
+    return b"\x05queueS" + len(raw).to_bytes(4, "big") + raw
+
+
 def is_cycle(deaths: list, queue: str) -> bool:
     """A message going back to a queue it died in would loop forever, unless one of the deaths
     since (and including) its last death in that queue was a rejection by a consumer."""
@@ -51,6 +58,19 @@ def is_cycle(deaths: list, queue: str) -> bool:
         if d.get("queue") == queue:
             return True
     return False
+
+
+def cycling_queues(deaths: list) -> set:
+    """The queues a message with these deaths may not go back to: `is_cycle` for every queue at
+    once, in one pass over the deaths (a message routed to many queues checks each in O(1))."""
+    out = set()
+    for d in deaths:                      # most recent first
+        if not isinstance(d, dict):
+            continue
+        if d.get("reason") == "rejected":
+            break
+        out.add(d.get("queue"))
+    return out
 
 
 def bcc_keys(msg) -> list | None:
@@ -79,8 +99,14 @@ def record_death(msg, queue: str, reason: str, now_ms: int) -> bytes:
         entries = []
     current = dict(entries)
     old = []
-    if "x-death" in current:
-        t, _ = decode_table(join_entries([("x", current["x-death"])]), 0)
+    kept = None
+    raw = current.get("x-death")
+    if raw is not None and raw[:1] == b"A" and queue_field(queue) not in raw:
+        # no death in this queue yet (the common case, and every hop of a chain of queues): the
+        # new entry goes in front and the others keep their bytes, copied rather than decoded
+        kept = raw
+    elif raw is not None:
+        t, _ = decode_table(join_entries([("x", raw)]), 0)
         old = t.get("x") if isinstance(t.get("x"), list) else []
     deaths = []
     found = None
@@ -106,7 +132,11 @@ def record_death(msg, queue: str, reason: str, now_ms: int) -> bytes:
         if expiration is not None:
             entry["original-expiration"] = _s(expiration)
     deaths.insert(0, entry)
-    updates = {"x-death": encode_value(deaths)}
+    if kept is not None:
+        first = encode_value(entry)
+        updates = {"x-death": b"A" + (len(kept) - 5 + len(first)).to_bytes(4, "big") + first + kept[5:]}
+    else:
+        updates = {"x-death": encode_value(deaths)}
     if "x-first-death-reason" not in current:
         updates["x-first-death-reason"] = encode_value(_s(reason))
         updates["x-first-death-queue"] = encode_value(_s(queue))

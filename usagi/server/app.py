@@ -17,6 +17,7 @@ import time
 from .. import __version__
 from ..amqp import errors as E
 from ..core import limits
+from ..core import upkeep
 from ..core.broker import Broker, CommitFailed
 from ..core.connection import OPEN, Connection
 
@@ -201,11 +202,28 @@ class Server:
         return self
 
     def _fast_tick(self):
+        """Every 25 ms: message TTLs, delayed messages, deliveries. Each step is isolated (a
+        failure is logged, rate-limited, and the other steps still run) and the timer is always
+        set again."""
+        b = self.broker
         try:
-            self.broker.timers()
-        except Exception:
-            log.exception("timer work failed")
-        self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
+            if b.ttl_queues:
+                try:
+                    b.expire(int(time.time() * 1000))
+                except Exception:
+                    upkeep.failed("message TTL expiry", log)
+            if len(b.delayed):
+                try:
+                    b._release_delayed(int(time.time() * 1000))
+                except Exception:
+                    upkeep.failed("delayed message release", log)
+            if b.dirty:
+                try:
+                    b.run_dirty()
+                except Exception:
+                    upkeep.failed("deliveries", log)
+        finally:
+            self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
 
     async def stop_app(self):
         """rabbitmqctl stop_app: stop the AMQP side (listeners closed, connections closed with 320);
@@ -253,34 +271,61 @@ class Server:
 
     # ------------------------------------------------------------------ timers
     def _tick(self):
-        now = time.monotonic()
-        hs_timeout = self.broker.config.handshake_timeout
-        for conn in list(self.conns):
-            if conn.closed:
-                self.conns.discard(conn)
-                continue
-            # as RabbitMQ's handshake_timeout: counted from the accept, however slowly bytes trickle in
-            if conn.state < OPEN and conn.connected_at and time.time() - conn.connected_at > hs_timeout:
-                log.warning("connection %s: handshake timeout", conn.name)
-                conn.transport.abort()
-                conn.connection_lost()
-                continue
-            if not conn.heartbeat_tick(now):
-                conn.transport.abort()
-                conn.connection_lost()
-        b = self.broker
-        if b.store.durable and not self.commit_running and b.store.pending():
-            self._schedule_commit()
-        b.tick(time.time())
-        if now - self._last_sweep >= 0.5:
-            self._last_sweep = now
-            limits.sweep(b, now)            # consumer acknowledgement timeouts
-        if now - self._last_resource_check >= 1.0:
-            limits.forget_stale(b, now)
-            self._last_resource_check = now
-            b.check_resources()
-        b.run_dirty()
-        self._tick_handle = self.loop.call_later(min(1.0, self.commit_interval), self._tick)
+        """Several times a second: handshake and heartbeat timeouts, background commits, x-expires,
+        consumer timeouts, resource alarms, deliveries. No input can stop it: each step (and each
+        connection's check) is isolated, a failure is logged (rate-limited) and the others still
+        run, and the timer is set again whatever happens."""
+        try:
+            now = time.monotonic()
+            b = self.broker
+            hs_timeout = b.config.handshake_timeout
+            for conn in list(self.conns):
+                try:
+                    if conn.closed:
+                        self.conns.discard(conn)
+                        continue
+                    # as RabbitMQ's handshake_timeout: counted from the accept, however slowly bytes trickle in
+                    if conn.state < OPEN and conn.connected_at and time.time() - conn.connected_at > hs_timeout:
+                        log.warning("connection %s: handshake timeout", conn.name)
+                        conn.transport.abort()
+                        conn.connection_lost()
+                        continue
+                    if not conn.heartbeat_tick(now):
+                        conn.transport.abort()
+                        conn.connection_lost()
+                except Exception:
+                    upkeep.failed("handshake and heartbeat checks", log, f"connection {conn.name}")
+            try:
+                if b.store.durable and not self.commit_running and b.store.pending():
+                    self._schedule_commit()
+            except Exception:
+                upkeep.failed("background commit scheduling", log)
+            try:
+                b.tick(time.time())
+            except Exception:
+                upkeep.failed("broker tick (x-expires)", log)
+            if now - self._last_sweep >= 0.5:
+                self._last_sweep = now
+                try:
+                    limits.sweep(b, now)            # consumer acknowledgement timeouts
+                except Exception:
+                    upkeep.failed("consumer timeout sweep", log)
+            if now - self._last_resource_check >= 1.0:
+                self._last_resource_check = now
+                try:
+                    limits.forget_stale(b, now)
+                except Exception:
+                    upkeep.failed("failed-login bookkeeping", log)
+                try:
+                    b.check_resources()
+                except Exception:
+                    upkeep.failed("resource checks", log)
+            try:
+                b.run_dirty()
+            except Exception:
+                upkeep.failed("deliveries", log)
+        finally:
+            self._tick_handle = self.loop.call_later(min(1.0, self.commit_interval), self._tick)
 
     # ------------------------------------------------------------------ group commit
     def _schedule_commit(self):

@@ -113,49 +113,74 @@ _TAGS = ("__bytes__", "__decimal__", "__ts__", "__typed__", "__tuple__", "__set_
 
 
 def _enc(v):
+    """A definition value as plain JSON data, AMQP types tagged.
+
+    Iterative, with an explicit stack: values decoded from AMQP nest at most amqp.table.MAX_DEPTH
+    deep, but arguments and policy definitions given as JSON through the management API have no
+    such bound, and a recursion here would fail the write of a definition the engine already holds."""
+    root = [None]
+    stack = [(v, root, 0)]
+    while stack:
+        v, into, at = stack.pop()
+        into[at], children = _enc_node(v)
+        stack.extend(children)
+    return root[0]
+
+
+def _enc_node(v):
+    """One value encoded, with placeholders for what it holds: (encoded, [(child, container, index)])."""
     t = v.__class__
     if t is str or t is int or t is bool or v is None:
-        return v
+        return v, ()
     if t is float:
         if v != v or v in (float("inf"), float("-inf")):
-            return {"__float__": repr(v)}
-        return v
+            return {"__float__": repr(v)}, ()
+        return v, ()
     if t is dict:
         if all(k.__class__ is str for k in v):
             if len(v) == 1 and next(iter(v)) in _TAGS:   # would read as a tag: escape it
-                return {"__dict__": [[k, _enc(x)] for k, x in v.items()]}
-            return {k: _enc(x) for k, x in v.items()}
-        return {"__items__": [[_enc(k), _enc(x)] for k, x in v.items()]}
+                pairs = [[k, None] for k in v]
+                return {"__dict__": pairs}, [(x, p, 1) for p, x in zip(pairs, v.values())]
+            out = dict.fromkeys(v)
+            return out, [(x, out, k) for k, x in v.items()]
+        pairs = [[None, None] for _ in v]
+        children = []
+        for p, (k, x) in zip(pairs, v.items()):
+            children += ((k, p, 0), (x, p, 1))
+        return {"__items__": pairs}, children
     if t is list:
-        return [_enc(x) for x in v]
+        out = [None] * len(v)
+        return out, [(x, out, i) for i, x in enumerate(v)]
     if isinstance(v, (bytes, bytearray, memoryview)):
-        return {"__bytes__": base64.b64encode(bytes(v)).decode("ascii")}
+        return {"__bytes__": base64.b64encode(bytes(v)).decode("ascii")}, ()
     if isinstance(v, bool):
-        return bool(v)
+        return bool(v), ()
     if isinstance(v, int):
         from ..amqp.table import Timestamp
         if isinstance(v, Timestamp):
-            return {"__ts__": int(v)}
-        return int(v)
+            return {"__ts__": int(v)}, ()
+        return int(v), ()
     if isinstance(v, float):
-        return _enc(float(v))
+        return _enc_node(float(v))
     if isinstance(v, str):
-        return str(v)
+        return str(v), ()
     if isinstance(v, Decimal):
-        return {"__decimal__": str(v)}
-    if isinstance(v, tuple):
-        return {"__tuple__": [_enc(x) for x in v]}
-    if isinstance(v, (set, frozenset)):
-        return {"__set__": [_enc(x) for x in v]}
+        return {"__decimal__": str(v)}, ()
+    if isinstance(v, (tuple, set, frozenset)):
+        items = list(v)
+        out = [None] * len(items)
+        return {"__tuple__" if isinstance(v, tuple) else "__set__": out}, \
+            [(x, out, i) for i, x in enumerate(items)]
     if isinstance(v, datetime.datetime):
-        return {"__datetime__": v.isoformat()}
+        return {"__datetime__": v.isoformat()}, ()
     if isinstance(v, dict):
-        return _enc(dict(v))
+        return _enc_node(dict(v))
     if isinstance(v, list):
-        return [_enc(x) for x in v]
+        return _enc_node(list(v))
     from ..amqp.table import Typed
     if isinstance(v, Typed):
-        return {"__typed__": [v.code, _enc(v.value)]}
+        out = [v.code, None]
+        return {"__typed__": out}, [(v.value, out, 1)]
     raise TypeError(f"cannot store a {t.__name__} in a definition: {v!r}")
 
 

@@ -29,6 +29,7 @@ class Exchange:
         self.internal = internal
         self.arguments = arguments or {}
         self.bindings: dict = {}        # Binding.key -> Binding
+        self.incoming: dict = {}        # id(Binding) -> Binding, for bindings from other exchanges to this one
         self.deleted = False
         self.policy = None
         self.policy_ae = None           # alternate-exchange from a policy
