@@ -13,8 +13,6 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-import pytest
-
 LISTENER_RE = re.compile(r"AMQP listener on (\S+):(\d+)")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

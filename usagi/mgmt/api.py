@@ -240,9 +240,6 @@ class Req:
             return [v for _n, v in sorted(self.broker.vhosts.items())]
         return self.login_vhosts()
 
-    def can_see_vhost(self, name: str) -> bool:
-        return self.is_monitor or access.vhost_access(self.broker, self.user, name)
-
 
 # ---------------------------------------------------------------------------------------- access rules
 
