@@ -16,7 +16,6 @@ and exchange. Topic permissions cost one dictionary lookup when the user has non
 """
 from __future__ import annotations
 
-import re
 from decimal import Decimal
 
 from ..amqp import errors as E
@@ -86,20 +85,10 @@ def check_exclusive(q, owner) -> None:
 def check_topic(broker, user, vhost: str, x, routing_key: str, kind: str) -> None:
     """Topic permissions (RabbitMQ's topic authorisation): on a topic exchange, a routing key must
     match the user's `kind` (write: publish, read: bind and unbind) pattern for that exchange, if
-    the user has one; `{username}` and `{vhost}` in a pattern stand for the user's and vhost's names."""
-    if user is None or x.TYPE != "topic":
+    the user has one (the match itself is the user database's: UserDB.topic_allowed)."""
+    if user is None or x.TYPE != "topic" or not broker.users.topic_permissions:
         return
-    tp = broker.users.topic_permissions
-    p = tp.get((user.name, vhost, x.name)) if tp else None
-    if p is None:
-        return
-    pattern = (p.get(kind) or "").replace("{username}", re.escape(user.name)) \
-        .replace("{vhost}", re.escape(vhost))
-    try:
-        ok = re.search(pattern or "^$", routing_key) is not None
-    except re.error:
-        ok = False
-    if not ok:
+    if not broker.users.topic_allowed(user.name, vhost, x.name, kind, routing_key):
         raise ChannelError(f"access to topic '{routing_key}' in exchange '{x.name}' in vhost "
                            f"'{vhost}' refused for user '{user.name}'", E.ACCESS_REFUSED)
 
