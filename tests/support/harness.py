@@ -13,8 +13,6 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-import pytest
-
 LISTENER_RE = re.compile(r"AMQP listener on (\S+):(\d+)")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,6 +37,24 @@ class Broker:
 
 def external_broker_url() -> str | None:
     return os.environ.get("USAGI_TEST_BROKER_URL") or None
+
+
+MGMT_RE = re.compile(r"Management listener on (\S+):(\d+)")
+DEFAULT_MGMT_URL = "http://guest:guest@127.0.0.1:15682"
+
+
+def management_base(broker: Broker, timeout: float = 10.0) -> tuple:
+    """(scheme://host:port, user, password) of the management API of the session broker: a Usagi
+    server's own (from its log; guest), else USAGI_TEST_MGMT_URL (RabbitMQ's, in differential mode)."""
+    if broker.is_usagi:
+        m = wait_for(lambda: MGMT_RE.search(broker.log_text()), timeout,
+                     message="'Management listener on HOST:PORT' in the Usagi log")
+        host = m.group(1)
+        base = f"http://[{host}]:{m.group(2)}" if ":" in host else f"http://{host}:{m.group(2)}"
+        return base, "guest", "guest"
+    p = urllib.parse.urlsplit(os.environ.get("USAGI_TEST_MGMT_URL") or DEFAULT_MGMT_URL)
+    return (f"{p.scheme}://{p.hostname}:{p.port}", urllib.parse.unquote(p.username or "guest"),
+            urllib.parse.unquote(p.password or "guest"))
 
 
 class ServerProcess:

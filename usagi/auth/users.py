@@ -98,3 +98,16 @@ class UserDB:
 
     def permission(self, user: str, vhost: str) -> Permission | None:
         return self.permissions.get((user, vhost))
+
+    def topic_allowed(self, user: str, vhost: str, exchange: str, kind: str, routing_key: str) -> bool:
+        """Topic authorisation: whether `routing_key` may be published (kind "write") or bound
+        ("read") on topic exchange `exchange`. True when the user has no topic permission for it;
+        else the pattern, with {username} and {vhost} replaced by the (escaped) names, must match."""
+        p = self.topic_permissions.get((user, vhost, exchange))
+        if p is None:
+            return True
+        pattern = (p.get(kind) or "").replace("{username}", re.escape(user)).replace("{vhost}", re.escape(vhost))
+        try:
+            return re.search(pattern or "^$", routing_key) is not None
+        except re.error:
+            return False

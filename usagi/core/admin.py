@@ -1,4 +1,5 @@
 """Vhosts, users and permissions: the definitions an administrator changes, written to the store.
+(The checks that use permissions are in access.py.)
 
 Part of the engine (see broker.py): methods of Broker, split out by concern.
 """
@@ -7,7 +8,6 @@ from __future__ import annotations
 import logging
 
 from ..amqp import errors as E
-from ..amqp.errors import ChannelError
 from ..model.vhost import VHost
 
 
@@ -84,13 +84,3 @@ class AdminMixin:
             self.store.delete_definition("permission", (user, vhost))
             return True
         return False
-
-    # ------------------------------------------------------------------ permissions
-    def check_access(self, user, vhost: str, kind: str, resource: str, name: str):
-        """Raise ACCESS_REFUSED unless `user` may `kind` (configure/write/read) `resource` `name`."""
-        if user is None:
-            return
-        p = self.users.permission(user.name, vhost)
-        if p is None or not p.allows(kind, name):
-            raise ChannelError(f"access to {resource} '{name}' in vhost '{vhost}' refused for user "
-                               f"'{user.name}'", E.ACCESS_REFUSED)

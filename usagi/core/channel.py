@@ -15,6 +15,7 @@ from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
 from ..model.message import Message
+from . import access
 from .channel_common import (CLOSING, OPEN, _END, _FH, _H, _HHQ, _QB,
                              _RETURN_HEAD, Unacked, _shortstr, _with_delivery_count)
 
@@ -180,17 +181,17 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             else:
                 scan, special = cached
             if special:
-                if scan.user_id is not None and scan.user_id != self.user.name:
-                    raise ChannelError(f"user_id property set to '{scan.user_id}' but authenticated user was "
-                                       f"'{self.user.name}'", E.PRECONDITION_FAILED, 60, 40)
                 if scan.expiration is not None:
                     self._check_expiration(scan.expiration)
                 if scan.reply_to == "amq.rabbitmq.reply-to":
                     props = self._reply_to_props(props, scan)
                     scan = P.scan(props)
-            if x.TYPE == "topic" and broker.users.topic_permissions:
-                self.check_topic(x, routing_key, "write")
             msg = Message(exchange, routing_key, props, body, scan, broker.next_msg_id, route)
+            if x.TYPE == "topic" and broker.users.topic_permissions:
+                access.check_publish_topics(broker, self.user, self.vhost.name, x, msg)
+            if special and scan.user_id is not None and scan.user_id != self.user.name:
+                raise ChannelError(f"user_id property set to '{scan.user_id}' but authenticated user was "
+                                   f"'{self.user.name}'", E.PRECONDITION_FAILED, 60, 40)
             broker.next_msg_id += 1
         except ChannelError as e:
             e.class_id, e.method_id = 60, 40
@@ -201,32 +202,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             return
         self._route_publish(x, msg, bits & 1)
 
-    def check_topic(self, x, routing_key: str, kind: str):
-        """Topic permissions (RabbitMQ's topic authorisation): on topic exchanges the routing key
-        must match the user's write (publish) or read (bind) pattern for that exchange, if any."""
-        p = self.broker.users.topic_permissions.get((self.user.name, self.vhost.name, x.name))
-        if p is None:
-            return
-        pattern = (p.get(kind) or "").replace("{username}", re.escape(self.user.name)) \
-            .replace("{vhost}", re.escape(self.vhost.name))
-        try:
-            ok = re.search(pattern or "^$", routing_key) is not None
-        except re.error:
-            ok = False
-        if not ok:
-            raise ChannelError(f"access to topic '{routing_key}' in exchange '{x.name}' in vhost "
-                               f"'{self.vhost.name}' refused for user '{self.user.name}'", E.ACCESS_REFUSED)
-
     def _publish_target(self, exchange: str):
-        if exchange not in self._write_ok:
-            self.broker.check_access(self.user, self.vhost.name, "write", "exchange", exchange or "amq.default")
-            self._write_ok.add(exchange)
-        x = self.vhost.exchanges.get(exchange)
-        if x is None:
-            raise ChannelError(f"no exchange '{exchange}' in vhost '{self.vhost.name}'", E.NOT_FOUND)
-        if x.internal:
-            raise ChannelError(f"cannot publish to internal exchange '{exchange}' in vhost "
-                               f"'{self.vhost.name}'", E.ACCESS_REFUSED)
+        x = access.publish_target(self.broker, self.user, self.vhost, exchange, self._write_ok)
         self._x_cache[exchange] = x
         return x
 

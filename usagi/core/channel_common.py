@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import struct
 
-from ..amqp import errors as E
-from ..amqp.errors import ChannelError
 from ..model.deadletter import with_header
 
 _Q = struct.Struct(">Q")
@@ -26,10 +24,6 @@ OPEN, CLOSING = 0, 1
 def _shortstr(s: str) -> bytes:
     b = s.encode("utf-8", "surrogateescape")
     return bytes((len(b),)) + b
-
-
-def default_exchange_error():
-    return ChannelError("operation not permitted on the default exchange", E.ACCESS_REFUSED)
 
 
 class Unacked:

@@ -19,7 +19,7 @@ from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METH
                            HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
                            method_frame)
 from ..auth import sasl, x509
-from . import limits
+from . import access, limits
 from .channel import Channel
 
 log = logging.getLogger("usagi.connection")
@@ -514,7 +514,7 @@ class Connection:
         if v is None:
             raise ConnectionError_(f"vhost {name} not found", E.NOT_ALLOWED, 10, 40)
         limits.check_connection_open(self, name)
-        if self.broker.users.permission(self.user.name, name) is None:
+        if not access.vhost_access(self.broker, self.user, name):
             raise ConnectionError_(f"access to vhost '{name}' refused for user '{self.user.name}'",
                                    E.NOT_ALLOWED, 10, 40)
         self.vhost = name

@@ -13,7 +13,7 @@ from ..amqp.errors import ChannelError
 from ..model.exchanges import TYPES
 from ..model.exchanges.base import Binding
 from ..model.queue import PriorityQueue, Queue
-from . import limits
+from . import access, limits
 from ..model.util import freeze, gen_name
 from ..model.vhost import VHost
 
@@ -262,14 +262,10 @@ class EntitiesMixin:
                                    f"rabbit_{qt or 'classic'}_queue", E.PRECONDITION_FAILED)
 
     def locked(self, q) -> ChannelError:
-        return ChannelError(
-            f"cannot obtain exclusive access to locked queue '{q.name}' in vhost '{q.vhost}'. It could be "
-            f"originally declared on another connection or the exclusive property value does not match "
-            f"that of the original declaration.", E.RESOURCE_LOCKED)
+        return access.locked(q)
 
     def check_exclusive(self, q, owner):
-        if q.exclusive_owner is not None and q.exclusive_owner is not owner:
-            raise self.locked(q)
+        access.check_exclusive(q, owner)
 
     def get_queue(self, vhost: VHost, name: str, owner=None) -> Queue:
         q = vhost.queues.get(name)

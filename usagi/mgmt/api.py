@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..amqp import errors as E
 from ..amqp.errors import AMQPError, ChannelError
+from ..core import access
 from ..core.broker import CommitFailed
 from ..model.queue import Queue
 from . import ops
@@ -72,12 +73,23 @@ def error_response(e: ApiError) -> web.Response:
 
 
 def amqp_error(e: AMQPError) -> ApiError:
-    """An engine error as RabbitMQ's management API reports it."""
-    if e.code == E.ACCESS_REFUSED:
+    """An engine error as RabbitMQ's management API reports it for the operations it runs as a
+    direct method call (declare, delete, purge, bind, unbind: rabbit_mgmt_util:direct_request)."""
+    if e.code in (E.ACCESS_REFUSED, E.NOT_ALLOWED):
         return not_authorised("Access refused.")
     if e.code == E.NOT_FOUND:
         return ApiError(404, "not_found", e.text)
     return bad_request(e.text)
+
+
+def channel_error(e: AMQPError) -> ApiError:
+    """An engine error as RabbitMQ's management API reports it for the operations it runs over an
+    internal AMQP channel (POST .../get: rabbit_mgmt_util:with_channel): the channel's close text."""
+    if e.code == E.ACCESS_REFUSED:
+        return not_authorised(e.reply_text)
+    if e.code == E.NOT_FOUND:
+        return ApiError(404, "not_found", e.reply_text)
+    return bad_request(f"{e.code} {e.reply_text}")
 
 
 # ---------------------------------------------------------------------------------------- router
@@ -210,27 +222,34 @@ class Req:
         return "administrator" in self.tags or "policymaker" in self.tags
 
     def login_vhosts(self) -> list:
+        """The vhosts the user may open (RabbitMQ's list_login_vhosts)."""
         b = self.broker
-        name = self.user.name
-        return [v for n, v in sorted(b.vhosts.items()) if b.users.permission(name, n) is not None]
+        return [v for n, v in sorted(b.vhosts.items()) if access.vhost_access(b, self.user, n)]
 
     def visible_vhosts(self) -> list:
+        """The vhosts the user may know of: all for monitoring users, else the login vhosts
+        (RabbitMQ's list_visible_vhosts: vhosts, vhost limits, connections, channels)."""
         if self.is_monitor:
             return [v for _n, v in sorted(self.broker.vhosts.items())]
         return self.login_vhosts()
 
-    def can_see_vhost(self, name: str) -> bool:
-        return self.is_monitor or self.broker.users.permission(self.user.name, name) is not None
-
-    def check(self, kind: str, resource: str, name: str, vhost: str):
-        """The AMQP permission check an operation through a channel would meet."""
-        try:
-            self.broker.check_access(self.user, vhost, kind, resource, name)
-        except ChannelError:
-            raise not_authorised("Access refused.") from None
+    def listed_vhosts(self) -> list:
+        """The vhosts whose queues, exchanges, bindings, policies and parameters the user is shown:
+        all for administrators, else the login vhosts, monitoring users included (RabbitMQ's
+        filter_vhost)."""
+        if self.is_admin:
+            return [v for _n, v in sorted(self.broker.vhosts.items())]
+        return self.login_vhosts()
 
 
 # ---------------------------------------------------------------------------------------- access rules
+
+def _channel_vhost(r: Req, v) -> None:
+    """RabbitMQ runs get, publish and the aliveness test over an internal AMQP connection of the
+    user: an administrator without permissions in the vhost cannot open it."""
+    if not access.vhost_access(r.broker, r.user, v.name):
+        raise not_authorised("Access refused.")
+
 
 def ANY(r: Req):
     pass
@@ -252,7 +271,7 @@ def _vhost_param_ok(r: Req, visible: bool) -> bool:
         return True             # no vhost, or an unknown one: the handler answers 404
     if visible and r.is_monitor:
         return True
-    return r.broker.users.permission(r.user.name, name) is not None
+    return access.vhost_access(r.broker, r.user, name)
 
 
 def VHOST(r: Req):
@@ -617,8 +636,14 @@ def healthchecks_node(r: Req):
 @get("aliveness-test/:vhost", VHOST)
 def aliveness(r: Req):
     v = r.vhost()
-    for kind in ("configure", "write", "read"):
-        r.check(kind, "queue", ops.ALIVENESS_QUEUE, v.name)
+    _channel_vhost(r, v)
+    try:
+        # what declaring the queue, publishing to it and getting the message back meet
+        access.declare_queue(r.broker, r.user, v, ops.ALIVENESS_QUEUE, {})
+        access.check(r.broker, r.user, v.name, "write", "exchange", "")
+        access.check(r.broker, r.user, v.name, "read", "queue", ops.ALIVENESS_QUEUE)
+    except ChannelError as e:
+        raise channel_error(e) from None
     ok, why = ops.aliveness_test(r.broker, v)
     if ok:
         return {"status": "ok"}
@@ -632,7 +657,7 @@ def vhosts(r: Req):
     return Listing([r.view.vhost(v) for v in r.visible_vhosts()], ("name",))
 
 
-@get("vhosts/:vhost", VHOST)
+@get("vhosts/:vhost", ADMIN)
 def vhost_get(r: Req):
     return r.view.vhost(r.vhost())
 
@@ -676,13 +701,13 @@ def _visible_connections(r: Req, vhost: str | None = None) -> list:
     return out
 
 
-@get("vhosts/:vhost/connections", VHOST_VISIBLE)
+@get("vhosts/:vhost/connections", VHOST)
 def vhost_connections(r: Req):
     v = r.vhost()
     return Listing([r.view.connection(c) for c in _visible_connections(r, v.name)], ("name",))
 
 
-@get("vhosts/:vhost/channels", VHOST_VISIBLE)
+@get("vhosts/:vhost/channels", VHOST)
 def vhost_channels(r: Req):
     v = r.vhost()
     return Listing([r.view.channel(ch) for c in _visible_connections(r, v.name) for ch in c.channels.values()],
@@ -825,7 +850,7 @@ def _exchange(r: Req, v, key: str = "exchange"):
 
 @get("exchanges", ANY)
 def exchanges(r: Req):
-    return Listing([r.view.exchange(x) for v in r.visible_vhosts() for x in v.exchanges.values()])
+    return Listing([r.view.exchange(x) for v in r.listed_vhosts() for x in v.exchanges.values()])
 
 
 @get("exchanges/:vhost", VHOST)
@@ -839,17 +864,23 @@ def exchange_get(r: Req):
     return r.view.exchange(_exchange(r, r.vhost()), detail=True)
 
 
+def _arguments(body: dict) -> dict:
+    """The `arguments` of a body as an AMQP table: RabbitMQ converts them before anything else
+    and refuses a null anywhere in them."""
+    args = body.get("arguments") or {}
+    if not isinstance(args, dict):
+        raise bad_request("arguments must be a JSON object")
+    ops.check_no_null(args)
+    return args
+
+
 @put("exchanges/:vhost/:exchange", VHOST)
 def exchange_put(r: Req):
     v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
     name = r.xname()
     body = r.body()
-    if not name or name.startswith("amq."):      # RabbitMQ refuses any declare of these names
-        raise not_authorised("Access refused.")
-    r.check("configure", "exchange", name, v.name)
-    args = body.get("arguments") or {}
-    if not isinstance(args, dict):
-        raise bad_request("arguments must be a JSON object")
+    args = _arguments(body)
+    access.declare_exchange(r.broker, r.user, v, name, args, from_json=True)
     existed = name in v.exchanges
     r.broker.declare_exchange(v, name, body.get("type") or "direct", parse_bool(body.get("durable")),
                               parse_bool(body.get("auto_delete")), parse_bool(body.get("internal")), args)
@@ -860,16 +891,17 @@ def exchange_put(r: Req):
 def exchange_delete(r: Req):
     v = r.vhost()
     x = _exchange(r, v)
-    if not x.name or x.name.startswith("amq."):
-        raise not_authorised("Access refused.")
-    r.check("configure", "exchange", x.name, v.name)
+    access.delete_exchange(r.broker, r.user, v, x.name)
     r.broker.delete_exchange(v, x.name, parse_bool(r.query.get("if-unused"), False))
     return Reply(204)
 
 
 @post("exchanges/:vhost/:exchange/publish", VHOST)
 def exchange_publish(r: Req):
-    v = r.vhost()
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    if r.xname() not in v.exchanges:
+        raise ApiError(404, "not_found", "exchange_not_found")      # as RabbitMQ 4.x, before the body
+    _channel_vhost(r, v)
     routed = ops.publish(r.broker, r.user, v, r.xname(), r.body())
     return {"routed": routed}
 
@@ -901,7 +933,7 @@ def _queue(r: Req, v, key: str = "queue") -> Queue:
 @get("queues", ANY)
 def queues(r: Req):
     view = r.view
-    return Listing([view.queue(q) for v in r.visible_vhosts() for q in v.queues.values()])
+    return Listing([view.queue(q) for v in r.listed_vhosts() for q in v.queues.values()])
 
 
 @get("queues/:vhost", VHOST)
@@ -921,15 +953,10 @@ def queue_put(r: Req):
     v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
     name = r.p("queue")
     body = r.body()
-    r.check("configure", "queue", name, v.name)
-    args = body.get("arguments") or {}
-    if not isinstance(args, dict):
-        raise bad_request("arguments must be a JSON object")
-    if name.startswith("amq.") and name not in v.queues:
-        raise not_authorised("Access refused.")
+    args = _arguments(body)
+    access.declare_queue(r.broker, r.user, v, name, args, from_json=True)
     existed = name in v.queues
-    if existed:
-        r.broker.check_exclusive(v.queues[name], None)
+    # an existing queue is compared with the declaration, exclusivity first (no connection owns it)
     r.broker.declare_queue(v, name, parse_bool(body.get("durable")), False,
                            parse_bool(body.get("auto_delete")), args)
     return created(not existed)
@@ -938,8 +965,7 @@ def queue_put(r: Req):
 @delete("queues/:vhost/:queue", VHOST)
 def queue_delete(r: Req):
     v = r.vhost()
-    q = _queue(r, v)
-    r.check("configure", "queue", q.name, v.name)
+    q = access.delete_queue(r.broker, r.user, v, _queue(r, v).name, None)
     r.broker.delete_queue(q, parse_bool(r.query.get("if-unused"), False),
                           parse_bool(r.query.get("if-empty"), False))
     r.broker.run_dirty()
@@ -949,26 +975,38 @@ def queue_delete(r: Req):
 @delete("queues/:vhost/:queue/contents", VHOST)
 def queue_purge(r: Req):
     v = r.vhost()
-    q = _queue(r, v)
-    r.check("read", "queue", q.name, v.name)
+    q = access.readable_queue(r.broker, r.user, v, _queue(r, v).name, None)
     r.broker.purge_queue(q)
     return Reply(204)
 
 
+def _queue_to_read(r: Req, v) -> Queue:
+    """The queue of POST .../get and GET .../peek, as basic.get would meet it (read permission,
+    exclusivity), errors reported as RabbitMQ reports those of its internal channel."""
+    _channel_vhost(r, v)
+    try:
+        return access.readable_queue(r.broker, r.user, v, r.p("queue"), None)
+    except ChannelError as e:
+        raise channel_error(e) from None
+
+
 @post("queues/:vhost/:queue/get", VHOST)
 def queue_get_messages(r: Req):
-    v = r.vhost()
-    q = _queue(r, v)
-    return ops.get_messages(r.broker, r.user, q, r.body())
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    if r.p("queue") not in v.queues:
+        raise ApiError(404, "not_found", "queue_not_found")     # as RabbitMQ 4.x, before the body
+    request = ops.get_request(r.body())
+    return ops.get_messages(r.broker, _queue_to_read(r, v), request)
 
 
 @get("queues/:vhost/:queue/peek", VHOST)
 def queue_peek_messages(r: Req):
     """Usagi only: the first `count` messages in delivery order, read without taking them (no
     requeue, so no redelivered flag is set); the same JSON shape as POST .../get."""
-    v = r.vhost()
-    q = _queue(r, v)
-    r.check("read", "queue", q.name, v.name)
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    if r.p("queue") not in v.queues:
+        raise ApiError(404, "not_found", "queue_not_found")
+    q = _queue_to_read(r, v)
     try:
         count = int(r.query.get("count", "50"))
         truncate = r.query.get("truncate")
@@ -986,10 +1024,11 @@ def queue_peek_messages(r: Req):
             for i, (_seq, msg, redelivered) in enumerate(entries)]
 
 
-@post("queues/:vhost/:queue/actions", VHOST)
+@post("queues/:vhost/:queue/actions", ADMIN)
 def queue_actions(r: Req):
-    v = r.vhost()
-    _queue(r, v)
+    v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
+    if r.p("queue") not in v.queues:
+        raise ApiError(404, "not_found", "queue_not_found")
     action = r.body().get("action")
     if action in ("sync", "cancel_sync"):
         return Reply(204)
@@ -1015,7 +1054,7 @@ def _all_bindings(r: Req, vhosts) -> list:
 
 @get("bindings", ANY)
 def bindings(r: Req):
-    return Listing(_all_bindings(r, r.visible_vhosts()), None)
+    return Listing(_all_bindings(r, r.listed_vhosts()), None)
 
 
 @get("bindings/:vhost", VHOST)
@@ -1058,17 +1097,11 @@ def binding_create(r: Req):
     rk = body.get("routing_key", "")
     if not isinstance(rk, str):
         raise bad_request(["not_string", "routing_key"])
-    args = body.get("arguments") or {}
-    if not isinstance(args, dict):
-        raise bad_request("arguments must be a JSON object")
+    args = _arguments(body)
     sname = r.xname("source")
     dname = r.xname("destination") if dtype == "e" else r.p("destination")
-    if not sname or (dtype == "e" and not dname):
-        raise not_authorised("Access refused.")
-    r.check("write", "queue" if dtype == "q" else "exchange", dname, v.name)
-    r.check("read", "exchange", sname, v.name)
-    src = r.broker.get_exchange(v, sname)
-    dst = r.broker.get_queue(v, dname, owner=False) if dtype == "q" else r.broker.get_exchange(v, dname)
+    src, dst = access.binding(r.broker, r.user, v, sname, "queue" if dtype == "q" else "exchange", dname, rk,
+                              args, None)
     r.broker.bind(v, src, dst, rk, args)
     loc = urllib.parse.quote(dst.name, safe="") + "/" + properties_key(rk, args)
     return Reply(201, None, {"Location": loc})
@@ -1092,15 +1125,17 @@ def binding_get(r: Req):
 @delete("bindings/:vhost/e/:source/:dtype/:destination/:props", VHOST)
 def binding_delete(r: Req):
     v, src, dst, b = _find_binding(r)
-    if not src.name:
-        raise not_authorised("Access refused.")
-    r.check("write", "queue" if isinstance(dst, Queue) else "exchange", dst.name, v.name)
-    r.check("read", "exchange", src.name, v.name)
-    for key, binding in list(src.bindings.items()):
-        if binding.destination is dst and binding.routing_key == b["routing_key"] and \
+    rk, args = b["routing_key"], {}
+    for binding in src.bindings.values():
+        if binding.destination is dst and binding.routing_key == rk and \
                 properties_key(binding.routing_key, binding.arguments) == b["properties_key"]:
-            r.broker.unbind(v, src, dst, binding.routing_key, binding.arguments)
+            args = binding.arguments
             break
+    # RabbitMQ unbinds with the binding's own key and arguments, as queue.unbind or exchange.unbind
+    ends = access.binding(r.broker, r.user, v, src.name, "queue" if isinstance(dst, Queue) else "exchange",
+                          dst.name, rk, args, None, unbind=True)
+    if ends is not None:
+        r.broker.unbind(v, src, dst, rk, args)
     return Reply(204)
 
 
@@ -1160,43 +1195,51 @@ def channel_get(r: Req):
 
 
 def _consumers(r: Req, vhosts) -> list:
+    """Consumers as RabbitMQ lists them: a monitoring user sees all, others only those of their
+    own channels (whichever vhost they are in)."""
+    own = None if r.is_monitor else r.user.name
     out = []
     for v in vhosts:
         for q in v.queues.values():
             for cons in q.consumers:
+                u = getattr(cons.channel, "user", None)
+                if own is not None and (u is None or u.name != own):
+                    continue
                 out.append(r.view.consumer(cons))
     return out
 
 
 @get("consumers", ANY)
 def consumers(r: Req):
-    return Listing(_consumers(r, r.visible_vhosts()), ("queue.vhost", "queue.name", "consumer_tag"))
+    return Listing(_consumers(r, [v for _n, v in sorted(r.broker.vhosts.items())]),
+                   ("queue.vhost", "queue.name", "consumer_tag"))
 
 
-@get("consumers/:vhost", VHOST)
+@get("consumers/:vhost", ANY)
 def consumers_vhost(r: Req):
     return Listing(_consumers(r, [r.vhost()]), ("queue.name", "consumer_tag"))
 
 
 # ---------------------------------------------------------------------------------------- policies, parameters
 
+def _listed(r: Req, vhost: str | None):
+    """Which vhosts' policies, operator policies and parameters a listing shows (filter_vhost)."""
+    names = {v.name for v in r.listed_vhosts()}
+    return lambda vh: (vhost is None or vh == vhost) and vh in names
+
+
 def _policies(r: Req, vhost: str | None) -> list:
-    out = []
-    for (vh, _n), p in r.broker.policies.items():
-        if vhost is not None and vh != vhost:
-            continue
-        if not r.is_admin and r.broker.users.permission(r.user.name, vh) is None:
-            continue
-        out.append(ops.policy_json(p, vh, _n))
-    return out
+    shown = _listed(r, vhost)
+    return [ops.policy_json(p, vh, n) for (vh, n), p in r.broker.policies.items() if shown(vh)]
 
 
-@get("policies", POLICIES)
+# listing policies needs only access to the vhost; reading or changing one, a policymaker
+@get("policies", VHOST)
 def policies(r: Req):
     return Listing(_policies(r, None))
 
 
-@get("policies/:vhost", POLICIES)
+@get("policies/:vhost", VHOST)
 def policies_vhost(r: Req):
     return Listing(_policies(r, r.vhost().name))
 
@@ -1225,16 +1268,17 @@ def policy_delete(r: Req):
 
 
 def _operator_policies(r: Req, vhost: str | None) -> list:
-    return [ops.policy_json(p) for (vh, _n), p in sorted(r.broker.operator_policies.items())
-            if vhost is None or vh == vhost]
+    shown = _listed(r, vhost)
+    return [ops.policy_json(p) for (vh, _n), p in sorted(r.broker.operator_policies.items()) if shown(vh)]
 
 
-@get("operator-policies", ADMIN)
+# listing operator policies needs only access to the vhost; reading or changing one, an administrator
+@get("operator-policies", VHOST)
 def operator_policies(r: Req):
     return Listing(_operator_policies(r, None))
 
 
-@get("operator-policies/:vhost", ADMIN)
+@get("operator-policies/:vhost", VHOST)
 def operator_policies_vhost(r: Req):
     return Listing(_operator_policies(r, r.vhost().name))
 
@@ -1261,12 +1305,12 @@ def operator_policy_delete(r: Req):
     return Reply(204)
 
 
-@get("vhost-limits", ADMIN)
+@get("vhost-limits", VHOST_VISIBLE)
 def vhost_limits(r: Req):
-    return [{"vhost": v.name, "value": dict(v.limits)} for _n, v in sorted(r.broker.vhosts.items()) if v.limits]
+    return [{"vhost": v.name, "value": dict(v.limits)} for v in r.visible_vhosts() if v.limits]
 
 
-@get("vhost-limits/:vhost", VHOST)
+@get("vhost-limits/:vhost", VHOST_VISIBLE)
 def vhost_limits_vhost(r: Req):
     v = r.vhost()
     return [{"vhost": v.name, "value": dict(v.limits)}] if v.limits else []
@@ -1315,19 +1359,26 @@ def user_limit_delete(r: Req):
     return Reply(204)
 
 
+def _parameters(r: Req, vhost: str | None = None, component: str | None = None) -> list:
+    """Runtime parameters of the vhosts the user is shown: they can hold credentials (federation
+    and shovel URIs), so never those of another vhost."""
+    shown = _listed(r, vhost)
+    return [p for p in ops.parameters_list(r.broker, vhost, component) if shown(p["vhost"])]
+
+
 @get("parameters", POLICIES)
 def parameters(r: Req):
-    return Listing(ops.parameters_list(r.broker))
+    return Listing(_parameters(r))
 
 
 @get("parameters/:component", POLICIES)
 def parameters_component(r: Req):
-    return Listing(ops.parameters_list(r.broker, component=r.p("component")))
+    return Listing(_parameters(r, component=r.p("component")))
 
 
 @get("parameters/:component/:vhost", POLICIES)
 def parameters_component_vhost(r: Req):
-    return Listing(ops.parameters_list(r.broker, r.vhost().name, r.p("component")))
+    return Listing(_parameters(r, r.vhost().name, r.p("component")))
 
 
 @get("parameters/:component/:vhost/:name", POLICIES)

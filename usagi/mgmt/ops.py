@@ -17,6 +17,7 @@ from ..amqp import properties as P
 from ..amqp.errors import ChannelError
 from ..amqp.table import Timestamp
 from ..auth.passwords import MD5, SHA256, SHA512
+from ..core import access
 from ..model.queue import Queue
 from .util import bad_request, jsonable, key_missing, parse_bool, parse_tags
 
@@ -344,15 +345,18 @@ _SHORTSTR_PROPS = ("content_type", "content_encoding", "correlation_id", "reply_
 _INT_PROPS = ("delivery_mode", "priority", "timestamp")
 
 
-def _check_no_null(v):
-    if v is None:
-        raise bad_request("null_not_allowed")
-    if isinstance(v, dict):
-        for x in v.values():
-            _check_no_null(x)
-    elif isinstance(v, list):
-        for x in v:
-            _check_no_null(x)
+def check_no_null(v):
+    """RabbitMQ refuses a JSON null in an AMQP table (headers, arguments). Iterative: a body can
+    nest as deep as the JSON parser allows."""
+    stack = [v]
+    while stack:
+        v = stack.pop()
+        if v is None:
+            raise bad_request("null_not_allowed")
+        if isinstance(v, dict):
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
 
 
 def encode_properties(props: dict) -> bytes:
@@ -384,7 +388,7 @@ def encode_properties(props: dict) -> bytes:
         h = props["headers"]
         if not isinstance(h, dict):
             raise bad_request(["not_table", "headers"])
-        _check_no_null(h)
+        check_no_null(h)
         out["headers"] = h
     return P.encode(out)
 
@@ -413,24 +417,21 @@ def publish(broker, user, vhost, exchange_name: str, body: dict) -> bool:
     if not isinstance(rk, str):
         raise bad_request(["not_string", "routing_key"])
     try:
-        broker.check_access(user, vhost.name, "write", "exchange", exchange_name or "amq.default")
-        x = vhost.exchanges.get(exchange_name)
-        if x is None:
-            raise ChannelError(f"no exchange '{exchange_name}' in vhost '{vhost.name}'", E.NOT_FOUND)
-        if x.internal:
-            raise ChannelError(f"cannot publish to internal exchange '{exchange_name}' in vhost "
-                               f"'{vhost.name}'", E.ACCESS_REFUSED)
         if len(payload) > broker.config.max_message_size:
             raise ChannelError(f"message size {len(payload)} is larger than configured max size "
                                f"{broker.config.max_message_size}", E.PRECONDITION_FAILED)
+        # the checks basic.publish meets: write on the exchange, exists, not internal; topic
+        # permissions for its routing keys; the user_id property
+        x = access.publish_target(broker, user, vhost, exchange_name)
         scan = P.scan(props)
+        msg = broker.new_message(exchange_name, rk, props, payload, scan)
+        access.check_publish_topics(broker, user, vhost.name, x, msg)
         if scan.user_id is not None and user is not None and scan.user_id != user.name:
             raise ChannelError(f"user_id property set to '{scan.user_id}' but authenticated user was "
                                f"'{user.name}'", E.PRECONDITION_FAILED)
     except ChannelError as e:
         # RabbitMQ publishes over an internal channel and reports its close as a bad request
         raise bad_request(f"{e.code} {e.reply_text}") from None
-    msg = broker.new_message(exchange_name, rk, props, payload, scan)
     route = getattr(broker, "route_publish", broker.route)    # alternate exchanges, CC/BCC, delays
     queues = route(vhost, x, msg)
     broker.stats["publish"] += 1
@@ -480,8 +481,8 @@ def message_json(msg, redelivered: bool, remaining: int, encoding: str, truncate
             "payload_encoding": payload_encoding}
 
 
-def get_messages(broker, user, q: Queue, body: dict) -> list:
-    """POST /api/queues/V/Q/get: basic.get `count` times, then ack, requeue or reject them."""
+def get_request(body: dict) -> tuple:
+    """The (count, ackmode, encoding, truncate) of a POST /api/queues/V/Q/get body, validated."""
     key_missing(body, ("count", "ackmode", "encoding"))
     count = body["count"]
     if isinstance(count, str) and count.isdigit():
@@ -503,10 +504,13 @@ def get_messages(broker, user, q: Queue, body: dict) -> list:
             truncate = int(truncate)
         if isinstance(truncate, bool) or not isinstance(truncate, int) or truncate < 0:
             raise bad_request(["not_int", "truncate"])
-    try:
-        broker.check_access(user, q.vhost, "read", "queue", q.name)
-    except ChannelError:
-        raise _access_refused() from None
+    return count, ackmode, encoding, truncate
+
+
+def get_messages(broker, q: Queue, request: tuple) -> list:
+    """POST /api/queues/V/Q/get: basic.get `count` times, then ack, requeue or reject them. The
+    caller has checked the queue through the gate (access.readable_queue)."""
+    count, ackmode, encoding, truncate = request
     taken = []
     out = []
     for _ in range(count):
@@ -528,11 +532,6 @@ def get_messages(broker, user, q: Queue, body: dict) -> list:
             broker.requeue(q, seq, msg)
     broker.run_dirty()
     return out
-
-
-def _access_refused():
-    from .util import not_authorised
-    return not_authorised("Access refused.")
 
 
 # ---------------------------------------------------------------------------------------- aliveness

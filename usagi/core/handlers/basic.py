@@ -12,6 +12,7 @@ from ...amqp import methods as M
 from ...amqp.errors import ChannelError, ConnectionError_
 from ...model.queue import Consumer
 from ...model.util import gen_name
+from .. import access
 from ..channel_common import (_DELIVER_HEAD, _GET_OK_HEAD, _Q, _REDELIVERED, Unacked, _shortstr, _with_delivery_count)
 
 
@@ -34,9 +35,7 @@ class BasicHandlers:
         b = self.broker
         if m.queue == "amq.rabbitmq.reply-to":
             return self._consume_reply_to(m)
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "read", "queue", name)
-        q = b.get_queue(self.vhost, name, self.conn)
+        q = access.readable_queue(b, self.user, self.vhost, self._queue_name(m.queue), self.conn)
         tag = m.consumer_tag or gen_name("amq.ctag-")
         if tag in self.consumers:
             raise ConnectionError_(f"attempt to reuse consumer tag '{tag}'", E.NOT_ALLOWED)
@@ -67,9 +66,7 @@ class BasicHandlers:
 
     def basic_get(self, m):
         b = self.broker
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "read", "queue", name)
-        q = b.get_queue(self.vhost, name, self.conn)
+        q = access.readable_queue(b, self.user, self.vhost, self._queue_name(m.queue), self.conn)
         if q.kind == "stream":
             raise ConnectionError_(f"basic.get not supported by stream queues {q.label}", E.NOT_IMPLEMENTED)
         item = b.get_message(q)

@@ -10,7 +10,8 @@ from ...amqp import errors as E
 from ...amqp import methods as M
 from ...amqp.errors import ChannelError
 from ...model.util import gen_name
-from ..channel_common import (OPEN, default_exchange_error)
+from .. import access
+from ..channel_common import OPEN
 
 
 log = logging.getLogger("usagi.channel")
@@ -41,16 +42,10 @@ class QueueHandlers:
         if m.passive:
             q = b.declare_queue(self.vhost, self._queue_name(name), passive=True, owner=self.conn)
         else:
-            # RabbitMQ: the reserved prefix first, then configure (server-named queues included)
-            if name.startswith("amq."):
-                raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
             server_named = not name
             if server_named:
                 name = gen_name("amq.gen-")
-            b.check_access(self.user, self.vhost.name, "configure", "queue", name)
-            if name not in self.vhost.queues:
-                # creating it with a dead letter exchange: read on it and write on the DLX
-                self._check_arg_exchange(m.arguments, "x-dead-letter-exchange", "queue", name)
+            access.declare_queue(b, self.user, self.vhost, name, m.arguments, server_named)
             q = b.declare_queue(self.vhost, name, m.durable, m.exclusive, m.auto_delete, m.arguments,
                                 owner=self.conn, server_named=server_named)
         self.last_queue = q.name
@@ -58,62 +53,41 @@ class QueueHandlers:
             self.reply_after_commit(M.QueueDeclareOk(q.name, q.message_count, len(q.consumers)),
                                     self._stored(q) and not m.passive)
 
-    def _check_arg_exchange(self, arguments, key: str, resource: str, name: str):
-        """An exchange named by an argument (alternate-exchange, x-dead-letter-exchange) of a new
-        exchange or queue: RabbitMQ wants read on the new one and write on that exchange."""
-        target = arguments.get(key) if arguments else None
-        if not isinstance(target, str):
-            return      # absent, or of the wrong type (refused by the declaration itself)
-        b = self.broker
-        b.check_access(self.user, self.vhost.name, "read", resource, name)
-        b.check_access(self.user, self.vhost.name, "write", "exchange", target or "amq.default")
-
-    def _queue_binding(self, m):
-        b = self.broker
-        v = self.vhost
+    def _queue_binding(self, m, unbind: bool):
         qname = self._queue_name(m.queue)
         rk = m.routing_key
         if not m.queue and not rk:
             rk = qname
-        # RabbitMQ's order: write on the queue, then the default exchange, then read
-        b.check_access(self.user, v.name, "write", "queue", qname)
-        if not m.exchange:
-            raise default_exchange_error()
-        b.check_access(self.user, v.name, "read", "exchange", m.exchange)
-        q = b.get_queue(v, qname, self.conn)
-        x = b.get_exchange(v, m.exchange)
-        return v, x, q, rk
+        ends = access.binding(self.broker, self.user, self.vhost, m.exchange, "queue", qname, rk, m.arguments,
+                              self.conn, unbind)
+        return ends, rk
 
     def queue_bind(self, m):
-        v, x, q, rk = self._queue_binding(m)
-        if x.TYPE == "topic" and self.broker.users.topic_permissions:
-            self.check_topic(x, rk, "read")
-        self.broker.bind(v, x, q, rk, m.arguments)
+        (x, q), rk = self._queue_binding(m, False)
+        self.broker.bind(self.vhost, x, q, rk, m.arguments)
         if not m.nowait:
             self.reply_after_commit(M.QueueBindOk(), x.durable and self._stored(q))
 
     def queue_unbind(self, m):
-        v, x, q, rk = self._queue_binding(m)
-        self.broker.unbind(v, x, q, rk, m.arguments)
-        self.reply_after_commit(M.QueueUnbindOk(), x.durable and self._stored(q))
+        # RabbitMQ: unbinding from a queue or exchange that does not exist, or a binding that does
+        # not exist, succeeds (clients unbind while closing, after an auto-delete queue went away)
+        ends, rk = self._queue_binding(m, True)
+        if ends is not None:
+            self.broker.unbind(self.vhost, ends[0], ends[1], rk, m.arguments)
+        self.reply_after_commit(M.QueueUnbindOk(), ends is not None and ends[0].durable and self._stored(ends[1]))
 
     def queue_purge(self, m):
         b = self.broker
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "read", "queue", name)
-        q = b.get_queue(self.vhost, name, self.conn)
+        q = access.readable_queue(b, self.user, self.vhost, self._queue_name(m.queue), self.conn)
         n = b.purge_queue(q)
         if not m.nowait:
             self.reply_after_commit(M.QueuePurgeOk(n), self._stored(q))
 
     def queue_delete(self, m):
         b = self.broker
-        name = self._queue_name(m.queue)
-        b.check_access(self.user, self.vhost.name, "configure", "queue", name)
-        q = self.vhost.queues.get(name)
+        q = access.delete_queue(b, self.user, self.vhost, self._queue_name(m.queue), self.conn)
         n = 0
         if q is not None:
-            b.check_exclusive(q, self.conn)
             self.hold_output()      # its own consumers' basic.cancel follow delete-ok, as in RabbitMQ
             n = b.delete_queue(q, m.if_unused, m.if_empty)
         self.reply_after_commit(None if m.nowait else M.QueueDeleteOk(n),
