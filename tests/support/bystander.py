@@ -16,7 +16,6 @@ The benchmarks (benchmarks/abuse.py) carry the figures; tests only assert genero
 from __future__ import annotations
 
 import select
-import socket
 import struct
 import threading
 import time
