@@ -120,7 +120,8 @@ class DeadLetterMixin:
             cost += DECODE_COST * len(props)
         for tq in targets:
             if tq.name in cycling:
-                log.warning("dead-letter cycle: message from queue '%s' to '%s' dropped", q.name, tq.name)
+                upkeep.warn("dead-letter cycle", log, "dead-letter cycle: message from queue '%s' to '%s' dropped",
+                            q.name, tq.name)
                 continue
             self.enqueue(tq, new)
         return cost + len(targets) * TARGET_COST

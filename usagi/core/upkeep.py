@@ -35,6 +35,21 @@ def failed(step: str, logger: logging.Logger | None = None, detail: str = ""):
                           exc_info=True)
 
 
+def warn(step: str, logger: logging.Logger, msg: str, *args):
+    """A warning that users can trigger at will (a dead-letter cycle, say): logged at most once per
+    LOG_EVERY seconds per step, with the count of those left out, so that it cannot flood the log."""
+    now = time.monotonic()
+    rec = _recent.get(step)
+    if rec is not None and now - rec[0] < LOG_EVERY:
+        rec[1] += 1
+        return
+    skipped = rec[1] if rec is not None else 0
+    _recent[step] = [now, 0]
+    if skipped:
+        msg += f" ({skipped} more in the last {LOG_EVERY:.0f} s not logged)"
+    logger.warning(msg, *args)
+
+
 def guard(step: str, fn, *args, logger: logging.Logger | None = None):
     """Run fn(*args); on an exception log it as a failure of `step` and return None."""
     try:

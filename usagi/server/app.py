@@ -142,7 +142,10 @@ class AMQPProtocol(asyncio.Protocol):
 
 def _drop(conn):
     if not conn.closed:
-        conn.finish_close()
+        try:
+            conn.finish_close()
+        except Exception:
+            upkeep.failed("closing a connection after its close timeout", log, conn.name)
 
 
 def _addr(a):
