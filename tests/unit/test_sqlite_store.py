@@ -113,9 +113,9 @@ def test_messages_survive_reopen_in_order(tmp_path):
     seqs = [e[0] for e in entries]
     assert seqs == sorted(seqs) and len(seqs) == 10
     by_seq = {e[0]: e for e in entries}
-    assert by_seq[97] == (97, "amq.direct", "rk1", PROPS, b"body1", False, 1)
+    assert by_seq[97] == (97, "amq.direct", "rk1", PROPS, b"body1", False, 1, None)
     assert by_seq[8][4] == big
-    assert rec.messages[("v2", "q")] == [(1, "x", "", PROPS, b"", False, 11)]
+    assert rec.messages[("v2", "q")] == [(1, "x", "", PROPS, b"", False, 11, None)]
     assert s.max_msg_id == 11
     s.close()
 
@@ -160,7 +160,7 @@ def test_refs_and_deletion(tmp_path):
     s.commit()
     assert counts(tmp_path) == (0, 1, 1)
     s, rec = reopen(s, tmp_path)
-    assert rec.messages == {("/", "c"): [(5, "amq.fanout", "", PROPS, b"shared", False, 1)]}
+    assert rec.messages == {("/", "c"): [(5, "amq.fanout", "", PROPS, b"shared", False, 1, None)]}
     s.dequeue("/", "c", 5, 1)
     s.commit()
     assert counts(tmp_path) == (0, 0, 0)

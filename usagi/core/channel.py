@@ -15,6 +15,7 @@ from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
 from ..model.message import Message
+from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _END, _FH, _H, _HHQ, _QB,
                              _RETURN_HEAD, Unacked, _shortstr, _with_delivery_count)
 
@@ -27,7 +28,6 @@ from .replyto import ReplyToMixin
 
 log = logging.getLogger("usagi.channel")
 
-_INTEGER = re.compile(r"^[+-]?[0-9]+\Z")
 _SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
 
 
@@ -230,11 +230,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
 
     @staticmethod
     def _check_expiration(value: str):
-        if not _INTEGER.match(value):
-            raise ChannelError(f"invalid expiration '{value}': no_integer", E.PRECONDITION_FAILED)
-        if int(value) < 0:
-            raise ChannelError(f"invalid expiration '{value}': {{value_negative,{int(value)}}}",
-                               E.PRECONDITION_FAILED)
+        parse_expiration(value)     # RabbitMQ's parse and range (ten years at most); 406 if bad
 
     def _route_publish(self, x, msg, mandatory):
         broker = self.broker

@@ -20,7 +20,7 @@ from aiohttp import web
 from ..amqp import errors as E
 from ..amqp.errors import AMQPError, ChannelError
 from ..model.queue import Queue
-from . import ops
+from . import checks, ops
 from .formats import View
 from .util import (ApiError, bad_request, dumps, get_path, is_loopback, jsonable, not_authorised, not_found,
                    parse_bool, properties_key)
@@ -164,9 +164,12 @@ class Req:
         if raw is None or not raw.strip():
             return {}
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(raw, parse_constant=_not_json)     # NaN and Infinity are not JSON
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise bad_request(error) from None
+        if _SURROGATE_ESCAPE.search(raw) and not _is_text(body):
+            raise bad_request(error)        # a lone \udXXX: no UTF-8 for it, in the store or a reply
+        return body
 
     def body(self) -> dict:
         b = self.json()
@@ -227,6 +230,32 @@ class Req:
             self.broker.check_access(self.user, vhost, kind, resource, name)
         except ChannelError:
             raise not_authorised("Access refused.") from None
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _is_text(body) -> bool:
+    """Whether every string of a decoded JSON body is UTF-8 text (iterative: no recursion)."""
+    stack = [body]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if not x.isascii():
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return True
 
 
 # ---------------------------------------------------------------------------------------- access rules
@@ -473,8 +502,7 @@ def set_cluster_name(r: Req):
     name = body.get("name")
     if not isinstance(name, str) or not name:
         raise bad_request("[{key_missing,name}]")
-    r.broker.server_properties["cluster_name"] = name
-    r.broker.global_parameters["cluster_name"] = name
+    r.broker.set_global_parameter("cluster_name", name)     # stored: it survives a restart
     return Reply(204)
 
 
@@ -795,11 +823,8 @@ def topic_permission_put(r: Req):
 
 @delete("topic-permissions/:vhost/:user", ADMIN)
 def topic_permission_delete(r: Req):
-    keys = _topic_permissions(r)
-    if not keys:
+    if not r.broker.clear_topic_permissions(r.p("user"), r.p("vhost")):
         raise not_found()
-    for k in keys:
-        del r.broker.users.topic_permissions[k]
     return Reply(204)
 
 
@@ -836,12 +861,9 @@ def exchange_put(r: Req):
     if not name or name.startswith("amq."):      # RabbitMQ refuses any declare of these names
         raise not_authorised("Access refused.")
     r.check("configure", "exchange", name, v.name)
-    args = body.get("arguments") or {}
-    if not isinstance(args, dict):
-        raise bad_request("arguments must be a JSON object")
+    type_, durable, auto_delete, internal, args = checks.exchange_body(name, body)
     existed = name in v.exchanges
-    r.broker.declare_exchange(v, name, body.get("type") or "direct", parse_bool(body.get("durable")),
-                              parse_bool(body.get("auto_delete")), parse_bool(body.get("internal")), args)
+    r.broker.declare_exchange(v, name, type_, durable, auto_delete, internal, args)
     return created(not existed)
 
 
@@ -911,16 +933,13 @@ def queue_put(r: Req):
     name = r.p("queue")
     body = r.body()
     r.check("configure", "queue", name, v.name)
-    args = body.get("arguments") or {}
-    if not isinstance(args, dict):
-        raise bad_request("arguments must be a JSON object")
+    durable, auto_delete, args = checks.queue_body(name, body)
     if name.startswith("amq.") and name not in v.queues:
         raise not_authorised("Access refused.")
     existed = name in v.queues
     if existed:
         r.broker.check_exclusive(v.queues[name], None)
-    r.broker.declare_queue(v, name, parse_bool(body.get("durable")), False,
-                           parse_bool(body.get("auto_delete")), args)
+    r.broker.declare_queue(v, name, durable, False, auto_delete, args)
     return created(not existed)
 
 
@@ -1044,12 +1063,7 @@ def binding_create(r: Req):
     if dtype not in ("q", "e"):
         raise not_found()
     body = r.body()
-    rk = body.get("routing_key", "")
-    if not isinstance(rk, str):
-        raise bad_request(["not_string", "routing_key"])
-    args = body.get("arguments") or {}
-    if not isinstance(args, dict):
-        raise bad_request("arguments must be a JSON object")
+    rk, args = checks.binding_body(body)
     sname = r.xname("source")
     dname = r.xname("destination") if dtype == "e" else r.p("destination")
     if not sname or (dtype == "e" and not dname):
@@ -1364,16 +1378,13 @@ def global_parameter_put(r: Req):
     if "value" not in body:
         raise bad_request("[{key_missing,value}]")
     name = r.p("name")
-    existed = name in r.broker.global_parameters
-    r.broker.global_parameters[name] = body["value"]
-    if name == "cluster_name" and isinstance(body["value"], str):
-        r.broker.server_properties["cluster_name"] = body["value"]
-    return created(not existed)
+    value = checks.global_parameter(name, body["value"])
+    return created(r.broker.set_global_parameter(name, value))
 
 
 @delete("global-parameters/:name", GLOBAL_PARAMS)
 def global_parameter_delete(r: Req):
-    if r.broker.global_parameters.pop(r.p("name"), None) is None:
+    if not r.broker.clear_global_parameter(r.p("name")):
         raise not_found()
     return Reply(204)
 
