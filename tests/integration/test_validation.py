@@ -221,3 +221,27 @@ def test_requeued_messages_of_several_levels(pika_connect):
             break
         got.append(body)
     assert got == [b"c5", b"e5", b"b3", b"d3", b"f3", b"a0"]
+
+
+def test_cc_keys_in_any_bytes_route_without_closing_the_connection(pika_connect):
+    """CC and BCC keys are routing keys: any bytes (RabbitMQ takes them); the channel goes on."""
+    conn = pika_connect()
+    ch = conn.channel()
+    q = ch.queue_declare("", exclusive=True).method.queue
+    ch.queue_bind(q, "amq.direct", routing_key="cc-text")
+    ch.basic_publish("amq.direct", "none", b"m", pika.BasicProperties(headers={"CC": [b"\xff\xfe", "cc-text"],
+                                                                              "BCC": [b"\xc3"]}))
+    assert ch.queue_declare(q, passive=True).method.message_count == 1
+
+
+def test_dead_letter_routing_key_must_fit_a_delivery(pika_connect, vhost, broker):
+    """Usagi only: RabbitMQ takes a 300-byte x-dead-letter-routing-key, then closes with 541 every
+    connection a message dead-lettered under it is delivered to. Usagi refuses it at the declare."""
+    if not broker.is_usagi:
+        pytest.skip("RabbitMQ takes it (and then cannot deliver what it dead-letters)")
+    name = uname("val-q")
+    args = {"x-dead-letter-exchange": "amq.fanout", "x-dead-letter-routing-key": "k" * 300}
+    assert declare_error(pika_connect, name, args) == invalid_arg("x-dead-letter-routing-key", name, vhost,
+                                                                  "{too_long,300}")
+    args["x-dead-letter-routing-key"] = "k" * 255
+    assert declare_error(pika_connect, name, args) is None

@@ -119,3 +119,30 @@ def test_a_format_1_store_is_migrated_and_its_ttl_entries_expire(start_mgmt, tmp
     db.close()
     m = start_mgmt(data_dir=data)              # and it opens again as it is
     assert counts(m.api, "plainq", "ttlq") == (1, 0)
+
+
+def stream_bodies(ch, name):
+    ch.basic_qos(prefetch_count=100)
+    got = []
+    ch.basic_consume(name, lambda c, m, p, b: got.append(b), arguments={"x-stream-offset": "first"})
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        ch.connection.process_data_events(time_limit=0.1)
+    return got
+
+
+def test_stream_entries_keep_their_age_across_a_restart(start_mgmt, tmp_path):
+    """x-max-age counts from when an entry was appended, not from the last start."""
+    data = str(tmp_path / "data")
+    m = start_mgmt(data_dir=data)
+    ch = m.pika().channel()
+    ch.confirm_delivery()
+    ch.queue_declare("aged", durable=True, arguments={"x-queue-type": "stream", "x-max-age": "2s"})
+    publish(ch, "aged", b"old")
+    assert m.server.stop() == 0
+    time.sleep(2.5)
+    m = start_mgmt(data_dir=data)
+    ch = m.pika().channel()
+    ch.confirm_delivery()
+    publish(ch, "aged", b"new")           # an append trims what is past its age
+    assert stream_bodies(m.pika().channel(), "aged") == [b"new"]

@@ -230,7 +230,14 @@ def _dlx(v, _args):
 def _dlrk(v, args):
     if not isinstance(v, (str, bytes)):
         return ("unacceptable_type", _type_name(v))
-    return None if "x-dead-letter-exchange" in args else "routing_key_but_no_dlx_defined"
+    if "x-dead-letter-exchange" not in args:
+        return "routing_key_but_no_dlx_defined"
+    size = len(v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v)
+    if size > 255:
+        # the routing key of every message dead-lettered: a shortstr in its deliveries (RabbitMQ
+        # takes it, then fails every delivery of such a message with 541)
+        return ("too_long", size)
+    return None
 
 
 def _one_of(choices, bad):

@@ -206,8 +206,8 @@ def restore(broker, rec) -> dict:
                         by_id[msg_id] = msg
                 msg.stored = True
             msg.refs += 1
-            if q.kind == "stream":
-                q.restore(seq - 1, msg, int(time.time() * 1000))
+            if q.kind == "stream":      # a stream entry's time is when it was appended (x-max-age)
+                q.restore(seq - 1, msg, expires if expires is not None and expires >= 0 else now_ms)
                 count += 1
                 continue
             q.restore(seq, msg, bool(redelivered))

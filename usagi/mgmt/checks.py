@@ -259,7 +259,8 @@ def _one_of(*choices):
 POLICY_CHECKS = {
     "alternate-exchange": (_string, "alternate exchange name"),
     "dead-letter-exchange": (_string, "dead letter exchange name"),
-    "dead-letter-routing-key": (_string, "dead letter routing key"),
+    "dead-letter-routing-key": (lambda v: isinstance(v, str) and len(v.encode("utf-8")) <= 255,
+                                "dead letter routing key"),
     "dead-letter-strategy": (_one_of("at-most-once", "at-least-once"), "dead letter strategy"),
     "message-ttl": (_expiry(0), "message TTL"),
     "expires": (_expiry(1), "queue expiry"),

@@ -61,7 +61,7 @@ class Store:
 
     def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int, expires: int | None = None):
         """Entry `seq` of a queue holds the message; `expires`: when it expires (ms since the
-        epoch), None if never."""
+        epoch), None if never (for a stream: when it was appended)."""
 
     def dequeue(self, vhost: str, queue: str, seq: int, msg_id: int):
         pass

@@ -16,7 +16,8 @@ Tables:
     messages(id, exchange, routing_key, props, body, refs)
     queue_entries(vhost, queue, seq, msg_id, delivered, expires)   primary key (vhost, queue, seq)
 
-`expires` is when the entry's message expires (ms since the epoch), NULL if never. Format 1 had
+`expires` is when the entry's message expires (ms since the epoch), NULL if never; for an entry of
+a stream, when it was appended (its age, for x-max-age, counts from there). Format 1 had
 no such column: a format-1 file is migrated when it is opened, its entries marked -1 (not
 recorded), and the engine gives those a deadline from their queue's TTL at recovery.
 """
