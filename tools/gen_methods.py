@@ -79,7 +79,7 @@ def gen(spec_path: str) -> str:
     w("")
     w("import struct")
     w("")
-    w("from .errors import SyntaxError_")
+    w("from .errors import FrameError, SyntaxError_")
     w("from .table import decode_table, encode_table")
     w("")
     w("_structs: dict = {}")
@@ -121,7 +121,6 @@ def gen(spec_path: str) -> str:
     w("}")
     w("")
     registry = []
-    sync_pairs = []
     for cls in spec["classes"]:
         for m in cls["methods"]:
             cname = camel(cls["name"]) + camel(m["name"])
@@ -157,6 +156,7 @@ def gen(spec_path: str) -> str:
             w("    @staticmethod")
             w("    def decode(buf, off, end):")
             w("        try:")
+            strict = []
             if not args:
                 w("            pass")
             for kind, val in group_fields(args, domains):
@@ -171,6 +171,13 @@ def gen(spec_path: str) -> str:
                     w("            off += 1")
                     for i, n in enumerate(val):
                         w(f"            {n} = bool(_b & {1 << i})")
+                elif kind == "shortstr" and not m.get("content"):
+                    # names in methods without content must be UTF-8, as RabbitMQ asserts: what
+                    # a client names here is stored and listed, so it must be text
+                    w("            _n = buf[off]")
+                    w(f"            {val} = bytes(buf[off + 1:off + 1 + _n])")
+                    w("            off += 1 + _n")
+                    strict.append(val)
                 elif kind == "shortstr":
                     w("            _n = buf[off]")
                     w(f"            {val} = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')")
@@ -186,8 +193,14 @@ def gen(spec_path: str) -> str:
             w("        except (struct.error, IndexError) as e:")
             w("            raise SyntaxError_(f'truncated method arguments: {e}') from None")
             w("        if off != end:")
-            w(f"            raise SyntaxError_('truncated method arguments' if off > end else "
-              f"'trailing bytes after method arguments')")
+            w("            raise SyntaxError_('truncated method arguments' if off > end else "
+              "'trailing bytes after method arguments')")
+            if strict:      # after the truncation checks: a cut inside a character is a truncation
+                w("        try:")
+                for val in strict:
+                    w(f"            {val} = {val}.decode('utf-8')")
+                w("        except UnicodeDecodeError:")
+                w("            raise FrameError('Malformed UTF-8 in shortstr') from None")
             w(f"        return {cname}({', '.join(fields)})")
             # encoder
             w("")

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from usagi.amqp import methods as M
-from usagi.amqp.errors import SyntaxError_
+from usagi.amqp.errors import FrameError, SyntaxError_
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SPEC_PATH = os.path.join(ROOT, "..", "shared", "spec", "amqp-rabbitmq-0.9.1.json")
@@ -331,5 +331,17 @@ def test_random_arguments_decode_or_syntax_error(cls, junk):
     raw = cls.HEAD + junk
     try:
         cls.decode(raw, 4, len(raw))
-    except SyntaxError_:
+    except (SyntaxError_, FrameError):     # FrameError: a name that is not UTF-8, as RabbitMQ
         pass
+
+
+@pytest.mark.parametrize("name,args", [
+    ("queue.declare", {"queue": b"q\xff"}), ("exchange.declare", {"exchange": b"x\xfe", "type": "direct"}),
+    ("queue.bind", {"queue": "q", "exchange": "x", "routing_key": b"k\xc3"}),
+    ("connection.open", {"virtual_host": b"\xff"})])
+def test_names_not_in_utf8_are_a_frame_error(name, args):
+    """RabbitMQ asserts UTF-8 in the shortstrs of methods without content (its names)."""
+    cls = M.BY_NAME[name]
+    raw = cls(**args).encode()
+    with pytest.raises(FrameError, match="Malformed UTF-8 in shortstr"):
+        cls.decode(raw, 4, len(raw))

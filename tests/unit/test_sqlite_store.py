@@ -113,9 +113,9 @@ def test_messages_survive_reopen_in_order(tmp_path):
     seqs = [e[0] for e in entries]
     assert seqs == sorted(seqs) and len(seqs) == 10
     by_seq = {e[0]: e for e in entries}
-    assert by_seq[97] == (97, "amq.direct", "rk1", PROPS, b"body1", False, 1)
+    assert by_seq[97] == (97, "amq.direct", "rk1", PROPS, b"body1", False, 1, None)
     assert by_seq[8][4] == big
-    assert rec.messages[("v2", "q")] == [(1, "x", "", PROPS, b"", False, 11)]
+    assert rec.messages[("v2", "q")] == [(1, "x", "", PROPS, b"", False, 11, None)]
     assert s.max_msg_id == 11
     s.close()
 
@@ -160,7 +160,7 @@ def test_refs_and_deletion(tmp_path):
     s.commit()
     assert counts(tmp_path) == (0, 1, 1)
     s, rec = reopen(s, tmp_path)
-    assert rec.messages == {("/", "c"): [(5, "amq.fanout", "", PROPS, b"shared", False, 1)]}
+    assert rec.messages == {("/", "c"): [(5, "amq.fanout", "", PROPS, b"shared", False, 1, None)]}
     s.dequeue("/", "c", 5, 1)
     s.commit()
     assert counts(tmp_path) == (0, 0, 0)
@@ -384,4 +384,89 @@ def test_kill_9_keeps_every_committed_message(tmp_path, run):
     assert all(got[m] == b"x" * 2000 + str(m).encode() for m in want)
     assert all(m % 3 != 2 for m in got if m + 1 <= last)   # nothing acked (and committed) is back
     assert s.max_msg_id >= last
+    s.close()
+
+
+# ------------------------------------------------------------------ expiry, formats, names in any bytes
+
+def test_entries_keep_their_deadline(tmp_path):
+    s = SQLiteStore(tmp_path)
+    s.open()
+    s.add_message(1, "x", "", PROPS, b"a")
+    s.enqueue("/", "q", 1, 1, 1_700_000_000_123)
+    s.add_message(2, "x", "", PROPS, b"b")
+    s.enqueue("/", "q", 2, 2)
+    s.mark_delivered("/", "q", 1)           # marking keeps the deadline
+    s, rec = reopen(s, tmp_path)
+    assert [(e[0], e[5], e[7]) for e in rec.messages[("/", "q")]] == [(1, True, 1_700_000_000_123),
+                                                                       (2, False, None)]
+    s.close()
+
+
+def make_format_1(path):
+    """A store file as format 1 wrote it: queue_entries without expires, user_version 1."""
+    db = sqlite3.connect(os.path.join(str(path), "usagi.db"))
+    db.executescript("""
+        CREATE TABLE definitions (kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,
+                                  PRIMARY KEY (kind, key));
+        CREATE TABLE messages (id INTEGER PRIMARY KEY, exchange TEXT NOT NULL, routing_key TEXT NOT NULL,
+                               props BLOB NOT NULL, body BLOB NOT NULL, refs INTEGER NOT NULL DEFAULT 0);
+        CREATE TABLE queue_entries (vhost TEXT NOT NULL, queue TEXT NOT NULL, seq INTEGER NOT NULL,
+                                    msg_id INTEGER NOT NULL, delivered INTEGER NOT NULL DEFAULT 0,
+                                    PRIMARY KEY (vhost, queue, seq)) WITHOUT ROWID;
+        INSERT INTO definitions VALUES ('vhost', '["/"]', '{"name":"/"}');
+        INSERT INTO messages VALUES (7, 'x', 'rk', X'100002', X'6f6c64', 1);
+        INSERT INTO queue_entries VALUES ('/', 'q', 3, 7, 1);
+        PRAGMA user_version=1;
+    """)
+    db.close()
+
+
+def test_a_format_1_file_is_migrated_at_open(tmp_path):
+    make_format_1(tmp_path)
+    s = SQLiteStore(tmp_path)
+    rec = s.open()
+    assert rec.vhosts == [("/", {})]
+    # its entries did not record a deadline: the engine gives them one (UNKNOWN_EXPIRY)
+    assert list(rec.messages[("/", "q")]) == [(3, "x", "rk", PROPS, b"old", True, 7, -1)]
+    s.add_message(8, "x", "", PROPS, b"new")
+    s.enqueue("/", "q", 4, 8, 123)
+    s, rec = reopen(s, tmp_path)
+    assert [(e[0], e[7]) for e in rec.messages[("/", "q")]] == [(3, -1), (4, 123)]
+    s.close()
+    db = sqlite3.connect(os.path.join(str(tmp_path), "usagi.db"))
+    assert db.execute("PRAGMA user_version").fetchone()[0] == 2
+    db.close()
+
+
+def test_a_newer_format_is_refused(tmp_path):
+    make_format_1(tmp_path)
+    db = sqlite3.connect(os.path.join(str(tmp_path), "usagi.db"))
+    db.execute("PRAGMA user_version=3")
+    db.close()
+    from usagi.storage.sqlite import StoreError
+    with pytest.raises(StoreError, match="format version 3"):
+        SQLiteStore(tmp_path).open()
+
+
+def test_names_and_keys_in_any_bytes_are_stored(tmp_path):
+    """A routing key in bytes that are not UTF-8 (RabbitMQ takes any there) arrives as surrogate
+    escapes; it must not fail the commit - and with it every later one - but come back as it was."""
+    s = SQLiteStore(tmp_path)
+    s.open()
+    rk = b"k\xff\xfe".decode("utf-8", "surrogateescape")
+    s.put_definition("binding", ("/", "x", "queue", "q\udcff", rk, "{}"), {"routing_key": rk})
+    s.add_message(1, "x\udc80", rk, PROPS, b"body")
+    s.enqueue("/", "q\udcff", 1, 1)
+    s.add_message(2, "x", "plain", PROPS, b"b2")
+    s.enqueue("/", "q", 1, 2)
+    s.commit()
+    s, rec = reopen(s, tmp_path)
+    assert rec.bindings == [{"routing_key": rk}]
+    assert list(rec.messages[("/", "q\udcff")]) == [(1, "x\udc80", rk, PROPS, b"body", False, 1, None)]
+    s.mark_delivered("/", "q\udcff", 1)
+    s.dequeue("/", "q\udcff", 1, 1)
+    s.delete_definition("binding", ("/", "x", "queue", "q\udcff", rk, "{}"))
+    s.commit()
+    assert counts(tmp_path) == (0, 1, 1)
     s.close()

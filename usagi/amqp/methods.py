@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from .errors import SyntaxError_
+from .errors import FrameError, SyntaxError_
 from .table import decode_table, encode_table
 
 _structs: dict = {}
@@ -143,18 +143,23 @@ class ConnectionStartOk(Method):
         try:
             client_properties, off = decode_table(buf, off)
             _n = buf[off]
-            mechanism = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            mechanism = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n, = _S('I').unpack_from(buf, off)
             response = bytes(buf[off + 4:off + 4 + _n])
             off += 4 + _n
             _n = buf[off]
-            locale = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            locale = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            mechanism = mechanism.decode('utf-8')
+            locale = locale.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ConnectionStartOk(client_properties, mechanism, response, locale)
 
     def encode(self):
@@ -335,10 +340,10 @@ class ConnectionOpen(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            virtual_host = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            virtual_host = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            capabilities = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            capabilities = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -347,6 +352,11 @@ class ConnectionOpen(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            virtual_host = virtual_host.decode('utf-8')
+            capabilities = capabilities.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ConnectionOpen(virtual_host, capabilities, insist)
 
     def encode(self):
@@ -386,12 +396,16 @@ class ConnectionOpenOk(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            known_hosts = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            known_hosts = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            known_hosts = known_hosts.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ConnectionOpenOk(known_hosts)
 
     def encode(self):
@@ -428,7 +442,7 @@ class ConnectionClose(Method):
             reply_code, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            reply_text = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            reply_text = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             class_id, method_id, = _S('HH').unpack_from(buf, off)
             off += 4
@@ -436,6 +450,10 @@ class ConnectionClose(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            reply_text = reply_text.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ConnectionClose(reply_code, reply_text, class_id, method_id)
 
     def encode(self):
@@ -497,12 +515,16 @@ class ConnectionBlocked(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            reason = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            reason = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            reason = reason.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ConnectionBlocked(reason)
 
     def encode(self):
@@ -566,12 +588,16 @@ class ConnectionUpdateSecret(Method):
             new_secret = bytes(buf[off + 4:off + 4 + _n])
             off += 4 + _n
             _n = buf[off]
-            reason = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            reason = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            reason = reason.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ConnectionUpdateSecret(new_secret, reason)
 
     def encode(self):
@@ -636,12 +662,16 @@ class ChannelOpen(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            out_of_band = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            out_of_band = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            out_of_band = out_of_band.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ChannelOpen(out_of_band)
 
     def encode(self):
@@ -775,7 +805,7 @@ class ChannelClose(Method):
             reply_code, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            reply_text = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            reply_text = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             class_id, method_id, = _S('HH').unpack_from(buf, off)
             off += 4
@@ -783,6 +813,10 @@ class ChannelClose(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            reply_text = reply_text.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ChannelClose(reply_code, reply_text, class_id, method_id)
 
     def encode(self):
@@ -849,7 +883,7 @@ class AccessRequest(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            realm = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            realm = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -862,6 +896,10 @@ class AccessRequest(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            realm = realm.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return AccessRequest(realm, exclusive, passive, active, write, read)
 
     def encode(self):
@@ -934,10 +972,10 @@ class ExchangeDeclare(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            exchange = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            exchange = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            type = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            type = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -951,6 +989,11 @@ class ExchangeDeclare(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            exchange = exchange.decode('utf-8')
+            type = type.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ExchangeDeclare(ticket, exchange, type, passive, durable, auto_delete, internal, nowait, arguments)
 
     def encode(self):
@@ -1025,7 +1068,7 @@ class ExchangeDelete(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            exchange = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            exchange = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1035,6 +1078,10 @@ class ExchangeDelete(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            exchange = exchange.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ExchangeDelete(ticket, exchange, if_unused, nowait)
 
     def encode(self):
@@ -1103,13 +1150,13 @@ class ExchangeBind(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            destination = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            destination = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            source = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            source = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            routing_key = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            routing_key = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1119,6 +1166,12 @@ class ExchangeBind(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            destination = destination.decode('utf-8')
+            source = source.decode('utf-8')
+            routing_key = routing_key.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ExchangeBind(ticket, destination, source, routing_key, nowait, arguments)
 
     def encode(self):
@@ -1202,13 +1255,13 @@ class ExchangeUnbind(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            destination = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            destination = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            source = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            source = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            routing_key = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            routing_key = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1218,6 +1271,12 @@ class ExchangeUnbind(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            destination = destination.decode('utf-8')
+            source = source.decode('utf-8')
+            routing_key = routing_key.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return ExchangeUnbind(ticket, destination, source, routing_key, nowait, arguments)
 
     def encode(self):
@@ -1303,7 +1362,7 @@ class QueueDeclare(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1317,6 +1376,10 @@ class QueueDeclare(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return QueueDeclare(ticket, queue, passive, durable, exclusive, auto_delete, nowait, arguments)
 
     def encode(self):
@@ -1353,7 +1416,7 @@ class QueueDeclareOk(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             message_count, consumer_count, = _S('II').unpack_from(buf, off)
             off += 8
@@ -1361,6 +1424,10 @@ class QueueDeclareOk(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return QueueDeclareOk(queue, message_count, consumer_count)
 
     def encode(self):
@@ -1400,13 +1467,13 @@ class QueueBind(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            exchange = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            exchange = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            routing_key = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            routing_key = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1416,6 +1483,12 @@ class QueueBind(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+            exchange = exchange.decode('utf-8')
+            routing_key = routing_key.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return QueueBind(ticket, queue, exchange, routing_key, nowait, arguments)
 
     def encode(self):
@@ -1496,7 +1569,7 @@ class QueuePurge(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1505,6 +1578,10 @@ class QueuePurge(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return QueuePurge(ticket, queue, nowait)
 
     def encode(self):
@@ -1574,7 +1651,7 @@ class QueueDelete(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1585,6 +1662,10 @@ class QueueDelete(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return QueueDelete(ticket, queue, if_unused, if_empty, nowait)
 
     def encode(self):
@@ -1654,19 +1735,25 @@ class QueueUnbind(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            exchange = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            exchange = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            routing_key = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            routing_key = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             arguments, off = decode_table(buf, off)
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+            exchange = exchange.decode('utf-8')
+            routing_key = routing_key.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return QueueUnbind(ticket, queue, exchange, routing_key, arguments)
 
     def encode(self):
@@ -1815,10 +1902,10 @@ class BasicConsume(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _n = buf[off]
-            consumer_tag = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            consumer_tag = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1831,6 +1918,11 @@ class BasicConsume(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+            consumer_tag = consumer_tag.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return BasicConsume(ticket, queue, consumer_tag, no_local, no_ack, exclusive, nowait, arguments)
 
     def encode(self):
@@ -1872,12 +1964,16 @@ class BasicConsumeOk(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            consumer_tag = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            consumer_tag = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            consumer_tag = consumer_tag.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return BasicConsumeOk(consumer_tag)
 
     def encode(self):
@@ -1910,7 +2006,7 @@ class BasicCancel(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            consumer_tag = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            consumer_tag = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -1919,6 +2015,10 @@ class BasicCancel(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            consumer_tag = consumer_tag.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return BasicCancel(consumer_tag, nowait)
 
     def encode(self):
@@ -1951,12 +2051,16 @@ class BasicCancelOk(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            consumer_tag = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            consumer_tag = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            consumer_tag = consumer_tag.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return BasicCancelOk(consumer_tag)
 
     def encode(self):
@@ -2182,7 +2286,7 @@ class BasicGet(Method):
             ticket, = _S('H').unpack_from(buf, off)
             off += 2
             _n = buf[off]
-            queue = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            queue = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
             _b = buf[off]
             off += 1
@@ -2191,6 +2295,10 @@ class BasicGet(Method):
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            queue = queue.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return BasicGet(ticket, queue, no_ack)
 
     def encode(self):
@@ -2285,12 +2393,16 @@ class BasicGetEmpty(Method):
     def decode(buf, off, end):
         try:
             _n = buf[off]
-            cluster_id = bytes(buf[off + 1:off + 1 + _n]).decode('utf-8', 'surrogateescape')
+            cluster_id = bytes(buf[off + 1:off + 1 + _n])
             off += 1 + _n
         except (struct.error, IndexError) as e:
             raise SyntaxError_(f'truncated method arguments: {e}') from None
         if off != end:
             raise SyntaxError_('truncated method arguments' if off > end else 'trailing bytes after method arguments')
+        try:
+            cluster_id = cluster_id.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FrameError('Malformed UTF-8 in shortstr') from None
         return BasicGetEmpty(cluster_id)
 
     def encode(self):

@@ -26,6 +26,8 @@ class AdminMixin:
         return v
 
     def delete_vhost(self, name: str) -> bool:
+        """Delete a vhost and everything scoped to it, in memory and in the store: a vhost
+        re-created under the same name starts clean."""
         v = self.vhosts.get(name)
         if v is None:
             return False
@@ -34,17 +36,32 @@ class AdminMixin:
                 conn.force_close(E.CONNECTION_FORCED, f"vhost '{name}' is deleted")
         for q in list(v.queues.values()):
             self.delete_queue(q)
+        store = self.store
         for x in list(v.exchanges.values()):
+            for b in list(x.bindings.values()):       # those to exchanges: the queues are gone
+                if x.durable and b.destination.durable:
+                    store.delete_definition("binding", self.binding_key(v, b))
             if x.durable and x.name:
-                self.store.delete_definition("exchange", (name, x.name))
+                store.delete_definition("exchange", (name, x.name))
+            x.deleted = True
+        v.exchanges.clear()
         for key in [k for k in self.users.permissions if k[1] == name]:
             self.users.permissions.pop(key)
-            self.store.delete_definition("permission", key)
-        for key in [k for k in self.policies if k[0] == name]:
-            self.policies.pop(key)
-            self.store.delete_definition("policy", key)
+            store.delete_definition("permission", key)
+        for key in [k for k in self.users.topic_permissions if k[1] == name]:
+            self.users.topic_permissions.pop(key)
+            store.delete_definition("topic_permission", key)
+        for table, kind in ((self.policies, "policy"), (self.operator_policies, "operator_policy")):
+            for key in [k for k in table if k[0] == name]:
+                table.pop(key)
+                store.delete_definition(kind, key)
+        for key in [k for k in self.parameters if k[0] == name]:      # vhost limits among them
+            self.parameters.pop(key)
+            store.delete_definition("parameter", key)
+        v.limits.clear()
+        self.delayed.drop_vhost(name)
         del self.vhosts[name]
-        self.store.delete_definition("vhost", (name,))
+        store.delete_definition("vhost", (name,))
         log.info("vhost '%s' deleted", name)
         return True
 
@@ -62,12 +79,17 @@ class AdminMixin:
             "tags": list(u.tags), "limits": dict(u.limits)})
 
     def delete_user(self, name: str) -> bool:
+        """Delete a user with its permissions and topic permissions, in memory and in the store."""
         perms = [k for k in self.users.permissions if k[0] == name]
         if not self.users.delete_user(name):
             return False
         self.store.delete_definition("user", (name,))
         for k in perms:
+            self.users.permissions.pop(k, None)
             self.store.delete_definition("permission", k)
+        for k in [k for k in self.users.topic_permissions if k[0] == name]:
+            del self.users.topic_permissions[k]
+            self.store.delete_definition("topic_permission", k)
         for conn in list(self.connections):
             if conn.user is not None and conn.user.name == name:
                 conn.force_close(E.CONNECTION_FORCED, f"user '{name}' is deleted")
@@ -84,3 +106,40 @@ class AdminMixin:
             self.store.delete_definition("permission", (user, vhost))
             return True
         return False
+
+    def set_topic_permission(self, user: str, vhost: str, exchange: str, write: str, read: str) -> bool:
+        """Set a user's topic permission on one exchange of a vhost (stored). True if new."""
+        key = (user, vhost, exchange)
+        created = key not in self.users.topic_permissions
+        p = {"user": user, "vhost": vhost, "exchange": exchange, "write": write, "read": read}
+        self.users.topic_permissions[key] = p
+        self.store.put_definition("topic_permission", key, p)
+        return created
+
+    def clear_topic_permissions(self, user: str, vhost: str, exchange: str | None = None) -> int:
+        """Remove a user's topic permissions in a vhost (on one exchange, or all). How many went."""
+        tp = self.users.topic_permissions
+        keys = [k for k in tp if k[0] == user and k[1] == vhost and (exchange is None or k[2] == exchange)]
+        for k in keys:
+            del tp[k]
+            self.store.delete_definition("topic_permission", k)
+        return len(keys)
+
+    # ------------------------------------------------------------------ global parameters
+    def set_global_parameter(self, name: str, value) -> bool:
+        """Set a global runtime parameter (stored); cluster_name also renames the cluster."""
+        created = name not in self.global_parameters
+        self.global_parameters[name] = value
+        self.store.put_definition("global_parameter", (name,), {"name": name, "value": value})
+        if name == "cluster_name" and isinstance(value, str):
+            self.server_properties["cluster_name"] = value
+        return created
+
+    def clear_global_parameter(self, name: str) -> bool:
+        if name not in self.global_parameters:
+            return False
+        del self.global_parameters[name]
+        self.store.delete_definition("global_parameter", (name,))
+        if name == "cluster_name":
+            self.server_properties["cluster_name"] = self.config.node_name
+        return True

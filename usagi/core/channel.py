@@ -7,7 +7,6 @@ hands this channel a message for one of its consumers.
 from __future__ import annotations
 
 import logging
-import re
 
 from ..amqp import errors as E
 from ..amqp import methods as M
@@ -16,6 +15,7 @@ from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
 from ..model.message import Message
 from . import access
+from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _END, _FH, _H, _HHQ, _QB,
                              _RETURN_HEAD, Unacked, _shortstr, _with_delivery_count)
 
@@ -28,7 +28,6 @@ from .replyto import ReplyToMixin
 
 log = logging.getLogger("usagi.channel")
 
-_INTEGER = re.compile(r"^[+-]?[0-9]+\Z")
 _SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
 
 
@@ -209,11 +208,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
 
     @staticmethod
     def _check_expiration(value: str):
-        if not _INTEGER.match(value):
-            raise ChannelError(f"invalid expiration '{value}': no_integer", E.PRECONDITION_FAILED)
-        if int(value) < 0:
-            raise ChannelError(f"invalid expiration '{value}': {{value_negative,{int(value)}}}",
-                               E.PRECONDITION_FAILED)
+        parse_expiration(value)     # RabbitMQ's parse and range (ten years at most); 406 if bad
 
     def _route_publish(self, x, msg, mandatory):
         broker = self.broker

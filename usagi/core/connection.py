@@ -14,7 +14,7 @@ import time
 from ..amqp import errors as E
 from ..amqp import erlfmt
 from ..amqp import methods as M
-from ..amqp.errors import AMQPError, ConnectionError_
+from ..amqp.errors import AMQPError, ConnectionError_, FrameError
 from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_MIN_SIZE,
                            HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
                            method_frame)
@@ -334,6 +334,8 @@ class Connection:
                     return
                 try:
                     method = cls.decode(payload, 4, len(payload))
+                except FrameError as e:     # RabbitMQ's own text (a name not in UTF-8), no method named
+                    raise ConnectionError_(e.text, E.FRAME_ERROR) from None
                 except AMQPError:
                     raise ConnectionError_(f"cannot decode {erlfmt.binary(payload[4:])}", E.FRAME_ERROR,
                                            cid, mid) from None

@@ -20,6 +20,7 @@ log = logging.getLogger("usagi.delayed")
 
 HORIZON_MS = 30_000          # how far ahead messages are held in memory
 MAX_IN_MEMORY = 100_000      # past this, the horizon shrinks
+MAX_DUE = 2 ** 63 - 1        # the largest due time an SQLite INTEGER holds
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS delayed (
@@ -59,6 +60,8 @@ class DelayedMessages:
         return len(self.heap) + self.on_disk
 
     def add(self, due_ms: int, vhost: str, xname: str, msg):
+        if due_ms > MAX_DUE:        # an x-delay of up to 2^63-1 ms: beyond what a row can hold
+            due_ms = MAX_DUE
         i = self.next_id
         self.next_id += 1
         if self.db is not None:
@@ -70,6 +73,24 @@ class DelayedMessages:
                 self._shrink()
         else:
             self.on_disk += 1
+
+    def drop_vhost(self, vhost: str) -> int:
+        """Forget the messages waiting in a deleted vhost's exchanges (so a vhost re-created under
+        the same name does not receive them). Returns how many went."""
+        before = len(self.heap)
+        self.heap = [e for e in self.heap if e[2] != vhost]
+        heapq.heapify(self.heap)
+        from_heap = before - len(self.heap)
+        if self.db is None:
+            return from_heap
+        self.flush()
+        try:
+            gone = self.db.execute("DELETE FROM delayed WHERE vhost = ?", (vhost,)).rowcount
+        except sqlite3.Error as e:
+            log.error("delayed message store: %s", e)
+            return from_heap
+        self.on_disk = max(0, self.on_disk - (gone - from_heap))
+        return gone
 
     def _shrink(self):
         """Too many in memory: pull the horizon in and keep only what falls before it."""

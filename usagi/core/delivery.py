@@ -14,7 +14,7 @@ from ..model.message import Message
 from ..model.queue import Queue
 import heapq
 
-from .arguments import (_q, _type_name)
+from .arguments import MAX_EXPIRY, _q, _type_name
 
 log = logging.getLogger("usagi.broker")
 
@@ -61,10 +61,12 @@ class DeliveryMixin:
             if not self.enqueue_plain(q, msg) and q.limited:
                 self._drop_head(q)
             return True
-        if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
-            self.persist(q, msg)
-        seq = q.push(msg)
+        if ttl > MAX_EXPIRY:        # a policy stored before policies were range-checked
+            ttl = MAX_EXPIRY
         exp = int(time.time() * 1000) + ttl
+        if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
+            self.persist(q, msg, exp)       # the deadline is stored: it holds after a restart
+        seq = q.push(msg)
         q.expiry[seq] = exp
         heapq.heappush(q.deadlines, (exp, seq, msg))
         self.ttl_queues[id(q)] = q
@@ -89,13 +91,14 @@ class DeliveryMixin:
             self.dirty[id(q)] = q
         return False
 
-    def persist(self, q: Queue, msg: Message):
-        """Record a persistent message's entry in a durable queue (the seq it is about to get)."""
+    def persist(self, q: Queue, msg: Message, expires: int | None = None):
+        """Record a persistent message's entry in a durable queue (the seq it is about to get),
+        with the time it expires at (ms since the epoch) if it has a TTL."""
         if not msg.stored:
             self.store.add_message(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body)
             msg.stored = True
         msg.refs += 1
-        self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id)
+        self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id, expires)
 
     def _full(self, q, msg) -> bool:
         if q.max_length is not None and q.message_count >= q.max_length:

@@ -17,8 +17,8 @@ from . import access, limits
 from ..model.util import freeze, gen_name
 from ..model.vhost import VHost
 
-from .arguments import (KNOWN_QUEUE_ARGS, QUEUE_EQUIV_ARGS, QUEUE_TYPE_ARGS, _fmt_value, _numeric_equal,
-                        _type_name, not_found)
+from .arguments import (QUEUE_EQUIV_ARGS, _fmt_value, _numeric_equal, _type_name, not_found,
+                        validate_queue_arguments)
 
 log = logging.getLogger("usagi.broker")
 
@@ -53,24 +53,31 @@ class EntitiesMixin:
             self._check_args_equivalent("exchange", name, vhost.name, ("alternate-exchange",),
                                         arguments, x.arguments)
             return x
-        if type_ == "x-delayed-message":
-            inner = arguments.get("x-delayed-type")
-            if isinstance(inner, bytes):
-                inner = inner.decode()
-            if inner not in TYPES or inner == "x-delayed-message":
-                raise ChannelError("Invalid argument, 'x-delayed-type' must be an existing exchange type",
-                                   E.PRECONDITION_FAILED)
-        cls = TYPES.get(type_)
-        if cls is None:
-            raise ChannelError(f"invalid type '{type_}' for exchange '{name}' in vhost '{vhost.name}'",
-                               E.PRECONDITION_FAILED)
-        x = cls(vhost.name, name, durable, auto_delete, internal, arguments)
+        self.check_new_exchange(vhost, name, type_, arguments)
+        x = TYPES[type_](vhost.name, name, durable, auto_delete, internal, arguments)
         vhost.exchanges[name] = x
         if self.policies:
             self.apply_policies_to_exchange(x)
         if durable:
             self.store.put_definition("exchange", (vhost.name, name), self.exchange_definition(x))
         return x
+
+    @staticmethod
+    def check_new_exchange(vhost: VHost, name: str, type_: str, arguments: dict):
+        """What declaring a new exchange checks before it creates it (406, or 403 for amq.*);
+        a definitions import runs it on every exchange before it changes anything."""
+        if name.startswith("amq."):
+            raise ChannelError(f"exchange name '{name}' contains reserved prefix 'amq.*'",
+                               E.ACCESS_REFUSED)
+        if not isinstance(type_, str) or type_ not in TYPES:
+            raise ChannelError(f"unknown exchange type '{type_}'", E.PRECONDITION_FAILED)
+        if type_ == "x-delayed-message":
+            inner = (arguments or {}).get("x-delayed-type")
+            if isinstance(inner, bytes):
+                inner = inner.decode("utf-8", "replace")
+            if not isinstance(inner, str) or inner not in TYPES or inner == "x-delayed-message":
+                raise ChannelError("Invalid argument, 'x-delayed-type' must be an existing exchange type",
+                                   E.PRECONDITION_FAILED)
 
     @staticmethod
     def exchange_definition(x) -> dict:
@@ -172,6 +179,21 @@ class EntitiesMixin:
             self._check_args_equivalent("queue", name, vhost.name, QUEUE_EQUIV_ARGS, arguments, q.arguments)
             q.last_used = time.monotonic()          # a redeclare counts as use for x-expires
             return q
+        self.check_new_queue(vhost, name, durable, exclusive, auto_delete, arguments)
+        limits.check_queue_limit(self, vhost, name)
+        q = self.make_queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
+        vhost.queues[name] = q
+        if exclusive and owner is not None:
+            owner.exclusive_queues.append(q)
+        if durable and not exclusive:
+            self.store.put_definition("queue", (vhost.name, name), self.queue_definition(q))
+        self.apply_policies_to_queue(q)
+        return q
+
+    def check_new_queue(self, vhost: VHost, name: str, durable, exclusive, auto_delete, arguments: dict):
+        """What declaring a new queue checks before it creates it (the vhost's queue limit
+        aside): its arguments' types and ranges, and the properties its type allows. A
+        definitions import runs it on every queue before it changes anything."""
         self.validate_queue_arguments(vhost, name, arguments)
         qtype = arguments.get("x-queue-type") or "classic"
         if isinstance(qtype, bytes):
@@ -182,15 +204,6 @@ class EntitiesMixin:
                 if bad:
                     raise ChannelError(f"invalid property '{prop}' for queue '{name}' in vhost "
                                        f"'{vhost.name}'", E.PRECONDITION_FAILED)
-        limits.check_queue_limit(self, vhost, name)
-        q = self.make_queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
-        vhost.queues[name] = q
-        if exclusive and owner is not None:
-            owner.exclusive_queues.append(q)
-        if durable and not exclusive:
-            self.store.put_definition("queue", (vhost.name, name), self.queue_definition(q))
-        self.apply_policies_to_queue(q)
-        return q
 
     def make_queue(self, vhost_name, name, durable, owner, auto_delete, arguments) -> Queue:
         qtype = arguments.get("x-queue-type") or "classic"
@@ -216,50 +229,8 @@ class EntitiesMixin:
                 "arguments": q.arguments}
 
     def validate_queue_arguments(self, vhost, name, args):
-        def bad(k, why):
-            return ChannelError(f"invalid arg '{k}' for queue '{name}' in vhost '{vhost.name}': {why}",
-                                E.PRECONDITION_FAILED)
-
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        for k in ("x-expires", "x-message-ttl", "x-max-length", "x-max-length-bytes", "x-delivery-limit",
-                  "x-max-priority"):
-            if k not in args:
-                continue
-            v = args[k]
-            if not is_int(v):
-                raise bad(k, f'"expected integer, got {_type_name(v)}"')
-            if k == "x-expires" and v == 0:
-                raise bad(k, "{value_zero,0}")
-            if v < 0:
-                raise bad(k, f"{{value_negative,{v}}}")
-            if k == "x-max-priority" and v > 255:
-                raise bad(k, f"{{max_value_exceeded,{v}}}")
-        if "x-overflow" in args:
-            ov = args["x-overflow"]
-            if isinstance(ov, bytes):
-                ov = ov.decode("utf-8", "replace")
-            if ov not in ("drop-head", "reject-publish", "reject-publish-dlx"):
-                raise bad("x-overflow", "invalid_overflow")
-        if "x-dead-letter-routing-key" in args and "x-dead-letter-exchange" not in args:
-            raise bad("x-dead-letter-routing-key", "routing_key_but_no_dlx_defined")
-        if "x-single-active-consumer" in args and not isinstance(args["x-single-active-consumer"], bool):
-            raise bad("x-single-active-consumer",
-                      f"{{unacceptable_type,{_type_name(args['x-single-active-consumer'])}}}")
-        for k in ("x-dead-letter-exchange", "x-dead-letter-routing-key"):
-            if k in args and not isinstance(args[k], (str, bytes)):
-                raise bad(k, f"{{unacceptable_type,{_type_name(args[k])}}}")
-        qt = args.get("x-queue-type")
-        if isinstance(qt, bytes):
-            qt = qt.decode("utf-8", "replace")
-        if qt is not None and qt not in ("classic", "quorum", "stream"):
-            raise bad("x-queue-type", f"{{unsupported_queue_type,<<\"{_fmt_value(qt)}\">>}}")
-        supported = QUEUE_TYPE_ARGS[qt or "classic"]
-        for k in args:
-            if k in KNOWN_QUEUE_ARGS and k not in supported:
-                raise ChannelError(f"invalid arg '{k}' for queue '{name}' in vhost '{vhost.name}' of queue type "
-                                   f"rabbit_{qt or 'classic'}_queue", E.PRECONDITION_FAILED)
+        """Types and ranges of queue.declare arguments, as RabbitMQ checks them (406)."""
+        validate_queue_arguments(vhost.name, name, args)
 
     def locked(self, q) -> ChannelError:
         return access.locked(q)
@@ -294,6 +265,7 @@ class EntitiesMixin:
         q.consumers.clear()
         msgs = q.purge()
         self._drop_messages(q, msgs)
+        self._forget_binding_rows(q)
         if vhost is not None:
             if vhost.queues.get(q.name) is q:
                 del vhost.queues[q.name]
@@ -312,6 +284,15 @@ class EntitiesMixin:
             self.store.drop_queue_messages(q.vhost, q.name)
         self.dirty.pop(id(q), None)
         return count
+
+    def _forget_binding_rows(self, q: Queue):
+        """The stored rows of a deleted queue's durable bindings go with it (else a queue
+        re-created under that name would get them back at the next start)."""
+        if q.durable and q.exclusive_owner is None:
+            for b in q.bindings:
+                if b.source.durable:
+                    self.store.delete_definition("binding", (
+                        q.vhost, b.source.name, "queue", q.name, b.routing_key, repr(freeze(b.arguments))))
 
     def purge_queue(self, q: Queue) -> int:
         msgs = q.purge()

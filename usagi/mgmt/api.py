@@ -22,7 +22,7 @@ from ..amqp.errors import AMQPError, ChannelError
 from ..core import access
 from ..core.broker import CommitFailed
 from ..model.queue import Queue
-from . import ops
+from . import checks, ops
 from .formats import View
 from .util import (ApiError, bad_request, dumps, get_path, is_loopback, jsonable, not_authorised, not_found,
                    parse_bool, properties_key)
@@ -177,9 +177,12 @@ class Req:
         if raw is None or not raw.strip():
             return {}
         try:
-            return json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            body = json.loads(raw, parse_constant=_not_json)     # NaN and Infinity are not JSON
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise bad_request(error) from None
+        if _SURROGATE_ESCAPE.search(raw) and not _is_text(body):
+            raise bad_request(error)        # a lone \udXXX: no UTF-8 for it, in the store or a reply
+        return body
 
     def body(self) -> dict:
         b = self.json()
@@ -240,6 +243,32 @@ class Req:
         if self.is_admin:
             return [v for _n, v in sorted(self.broker.vhosts.items())]
         return self.login_vhosts()
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\[uU][dD][89a-fA-F]")
+
+
+def _not_json(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _is_text(body) -> bool:
+    """Whether every string of a decoded JSON body is UTF-8 text (iterative: no recursion)."""
+    stack = [body]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, str):
+            if not x.isascii():
+                try:
+                    x.encode("utf-8")
+                except UnicodeEncodeError:
+                    return False
+        elif isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return True
 
 
 # ---------------------------------------------------------------------------------------- access rules
@@ -503,8 +532,7 @@ def set_cluster_name(r: Req):
     name = body.get("name")
     if not isinstance(name, str) or not name:
         raise bad_request("[{key_missing,name}]")
-    r.broker.server_properties["cluster_name"] = name
-    r.broker.global_parameters["cluster_name"] = name
+    r.broker.set_global_parameter("cluster_name", name)     # stored: it survives a restart
     return Reply(204)
 
 
@@ -831,11 +859,8 @@ def topic_permission_put(r: Req):
 
 @delete("topic-permissions/:vhost/:user", ADMIN)
 def topic_permission_delete(r: Req):
-    keys = _topic_permissions(r)
-    if not keys:
+    if not r.broker.clear_topic_permissions(r.p("user"), r.p("vhost")):
         raise not_found()
-    for k in keys:
-        del r.broker.users.topic_permissions[k]
     return Reply(204)
 
 
@@ -879,11 +904,10 @@ def exchange_put(r: Req):
     v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
     name = r.xname()
     body = r.body()
-    args = _arguments(body)
+    type_, durable, auto_delete, internal, args = checks.exchange_body(name, body)
     access.declare_exchange(r.broker, r.user, v, name, args, from_json=True)
     existed = name in v.exchanges
-    r.broker.declare_exchange(v, name, body.get("type") or "direct", parse_bool(body.get("durable")),
-                              parse_bool(body.get("auto_delete")), parse_bool(body.get("internal")), args)
+    r.broker.declare_exchange(v, name, type_, durable, auto_delete, internal, args)
     return created(not existed)
 
 
@@ -953,12 +977,11 @@ def queue_put(r: Req):
     v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
     name = r.p("queue")
     body = r.body()
-    args = _arguments(body)
+    durable, auto_delete, args = checks.queue_body(name, body)
     access.declare_queue(r.broker, r.user, v, name, args, from_json=True)
     existed = name in v.queues
     # an existing queue is compared with the declaration, exclusivity first (no connection owns it)
-    r.broker.declare_queue(v, name, parse_bool(body.get("durable")), False,
-                           parse_bool(body.get("auto_delete")), args)
+    r.broker.declare_queue(v, name, durable, False, auto_delete, args)
     return created(not existed)
 
 
@@ -1094,10 +1117,7 @@ def binding_create(r: Req):
     if dtype not in ("q", "e"):
         raise not_found()
     body = r.body()
-    rk = body.get("routing_key", "")
-    if not isinstance(rk, str):
-        raise bad_request(["not_string", "routing_key"])
-    args = _arguments(body)
+    rk, args = checks.binding_body(body)
     sname = r.xname("source")
     dname = r.xname("destination") if dtype == "e" else r.p("destination")
     src, dst = access.binding(r.broker, r.user, v, sname, "queue" if dtype == "q" else "exchange", dname, rk,
@@ -1426,16 +1446,13 @@ def global_parameter_put(r: Req):
     if "value" not in body:
         raise bad_request("[{key_missing,value}]")
     name = r.p("name")
-    existed = name in r.broker.global_parameters
-    r.broker.global_parameters[name] = body["value"]
-    if name == "cluster_name" and isinstance(body["value"], str):
-        r.broker.server_properties["cluster_name"] = body["value"]
-    return created(not existed)
+    value = checks.global_parameter(name, body["value"])
+    return created(r.broker.set_global_parameter(name, value))
 
 
 @delete("global-parameters/:name", GLOBAL_PARAMS)
 def global_parameter_delete(r: Req):
-    if r.broker.global_parameters.pop(r.p("name"), None) is None:
+    if not r.broker.clear_global_parameter(r.p("name")):
         raise not_found()
     return Reply(204)
 

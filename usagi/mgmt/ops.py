@@ -10,115 +10,48 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+import struct
 
 from .. import RABBITMQ_COMPAT_VERSION
 from ..amqp import errors as E
 from ..amqp import properties as P
 from ..amqp.errors import ChannelError
 from ..amqp.table import Timestamp
-from ..auth.passwords import MD5, SHA256, SHA512
 from ..core import access
+from ..core.arguments import parse_expiration
+from ..core.limits import vhost_limit
+from ..model.exchanges import TYPES
 from ..model.queue import Queue
-from .util import bad_request, jsonable, key_missing, parse_bool, parse_tags
+from ..model.util import freeze
+from ..model.vhost import VHost
+from . import checks
+from .util import ApiError, bad_request, jsonable, key_missing
 
-HASHING_ALGORITHMS = (SHA256, SHA512, MD5)
+HASHING_ALGORITHMS = checks.HASHING_ALGORITHMS
 
 # ---------------------------------------------------------------------------------------- policies
 
-APPLY_TO = ("all", "queues", "exchanges", "classic_queues", "quorum_queues", "streams")
-
-# policy keys RabbitMQ 4.x recognises, and how a value is checked
-_NONNEG_INT = ("message-ttl", "max-length", "max-length-bytes", "max-in-memory-length",
-               "max-in-memory-bytes", "delivery-limit", "stream-max-segment-size-bytes",
-               "consumer-timeout", "initial-cluster-size", "target-group-size", "queue-version")
-_POS_INT = ("expires",)
-_STRING = ("alternate-exchange", "dead-letter-exchange", "dead-letter-routing-key", "queue-mode",
-           "queue-leader-locator", "queue-master-locator", "federation-upstream-set",
-           "federation-upstream", "dead-letter-strategy", "max-age", "ha-mode", "ha-sync-mode",
-           "ha-promote-on-shutdown", "ha-promote-on-failure")
-_OTHER = ("overflow", "ha-params", "ha-sync-batch-size")
-POLICY_KEYS = _NONNEG_INT + _POS_INT + _STRING + _OTHER
+APPLY_TO = checks.APPLY_TO
+POLICY_KEYS = checks.POLICY_KEYS
+OPERATOR_POLICY_KEYS = checks.OPERATOR_POLICY_KEYS
 
 
-def validate_policy_definition(definition) -> None:
-    if not isinstance(definition, dict) or not definition:
-        raise bad_request("Validation failed\n\nno policy provided\n" if isinstance(definition, dict)
-                          else "Validation failed\n\ndefinition must be a JSON object\n")
-    unknown = [k for k in definition if k not in POLICY_KEYS]
-    if unknown:
-        names = ",".join(f'<<"{k}">>' for k in unknown)
-        raise bad_request(f"Validation failed\n\n[{names}] are not recognised policy settings\n")
-    for k, v in definition.items():
-        if k in _NONNEG_INT and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-            raise bad_request(f'Validation failed\n\n<<"{k}">> should be a number greater than or '
-                              f'equal to 0, actually was {_erl(v)}\n')
-        if k in _POS_INT and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise bad_request(f'Validation failed\n\n<<"{k}">> should be a number greater than 0, '
-                              f'actually was {_erl(v)}\n')
-        if k in _STRING and not isinstance(v, str):
-            raise bad_request(f'Validation failed\n\n<<"{k}">> should be binary, actually was {_erl(v)}\n')
-        if k == "overflow" and v not in ("drop-head", "reject-publish", "reject-publish-dlx"):
-            raise bad_request(f'Validation failed\n\n{_erl(v)} is not a valid overflow value\n')
-
-
-def _erl(v) -> str:
-    return f'<<"{v}">>' if isinstance(v, str) else str(jsonable(v)).lower() if isinstance(v, bool) else str(v)
-
-
-OPERATOR_POLICY_KEYS = ("expires", "message-ttl", "max-length", "max-length-bytes", "max-in-memory-length",
-                        "max-in-memory-bytes", "delivery-limit", "overflow", "target-group-size")
+def validate_policy_definition(definition, operator: bool = False) -> None:
+    checks.policy_definition(definition, operator)
 
 
 def put_policy(broker, vhost: str, name: str, body: dict, operator: bool = False) -> bool:
     """Create or replace a (operator) policy through the broker, which applies it. True if created."""
-    key_missing(body, ("pattern", "definition"))
-    pattern = body["pattern"]
-    if not isinstance(pattern, str):
-        raise bad_request("pattern must be a string")
-    try:
-        re.compile(pattern)
-    except re.error as e:
-        raise bad_request(f"Validation failed\n\n<<\"{pattern}\">> is not a valid regular expression: "
-                          f"{e}\n") from None
-    definition = body["definition"]
-    validate_policy_definition(definition)
-    if operator:
-        unknown = [k for k in definition if k not in OPERATOR_POLICY_KEYS]
-        if unknown:
-            names = ",".join(f'<<"{k}">>' for k in unknown)
-            raise bad_request(f"Validation failed\n\n[{names}] are not recognised operator policy settings\n")
-    priority = body.get("priority", 0)
-    if isinstance(priority, str):
-        try:
-            priority = int(priority)
-        except ValueError:
-            raise bad_request(f"Validation failed\n\n<<\"priority\">> should be a number, actually was "
-                              f"<<\"{priority}\">>\n") from None
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        raise bad_request(f"Validation failed\n\n<<\"priority\">> should be a number, actually was {priority}\n")
-    apply_to = body.get("apply-to", "all")
-    if apply_to not in APPLY_TO:
-        raise bad_request(f"Validation failed\n\n'{apply_to}' is not a valid apply-to value\n")
+    checks.name("name", name, limit=None)
+    p = checks.policy_body(body, operator)
     table = broker.operator_policies if operator else broker.policies
     created = (vhost, name) not in table
-    if hasattr(broker, "set_policy"):
-        broker.set_policy(vhost, name, pattern, definition, priority, apply_to, operator=operator)
-    else:       # an engine without policy support: keep and persist it all the same
-        p = {"vhost": vhost, "name": name, "pattern": pattern, "apply-to": apply_to,
-             "definition": definition, "priority": priority}
-        table[(vhost, name)] = p
-        broker.store.put_definition("operator_policy" if operator else "policy", (vhost, name), p)
+    broker.set_policy(vhost, name, p["pattern"], p["definition"], p["priority"], p["apply-to"], operator=operator)
     return created
 
 
 def delete_policy(broker, vhost: str, name: str, operator: bool = False) -> bool:
-    if hasattr(broker, "clear_policy"):
-        return broker.clear_policy(vhost, name, operator=operator)
-    table = broker.operator_policies if operator else broker.policies
-    if table.pop((vhost, name), None) is None:
-        return False
-    broker.store.delete_definition("operator_policy" if operator else "policy", (vhost, name))
-    return True
+    return broker.clear_policy(vhost, name, operator=operator)
 
 
 def policy_json(p: dict, vhost: str | None = None, name: str | None = None) -> dict:
@@ -162,20 +95,16 @@ def effective_policy(broker, kind: str, obj) -> dict | None:
 
 # ---------------------------------------------------------------------------------------- limits
 
-VHOST_LIMITS = ("max-connections", "max-queues")
-USER_LIMITS = ("max-connections", "max-channels")
+VHOST_LIMITS = checks.VHOST_LIMITS
+USER_LIMITS = checks.USER_LIMITS
 
 
 def _limit_value(name: str, body: dict, known) -> int:
     if name not in known:
-        raise bad_request(f"Validation failed\n\nUnrecognised terms [{{<<\"{name}\">>,...}}] in limits\n")
+        raise checks.failed(f"Unrecognised terms [{{{checks.erl(name)},{checks.erl(body.get('value'))}}}] "
+                            f"in limits")
     key_missing(body, ("value",))
-    v = body["value"]
-    if isinstance(v, str) and v.lstrip("-").isdigit():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise bad_request(f"Validation failed\n\n<<\"{name}\">> should be a number, actually was {_erl(v)}\n")
-    return v
+    return checks.limit_value(name, body["value"], known)
 
 
 def set_vhost_limit(broker, v, name: str, body: dict) -> bool:
@@ -227,29 +156,20 @@ def put_vhost(broker, name: str, body: dict, acting_user: str | None = None) -> 
 
     As in RabbitMQ, the user that creates a vhost through the API (PUT or a definitions import)
     is granted full permissions on it."""
-    description = body.get("description", "")
-    tags = parse_tags(body.get("tags"))
-    dqt = body.get("default_queue_type") or "classic"
-    if dqt not in ("classic", "quorum", "stream", "undefined"):
-        raise bad_request(f"Invalid queue type '{dqt}'")
-    if dqt == "undefined":
-        dqt = "classic"
+    checks.name("vhost", name)
+    fields = checks.vhost_body(body)
     v = broker.vhosts.get(name)
     if v is None:
-        broker.add_vhost(name, description or "", tags, dqt)
+        broker.add_vhost(name, fields.get("description", ""), fields.get("tags", []),
+                         fields.get("default_queue_type", "classic"))
         if acting_user is not None and acting_user in broker.users.users:
             broker.set_permissions(acting_user, name, ".*", ".*", ".*")
         return True
     changed = False
-    if "description" in body and v.description != description:
-        v.description = description or ""
-        changed = True
-    if "tags" in body and v.tags != tags:
-        v.tags = tags
-        changed = True
-    if "default_queue_type" in body and v.default_queue_type != dqt:
-        v.default_queue_type = dqt
-        changed = True
+    for attr in ("description", "tags", "default_queue_type"):
+        if attr in fields and getattr(v, attr) != fields[attr]:
+            setattr(v, attr, fields[attr])
+            changed = True
     if changed:
         broker.store.put_definition("vhost", (name,), {"name": name, **v.metadata()})
     return False
@@ -257,36 +177,10 @@ def put_vhost(broker, name: str, body: dict, acting_user: str | None = None) -> 
 
 def put_user(broker, name: str, body: dict) -> bool:
     """PUT /api/users/NAME and the users of a definitions import. Returns True if created."""
-    if "tags" not in body and "administrator" not in body:
-        raise bad_request("tags_not_present")
-    if "password" in body and "password_hash" in body:
-        raise bad_request("both_password_and_password_hash_are_provided")
-    if "tags" in body:
-        tags = parse_tags(body.get("tags"))
-    else:
-        tags = ["administrator"] if parse_bool(body.get("administrator")) else []
-    algo = body.get("hashing_algorithm") or SHA256
-    if algo not in HASHING_ALGORITHMS:
-        raise bad_request(f"unknown hashing algorithm '{algo}'")
-    password = body.get("password")
-    if password is not None and not isinstance(password, str):
-        raise bad_request("password must be a string")
-    phash = body.get("password_hash")
-    if phash is not None:
-        if not isinstance(phash, str):
-            raise bad_request("password_hash must be a string")
-        if phash:
-            try:
-                base64.b64decode(phash, validate=True)
-            except ValueError:
-                raise bad_request("password_hash is not valid base64") from None
-    limits = body.get("limits")
-    if limits is not None:
-        if limits == []:
-            limits = {}
-        if not isinstance(limits, dict):
-            raise bad_request("limits must be a JSON object")
-        limits = {k: _limit_value(k, {"value": v}, USER_LIMITS) for k, v in limits.items()}
+    checks.name("user", name, limit=None)
+    f = checks.user_body(body)
+    tags, algo, password, phash, limits = (f["tags"], f["hashing_algorithm"], f["password"],
+                                           f["password_hash"], f["limits"])
     u = broker.users.users.get(name)
     if u is None:
         if password is not None:
@@ -312,30 +206,19 @@ def put_user(broker, name: str, body: dict) -> bool:
 
 
 def put_permission(broker, user: str, vhost: str, body: dict) -> bool:
-    key_missing(body, ("configure", "write", "read"))
+    configure, write, read = checks.permission_body(body)
     if user not in broker.users.users or vhost not in broker.vhosts:
         raise bad_request("vhost_or_user_not_found")
-    for k in ("configure", "write", "read"):
-        if not isinstance(body[k], str):
-            raise bad_request(f"{k} must be a string")
-        try:
-            re.compile(body[k])
-        except re.error:
-            raise bad_request(f"invalid regular expression '{body[k]}'") from None
     created = broker.users.permission(user, vhost) is None
-    broker.set_permissions(user, vhost, body["configure"], body["write"], body["read"])
+    broker.set_permissions(user, vhost, configure, write, read)
     return created
 
 
 def put_topic_permission(broker, user: str, vhost: str, body: dict) -> bool:
-    key_missing(body, ("exchange", "write", "read"))
+    exchange, write, read = checks.topic_permission_body(body)
     if user not in broker.users.users or vhost not in broker.vhosts:
         raise bad_request("vhost_or_user_not_found")
-    key = (user, vhost, body["exchange"])
-    created = key not in broker.users.topic_permissions
-    broker.users.topic_permissions[key] = {"user": user, "vhost": vhost, "exchange": body["exchange"],
-                                           "write": body["write"], "read": body["read"]}
-    return created
+    return broker.set_topic_permission(user, vhost, exchange, write, read)
 
 
 # ---------------------------------------------------------------------------------------- publish, get
@@ -381,7 +264,7 @@ def encode_properties(props: dict) -> bytes:
                 raise bad_request("null_not_allowed")
             if not isinstance(v, str):
                 v = str(jsonable(v))
-            if len(v.encode("utf-8")) > 255:
+            if len(v.encode("utf-8", "surrogateescape")) > 255:
                 raise bad_request(["too_long", k])
             out[k] = v
     if "headers" in props:
@@ -390,7 +273,11 @@ def encode_properties(props: dict) -> bytes:
             raise bad_request(["not_table", "headers"])
         check_no_null(h)
         out["headers"] = h
-    return P.encode(out)
+    try:
+        return P.encode(out)
+    except (OverflowError, ValueError, TypeError, struct.error):
+        # an integer past 64 bits, or a value AMQP has no type for
+        raise bad_request(["not_encodable", "headers"]) from None
 
 
 def decode_payload(body: dict) -> bytes:
@@ -416,6 +303,8 @@ def publish(broker, user, vhost, exchange_name: str, body: dict) -> bool:
     rk = body["routing_key"]
     if not isinstance(rk, str):
         raise bad_request(["not_string", "routing_key"])
+    if len(rk.encode("utf-8", "surrogateescape")) > 255:      # a shortstr in every delivery
+        raise bad_request(["too_long", "routing_key"])
     try:
         if len(payload) > broker.config.max_message_size:
             raise ChannelError(f"message size {len(payload)} is larger than configured max size "
@@ -429,6 +318,8 @@ def publish(broker, user, vhost, exchange_name: str, body: dict) -> bool:
         if scan.user_id is not None and user is not None and scan.user_id != user.name:
             raise ChannelError(f"user_id property set to '{scan.user_id}' but authenticated user was "
                                f"'{user.name}'", E.PRECONDITION_FAILED)
+        if scan.expiration is not None:
+            parse_expiration(scan.expiration)       # as basic.publish: 406, reported as a 400
     except ChannelError as e:
         # RabbitMQ publishes over an internal channel and reports its close as a bad request
         raise bad_request(f"{e.code} {e.reply_text}") from None
@@ -563,10 +454,10 @@ def aliveness_test(broker, vhost) -> tuple[bool, str]:
 # ---------------------------------------------------------------------------------------- definitions
 
 def cluster_id(broker) -> str:
-    g = broker.global_parameters
-    cid = g.get("internal_cluster_id")
+    cid = broker.global_parameters.get("internal_cluster_id")
     if cid is None:
-        cid = g["internal_cluster_id"] = "rabbitmq-cluster-id-" + secrets.token_urlsafe(16)
+        cid = "rabbitmq-cluster-id-" + secrets.token_urlsafe(16)
+        broker.set_global_parameter("internal_cluster_id", cid)     # stored: the same after a restart
     return cid
 
 
@@ -670,116 +561,25 @@ def operator_policy_parameters(broker, vhost: str | None = None) -> list:
 
 
 def import_parameter(broker, vhost, component: str, name: str, value) -> None:
-    """A runtime parameter of a definitions file. RabbitMQ keeps operator policies and vhost
-    limits as parameters too, so those become operator policies and vhost limits here."""
-    if component == "operator_policy":
-        if not isinstance(value, dict):
-            raise bad_request("operator_policy value must be a JSON object")
-        put_policy(broker, vhost.name, name, value, operator=True)
-    elif component == "vhost-limits" and name == "limits":
-        if not isinstance(value, dict):
-            raise bad_request("vhost-limits value must be a JSON object")
-        limits = {k: _limit_value(k, {"value": v}, VHOST_LIMITS) for k, v in value.items()}
-        vhost.limits.clear()
-        vhost.limits.update(limits)
-        _save_vhost_limits(broker, vhost)
-    else:
-        put_parameter(broker, vhost.name, component, name, value)
-
-
-def _items(defs: dict, key: str) -> list:
-    v = defs.get(key)
-    if v is None:
-        return []
-    if not isinstance(v, list):
-        raise bad_request(f"'{key}' must be a list")
-    return [d for d in v if isinstance(d, dict)]
-
-
-def _vhost_for(broker, d: dict, vhost_name: str | None):
-    name = vhost_name if vhost_name is not None else d.get("vhost")
-    if name is None:
-        raise bad_request("Virtual host does not exist and is not specified in definitions file.")
-    v = broker.vhosts.get(name)
-    if v is None:
-        raise bad_request(f'Please create virtual host "{name}" prior to importing definitions.')
-    return v
-
-
-def _amqp_args(a) -> dict:
-    if a is None or a == []:
-        return {}
-    if not isinstance(a, dict):
-        raise bad_request("arguments must be a JSON object")
-    return a
-
-
-def import_definitions(broker, defs, vhost_name: str | None = None, acting_user: str | None = None) -> None:
-    """POST /api/definitions[/vhost]: apply an export, in RabbitMQ's order."""
-    if not isinstance(defs, dict):
-        raise bad_request("failed_to_parse_json")
-    try:
-        if vhost_name is None:
-            for u in _items(defs, "users"):
-                key_missing(u, ("name",))
-                body = dict(u)
-                body.setdefault("tags", [])
-                if "password" in body:
-                    body.pop("password_hash", None)
-                put_user(broker, u["name"], body)
-            for v in _items(defs, "vhosts"):
-                key_missing(v, ("name",))
-                meta = v.get("metadata") if isinstance(v.get("metadata"), dict) else {}
-                body = {}
-                for k in ("description", "tags", "default_queue_type"):
-                    if k in v or k in meta:
-                        body[k] = v.get(k, meta.get(k))
-                put_vhost(broker, v["name"], body, acting_user)
-            for p in _items(defs, "permissions"):
-                key_missing(p, ("user", "vhost", "configure", "write", "read"))
-                put_permission(broker, p["user"], p["vhost"], p)
-            for p in _items(defs, "topic_permissions"):
-                key_missing(p, ("user", "vhost", "exchange", "write", "read"))
-                put_topic_permission(broker, p["user"], p["vhost"], p)
-        for p in _items(defs, "parameters"):
-            key_missing(p, ("component", "name", "value"))
-            v = _vhost_for(broker, p, vhost_name)
-            import_parameter(broker, v, p["component"], p["name"], p["value"])
-        if vhost_name is None:
-            for p in _items(defs, "global_parameters"):
-                key_missing(p, ("name", "value"))
-                broker.global_parameters[p["name"]] = p["value"]
-        for p in _items(defs, "policies"):
-            key_missing(p, ("name",))
-            v = _vhost_for(broker, p, vhost_name)
-            put_policy(broker, v.name, p["name"], p)
-        for q in _items(defs, "queues"):
-            key_missing(q, ("name",))
-            v = _vhost_for(broker, q, vhost_name)
-            broker.declare_queue(v, q["name"], parse_bool(q.get("durable"), True), False,
-                                 parse_bool(q.get("auto_delete")), _amqp_args(q.get("arguments")))
-        for x in _items(defs, "exchanges"):
-            key_missing(x, ("name", "type"))
-            v = _vhost_for(broker, x, vhost_name)
-            if x["name"] in v.exchanges and (x["name"].startswith("amq.") or not x["name"]):
-                continue
-            broker.declare_exchange(v, x["name"], x["type"], parse_bool(x.get("durable"), True),
-                                    parse_bool(x.get("auto_delete")), parse_bool(x.get("internal")),
-                                    _amqp_args(x.get("arguments")))
-        for b in _items(defs, "bindings"):
-            key_missing(b, ("source", "destination", "destination_type"))
-            v = _vhost_for(broker, b, vhost_name)
-            src = broker.get_exchange(v, b["source"])
-            if b["destination_type"] == "queue":
-                dst = broker.get_queue(v, b["destination"], owner=False)
-            else:
-                dst = broker.get_exchange(v, b["destination"])
-            broker.bind(v, src, dst, b.get("routing_key", ""), _amqp_args(b.get("arguments")))
-    except ChannelError as e:
-        raise bad_request(f"{E.REPLY_NAMES.get(e.code, 'error').lower()}: {e.text}") from None
+    """A runtime parameter of a definitions file (see put_parameter)."""
+    put_parameter(broker, vhost.name, component, name, value)
 
 
 def put_parameter(broker, vhost: str, component: str, name: str, value) -> bool:
+    """PUT /api/parameters/COMPONENT/V/NAME. RabbitMQ keeps operator policies and vhost limits
+    as parameters too, so those are checked and become operator policies and vhost limits."""
+    checks.name("component", component, limit=None)
+    checks.name("name", name, limit=None)
+    value = checks.parameter_value(component, name, value)
+    if component == "operator_policy":
+        return put_policy(broker, vhost, name, value, operator=True)
+    if component == "vhost-limits":
+        v = broker.vhosts[vhost]
+        created = not v.limits
+        v.limits.clear()
+        v.limits.update(value)
+        _save_vhost_limits(broker, v)
+        return created
     key = (vhost, component, name)
     created = key not in broker.parameters
     p = {"vhost": vhost, "component": component, "name": name, "value": value}
@@ -789,8 +589,306 @@ def put_parameter(broker, vhost: str, component: str, name: str, value) -> bool:
 
 
 def delete_parameter(broker, vhost: str, component: str, name: str) -> bool:
+    if component == "operator_policy":
+        return delete_policy(broker, vhost, name, operator=True)
+    if component == "vhost-limits" and name == "limits" and vhost in broker.vhosts:
+        v = broker.vhosts[vhost]
+        if not v.limits:
+            return False
+        v.limits.clear()
+        _save_vhost_limits(broker, v)
+        return True
     key = (vhost, component, name)
     if broker.parameters.pop(key, None) is None:
         return False
     broker.store.delete_definition("parameter", key)
     return True
+
+
+# ---------------------------------------------------------------------------------------- definitions import
+# Every element of a definitions file is checked - types, ranges, regexes, references, and what
+# the engine would refuse (inequivalent redeclares, reserved names, queue limits) - before the
+# first one is applied, so a file that is refused changes nothing.
+
+def _items(defs: dict, key: str) -> list:
+    v = defs.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list):
+        raise bad_request(f"'{key}' must be a list")
+    for i, d in enumerate(v):
+        if not isinstance(d, dict):
+            raise bad_request(f"{key}[{i}] should be an object, actually was {checks.erl(d)}")
+    return v
+
+
+def _amqp_args(a) -> dict:
+    return checks.table("arguments", a)
+
+
+def _engine_error(e: ChannelError):
+    return bad_request(f"{E.REPLY_NAMES.get(e.code, 'error').lower()}: {e.text}")
+
+
+class _Plan:
+    """The checked, normalised elements of a definitions file, in the order they are applied."""
+
+    def __init__(self, broker, defs: dict, vhost_name: str | None, acting_user: str | None):
+        self.broker = broker
+        self.scope = vhost_name
+        self.acting_user = acting_user
+        self.users, self.vhosts, self.permissions, self.topic_permissions = [], [], [], []
+        self.parameters, self.global_parameters, self.policies = [], [], []
+        self.queues, self.exchanges, self.bindings = [], [], []
+        self.new_vhosts: dict = {}           # name -> a VHost standing in for the one the import creates
+        self.limits_after: dict = {}         # vhost -> the limits the import sets
+        self.user_names = set(broker.users.users)
+        self.section = ""
+        self.index = 0
+        if vhost_name is None:
+            self._each(defs, "users", self._user)
+            self._each(defs, "vhosts", self._vhost)
+            self._each(defs, "permissions", self._permission)
+            self._each(defs, "topic_permissions", self._topic_permission)
+        self._each(defs, "parameters", self._parameter)
+        if vhost_name is None:
+            self._each(defs, "global_parameters", self._global_parameter)
+        self._each(defs, "policies", self._policy)
+        self.queue_defs: dict = {}           # (vhost, name) -> what the file says of it
+        self.new_queues: dict = {}           # vhost -> count of queues the import creates
+        self._each(defs, "queues", self._queue)
+        self.exchange_objs: dict = {}        # (vhost, name) -> exchange the import creates (unattached)
+        self.exchange_defs: dict = {}
+        self._each(defs, "exchanges", self._exchange)
+        self._each(defs, "bindings", self._binding)
+        self._check_queue_limits()
+
+    def _each(self, defs, section, check):
+        for i, d in enumerate(_items(defs, section)):
+            self.section, self.index = section, i
+            try:
+                check(d)
+            except ChannelError as e:
+                raise self._where(_engine_error(e)) from None
+            except ApiError as e:
+                raise self._where(e) from None
+
+    def _where(self, e):
+        if isinstance(e.reason, str) and self.section != "policies":     # those name the policy
+            e.reason = f"{e.reason} ({self.section}[{self.index}])"
+        return e
+
+    # -- references
+    def _vhost_of(self, d: dict):
+        """The vhost an element belongs to: the existing one, or the one this import creates."""
+        name = self.scope if self.scope is not None else d.get("vhost")
+        if name is None:
+            raise bad_request("Virtual host does not exist and is not specified in definitions file.")
+        checks.name("vhost", name)
+        v = self.broker.vhosts.get(name) or self.new_vhosts.get(name)
+        if v is None:
+            raise bad_request(f'Please create virtual host "{name}" prior to importing definitions.')
+        return v
+
+    def _user_vhost(self, d: dict):
+        user = checks.name("user", d["user"], limit=None)
+        vhost = checks.name("vhost", d["vhost"])
+        if vhost not in self.broker.vhosts and vhost not in self.new_vhosts:
+            raise bad_request(["no_such_vhost", vhost])
+        if user not in self.user_names:
+            raise bad_request(["no_such_user", user])
+        return user, vhost
+
+    # -- elements
+    def _user(self, u):
+        key_missing(u, ("name",))
+        checks.name("user", u["name"], limit=None)
+        body = dict(u)
+        body.setdefault("tags", [])
+        if "password" in body:
+            body.pop("password_hash", None)
+        checks.user_body(body)
+        self.user_names.add(u["name"])
+        self.users.append((u["name"], body))
+
+    def _vhost(self, v):
+        key_missing(v, ("name",))
+        name = checks.name("vhost", v["name"])
+        meta = v.get("metadata")
+        if meta is not None and not isinstance(meta, dict):
+            raise bad_request(f"metadata should be a dictionary, actually was {checks.erl(meta)}")
+        meta = meta or {}
+        body = {}
+        for k in ("description", "tags", "default_queue_type"):
+            if k in v or k in meta:
+                body[k] = v.get(k, meta.get(k))
+        checks.vhost_body(body)
+        if name not in self.broker.vhosts:
+            self.new_vhosts.setdefault(name, VHost(name))     # its standard exchanges too
+        self.vhosts.append((name, body))
+
+    def _permission(self, p):
+        key_missing(p, ("user", "vhost", "configure", "write", "read"))
+        user, vhost = self._user_vhost(p)
+        self.permissions.append((user, vhost, *checks.permission_body(p)))
+
+    def _topic_permission(self, p):
+        key_missing(p, ("user", "vhost", "exchange", "write", "read"))
+        user, vhost = self._user_vhost(p)
+        self.topic_permissions.append((user, vhost, *checks.topic_permission_body(p)))
+
+    def _parameter(self, p):
+        key_missing(p, ("component", "name", "value"))
+        v = self._vhost_of(p)
+        component = checks.name("component", p["component"], limit=None)
+        name = checks.name("name", p["name"], limit=None)
+        value = checks.parameter_value(component, name, p["value"])
+        if component == "vhost-limits":
+            self.limits_after[v.name] = value
+        self.parameters.append((v.name, component, name, p["value"]))
+
+    def _global_parameter(self, p):
+        key_missing(p, ("name", "value"))
+        self.global_parameters.append((p["name"], checks.global_parameter(p["name"], p["value"])))
+
+    def _policy(self, p):
+        key_missing(p, ("name",))
+        v = self._vhost_of(p)
+        name = checks.name("name", p["name"], limit=None)
+        try:
+            checks.policy_body(p)
+        except ApiError as e:
+            if isinstance(e.reason, str):      # as RabbitMQ names the policy it refuses
+                e.reason = e.reason.rstrip("\n") + f"\n ({v.name}/{name})"
+            raise
+        self.policies.append((v.name, name, p))
+
+    def _queue(self, q):
+        key_missing(q, ("name",))
+        v = self._vhost_of(q)
+        name = q["name"]
+        durable, auto_delete, args = checks.queue_body(name, q, durable=True)
+        key = (v.name, name)
+        said = (durable, auto_delete, freeze(args))
+        if key in self.queue_defs:
+            if self.queue_defs[key] != said:
+                raise bad_request(f"precondition_failed: queue '{name}' in vhost '{v.name}' is defined twice, "
+                                  f"differently")
+            return
+        self.queue_defs[key] = said
+        b = self.broker
+        existing = v.queues.get(name)
+        if existing is not None:
+            b.declare_queue(v, name, durable, False, auto_delete, args)     # equivalence checks only
+        else:
+            if name.startswith("amq."):
+                raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
+            b.check_new_queue(v, name, durable, False, auto_delete, args)
+            self.new_queues[v.name] = self.new_queues.get(v.name, 0) + 1
+        self.queues.append((v.name, name, durable, auto_delete, args))
+
+    def _exchange(self, x):
+        key_missing(x, ("name", "type"))
+        v = self._vhost_of(x)
+        name = x["name"]
+        type_, durable, auto_delete, internal, args = checks.exchange_body(name, x, durable=True)
+        b = self.broker
+        existing = v.exchanges.get(name)
+        if existing is not None and (name.startswith("amq.") or not name):
+            return                             # the standard exchanges are left as they are
+        key = (v.name, name)
+        said = (type_, durable, auto_delete, internal, freeze(args))
+        if key in self.exchange_defs:
+            if self.exchange_defs[key] != said:
+                raise bad_request(f"precondition_failed: exchange '{name}' in vhost '{v.name}' is defined "
+                                  f"twice, differently")
+            return
+        self.exchange_defs[key] = said
+        if existing is not None:
+            b.declare_exchange(v, name, type_, durable, auto_delete, internal, args)   # checks only
+        else:
+            if not name:
+                raise ChannelError("operation not permitted on the default exchange", E.ACCESS_REFUSED)
+            b.check_new_exchange(v, name, type_, args)
+            self.exchange_objs[key] = TYPES[type_](v.name, name, durable, auto_delete, internal, args)
+        self.exchanges.append((v.name, name, type_, durable, auto_delete, internal, args))
+
+    def _binding(self, d):
+        key_missing(d, ("source", "destination", "destination_type"))
+        v = self._vhost_of(d)
+        src = checks.name("source", d["source"], empty=True)
+        dst = checks.name("destination", d["destination"], empty=True)
+        dtype = d["destination_type"]
+        if dtype not in ("queue", "exchange"):
+            raise bad_request(f"destination_type should be queue or exchange, actually was {checks.erl(dtype)}")
+        rk, args = checks.binding_body(d)
+        if not src or (dtype == "exchange" and not dst):
+            raise ChannelError("operation not permitted on the default exchange", E.ACCESS_REFUSED)
+        source = self.exchange_objs.get((v.name, src)) or v.exchanges.get(src)
+        if source is None:
+            raise ChannelError(f"no exchange '{src}' in vhost '{v.name}'", E.NOT_FOUND)
+        if dtype == "queue":
+            found = (v.name, dst) in self.queue_defs or dst in v.queues
+        else:
+            found = (v.name, dst) in self.exchange_defs or dst in v.exchanges
+        if not found:
+            raise ChannelError(f"no {dtype} '{dst}' in vhost '{v.name}'", E.NOT_FOUND)
+        err = source.validate_binding(rk, args)
+        if err:
+            raise ChannelError(err, E.PRECONDITION_FAILED)
+        self.bindings.append((v.name, src, dtype, dst, rk, args))
+
+    def _check_queue_limits(self):
+        for vname, n in self.new_queues.items():
+            v = self.broker.vhosts.get(vname) or self.new_vhosts[vname]
+            if vname in self.limits_after:
+                limit = self.limits_after[vname].get("max-queues")
+            else:
+                limit = vhost_limit(self.broker, v, "max-queues")
+            if checks.is_int(limit) and limit >= 0 and len(v.queues) + n > limit:
+                raise bad_request(f"precondition_failed: cannot declare queues: queue limit in vhost '{vname}' "
+                                  f"({limit}) is reached")
+
+    # -- applying
+    def apply(self):
+        b = self.broker
+        for name, body in self.users:
+            put_user(b, name, body)
+        for name, body in self.vhosts:
+            put_vhost(b, name, body, self.acting_user)
+        for user, vhost, configure, write, read in self.permissions:
+            b.set_permissions(user, vhost, configure, write, read)
+        for user, vhost, exchange, write, read in self.topic_permissions:
+            b.set_topic_permission(user, vhost, exchange, write, read)
+        for vhost, component, name, value in self.parameters:
+            put_parameter(b, vhost, component, name, value)
+        for name, value in self.global_parameters:
+            b.set_global_parameter(name, value)
+        for vhost, name, body in self.policies:
+            put_policy(b, vhost, name, body)
+        for vhost, name, durable, auto_delete, args in self.queues:
+            b.declare_queue(b.vhosts[vhost], name, durable, False, auto_delete, args)
+        for vhost, name, type_, durable, auto_delete, internal, args in self.exchanges:
+            b.declare_exchange(b.vhosts[vhost], name, type_, durable, auto_delete, internal, args)
+        for vhost, src, dtype, dst, rk, args in self.bindings:
+            v = b.vhosts[vhost]
+            d = b.get_queue(v, dst, owner=False) if dtype == "queue" else b.get_exchange(v, dst)
+            b.bind(v, b.get_exchange(v, src), d, rk, args)
+
+
+def check_definitions(broker, defs, vhost_name: str | None = None) -> None:
+    """Check a definitions file as an import would, changing nothing (400 if it is refused)."""
+    if not isinstance(defs, dict):
+        raise bad_request("failed_to_parse_json")
+    _Plan(broker, defs, vhost_name, None)
+
+
+def import_definitions(broker, defs, vhost_name: str | None = None, acting_user: str | None = None) -> None:
+    """POST /api/definitions[/vhost]: check every element, then apply them in RabbitMQ's order."""
+    if not isinstance(defs, dict):
+        raise bad_request("failed_to_parse_json")
+    plan = _Plan(broker, defs, vhost_name, acting_user)
+    try:
+        plan.apply()
+    except ChannelError as e:       # not expected after the checks; reported as RabbitMQ would
+        raise _engine_error(e) from None

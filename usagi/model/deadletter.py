@@ -25,7 +25,8 @@ def routing_keys(msg, bcc: bool = True) -> list:
         for k in (("CC", "BCC") if bcc else ("CC",)):
             v = h.get(k)
             if isinstance(v, list):
-                keys += [x.decode() if isinstance(x, bytes) else x for x in v if isinstance(x, (str, bytes))]
+                keys += [x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else x
+                         for x in v if isinstance(x, (str, bytes))]
     return keys
 
 
@@ -77,7 +78,8 @@ def bcc_keys(msg) -> list | None:
     v = msg.headers.get("BCC") if msg.scan.headers_span is not None else None
     if not isinstance(v, list):
         return None
-    return [x.decode() if isinstance(x, bytes) else x for x in v if isinstance(x, (str, bytes))]
+    return [x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else x
+            for x in v if isinstance(x, (str, bytes))]
 
 
 def deaths_of(msg) -> list:

@@ -282,7 +282,11 @@ class Queue:
 
 
 class PriorityQueue(Queue):
-    """x-max-priority: one FIFO per priority level; higher levels are served first."""
+    """x-max-priority: one FIFO per priority level; higher levels are served first.
+
+    A requeued message goes back into its own level, ahead of that level's ready messages (at
+    its original place), as in RabbitMQ: a newer message of a higher priority still comes
+    first. `returned` is one heap of (-level, seq, message) over all levels."""
 
     def __init__(self, *a, max_priority: int = 0, **kw):
         self.max_priority = max_priority
@@ -308,18 +312,21 @@ class PriorityQueue(Queue):
 
     def pop(self):
         dead = self.dead
+        levels = self.levels
         while True:
-            if self.returned:
+            # the highest level with a ready message, above the best requeued one's level
+            floor = -self.returned[0][0] if self.returned else -1
+            for p in range(len(levels) - 1, floor, -1):
+                lv = levels[p]
+                if lv:
+                    seq, msg = lv.popleft()
+                    red = False
+                    break
+            else:
+                if not self.returned:
+                    return None
                 _, seq, msg = heapq.heappop(self.returned)
                 red = True
-            else:
-                for lv in reversed(self.levels):
-                    if lv:
-                        seq, msg = lv.popleft()
-                        break
-                else:
-                    return None
-                red = False
             self.ready_bytes -= len(msg.body)
             if dead and seq in dead:
                 dead.discard(seq)
@@ -370,9 +377,16 @@ class PriorityQueue(Queue):
 
     def peek_all(self) -> list:
         dead = self.dead
-        out = [(s, m, True) for _, s, m in sorted(self.returned, key=lambda e: (e[0], e[1])) if s not in dead]
-        for lv in reversed(self.levels):
-            out += [(s, m, False) for s, m in lv if s not in dead]
+        returned = sorted(self.returned, key=lambda e: (e[0], e[1]))
+        out = []
+        i = 0
+        for p in range(len(self.levels) - 1, -1, -1):
+            while i < len(returned) and -returned[i][0] == p:     # requeued ones first in a level
+                _, s, m = returned[i]
+                i += 1
+                if s not in dead:
+                    out.append((s, m, True))
+            out += [(s, m, False) for s, m in self.levels[p] if s not in dead]
         return out
 
     def drop_head_entry(self):

@@ -77,7 +77,7 @@ class StreamQueue(Queue):
                 store.add_message(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body)
                 msg.stored = True
             msg.refs += 1
-            store.enqueue(self.vhost, self.name, off + 1, msg.id)
+            store.enqueue(self.vhost, self.name, off + 1, msg.id, now)     # its age counts from now
             self.seq = off + 1
         self.trim(broker, now)
         if self.consumers:

@@ -3,12 +3,18 @@
 The engine calls these methods synchronously from the event loop; they only record what must
 be written. `commit()` makes everything recorded so far durable and is called off the event
 loop by the server's group-commit driver, many publishes to one commit. Definitions (vhosts,
-users, permissions, durable exchanges, queues and bindings, policies) are small and rare;
-messages are many: a message is added once and enqueued on each durable queue it reaches.
+users, permissions, topic permissions, durable exchanges, queues and bindings, policies,
+parameters, global parameters) are small and rare; messages are many: a message is added once
+and enqueued on each durable queue it reaches, each entry with the absolute time it expires at
+(if it has a TTL) so that it still expires after a restart.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+
+UNKNOWN_EXPIRY = -1
+"""The `expires` of an entry written before stores recorded it (a store of an older format)."""
 
 
 @dataclass
@@ -17,13 +23,16 @@ class Recovered:
     vhosts: list = field(default_factory=list)         # [(name, metadata dict)]
     users: list = field(default_factory=list)          # [dict as in definitions]
     permissions: list = field(default_factory=list)    # [dict as in definitions]
+    topic_permissions: list = field(default_factory=list)   # [dict as in definitions]
     exchanges: list = field(default_factory=list)      # [dict as in definitions]
     queues: list = field(default_factory=list)         # [dict as in definitions]
     bindings: list = field(default_factory=list)       # [dict as in definitions]
     policies: list = field(default_factory=list)
     operator_policies: list = field(default_factory=list)
     parameters: list = field(default_factory=list)
-    # (vhost, queue) -> [(seq, exchange, routing_key, props, body, redelivered, msg_id)] in queue order
+    global_parameters: list = field(default_factory=list)   # [{"name": ..., "value": ...}]
+    # (vhost, queue) -> [(seq, exchange, routing_key, props, body, redelivered, msg_id, expires)] in
+    # queue order; expires: ms since the epoch, None for no expiry, UNKNOWN_EXPIRY if not recorded
     messages: dict = field(default_factory=dict)
     fresh: bool = True
 
@@ -51,8 +60,9 @@ class Store:
     def add_message(self, msg_id: int, exchange: str, routing_key: str, props: bytes, body: bytes):
         pass
 
-    def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int):
-        pass
+    def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int, expires: int | None = None):
+        """Entry `seq` of a queue holds the message; `expires`: when it expires (ms since the
+        epoch), None if never (for a stream: when it was appended)."""
 
     def dequeue(self, vhost: str, queue: str, seq: int, msg_id: int):
         pass

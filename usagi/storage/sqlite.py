@@ -14,7 +14,12 @@ runs after that one. A message whose last entry goes is deleted.
 Tables:
     definitions(kind, key JSON list, value JSON)   primary key (kind, key)
     messages(id, exchange, routing_key, props, body, refs)
-    queue_entries(vhost, queue, seq, msg_id, delivered)   primary key (vhost, queue, seq)
+    queue_entries(vhost, queue, seq, msg_id, delivered, expires)   primary key (vhost, queue, seq)
+
+`expires` is when the entry's message expires (ms since the epoch), NULL if never; for an entry of
+a stream, when it was appended (its age, for x-max-age, counts from there). Format 1 had
+no such column: a format-1 file is migrated when it is opened, its entries marked -1 (not
+recorded), and the engine gives those a deadline from their queue's TTL at recovery.
 """
 from __future__ import annotations
 
@@ -28,12 +33,12 @@ import threading
 import urllib.parse
 from decimal import Decimal
 
-from .base import Recovered, Store
+from .base import UNKNOWN_EXPIRY, Recovered, Store
 
 log = logging.getLogger("usagi.storage")
 
 DB_NAME = "usagi.db"
-FORMAT_VERSION = 1     # PRAGMA user_version of the database file
+FORMAT_VERSION = 2     # PRAGMA user_version of the database file (1: no queue_entries.expires)
 
 
 class StoreError(Exception):
@@ -64,7 +69,8 @@ def probe_file(path: str) -> str:
 KINDS = {
     "vhost": "vhosts", "user": "users", "permission": "permissions", "exchange": "exchanges",
     "queue": "queues", "binding": "bindings", "policy": "policies", "parameter": "parameters",
-    "operator_policy": "operator_policies",
+    "operator_policy": "operator_policies", "topic_permission": "topic_permissions",
+    "global_parameter": "global_parameters",
 }
 
 SCHEMA = """
@@ -88,6 +94,7 @@ CREATE TABLE IF NOT EXISTS queue_entries (
     seq INTEGER NOT NULL,
     msg_id INTEGER NOT NULL,
     delivered INTEGER NOT NULL DEFAULT 0,
+    expires INTEGER,
     PRIMARY KEY (vhost, queue, seq)
 ) WITHOUT ROWID;
 """
@@ -101,8 +108,8 @@ SQL_DEL_MSG = "DELETE FROM messages WHERE id = ?"
 SQL_SET_REFS = "UPDATE messages SET refs = ? WHERE id = ?"
 SQL_ADD_MSG = ("INSERT OR REPLACE INTO messages (id, exchange, routing_key, props, body, refs) "
                "VALUES (?, ?, ?, ?, ?, ?)")
-SQL_ADD_ENTRY = ("INSERT OR REPLACE INTO queue_entries (vhost, queue, seq, msg_id, delivered) "
-                 "VALUES (?, ?, ?, ?, ?)")
+SQL_ADD_ENTRY = ("INSERT OR REPLACE INTO queue_entries (vhost, queue, seq, msg_id, delivered, expires) "
+                 "VALUES (?, ?, ?, ?, ?, ?)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +225,33 @@ def _freeze(k):
 
 
 def encode_json(value) -> str:
-    return json.dumps(_enc(value), separators=(",", ":"), ensure_ascii=False)
+    v = _enc(value)
+    text = json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+    if not text.isascii() and not _utf8(text):
+        # a name in bytes that are not UTF-8 (surrogate escapes): \u escapes round-trip it
+        text = json.dumps(v, separators=(",", ":"))
+    return text
+
+
+def _utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def db_text(s):
+    """A str as SQLite can hold it: itself, or its bytes (a BLOB) when it carries surrogate
+    escapes, as a routing key in bytes that are not UTF-8 does (RabbitMQ takes any bytes there).
+    Always the same for the same str, so keys written this way are found again."""
+    if s.__class__ is str and not s.isascii() and not _utf8(s):
+        return s.encode("utf-8", "surrogateescape")
+    return s
+
+
+def from_db(v):
+    return v.decode("utf-8", "surrogateescape") if v.__class__ is bytes else v
 
 
 def decode_json(text: str):
@@ -231,6 +264,23 @@ def encode_key(key) -> str:
 
 def decode_key(text: str) -> tuple:
     return tuple(decode_json(text))
+
+
+def _texts(rows, n):
+    """Rows whose first n values are names, made storable (see db_text); as they are if all are."""
+    for r in rows:
+        for x in r[:n]:
+            if x.__class__ is str and not x.isascii() and not _utf8(x):
+                return [tuple(db_text(x) for x in r[:n]) + tuple(r[n:]) for r in rows]
+    return rows
+
+
+def _msg_texts(rows):
+    """Message rows (id, exchange, routing_key, ...) made storable (see db_text)."""
+    for r in rows:
+        if db_text(r[1]) is not r[1] or db_text(r[2]) is not r[2]:
+            return [(r[0], db_text(r[1]), db_text(r[2])) + tuple(r[3:]) for r in rows]
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -260,8 +310,8 @@ class _QueueIndex:
 class _LazyMessages:
     """Recovered.messages for a large store: (vhost, queue) -> entries, read as they are iterated.
 
-    Entries are (seq, exchange, routing_key, props, body, redelivered, msg_id); `refs` says how
-    many entries hold each message id."""
+    Entries are (seq, exchange, routing_key, props, body, redelivered, msg_id, expires); `refs`
+    says how many entries hold each message id."""
 
     def __init__(self, conn, keys, refs):
         self.conn = conn
@@ -278,11 +328,11 @@ class _LazyMessages:
         return list(self.keys)
 
     def _entries(self, key):
-        for seq, mid, delivered, ex, rk, props, body in self.conn.execute(
-                "SELECT e.seq, e.msg_id, e.delivered, m.exchange, m.routing_key, m.props, m.body "
+        for seq, mid, delivered, expires, ex, rk, props, body in self.conn.execute(
+                "SELECT e.seq, e.msg_id, e.delivered, e.expires, m.exchange, m.routing_key, m.props, m.body "
                 "FROM queue_entries e JOIN messages m ON m.id = e.msg_id "
-                "WHERE e.vhost = ? AND e.queue = ? ORDER BY e.seq", key):
-            yield (seq, ex, rk, bytes(props), bytes(body), bool(delivered), mid)
+                "WHERE e.vhost = ? AND e.queue = ? ORDER BY e.seq", (db_text(key[0]), db_text(key[1]))):
+            yield (seq, from_db(ex), from_db(rk), bytes(props), bytes(body), bool(delivered), mid, expires)
 
     def items(self):
         for key in self.keys:
@@ -326,7 +376,7 @@ class SQLiteStore(Store):
         # pending until the next commit
         self._defs: dict = {}          # (kind, key text) -> value JSON text, or None to delete
         self._new_msgs: dict = {}      # msg_id -> (id, exchange, routing_key, props, body)
-        self._new_entries: dict = {}   # (vhost, queue, seq) -> (vhost, queue, seq, msg_id, delivered)
+        self._new_entries: dict = {}   # (vhost, queue, seq) -> (vhost, queue, seq, msg_id, delivered, expires)
         self._del_entries: list = []   # [(vhost, queue, seq)] of written entries
         self._marks: list = []         # [(vhost, queue, seq)] of written entries
         self._drops: list = []         # [(vhost, queue)]
@@ -366,17 +416,34 @@ class SQLiteStore(Store):
         if fresh:
             conn.executescript(SCHEMA)
             conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
-        elif version not in (0, FORMAT_VERSION):
+        elif version not in (0, 1, FORMAT_VERSION):
             raise StoreError(f"{self.path}: on-disk format version {version} is not supported by this "
-                             f"Usagi (it reads version {FORMAT_VERSION})")
+                             f"Usagi (it reads versions 1 to {FORMAT_VERSION})")
         else:
             conn.executescript(SCHEMA)
-            if version == 0:
-                conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            if version != FORMAT_VERSION:
+                self._migrate(version)
         rec = Recovered(fresh=fresh)
         if not fresh:
             self._load(rec)
         return rec
+
+    def _migrate(self, version: int):
+        """Bring a file of an older format (0: before formats were numbered, 1) to this one, in
+        one transaction: a crash leaves either the old file or the new one."""
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cols = {row[1] for row in conn.execute("PRAGMA table_info(queue_entries)")}
+            if "expires" not in cols:
+                conn.execute("ALTER TABLE queue_entries ADD COLUMN expires INTEGER")
+                conn.execute("UPDATE queue_entries SET expires = ?", (UNKNOWN_EXPIRY,))
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("sqlite store %s: migrated from format %d to %d", self.path, version, FORMAT_VERSION)
 
     def _load(self, rec: Recovered):
         conn = self.conn
@@ -413,7 +480,7 @@ class SQLiteStore(Store):
         idx = None
         for vhost, queue, seq, mid in conn.execute(
                 "SELECT vhost, queue, seq, msg_id FROM queue_entries ORDER BY vhost, queue, seq"):
-            key = (vhost, queue)
+            key = (from_db(vhost), from_db(queue))
             if key != cur_key:
                 cur_key = key
                 idx = queues.get(key)
@@ -468,7 +535,7 @@ class SQLiteStore(Store):
             if msg_id > self.max_msg_id:
                 self.max_msg_id = msg_id
 
-    def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int):
+    def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int, expires: int | None = None):
         qk = (vhost, queue)
         with self._lock:
             idx = self._queues.get(qk)
@@ -488,7 +555,7 @@ class SQLiteStore(Store):
             refs[msg_id] = r + 1
             if msg_id not in self._new_msgs:
                 self._touched.add(msg_id)
-            self._new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 0)
+            self._new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 0, expires)
             self.recorded += 1
 
     def _unref(self, msg_id, n):
@@ -547,7 +614,7 @@ class SQLiteStore(Store):
             row = self._new_entries.get(key)
             if row is not None:
                 if not row[4]:
-                    self._new_entries[key] = (vhost, queue, seq, row[3], 1)
+                    self._new_entries[key] = (vhost, queue, seq, row[3], 1, row[5])
                 return
             idx = self._queues.get((vhost, queue))
             if idx is not None and seq in idx.by_seq:
@@ -649,6 +716,9 @@ class SQLiteStore(Store):
                 conn.execute("BEGIN")
                 for (puts, dels, marks, del_entries, drops, del_msgs, touched, msgs,
                      entries) in batches:
+                    marks, del_entries, drops, msgs, entries = (
+                        _texts(marks, 2), _texts(del_entries, 2), _texts(drops, 2), _msg_texts(msgs),
+                        _texts(entries, 2))
                     if puts:
                         conn.executemany(SQL_PUT_DEF, puts)
                     if dels:
