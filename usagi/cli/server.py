@@ -269,6 +269,31 @@ def check_store_of_node(data_dir: str, ident: dict | None, store_file: str):
             f"{data_dir}) away to start a new node")
 
 
+def import_delayed_db(data_dir: str, store):
+    """Delayed messages used to live in DATA_DIR/delayed.db, outside the store: move them into it
+    (one commit), then remove the old file, so that an upgrade keeps them."""
+    import sqlite3
+    path = os.path.join(data_dir, "delayed.db")
+    if not os.path.exists(path):
+        return
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute("SELECT id, due, vhost, xname, exchange, routing_key, props, body FROM delayed").fetchall()
+    except sqlite3.Error:
+        rows = []
+    finally:
+        db.close()
+    for r in rows:
+        store.add_delayed((r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])))
+    store.commit()
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+    logging.getLogger("usagi").info("moved %d delayed messages from %s into the store", len(rows), path)
+
+
 def make_broker(args):
     from ..core.broker import Broker, Config
     from ..core.recovery import restore
@@ -291,13 +316,14 @@ def make_broker(args):
         store = SQLiteStore(args.data_dir, store_file)
     setup_paging(None if args.in_memory else args.data_dir)
     broker = Broker(cfg, store)
-    if not args.in_memory:
-        from ..core.delayed import DelayedMessages
-        broker.delayed = DelayedMessages(args.data_dir)
     rec = store.open()
     if ident is None and not args.in_memory:
         # the store exists now (a new one has its tables): from here on, losing it is noticed
         write_node_identity(args.data_dir, store_file)
+    if not args.in_memory:
+        from ..core.delayed import DelayedMessages
+        import_delayed_db(args.data_dir, store)
+        broker.delayed = DelayedMessages(store)
     counts = restore(broker, rec)
     broker.bootstrap()
     return broker, counts

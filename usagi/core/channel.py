@@ -245,7 +245,9 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             if rejected:
                 self.nacks_ready.append(self.publish_seq)
                 self.confirm_dirty = True
-            elif msg.stored:
+            elif msg.stored or (x.TYPE == "x-delayed-message" and broker.store.durable):
+                # a persistent message in a durable queue, or a delayed message (always kept in the
+                # store): confirmed once the commit holding it is on disk
                 epoch = broker.wait_for_commit(self)
                 self.waiting.append((self.publish_seq, epoch))
             else:

@@ -73,10 +73,36 @@ class Store:
     def drop_queue_messages(self, vhost: str, queue: str):
         pass
 
+    # ---- delayed messages (x-delayed-message exchanges), written with everything else
+    def add_delayed(self, row: tuple):
+        """(id, due ms, vhost, exchange, message's exchange, routing key, props, body)."""
+
+    def remove_delayed(self, delayed_id: int):
+        pass
+
+    def drop_delayed_vhost(self, vhost: str):
+        pass
+
+    def delayed_stats(self) -> tuple:
+        """(rows stored, highest id stored)."""
+        return (0, 0)
+
+    def delayed_window(self, lo: int, hi: int, limit: int | None) -> list:
+        """Stored delayed rows due in [lo, hi), by due time then id, at most `limit`."""
+        return []
+
     # ---- commits
     def pending(self) -> bool:
         """Whether anything is waiting for commit()."""
         return False
+
+    def take_batch(self):
+        """What commit() would write, taken as one unit (replication sends it to followers), or
+        None. Written by write_batch(), in take order."""
+        return None
+
+    def write_batch(self, batches, position: tuple | None = None):
+        """Write a unit from take_batch(), with the replication position (epoch, lsn) if given."""
 
     def commit(self):
         """Write everything recorded so far and sync it. Runs in a worker thread."""

@@ -97,6 +97,26 @@ CREATE TABLE IF NOT EXISTS queue_entries (
     expires INTEGER,
     PRIMARY KEY (vhost, queue, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS delayed (
+    id INTEGER PRIMARY KEY,
+    due INTEGER NOT NULL,
+    vhost TEXT NOT NULL,
+    xname TEXT NOT NULL,
+    exchange TEXT NOT NULL,
+    routing_key TEXT NOT NULL,
+    props BLOB NOT NULL,
+    body BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS delayed_due ON delayed (due, id);
+CREATE TABLE IF NOT EXISTS repl_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    epoch INTEGER NOT NULL,
+    lsn INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS repl_history (
+    epoch INTEGER PRIMARY KEY,
+    first_lsn INTEGER NOT NULL
+);
 """
 
 SQL_PUT_DEF = "INSERT OR REPLACE INTO definitions (kind, key, value) VALUES (?, ?, ?)"
@@ -108,6 +128,11 @@ SQL_DEL_MSG = "DELETE FROM messages WHERE id = ?"
 SQL_SET_REFS = "UPDATE messages SET refs = ? WHERE id = ?"
 SQL_ADD_MSG = ("INSERT OR REPLACE INTO messages (id, exchange, routing_key, props, body, refs) "
                "VALUES (?, ?, ?, ?, ?, ?)")
+SQL_ADD_DELAYED = "INSERT OR REPLACE INTO delayed VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+SQL_DEL_DELAYED = "DELETE FROM delayed WHERE id = ?"
+SQL_DROP_DELAYED = "DELETE FROM delayed WHERE vhost = ?"
+SQL_POSITION = "INSERT OR REPLACE INTO repl_state (id, epoch, lsn) VALUES (1, ?, ?)"
+SQL_HISTORY = "INSERT OR IGNORE INTO repl_history (epoch, first_lsn) VALUES (?, ?)"
 SQL_ADD_ENTRY = ("INSERT OR REPLACE INTO queue_entries (vhost, queue, seq, msg_id, delivered, expires) "
                  "VALUES (?, ?, ?, ?, ?, ?)")
 
@@ -382,9 +407,16 @@ class SQLiteStore(Store):
         self._drops: list = []         # [(vhost, queue)]
         self._del_msgs: set = set()    # written message ids whose refs reached 0
         self._touched: set = set()     # written message ids whose refs changed
+        self._delayed_new: dict = {}   # delayed message id -> row to insert
+        self._delayed_gone: list = []  # [(id,)] of written delayed messages
+        self._delayed_drops: list = []  # [(vhost,)]: every delayed message of a deleted vhost
         # messages dropped unwritten by the last swap, in case an entry brings one back
         self._limbo: dict = {}
         self._failed = None            # batches whose transaction failed: retried first
+        # replication (cluster mode): the position of the last batch written, and when epochs began
+        self.position = (0, 0)         # (epoch, lsn)
+        self.history: list = []        # [(epoch, first lsn)]
+        self._reader = None            # a second connection for reads off the commit path
 
     # ------------------------------------------------------------------ open / close
     def open(self) -> Recovered:
@@ -426,6 +458,7 @@ class SQLiteStore(Store):
         rec = Recovered(fresh=fresh)
         if not fresh:
             self._load(rec)
+        self._read_position(conn)
         return rec
 
     def _migrate(self, version: int):
@@ -512,6 +545,9 @@ class SQLiteStore(Store):
                 conn, self.conn = self.conn, None
                 if conn is not None:
                     conn.close()
+                if self._reader is not None:
+                    self._reader.close()
+                    self._reader = None
 
     # ------------------------------------------------------------------ definitions
     def put_definition(self, kind: str, key: tuple, value: dict):
@@ -640,13 +676,13 @@ class SQLiteStore(Store):
     def pending(self) -> bool:
         return bool(self._new_entries or self._new_msgs or self._del_entries or self._defs
                     or self._drops or self._del_msgs or self._marks or self._touched
-                    or self._failed)
+                    or self._delayed_new or self._delayed_gone or self._delayed_drops or self._failed)
 
     def pending_summary(self) -> str:
         """What is waiting to be written (pending and failed batches), in words for the log."""
         with self._lock:
             puts = dels = marks = del_entries = drops = del_msgs = msgs = entries = 0
-            for (p, d, mk, de, dr, dm, _t, ms, en) in self._failed or []:
+            for (p, d, mk, de, dr, dm, _t, ms, en, *_delayed) in self._failed or []:
                 puts += len(p)
                 dels += len(d)
                 marks += len(mk)
@@ -689,7 +725,11 @@ class SQLiteStore(Store):
             [(k, n) for (k, n), v in defs.items() if v is None],
             self._marks, self._del_entries, self._drops, del_msgs, touched, msgs,
             list(self._new_entries.values()),
+            list(self._delayed_new.values()), self._delayed_gone, self._delayed_drops,
         )
+        self._delayed_new = {}
+        self._delayed_gone = []
+        self._delayed_drops = []
         self._defs = {}
         self._new_msgs = {}
         self._new_entries = {}
@@ -703,48 +743,233 @@ class SQLiteStore(Store):
     def commit(self):
         """Write everything recorded so far in one transaction and sync it."""
         with self._commit_lock:
-            conn = self.conn
-            if conn is None:
-                raise RuntimeError("sqlite store is not open")
-            with self._lock:
-                batch = self._swap()
-            batches = (self._failed or []) + [batch]
-            if not any(any(part) for b in batches for part in b):
-                self._failed = None
-                return
+            batches = self.take_batch()
+            if batches is not None:
+                self._write_locked(batches, None)
+
+    def take_batch(self):
+        """Everything recorded since the last take, after whatever a failed write left, as one unit
+        to write (a list of batches of plain values: the replication stream carries it as is), or
+        None when there is nothing. The caller writes it with `write_batch`, in take order."""
+        with self._lock:
+            batch = self._swap()
+        batches = (self._failed or []) + [batch]
+        self._failed = None
+        if not any(any(part) for b in batches for part in b):
+            return None
+        return batches
+
+    def write_batch(self, batches, position: tuple | None = None):
+        """Write what `take_batch` gave in one transaction and sync it; with `position` (epoch,
+        lsn), record it in the same transaction. On failure the batches are kept and written first
+        next time (by `take_batch`), and the error is raised."""
+        with self._commit_lock:
+            self._write_locked(batches, position)
+
+    def _write_locked(self, batches, position):
+        conn = self.conn
+        if conn is None:
+            self._failed = batches
+            raise RuntimeError("sqlite store is not open")
+        try:
+            conn.execute("BEGIN")
+            self._write(conn, batches)
+            if position is not None:
+                self._write_position(conn, position)
+            conn.execute("COMMIT")
+        except BaseException:
             try:
-                conn.execute("BEGIN")
-                for (puts, dels, marks, del_entries, drops, del_msgs, touched, msgs,
-                     entries) in batches:
-                    marks, del_entries, drops, msgs, entries = (
-                        _texts(marks, 2), _texts(del_entries, 2), _texts(drops, 2), _msg_texts(msgs),
-                        _texts(entries, 2))
-                    if puts:
-                        conn.executemany(SQL_PUT_DEF, puts)
-                    if dels:
-                        conn.executemany(SQL_DEL_DEF, dels)
-                    if marks:
-                        conn.executemany(SQL_MARK, marks)
-                    if del_entries:
-                        conn.executemany(SQL_DEL_ENTRY, del_entries)
-                    if drops:
-                        conn.executemany(SQL_DROP_QUEUE, drops)
-                    if del_msgs:
-                        conn.executemany(SQL_DEL_MSG, del_msgs)
-                    if touched:
-                        conn.executemany(SQL_SET_REFS, touched)
-                    if msgs:
-                        conn.executemany(SQL_ADD_MSG, msgs)
-                    if entries:
-                        conn.executemany(SQL_ADD_ENTRY, entries)
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            # Keep the work: the next commit writes it before anything recorded later.
+            self._failed = batches + (self._failed or [])
+            raise
+        if position is not None:
+            self._note_position(position)
+        self.commits += 1
+
+    @staticmethod
+    def _write(conn, batches):
+        for (puts, dels, marks, del_entries, drops, del_msgs, touched, msgs, entries,
+             delayed_new, delayed_gone, delayed_drops) in batches:
+            marks, del_entries, drops, msgs, entries = (
+                _texts(marks, 2), _texts(del_entries, 2), _texts(drops, 2), _msg_texts(msgs),
+                _texts(entries, 2))
+            if puts:
+                conn.executemany(SQL_PUT_DEF, puts)
+            if dels:
+                conn.executemany(SQL_DEL_DEF, dels)
+            if marks:
+                conn.executemany(SQL_MARK, marks)
+            if del_entries:
+                conn.executemany(SQL_DEL_ENTRY, del_entries)
+            if drops:
+                conn.executemany(SQL_DROP_QUEUE, drops)
+            if del_msgs:
+                conn.executemany(SQL_DEL_MSG, del_msgs)
+            if touched:
+                conn.executemany(SQL_SET_REFS, touched)
+            if msgs:
+                conn.executemany(SQL_ADD_MSG, msgs)
+            if entries:
+                conn.executemany(SQL_ADD_ENTRY, entries)
+            if delayed_drops:
+                conn.executemany(SQL_DROP_DELAYED, delayed_drops)
+            if delayed_gone:
+                conn.executemany(SQL_DEL_DELAYED, delayed_gone)
+            if delayed_new:
+                conn.executemany(SQL_ADD_DELAYED, delayed_new)
+
+    # ------------------------------------------------------------------ replication
+    def _write_position(self, conn, position):
+        epoch, lsn = position
+        conn.execute(SQL_POSITION, (epoch, lsn))
+        if not self.history or self.history[-1][0] != epoch:
+            conn.execute(SQL_HISTORY, (epoch, lsn))
+
+    def _note_position(self, position):
+        self.position = tuple(position)
+        if not self.history or self.history[-1][0] != position[0]:
+            self.history.append((position[0], position[1]))
+
+    def _read_position(self, conn):
+        row = conn.execute("SELECT epoch, lsn FROM repl_state WHERE id = 1").fetchone()
+        self.position = (row[0], row[1]) if row else (0, 0)
+        self.history = [tuple(r) for r in conn.execute(
+            "SELECT epoch, first_lsn FROM repl_history ORDER BY first_lsn, epoch")]
+
+    def open_replica(self):
+        """Open the file to receive a leader's batches (a follower): no recovery into memory."""
+        os.makedirs(self.data_dir, exist_ok=True)
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self.conn = conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA cache_size=-65536")
+        fresh = conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table' AND name='definitions'"
+                             ).fetchone()[0] == 0
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        conn.executescript(SCHEMA)
+        if fresh:
+            conn.execute(f"PRAGMA user_version={FORMAT_VERSION}")
+        elif version != FORMAT_VERSION:
+            if version in (0, 1):
+                self._migrate(version)
+            else:
+                raise StoreError(f"{self.path}: on-disk format version {version} is not supported by this "
+                                 f"Usagi (it reads versions 1 to {FORMAT_VERSION})")
+        self._read_position(conn)
+        return self.position
+
+    def apply_replicated(self, items):
+        """A follower: [(epoch, lsn, batches)] from the leader, in order, written in one
+        transaction with the position of the last, and synced."""
+        with self._commit_lock:
+            conn = self.conn
+            conn.execute("BEGIN")
+            try:
+                for _epoch, _lsn, batches in items:
+                    self._write(conn, batches)
+                for epoch, lsn, _b in items:
+                    self._write_position(conn, (epoch, lsn))
+                    if not self.history or self.history[-1][0] != epoch:
+                        self.history.append((epoch, lsn))
                 conn.execute("COMMIT")
             except BaseException:
                 try:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-                # Keep the work: the next commit writes it before anything recorded later.
-                self._failed = batches
+                self._read_position(conn)
                 raise
-            self._failed = None
+            self.position = (items[-1][0], items[-1][1])
             self.commits += 1
+
+    def snapshot_to(self, path: str) -> tuple:
+        """A consistent copy of the store at `path` (the leader keeps writing meanwhile: the copy
+        is one read transaction). Returns the (epoch, lsn) the copy holds."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        src = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+        try:
+            src.execute("VACUUM INTO ?", (path,))
+        finally:
+            src.close()
+        copy = sqlite3.connect(path, isolation_level=None)
+        try:
+            row = copy.execute("SELECT epoch, lsn FROM repl_state WHERE id = 1").fetchone()
+        finally:
+            copy.close()
+        return (row[0], row[1]) if row else (0, 0)
+
+    def install_snapshot(self, path: str):
+        """A follower: replace the whole store with a snapshot the leader sent (already synced)."""
+        with self._commit_lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+            for suffix in ("-wal", "-shm"):
+                try:
+                    os.unlink(self.path + suffix)
+                except FileNotFoundError:
+                    pass
+            os.replace(path, self.path)
+            fd = os.open(self.data_dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        self.open_replica()
+
+    # ------------------------------------------------------------------ delayed messages
+    def add_delayed(self, row: tuple):
+        """(id, due, vhost, xname, exchange, routing_key, props, body) of an x-delayed-message."""
+        with self._lock:
+            self._delayed_new[row[0]] = row
+            self.recorded += 1
+
+    def remove_delayed(self, delayed_id: int):
+        with self._lock:
+            if self._delayed_new.pop(delayed_id, None) is None:
+                self._delayed_gone.append((delayed_id,))
+            self.recorded += 1
+
+    def drop_delayed_vhost(self, vhost: str):
+        with self._lock:
+            for k in [k for k, row in self._delayed_new.items() if row[2] == vhost]:
+                del self._delayed_new[k]
+            self._delayed_drops.append((vhost,))
+            self.recorded += 1
+
+    def _read_conn(self):
+        r = self._reader
+        if r is None:
+            r = self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None,
+                                               timeout=30)
+        return r
+
+    def delayed_stats(self) -> tuple:
+        """(rows, highest id) of the delayed messages written."""
+        return self._read_conn().execute("SELECT count(*), coalesce(max(id), 0) FROM delayed").fetchone()
+
+    def delayed_window(self, lo: int, hi: int, limit: int | None) -> list:
+        """Delayed messages due in [lo, hi), by due time then id, at most `limit`: those written
+        (read on a connection of their own, so a commit in progress never blocks it) and those
+        still pending, less those removed since."""
+        sql = ("SELECT id, due, vhost, xname, exchange, routing_key, props, body FROM delayed "
+               "WHERE due >= ? AND due < ? ORDER BY due, id")
+        args = (lo, hi)
+        if limit is not None:
+            sql += " LIMIT ?"
+            args = (lo, hi, limit + len(self._delayed_gone))
+        rows = self._read_conn().execute(sql, args).fetchall()
+        with self._lock:
+            gone = {g[0] for g in self._delayed_gone}
+            dropped = {d[0] for d in self._delayed_drops}
+            new = [r for r in self._delayed_new.values() if lo <= r[1] < hi]
+        rows = [r for r in rows if r[0] not in gone and r[2] not in dropped and r[0] not in self._delayed_new]
+        rows = sorted(rows + new, key=lambda r: (r[1], r[0]))
+        return rows[:limit] if limit is not None else rows

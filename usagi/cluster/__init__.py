@@ -1,0 +1,1 @@
+"""Cluster mode: several Usagi nodes, one leader elected through etcd, replicated stores."""
