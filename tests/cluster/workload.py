@@ -73,6 +73,7 @@ class Workload:
             if conn is None:
                 return
             inflight = {}
+            broken = []
             try:
                 ch = await conn.channel(publisher_confirms=True)
                 sem = asyncio.Semaphore(self.window)
@@ -88,10 +89,11 @@ class Workload:
                         self.rec.fail.add(n)
                     except Exception:  # noqa: BLE001 - connection lost: the outcome is unknown
                         self.rec.unknown.add(n)
+                        broken.append(n)
                     finally:
                         inflight.pop(n, None)
                         sem.release()
-                while not self.stopping and not conn.is_closed:
+                while not self.stopping and not conn.is_closed and not ch.is_closed and not broken:
                     await sem.acquire()
                     n = next(self.counter)
                     self.rec.attempted.add(n)
