@@ -40,8 +40,9 @@ class FaultRun:
             kind = self.kinds[i % len(self.kinds)]
             await asyncio.to_thread(c.wait_leader, 60)
             await asyncio.sleep(self.settle + self.rng.random())
-            t = time.monotonic()
+            self.fault_at = None
             await asyncio.to_thread(self._inject_and_heal, kind)
+            t = self.fault_at
             self.records.append((kind, t, time.monotonic()))
             self.log(f"fault {i + 1}/{self.faults}: {kind}, failover "
                      f"{self._fmt(self.workload.failover_time(t))}")
@@ -56,6 +57,7 @@ class FaultRun:
         ttl = c.ttl
         if kind in ("kill-leader", "pause-leader", "term-leader"):
             node = c.wait_leader(60)
+            self.fault_at = time.monotonic()
             if kind == "kill-leader":
                 node.kill()
                 c.wait_leader(ttl * 3 + 20, not_node=node)
@@ -75,6 +77,7 @@ class FaultRun:
         elif kind == "kill-follower":
             followers = c.followers()
             node = self.rng.choice(followers) if followers else None
+            self.fault_at = time.monotonic()
             if node is not None:
                 node.kill()
                 time.sleep(self.rng.uniform(0.5, ttl + 1.0))
@@ -83,6 +86,7 @@ class FaultRun:
             member = c.etcd.leader() if kind == "kill-etcd-leader" else self.rng.choice(c.etcd.members)
             if member is None:
                 member = self.rng.choice(c.etcd.members)
+            self.fault_at = time.monotonic()
             member.kill()
             time.sleep(self.rng.uniform(0.5, 2.0))
             c.etcd.restart(member)
