@@ -75,6 +75,36 @@ def _advertised(args) -> str:
     return socket.gethostname()
 
 
+class ClusterView:
+    """What the leader's management API and `usagictl cluster_status` show of the cluster: the
+    registry in etcd (refreshed every couple of seconds, never per request) and the leader's own
+    view of each follower's replication."""
+
+    def __init__(self, node: "Node", leader: Leader, epoch: int):
+        self.node = node
+        self.leader = leader
+        self.epoch = epoch
+        self.registry: list = []
+
+    def status(self) -> dict:
+        me = self.node
+        rep = {f["node"]: f for f in self.leader.status()}
+        isr = sorted(self.leader.isr)
+        nodes = []
+        for n in sorted(self.registry, key=lambda n: n.get("name", "")):
+            nid = n.get("id", "")
+            r = rep.get(nid)
+            leads = nid == me._my_name()
+            nodes.append({"name": n.get("name"), "id": nid, "role": "leader" if leads else n.get("role", "follower"),
+                          "host": n.get("host"), "amqp": n.get("amqp"), "http": n.get("http"),
+                          "version": n.get("version"), "in_sync": nid in isr, "running": True,
+                          "connected": leads or bool(r and r.get("live")),
+                          "lag": 0 if leads else (r["lag"] if r else None)})
+        return {"mode": "cluster", "cluster_name": me.args.cluster_name, "leader": me.info()["name"],
+                "epoch": self.epoch, "lsn": self.leader.lsn, "isr": isr,
+                "min_in_sync": self.leader.min_in_sync, "nodes": nodes}
+
+
 class Node:
     def __init__(self, args, tls_ctx=None, mgmt_tls_ctx=None):
         self.args = args
@@ -346,26 +376,29 @@ class Node:
             await loop.run_in_executor(None, store.write_batch, batches, (epoch, lsn))
             await leader.wait_durable(lsn)
         server.committer = commit
-        await self._refresh_trusted(server)
+        view = broker.cluster = ClusterView(self, leader, epoch)
+        await self._refresh_trusted(server, view)
         await server.start()
         services = []
         if not args.no_management and args.management_port != -1:
             from ..mgmt.service import management_service
-            svc = management_service(self.host, args.management_port, args.metrics_port,
-                                     ssl_context=self.mgmt_tls_ctx)
-            try:
-                services.append(await svc(broker, server))
-            except OSError as e:
-                # the broker serves AMQP all the same: a management port that cannot be bound must
-                # not leave the cluster without a leader
-                log.error("cluster: the management API could not start on this node: %s", e)
+            # the broker serves AMQP whatever happens here: a port that cannot be bound must not
+            # leave the cluster without a leader
+            for metrics in (args.metrics_port, -1):
+                svc = management_service(self.host, args.management_port, metrics, ssl_context=self.mgmt_tls_ctx)
+                try:
+                    services.append(await svc(broker, server))
+                    break
+                except OSError as e:
+                    log.error("cluster: the management API could not start on this node%s: %s",
+                              " (trying again without metrics)" if metrics != -1 else "", e)
         if store.pending():
             server._schedule_commit()            # what recovery changed goes out as the epoch's first batch
         await self.coord.register(role="leader", epoch=epoch, lsn=last)
         log.info("cluster: node %s leads (epoch %d) after %.2fs; recovered %d queues and %d messages",
                  self.info()["name"], epoch, time.monotonic() - t0, counts["queues"], counts["messages"])
         log.info("AMQP listener on %s:%d", *server.listeners[0][1:])
-        refresher = asyncio.ensure_future(self._trusted_loop(server))
+        refresher = asyncio.ensure_future(self._trusted_loop(server, view))
         stop = asyncio.ensure_future(self.stop_event.wait())
         lost = asyncio.ensure_future(self.coord.lost.wait())
         done, _ = await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
@@ -388,20 +421,23 @@ class Node:
         self.server = None
         return outcome
 
-    async def _refresh_trusted(self, server):
-        """Connections from other nodes' addresses start with a PROXY header (forwarded clients)."""
+    async def _refresh_trusted(self, server, view=None):
+        """Connections from other nodes' addresses start with a PROXY header (forwarded clients);
+        the registry also feeds what the management API shows of the cluster."""
         try:
             nodes = await self.coord.nodes()
         except EtcdError:
             return
+        if view is not None:
+            view.registry = nodes
         mine = self.advertise
         server.trusted_proxies = {_resolve(n.get("host")) for n in nodes if n.get("host") and n.get("host") != mine}
         server.trusted_proxies.discard(None)
 
-    async def _trusted_loop(self, server):
+    async def _trusted_loop(self, server, view):
         while True:
             await asyncio.sleep(2.0)
-            await self._refresh_trusted(server)
+            await self._refresh_trusted(server, view)
 
 
 def _resolve(host: str | None):
