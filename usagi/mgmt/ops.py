@@ -341,11 +341,9 @@ ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "rej
 
 
 def decode_properties(raw: bytes):
-    """Content properties as the API shows them: an object, or [] when there are none."""
-    try:
-        d = P.decode(raw)
-    except Exception:
-        return []
+    """Content properties as the API shows them: an object, or [] when there are none. What cannot
+    be decoded (headers the broker never checked) is left out or shown as a placeholder."""
+    d = P.decode_lenient(raw)
     if not d:
         return []
     return {k: jsonable(v) for k, v in d.items()}
