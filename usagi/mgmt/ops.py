@@ -8,7 +8,6 @@ updates, policies) the store is told here in the same format the broker uses.
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 
 from .. import RABBITMQ_COMPAT_VERSION
@@ -17,6 +16,7 @@ from ..amqp import properties as P
 from ..amqp.errors import ChannelError
 from ..amqp.table import Timestamp
 from ..auth.passwords import MD5, SHA256, SHA512
+from ..model import patterns
 from ..model.queue import Queue
 from .util import bad_request, jsonable, key_missing, parse_bool, parse_tags
 
@@ -75,10 +75,11 @@ def put_policy(broker, vhost: str, name: str, body: dict, operator: bool = False
     if not isinstance(pattern, str):
         raise bad_request("pattern must be a string")
     try:
-        re.compile(pattern)
-    except re.error as e:
-        raise bad_request(f"Validation failed\n\n<<\"{pattern}\">> is not a valid regular expression: "
-                          f"{e}\n") from None
+        patterns.validate(pattern)
+    except patterns.PatternError as e:
+        why = (f"must not exceed {patterns.MAX_PATTERN_LENGTH} bytes" if e.too_long else
+               f"should be regular expression but is invalid: {e.erlang()}")
+        raise bad_request(f"Validation failed\n\npattern {why}\n") from None
     definition = body["definition"]
     validate_policy_definition(definition)
     if operator:
@@ -149,10 +150,7 @@ def effective_policy(broker, kind: str, obj) -> dict | None:
     for (vhost, _name), p in broker.policies.items():
         if vhost != obj.vhost or not _applies(p, kind, obj):
             continue
-        try:
-            if re.search(p.get("pattern", ""), obj.name) is None:
-                continue
-        except re.error:
+        if not patterns.matches(p.get("pattern", ""), obj.name):
             continue
         if best is None or p.get("priority", 0) > best.get("priority", 0):
             best = p
@@ -317,19 +315,31 @@ def put_permission(broker, user: str, vhost: str, body: dict) -> bool:
     for k in ("configure", "write", "read"):
         if not isinstance(body[k], str):
             raise bad_request(f"{k} must be a string")
-        try:
-            re.compile(body[k])
-        except re.error:
-            raise bad_request(f"invalid regular expression '{body[k]}'") from None
+        _check_permission_regex(body[k], as_string=False)
     created = broker.users.permission(user, vhost) is None
     broker.set_permissions(user, vhost, body["configure"], body["write"], body["read"])
     return created
+
+
+def _check_permission_regex(pattern: str, as_string: bool):
+    """A permission pattern that does not compile: 400 with RabbitMQ's reason,
+    {invalid_regexp, Pattern, {Text, Offset}} as its JSON shows that term (the pattern is a
+    charlist for permissions, a binary for topic permissions)."""
+    try:
+        patterns.validate(pattern)
+    except patterns.PatternError as e:
+        shown = pattern if as_string else list(pattern.encode("utf-8", "surrogatepass"))
+        why = "pattern_too_long" if e.too_long else [[ord(ch) for ch in e.reason], e.offset]
+        raise bad_request(["invalid_regexp", shown, why]) from None
 
 
 def put_topic_permission(broker, user: str, vhost: str, body: dict) -> bool:
     key_missing(body, ("exchange", "write", "read"))
     if user not in broker.users.users or vhost not in broker.vhosts:
         raise bad_request("vhost_or_user_not_found")
+    for k in ("write", "read"):
+        if isinstance(body[k], str):
+            _check_permission_regex(body[k], as_string=True)
     key = (user, vhost, body["exchange"])
     created = key not in broker.users.topic_permissions
     broker.users.topic_permissions[key] = {"user": user, "vhost": vhost, "exchange": body["exchange"],
