@@ -220,3 +220,15 @@ def test_bounded_cache():
     for i in range(10):
         c.put(i, i)
     assert list(c) == [7, 8, 9]
+
+
+def test_no_budget_ever_raises():
+    # matches cut short anywhere (first run, the second run that tells a pause from a slow
+    # pattern, the shared allowance) answer, they never raise
+    subjects = ["a" * n + "!" for n in (20, 40, 80, 254)]
+    for i, pat in enumerate(["((a+)+)+c", "^(\\w+\\s?)*$", "(a|aa)+$", "^(a+)+$"]):
+        for j, seconds in enumerate((0.00002, 0.0001, 0.0003, 0.0008, 0.002)):
+            p = P.compile_pattern(f"{pat}(?#raise-{i}-{j})")
+            for s in subjects:
+                assert p.test(s, P.Budget(seconds)) in (P.MATCH, P.NOMATCH, P.SKIPPED)
+                assert p.test(s) in (P.MATCH, P.NOMATCH, P.SKIPPED)
