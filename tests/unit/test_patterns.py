@@ -232,3 +232,50 @@ def test_no_budget_ever_raises():
             for s in subjects:
                 assert p.test(s, P.Budget(seconds)) in (P.MATCH, P.NOMATCH, P.SKIPPED)
                 assert p.test(s) in (P.MATCH, P.NOMATCH, P.SKIPPED)
+
+
+# ------------------------------------------------------------------ the engine's policy lookup
+
+def _broker():
+    from usagi.core.broker import Broker
+    b = Broker()
+    b.bootstrap()
+    return b
+
+
+def test_policy_lookup_priorities_and_ties():
+    b = _broker()
+    v = b.vhosts["/"]
+    b.set_policy("/", "first", "^q", {"max-length": 1}, priority=1)
+    b.set_policy("/", "second", "^q", {"max-length": 2}, priority=1)
+    assert b.declare_queue(v, "q1").policy == "first"            # the first among equals
+    b.set_policy("/", "slow-high", "^q(a|aa)+$|^q1$", {"max-length": 3}, priority=5)
+    assert v.queues["q1"].policy == "slow-high"                   # re-applied: the higher wins
+    b.clear_policy("/", "slow-high")
+    assert v.queues["q1"].policy == "first"
+
+
+def test_policy_lookups_are_forgotten_when_policies_change():
+    b = _broker()
+    v = b.vhosts["/"]
+    b.set_policy("/", "p", "^q", {"max-length": 1})
+    assert b.declare_queue(v, "q").policy == "p"
+    b.delete_queue(v.queues["q"])
+    b.delete_vhost("/")                   # drops the vhost's policies without re-applying
+    b.add_vhost("/")
+    assert b.declare_queue(b.vhosts["/"], "q").policy is None
+    b.set_policy("/", "p2", "^q$", {"max-length": 1})
+    assert b.vhosts["/"].queues["q"].policy == "p2"
+
+
+def test_expensive_policies_do_not_starve_an_ordinary_one():
+    b = _broker()
+    v = b.vhosts["/"]
+    for i in range(20):
+        b.set_policy("/", f"slow-{i}", f"^(a|aa)+$(?#starve-{i})", {"max-length": 1}, priority=10)
+    b.set_policy("/", "legit", "^legit\\.", {"max-length": 2}, priority=0)
+    for i in range(50):
+        assert b.declare_queue(v, f"legit.{i}").policy == "legit"
+        t0 = time.perf_counter()
+        assert b.declare_queue(v, "a" * 250 + f"!{i}").policy is None
+        assert time.perf_counter() - t0 < 0.5          # generous: the lookup's budget is 5 ms

@@ -444,8 +444,8 @@ def list_reply(r: Req, listing: Listing):
 
 # a `use_regex` name filter may spend this long matching, in all, on one listing: ordinary patterns
 # take ~1 us a name, so they never come near it; a slow one stops there (see regex_filter)
-FILTER_BUDGET_BASE = 0.05          # seconds
-FILTER_BUDGET_PER_ITEM = 0.000005  # seconds per listed item, about what formatting the item costs
+FILTER_BUDGET_BASE = 0.02          # seconds
+FILTER_BUDGET_PER_ITEM = 0.000005  # seconds per listed item: 3x an ordinary match (formatting costs more)
 
 
 def regex_filter(items: list, name: str) -> list:

@@ -9,25 +9,28 @@ at most 1,024 bytes); a match that reaches the limit is *no match* (`re:run` ans
 unless asked to report errors), and RabbitMQ then applies no policy, refuses the permission, and
 leaves the name out of a filtered listing. Usagi does the same, with time as the measure.
 
-How the cost is bounded (figures measured on this project's reference machine, see
-benchmarks/abuse_regex.py):
+How the cost is bounded (the figures are from benchmarks/abuse_regex.py and from timing the
+`regex` module and Erlang's `re` on the development machine):
 
 1. A pattern is at most MAX_PATTERN_LENGTH (1,024) bytes and compiles to a bounded program: nested
    counted repeats that the matcher would unroll past MAX_UNROLLED (20,000 units, ~5 ms to compile;
    `(?:\\w{1000}){1000}` would take 0.8 s) are refused as "regular expression is too large", and so
    is nesting deeper than MAX_DEPTH. A pattern is compiled once and kept in a bounded cache.
-2. Each match has MATCH_BUDGET (1 ms) of time (the `regex` module's timeout, which keeps it
-   within ~0.05 ms). Ordinary patterns on names of up to 255 bytes take
-   0.3-2 us; the heaviest legitimate ones measured (`^(\\w+\\s?)*$` on a 255-byte name) ~0.2 ms.
-   PCRE's 50,000-step limit is about 0.3-0.5 ms, so a pattern that RabbitMQ completes completes
-   here too. A match that runs out of it is no match, and is logged once per pattern. It is not
-   remembered as an answer, as the clock may have been another process's fault.
-3. A pattern seen to be expensive (three matches over EXPENSIVE, 50 us, or one out of budget) is
+2. Each match has MATCH_BUDGET (1 ms) of time: the `regex` module's timeout, kept to within
+   ~0.05 ms. Ordinary patterns take 0.3-2 us on names of up to 255 bytes; the heaviest legitimate
+   one measured (`^(\\w+\\s?)*$` on a 255-byte name) 0.2 ms. Erlang spends 65-100 ms on PCRE's
+   default limit of 10,000,000 steps, so RabbitMQ 4.x's 50,000 are 0.3-0.5 ms: what RabbitMQ
+   completes, Usagi completes too. A match out of its budget is no match, logged once per
+   pattern. As the clock may be another process's fault, a match slower than EXPENSIVE is run
+   again and judged by the CPU time it takes (a new slow pattern costs up to ~3 ms, once), and an
+   answer out of budget is never remembered.
+3. A pattern seen to be expensive (three matches over EXPENSIVE, 20 us, or one out of budget) is
    matched from then on only out of a shared allowance of ALLOWANCE_RATE (10 ms) per second, at most
-   ALLOWANCE_BURST (20 ms) at once. When it is spent, expensive patterns answer no match without
-   running until it refills; cheap patterns are never throttled (one that stays cheap for
-   CHEAP_RUN matches in a row is ordinary again). So however many slow patterns users write,
-   together they take at most ~1% of the loop, plus ~1 ms for each new one.
+   ALLOWANCE_BURST (10 ms) at once. When less than MIN_ALLOWANCE (0.5 ms) is left, an expensive
+   pattern gets a QUICK_TRY (2 us, ~5 us with the timeout's overshoot): easy subjects still get
+   their answer, the others no match. Cheap patterns are never throttled (and one that stays cheap
+   for CHEAP_RUN matches in a row is ordinary again). So however many slow patterns users write,
+   together they take at most ~1% of the loop, plus ~3 ms for each new one.
 4. An operation that matches many patterns or many names (a policy lookup, a filtered listing)
    passes a Budget, a deadline for all its matches; a match it cuts short is *skipped*, which the
    caller sees and decides about (it is not remembered as a result).
@@ -58,15 +61,18 @@ MAX_UNROLLED = 20_000            # units of compiled program after counted repea
 MAX_DEPTH = 200                  # nested groups
 MAX_REPEAT = 65535               # PCRE's largest {n,m}
 MATCH_BUDGET = 0.001             # seconds per match, see 2. above
-EXPENSIVE = 0.00005              # a match slower than this marks its pattern expensive
+EXPENSIVE = 0.00002              # a match slower than this (10x an ordinary one) is expensive
 ALLOWANCE_RATE = 0.010           # seconds of matching per second for expensive patterns
-ALLOWANCE_BURST = 0.020          # at most this much at once
+ALLOWANCE_BURST = 0.010          # at most this much at once
+MIN_ALLOWANCE = 0.0005           # what must be left of it for an expensive pattern to run in full
+QUICK_TRY = 0.000002             # else the time it gets (a try costs ~5 us with the timeout's overshoot)
 STRIKES = 3                      # slow matches (or one out of budget) that make a pattern expensive
 CHEAP_RUN = 100                  # cheap matches in a row that make it ordinary again
 
 MATCH, NOMATCH, SKIPPED = 1, 0, -1
 
 _perf = time.perf_counter
+_cpu = time.thread_time
 
 
 class PatternError(ValueError):
@@ -166,39 +172,35 @@ class Pattern:
         expensive = self.expensive
         if expensive:
             left = allowance.available()
-            if left <= 0:
-                self._note("the shared allowance for expensive patterns is spent")
-                return SKIPPED
+            if left < MIN_ALLOWANCE:
+                # the allowance is spent: a quick try, enough for easy subjects and cheap for the rest
+                result = self._run(subject, QUICK_TRY)[0]
+                if result == SKIPPED:
+                    self._note("the shared allowance for expensive patterns is spent")
+                return result
             if left < limit:
                 limit = left
-        t0 = _perf()
-        try:
-            result = MATCH if self._search(subject, timeout=limit) is not None else NOMATCH
-        except TimeoutError:
-            result = SKIPPED
-        spent = _perf() - t0
+        result, spent = self._run(subject, limit)
         if expensive:
-            allowance.spend(spent)
+            allowance.spend(min(spent, 2 * limit))  # (a pause past that is not matching)
             if spent <= EXPENSIVE:
                 self.cheap_run += 1
-                if self.cheap_run >= CHEAP_RUN:     # it was the subjects, or noise: trust it again
+                if self.cheap_run >= CHEAP_RUN:     # it was the subjects: trust it again
                     self.expensive = False
                     self.strikes = 0
             else:
                 self.cheap_run = 0
         elif spent > EXPENSIVE:
-            allowance.spend(spent)
-            if result != SKIPPED:
-                # once more, to tell a slow pattern from a pause (a garbage collection as the
-                # match object was made, another process on the CPU)
-                t0 = _perf()
-                try:
-                    self._search(subject, timeout=limit)
-                except TimeoutError:
-                    pass
-                spent = _perf() - t0
-                allowance.spend(spent)
-            if spent > EXPENSIVE:
+            # slow, or paused: another process had the CPU, or a garbage collection ran as the
+            # match object was made. The wall clock alone must not make an answer no match or a
+            # pattern expensive, so run it again and judge by the CPU time this thread spent.
+            for _attempt in range(2):
+                c0 = _cpu()
+                result, spent = self._run(subject, limit)
+                cpu = _cpu() - c0
+                if result != SKIPPED or cpu >= limit / 2:
+                    break                           # an answer, or truly out of budget
+            if cpu > EXPENSIVE:
                 self.strikes += STRIKES if result == SKIPPED else 1
                 if self.strikes >= STRIKES:
                     self.expensive = True
@@ -206,6 +208,14 @@ class Pattern:
         if result == SKIPPED and limit >= MATCH_BUDGET:
             self._note(f"a match ran out of its {MATCH_BUDGET * 1000:g} ms budget")
         return result
+
+    def _run(self, subject: str, limit: float):
+        t0 = _perf()
+        try:
+            result = MATCH if self._search(subject, timeout=limit) is not None else NOMATCH
+        except TimeoutError:
+            result = SKIPPED
+        return result, _perf() - t0
 
     def _note(self, why: str):
         if not self.logged:
