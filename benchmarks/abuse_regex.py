@@ -259,10 +259,12 @@ def measure(t: Target, attack: str, a) -> dict:
                  finished=not th.is_alive(), replies=sorted(set(map(str, replies))))
         return s
     finally:
+        # a broker still busy with the attack gets a while to answer (RabbitMQ finishes its matches
+        # in the end; a frozen Usagi is killed after this)
         try:
-            t.api("DELETE", f"/api/vhosts/{V}", timeout=600)
+            t.api("DELETE", f"/api/vhosts/{V}", timeout=a.limit)
             for u in ("watcher", "pm", "u", "t"):
-                t.api("DELETE", f"/api/users/{u}-{os.getpid()}")
+                t.api("DELETE", f"/api/users/{u}-{os.getpid()}", timeout=a.limit)
         except OSError:
             pass
 
@@ -282,6 +284,7 @@ def main():
     ap.add_argument("--apply-queues", type=int, default=100000)
     ap.add_argument("--limit", type=float, default=120.0, help="seconds an attack may run")
     ap.add_argument("--no-rabbitmq", action="store_true")
+    ap.add_argument("--no-usagi", action="store_true")
     ap.add_argument("--rabbitmq-amqp", default="127.0.0.1:5682")
     ap.add_argument("--rabbitmq-mgmt", default="http://127.0.0.1:15682")
     ap.add_argument("--rabbitmq-attacks", default=",".join(RABBITMQ_DEFAULT))
@@ -291,13 +294,14 @@ def main():
     a = ap.parse_args()
     rows = []
     for attack in a.attacks.split(","):
-        srv, t = usagi_target(a)
-        try:
-            rows.append(measure(t, attack, a))
-        finally:
-            srv.kill() if not rows[-1:] or not rows[-1]["finished"] else srv.stop()
-            srv.cleanup()
-        print(json.dumps(rows[-1]), flush=True)
+        if not a.no_usagi:
+            srv, t = usagi_target(a)
+            try:
+                rows.append(measure(t, attack, a))
+            finally:
+                srv.kill() if not rows[-1:] or not rows[-1]["finished"] else srv.stop()
+                srv.cleanup()
+            print(json.dumps(rows[-1]), flush=True)
         if not a.no_rabbitmq and attack in a.rabbitmq_attacks.split(","):
             host, port = a.rabbitmq_amqp.rsplit(":", 1)
             ra = argparse.Namespace(**{**vars(a), "names": a.rabbitmq_names, "declares": a.rabbitmq_declares})
