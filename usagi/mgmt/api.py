@@ -443,9 +443,10 @@ def list_reply(r: Req, listing: Listing):
 
 
 # a `use_regex` name filter may spend this long matching, in all, on one listing: ordinary patterns
-# take ~1 us a name, so they never come near it; a slow one stops there (see regex_filter)
+# take 1-10 us a name, so they never come near it; patterns slower than model.patterns.EXPENSIVE
+# (20 us) a name are throttled there, so only those just under it can reach it (see regex_filter)
 FILTER_BUDGET_BASE = 0.02          # seconds
-FILTER_BUDGET_PER_ITEM = 0.000005  # seconds per listed item: 3x an ordinary match (formatting costs more)
+FILTER_BUDGET_PER_ITEM = 0.00002   # seconds per listed item, as much as an unflagged match may take
 
 
 def regex_filter(items: list, name: str) -> list:

@@ -22,15 +22,16 @@ How the cost is bounded (the figures are from benchmarks/abuse_regex.py and from
    default limit of 10,000,000 steps, so RabbitMQ 4.x's 50,000 are 0.3-0.5 ms: what RabbitMQ
    completes, Usagi completes too. A match out of its budget is no match, logged once per
    pattern. As the clock may be another process's fault, a match slower than EXPENSIVE is run
-   again and judged by the CPU time it takes (a new slow pattern costs up to ~3 ms, once), and an
-   answer out of budget is never remembered.
+   twice more and judged by the least CPU time taken (a new slow pattern costs up to ~3 ms,
+   once), and an answer out of budget is never remembered.
 3. A pattern seen to be expensive (three matches over EXPENSIVE, 20 us, or one out of budget) is
-   matched from then on only out of a shared allowance of ALLOWANCE_RATE (10 ms) per second, at most
-   ALLOWANCE_BURST (10 ms) at once. When less than MIN_ALLOWANCE (0.5 ms) is left, an expensive
-   pattern gets a QUICK_TRY (2 us, ~5 us with the timeout's overshoot): easy subjects still get
-   their answer, the others no match. Cheap patterns are never throttled (and one that stays cheap
-   for CHEAP_RUN matches in a row is ordinary again). So however many slow patterns users write,
-   together they take at most ~1% of the loop, plus ~3 ms for each new one.
+   matched from then on out of a shared allowance of ALLOWANCE_RATE (10 ms) per second, at most
+   ALLOWANCE_BURST (10 ms) at once; its runs under EXPENSIVE are free. When less than
+   MIN_ALLOWANCE (0.5 ms) is left, an expensive pattern gets a QUICK_TRY (2 us, ~5 us with the
+   timeout's overshoot): easy subjects still get their answer, the others no match. Cheap
+   patterns are never throttled (and one that stays cheap for CHEAP_RUN matches in a row is
+   ordinary again). So however many slow patterns users write, together they take at most ~1% of
+   the loop, plus ~3 ms for each new one.
 4. An operation that matches many patterns or many names (a policy lookup, a filtered listing)
    passes a Budget, a deadline for all its matches; a match it cuts short is *skipped*, which the
    caller sees and decides about (it is not remembered as a result).
@@ -182,25 +183,29 @@ class Pattern:
                 limit = left
         result, spent = self._run(subject, limit)
         if expensive:
-            allowance.spend(min(spent, 2 * limit))  # (a pause past that is not matching)
-            if spent <= EXPENSIVE:
+            if spent > EXPENSIVE:
+                allowance.spend(min(spent, 2 * limit))  # (a pause past that is not matching)
+                self.cheap_run = 0
+            else:                                   # cheap runs do not draw on the allowance
                 self.cheap_run += 1
                 if self.cheap_run >= CHEAP_RUN:     # it was the subjects: trust it again
                     self.expensive = False
                     self.strikes = 0
-            else:
-                self.cheap_run = 0
         elif spent > EXPENSIVE:
-            # slow, or paused: another process had the CPU, or a garbage collection ran as the
-            # match object was made. The wall clock alone must not make an answer no match or a
-            # pattern expensive, so run it again and judge by the CPU time this thread spent.
+            # slow, or paused: another process had the CPU (this machine's clocks, the CPU-time
+            # one too, jump by tens of microseconds under load), or a garbage collection ran as
+            # the match object was made. Neither may turn an answer into no match or make a
+            # pattern expensive: run it twice more and judge by the least CPU time taken.
+            least = 1.0
             for _attempt in range(2):
                 c0 = _cpu()
-                result, spent = self._run(subject, limit)
-                cpu = _cpu() - c0
-                if result != SKIPPED or cpu >= limit / 2:
-                    break                           # an answer, or truly out of budget
-            if cpu > EXPENSIVE:
+                again = self._run(subject, limit)[0]
+                least = min(least, _cpu() - c0)
+                if again != SKIPPED or result == SKIPPED:
+                    result = again                  # an answer rather than a timeout
+                if least <= EXPENSIVE and result != SKIPPED:
+                    break
+            if least > EXPENSIVE:
                 self.strikes += STRIKES if result == SKIPPED else 1
                 if self.strikes >= STRIKES:
                     self.expensive = True
