@@ -67,6 +67,7 @@ ALLOWANCE_RATE = 0.010           # seconds of matching per second for expensive 
 ALLOWANCE_BURST = 0.010          # at most this much at once
 MIN_ALLOWANCE = 0.0005           # what must be left of it for an expensive pattern to run in full
 QUICK_TRY = 0.000002             # else the time it gets (a try costs ~5 us with the timeout's overshoot)
+QUICK_TRIES = 3                  # ... tried again when preempted, this many times at most
 STRIKES = 3                      # slow matches (or one out of budget) that make a pattern expensive
 CHEAP_RUN = 100                  # cheap matches in a row that make it ordinary again
 
@@ -174,8 +175,15 @@ class Pattern:
         if expensive:
             left = allowance.available()
             if left < MIN_ALLOWANCE:
-                # the allowance is spent: a quick try, enough for easy subjects and cheap for the rest
-                result = self._run(subject, QUICK_TRY)[0]
+                # the allowance is spent: a quick try, enough for easy subjects and cheap for the rest.
+                # A try that timed out without using its time on the CPU (another process or thread
+                # ran meanwhile) is tried again, at most QUICK_TRIES times in all: an easy subject
+                # must not be refused because the machine is busy.
+                for _attempt in range(QUICK_TRIES):
+                    c0 = _cpu()
+                    result = self._run(subject, QUICK_TRY)[0]
+                    if result != SKIPPED or _cpu() - c0 >= QUICK_TRY:
+                        break
                 if result == SKIPPED:
                     self._note("the shared allowance for expensive patterns is spent")
                 return result
