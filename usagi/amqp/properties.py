@@ -2,13 +2,19 @@
 
 Properties travel as the bytes received (flags then fields) and are decoded only when a feature
 needs them. `scan` pulls out the few fields the broker acts on; `decode` and `encode` handle all.
+
+What the broker reads from a stored message's properties for its own work (headers for routing and
+dead lettering, properties for the management API) is read leniently: `headers_of` and
+`decode_lenient` give what can be decoded and never raise, so a message with headers the decoder
+refuses is still routed, dead-lettered and shown (see amqp/table.py). Edits (`replace_headers`,
+`without_expiration`) splice the raw bytes and leave every other field as it came.
 """
 from __future__ import annotations
 
 import struct
 
 from .errors import SyntaxError_
-from .table import Timestamp, decode_table, encode_table
+from .table import Timestamp, decode_table, decode_table_lenient, encode_table
 
 _H = struct.Struct(">H")
 _I = struct.Struct(">I")
@@ -184,7 +190,80 @@ def replace_headers(raw: bytes, new_headers: bytes | None) -> bytes:
 
 
 def headers_of(raw: bytes, s: Scan | None = None) -> dict:
+    """The headers as far as they can be decoded (see table.decode_table_lenient): never raises
+    for what is inside the table."""
     s = s or scan(raw)
     if s.headers_span is None:
         return {}
-    return decode_table(raw, s.headers_span[0], s.headers_span[1])[0]
+    return decode_table_lenient(raw, s.headers_span[0], s.headers_span[1])
+
+
+def decode_lenient(raw: bytes) -> dict:
+    """The properties as far as they can be decoded: headers leniently (entries it cannot read
+    become table.Opaque values or are left out), and the fields before any that runs past the end.
+    Never raises; for showing a stored message (management API)."""
+    out: dict = {}
+    if len(raw) < 2:
+        return out
+    flags, = _H.unpack_from(raw, 0)
+    off = 2
+    n = len(raw)
+    for i, (name, kind) in enumerate(BASIC_PROPERTIES):
+        if not flags & (1 << (15 - i)):
+            continue
+        if off >= n:
+            break
+        if kind == "shortstr":
+            k = raw[off]
+            if off + 1 + k > n:
+                break
+            out[name] = bytes(raw[off + 1:off + 1 + k]).decode("utf-8", "surrogateescape")
+            off += 1 + k
+        elif kind == "table":
+            if off + 4 > n:
+                break
+            end = off + 4 + _I.unpack_from(raw, off)[0]
+            if end > n:
+                break
+            out[name] = decode_table_lenient(raw, off, end)
+            off = end
+        elif kind == "octet":
+            out[name] = raw[off]
+            off += 1
+        else:
+            if off + 8 > n:
+                break
+            out[name] = Timestamp(_Q.unpack_from(raw, off)[0])
+            off += 8
+    return out
+
+
+def without_expiration(raw: bytes) -> bytes:
+    """The same properties without the expiration field (dead lettering moves it into x-death);
+    the bytes before and after it are kept as they came."""
+    flags, = _H.unpack_from(raw, 0)
+    if not flags & FLAG_EXPIRATION:
+        return raw
+    try:
+        off = 2
+        if flags & FLAG_CONTENT_TYPE:
+            off += 1 + raw[off]
+        if flags & FLAG_CONTENT_ENCODING:
+            off += 1 + raw[off]
+        if flags & FLAG_HEADERS:
+            off += 4 + _I.unpack_from(raw, off)[0]
+        if flags & FLAG_DELIVERY_MODE:
+            off += 1
+        if flags & FLAG_PRIORITY:
+            off += 1
+        if flags & FLAG_CORRELATION_ID:
+            off += 1 + raw[off]
+        if flags & FLAG_REPLY_TO:
+            off += 1 + raw[off]
+        start = off
+        off += 1 + raw[off]
+    except (IndexError, struct.error):
+        raise SyntaxError_("content header properties truncated") from None
+    if off > len(raw):
+        raise SyntaxError_("content header properties truncated")
+    return _H.pack(flags & ~FLAG_EXPIRATION) + raw[2:start] + raw[off:]

@@ -3,6 +3,15 @@
 Decoding gives plain Python values; `Typed` lets a caller choose the wire type when encoding;
 `table_entries` splits an encoded table into (name, raw typed value) pairs so that a table can
 be edited (a header added or dropped) without re-encoding, and so without changing, the rest.
+
+Message headers are not checked when a message is published (they travel as the bytes received),
+so a stored message may hold a table this decoder refuses: nested deeper than MAX_DEPTH, a type
+code it does not know, lengths that lie. Such a message must still be delivered, dead-lettered,
+expired and shown, so the broker reads headers leniently: `decode_table_lenient` gives every entry
+it can, an `Opaque` value (the raw bytes, written back unchanged) for an entry whose nested value
+it cannot read, and stops where the table itself cannot be followed; `table_entries_lenient` splits
+a table the same way and returns the unreadable rest as raw bytes. `skip_value` finds where a value
+ends without decoding it (a table or array by its length), so no depth limit applies to splitting.
 """
 from __future__ import annotations
 
@@ -40,6 +49,30 @@ class Timestamp(int):
         return f"Timestamp({int(self)})"
 
 
+class Opaque:
+    """A field value the decoder could not read (nested too deeply, or broken inside), kept as its
+    raw typed bytes (type code first): encoding writes them back as they were. Two are equal when
+    their bytes are; a headers exchange matches one with nothing (see exchanges/headers.py)."""
+
+    __slots__ = ("raw", "reason")
+
+    def __init__(self, raw: bytes, reason: str = ""):
+        self.raw = raw
+        self.reason = reason
+
+    def __eq__(self, other):
+        return isinstance(other, Opaque) and self.raw == other.raw
+
+    def __hash__(self):
+        return hash(self.raw)
+
+    def __repr__(self):
+        return f"Opaque({len(self.raw)} bytes: {self.reason})"
+
+    def __str__(self):
+        return f"<unreadable field value of {len(self.raw)} bytes: {self.reason}>"
+
+
 class Typed:
     """A value with an explicit wire type code, e.g. Typed('l', 1) for a 64-bit signed int."""
 
@@ -61,7 +94,7 @@ def _need(buf, off, n, end):
         raise SyntaxError_("field table truncated")
 
 
-def _decode_value(buf, off, end, depth):
+def _decode_value(buf, off, end, depth, lenient=False):
     if off >= end:
         raise SyntaxError_("field table truncated")
     t = buf[off]
@@ -83,7 +116,9 @@ def _decode_value(buf, off, end, depth):
         _need(buf, off, 4, end)
         return _I.unpack_from(buf, off)[0], off + 4
     if t == 70:  # 'F'
-        return _decode_table(buf, off, end, depth + 1)
+        if lenient and depth >= MAX_DEPTH:
+            return _opaque(buf, off - 1, end)
+        return _decode_table(buf, off, end, depth + 1, lenient)
     if t == 116:  # 't'
         _need(buf, off, 1, end)
         return buf[off] != 0, off + 1
@@ -91,7 +126,9 @@ def _decode_value(buf, off, end, depth):
         _need(buf, off, 8, end)
         return _l.unpack_from(buf, off)[0], off + 8
     if t == 65:  # 'A'
-        return _decode_array(buf, off, end, depth + 1)
+        if lenient and depth >= MAX_DEPTH:
+            return _opaque(buf, off - 1, end)
+        return _decode_array(buf, off, end, depth + 1, lenient)
     if t == 84:  # 'T'
         _need(buf, off, 8, end)
         return Timestamp(_Q.unpack_from(buf, off)[0]), off + 8
@@ -125,7 +162,7 @@ def _decode_value(buf, off, end, depth):
     raise SyntaxError_(f"unknown field table type {chr(t)!r}")
 
 
-def _decode_table(buf, off, end, depth):
+def _decode_table(buf, off, end, depth, lenient=False):
     if depth > MAX_DEPTH:
         raise SyntaxError_("field table nested too deeply")
     _need(buf, off, 4, end)
@@ -142,14 +179,14 @@ def _decode_table(buf, off, end, depth):
             raise SyntaxError_("field table truncated")
         key = bytes(buf[off:off + n]).decode("utf-8", "surrogateescape")
         off += n
-        value, off = _decode_value(buf, off, limit, depth)
+        value, off = _decode_value(buf, off, limit, depth, lenient)
         result[key] = value
     if off != limit:
         raise SyntaxError_("field table truncated")
     return result, off
 
 
-def _decode_array(buf, off, end, depth):
+def _decode_array(buf, off, end, depth, lenient=False):
     if depth > MAX_DEPTH:
         raise SyntaxError_("field array nested too deeply")
     _need(buf, off, 4, end)
@@ -160,11 +197,24 @@ def _decode_array(buf, off, end, depth):
         raise SyntaxError_("field array truncated")
     result = []
     while off < limit:
-        value, off = _decode_value(buf, off, limit, depth)
+        try:
+            value, off = _decode_value(buf, off, limit, depth, lenient)
+        except SyntaxError_ as e:
+            if not lenient:
+                raise
+            # the items before are kept; what cannot be read is one opaque item at the end
+            result.append(Opaque(bytes(buf[off:limit]), e.args[0] if e.args else "unreadable"))
+            return result, limit
         result.append(value)
     if off != limit:
         raise SyntaxError_("field array truncated")
     return result, off
+
+
+def _opaque(buf, off, end):
+    """A table or array nested past MAX_DEPTH, kept whole as an Opaque value (lenient decoding)."""
+    stop = skip_value(buf, off, end)
+    return Opaque(bytes(buf[off:stop]), "field table nested too deeply"), stop
 
 
 def decode_table(buf, off=0, end=None):
@@ -175,13 +225,16 @@ def decode_table(buf, off=0, end=None):
 
 
 def _encode_value(out, v, depth=0):
+    if isinstance(v, Opaque):
+        out += v.raw
+        return
     if depth > MAX_DEPTH:
         raise ValueError("field table nested too deeply")
     if isinstance(v, Typed):
         c = v.code
         x = v.value
         if c in "Sx":
-            raw = x.encode("utf-8") if isinstance(x, str) else bytes(x)
+            raw = x.encode("utf-8", "surrogateescape") if isinstance(x, str) else bytes(x)
             out += c.encode() + _i.pack(len(raw)) + raw
         elif c == "F":
             out += b"F"
@@ -272,54 +325,117 @@ def encode_value(value) -> bytes:
     return bytes(out)
 
 
-_FIXED_SIZES = {116: 1, 98: 1, 66: 1, 115: 2, 117: 2, 73: 4, 105: 4, 102: 4, 108: 8, 84: 8, 100: 8, 68: 5,
-                86: 0}       # t b B s u I i f l T d D V: bytes after the type code
+_FIXED = {73: 4, 116: 1, 108: 8, 84: 8, 98: 1, 66: 1, 115: 2, 117: 2, 105: 4, 102: 4, 100: 8, 68: 5, 86: 0}
 
 
-def _skip_value(buf, off, end):
-    """The offset after the field value at `off`, from its type code and length prefix alone:
-    strings, tables and arrays are stepped over whole, not decoded (so at no cost in depth)."""
+def skip_value(buf, off: int, end: int) -> int:
+    """The offset just after the typed value at `off`, found without decoding it: a table, array
+    or string by its length prefix, anything else by its type's size. O(1), whatever the nesting.
+    Raises SyntaxError_ for an unknown type or a value running past `end`."""
     if off >= end:
         raise SyntaxError_("field table truncated")
     t = buf[off]
     off += 1
-    if t == 83 or t == 120 or t == 65 or t == 70:    # 'S' 'x' 'A' 'F': a 32-bit length, then the bytes
-        _need(buf, off, 4, end)
-        off += 4 + _i.unpack_from(buf, off)[0]
-    else:
-        n = _FIXED_SIZES.get(t)
-        if n is None:
+    n = _FIXED.get(t)
+    if n is None:
+        if t not in (83, 120, 70, 65):      # 'S' 'x' 'F' 'A': a length prefix
             raise SyntaxError_(f"unknown field table type {chr(t)!r}")
-        off += n
-    if off > end:
-        raise SyntaxError_("field table truncated")
-    return off
+        _need(buf, off, 4, end)
+        n = 4 + _i.unpack_from(buf, off)[0]
+    _need(buf, off, n, end)
+    return off + n
 
 
 def table_entries(raw: bytes) -> list:
     """Split an encoded table (with its length prefix) into [(name, typed value bytes)], unchanged.
-    Values are stepped over by their length, not decoded: the cost is linear in the number of
-    entries, however large or deeply nested their values (x-death grows along dead-letter chains)."""
+    Values are stepped over by their length, not decoded (see skip_value): the cost is linear in
+    the number of entries, however large or deeply nested their values (x-death grows along
+    dead-letter chains). A broken table raises."""
+    entries, rest = table_entries_lenient(raw)
+    if rest:
+        raise SyntaxError_("field table truncated or of unknown type")
+    return entries
+
+
+def table_entries_lenient(raw: bytes) -> tuple:
+    """(entries, rest): the table's entries as table_entries gives them, as far as they can be
+    followed, and the raw bytes from the first entry that cannot (b"" when the table is sound)."""
+    if len(raw) < 4:
+        return [], bytes(raw)
     size, = _i.unpack_from(raw, 0)
-    end = 4 + size
+    end = min(4 + size, len(raw))
     off = 4
     entries = []
     while off < end:
         n = raw[off]
-        name = raw[off + 1:off + 1 + n].decode("utf-8", "surrogateescape")
         start = off + 1 + n
-        off = _skip_value(raw, start, end)
-        entries.append((name, raw[start:off]))
-    return entries
+        try:
+            if start > end:
+                raise SyntaxError_("field table truncated")
+            stop = skip_value(raw, start, end)
+        except SyntaxError_:
+            return entries, bytes(raw[off:end])
+        entries.append((raw[off + 1:start].decode("utf-8", "surrogateescape"), bytes(raw[start:stop])))
+        off = stop
+    return entries, b""
 
 
-def join_entries(entries) -> bytes:
-    """Inverse of table_entries: [(name, typed value bytes)] -> encoded table."""
+def decode_table_lenient(buf, off: int = 0, end: int | None = None) -> dict:
+    """The table at `off` decoded as far as it can be: a table or array nested past MAX_DEPTH
+    becomes an Opaque value where the limit is reached; an array keeps the items it can read and
+    ends with one Opaque item for the rest; a table broken inside becomes one Opaque value; and
+    decoding stops at an entry that cannot be followed (the entries before it are returned).
+    Never raises."""
+    if end is None:
+        end = len(buf)
+    raw = bytes(buf[off:end])
+    entries, _rest = table_entries_lenient(raw)
+    out = {}
+    for name, value in entries:
+        try:
+            out[name], _ = _decode_value(value, 0, len(value), 0, True)
+        except SyntaxError_ as e:
+            out[name] = Opaque(value, e.args[0] if e.args else "unreadable")
+    return out
+
+
+def join_entries(entries, rest: bytes = b"") -> bytes:
+    """Inverse of table_entries(_lenient): [(name, typed value bytes)] (and the unreadable rest,
+    kept after them as it was) -> encoded table."""
     out = bytearray(b"\0\0\0\0")
     for name, value in entries:
         kb = name.encode("utf-8", "surrogateescape")
         out.append(len(kb))
         out += kb
         out += value
+    out += rest
     out[0:4] = _i.pack(len(out) - 4)
     return bytes(out)
+
+
+def array_items(raw) -> tuple | None:
+    """(items, rest): the raw typed values of an encoded array value ('A', length, values) as far as
+    they can be followed, and the bytes from the first that cannot (b"" when all can); None if it
+    is not an array or its length runs past the bytes given."""
+    if len(raw) < 5 or raw[0] != 65:
+        return None
+    end = 5 + _i.unpack_from(raw, 1)[0]
+    if end > len(raw):
+        return None
+    off = 5
+    items = []
+    while off < end:
+        try:
+            stop = skip_value(raw, off, end)
+        except SyntaxError_:
+            return items, bytes(raw[off:end])
+        items.append(bytes(raw[off:stop]))
+        off = stop
+    return items, b""
+
+
+def join_items(items, rest: bytes = b"") -> bytes:
+    """Inverse of array_items: raw typed values (and the unreadable rest, kept after them) -> an
+    encoded array value ('A', length, values)."""
+    body = b"".join(items) + rest
+    return b"A" + _i.pack(len(body)) + body

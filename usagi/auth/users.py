@@ -1,9 +1,13 @@
-"""Users, tags and per-vhost permissions, checked the way RabbitMQ checks them."""
+"""Users, tags and per-vhost permissions, checked the way RabbitMQ checks them.
+
+Permission and topic-permission patterns are matched through model.patterns: at a bounded cost,
+PCRE's syntax, and a pattern that does not compile (or a match out of its budget) denies."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
+from ..model.patterns import escape as _escape_pattern
+from ..model.patterns import matches as _matches
 from .passwords import SHA256, check_password, hash_password
 
 KNOWN_TAGS = ("administrator", "monitoring", "policymaker", "management", "impersonator")
@@ -37,22 +41,10 @@ class Permission:
     write: str = ".*"
     read: str = ".*"
 
-    def __post_init__(self):
-        self._compiled = {}
-
     def allows(self, kind: str, name: str) -> bool:
-        pattern = getattr(self, kind)
-        rx = self._compiled.get(kind)
-        if rx is None or rx[0] != pattern:
-            try:
-                # an empty pattern matches only the empty name; others search, unanchored
-                rx = (pattern, re.compile(pattern or "^$"))
-            except re.error:
-                rx = (pattern, None)
-            self._compiled[kind] = rx
-        if rx[1] is None:
-            return False
-        return rx[1].search(name) is not None
+        # an empty pattern matches only the empty name; others search, unanchored. Answers are
+        # remembered per (pattern, name), so a changed permission is never answered from before.
+        return _matches(getattr(self, kind) or "^$", name)
 
 
 class UserDB:
@@ -106,8 +98,8 @@ class UserDB:
         p = self.topic_permissions.get((user, vhost, exchange))
         if p is None:
             return True
-        pattern = (p.get(kind) or "").replace("{username}", re.escape(user)).replace("{vhost}", re.escape(vhost))
-        try:
-            return re.search(pattern or "^$", routing_key) is not None
-        except re.error:
-            return False
+        pattern = p.get(kind) or "^$"
+        if "{" in pattern:
+            pattern = pattern.replace("{username}", _escape_pattern(user)) \
+                .replace("{vhost}", _escape_pattern(vhost))
+        return _matches(pattern, routing_key)

@@ -14,6 +14,7 @@ from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
 from ..model.message import Message
+from ..model.queue import PARKED_OWN
 from . import access
 from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _END, _FH, _H, _HHQ, _QB,
@@ -50,6 +51,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         self._parts: list = []
         # consumers and deliveries
         self.consumers: dict = {}    # tag -> Consumer
+        self.revisit: dict = {}      # id(queue) -> queue where consumers of this one wait for its room
         self.unacked: dict = {}      # delivery tag -> Unacked, in tag order
         self.next_tag = 0
         self.reply_queue = None      # direct reply-to: the pseudo queue of this channel's consumer
@@ -444,10 +446,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
                 self.broker.store.mark_delivered(q.vhost, q.name, seq)
 
     def kick(self):
-        """Room may have appeared for this channel's consumers."""
-        mark = self.broker.mark_dirty
-        for c in self.consumers.values():
-            mark(c.queue)
+        """Room may have appeared for this channel's consumers (see Broker.channel_room)."""
+        self.broker.channel_room(self)
 
     def consumer_cancelled_by_server(self, c):
         """The queue went away: drop the consumer and tell the client if it understands."""
@@ -488,6 +488,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             c = u.consumer
             if c is not None:
                 c.unacked -= 1
+                if c.parked == PARKED_OWN:
+                    broker.consumer_room(c)
             q.unacked -= 1
             if requeue is None:
                 broker.settle(q, u.seq, u.msg)

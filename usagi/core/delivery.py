@@ -11,7 +11,7 @@ import time
 from ..amqp import errors as E
 from ..amqp.errors import ChannelError
 from ..model.message import Message
-from ..model.queue import Queue
+from ..model.queue import PARKED_CHANNEL, PARKED_GLOBAL, PARKED_OWN, Queue
 import heapq
 
 from .arguments import MAX_EXPIRY, _q, _type_name
@@ -142,35 +142,91 @@ class DeliveryMixin:
             return item
 
     def _pick_consumer(self, q: Queue):
-        consumers = q.consumers
-        n = len(consumers)
+        """The consumer to give q's next message to, or None: round-robin over the consumers with
+        room, highest priority first. One that comes round without room is parked (out of the
+        rotation until it has room, see Queue.park), so each is looked at once per time it fills
+        up, not once per message: O(1) amortised per delivery, whatever the number of consumers."""
         if q.consumer_priorities:
-            # highest priority with room first; round-robin among consumers of that priority
-            level = None
-            first = None
-            for i, c in enumerate(consumers):
-                if level is not None and c.priority < level:
-                    break
-                if c.active and c.channel.can_deliver(c):
-                    if level is None:
-                        level, first = c.priority, (i, c)
-                    if i >= q.rr:
-                        q.rr = i + 1
-                        return c
-            if first is not None:
-                q.rr = first[0] + 1
-                return first[1]
-            return None
-        i = q.rr
-        for _ in range(n):
-            if i >= n:
-                i = 0
-            c = consumers[i]
-            i += 1
-            if c.active and c.channel.can_deliver(c):
-                q.rr = i
+            return self._pick_by_priority(q)
+        ring = q.ring
+        while ring:
+            for c in ring:
+                break
+            if c.channel.can_deliver(c):
+                if len(ring) > 1:
+                    ring.move_to_end(c)
                 return c
+            self._park(q, c)
         return None
+
+    def _pick_by_priority(self, q: Queue):
+        rotation = q.rotation
+        prios = rotation.prios
+        levels = rotation.levels
+        while prios:
+            ring = levels[-prios[0]]
+            for c in ring:
+                break
+            if c.channel.can_deliver(c):
+                if len(ring) > 1:
+                    ring.move_to_end(c)
+                return c
+            self._park(q, c)
+        return None
+
+    @staticmethod
+    def _park(q: Queue, c):
+        """c cannot take a message now: park it, noting what it waits for (mirrors Channel.can_deliver)."""
+        ch = c.channel
+        conn = ch.conn
+        if not conn.writable or conn.out_size > conn.out_limit or not ch.flow_active:
+            kind = PARKED_CHANNEL
+        elif not c.no_ack and c.prefetch and c.unacked >= c.prefetch:
+            kind = PARKED_OWN
+        elif ch.global_prefetch and len(ch.unacked) >= ch.global_prefetch:
+            kind = PARKED_GLOBAL
+        else:
+            kind = PARKED_CHANNEL         # any other reason: back at the channel's next kick
+        q.park(c, kind)
+        if kind != PARKED_OWN:
+            ch.revisit[id(q)] = q
+
+    def consumer_room(self, c):
+        """One of c's deliveries was settled: if it was parked for its own prefetch, it takes part
+        in its queue's round-robin again."""
+        q = c.queue
+        if q.unpark(c):
+            self.mark_dirty(q)
+
+    def channel_room(self, ch):
+        """Room may have appeared for a channel's consumers (Channel.kick: an ack under a global
+        prefetch, basic.qos, flow, the connection's output drained): those parked for the channel
+        go back to their queues' rotations, and those queues are looked at. Under a global prefetch
+        only as many per queue as it has room for go back (the rest stay parked, in order), so an
+        ack costs O(queues the channel waits on), not O(its consumers). Stream queues serve their
+        consumers by a walk of their own and are only looked at again."""
+        revisit = ch.revisit
+        if not revisit:
+            return
+        conn = ch.conn
+        if not conn.writable or conn.out_size > conn.out_limit or not ch.flow_active:
+            return
+        room = None
+        if ch.global_prefetch:
+            room = ch.global_prefetch - len(ch.unacked)
+        mark = self.mark_dirty
+        for key, q in list(revisit.items()):
+            if q.deleted or ch not in q.by_channel:
+                del revisit[key]
+                continue
+            if q.kind == "stream":
+                mark(q)
+                continue
+            back, left = q.unpark_channel(ch, room if room is None or room > 0 else 0)
+            if not left:
+                del revisit[key]
+            if back:
+                mark(q)
 
     def dispatch(self, q: Queue):
         """Deliver ready messages to consumers with room, round-robin."""
@@ -235,6 +291,7 @@ class DeliveryMixin:
         q.last_used = time.monotonic()
         if q.kind == "stream":
             q.consumer_added(c)
+            c.channel.revisit[id(q)] = q     # looked at again whenever the channel gets room
 
     def consumer_removed(self, q: Queue, c):
         q.last_used = time.monotonic()

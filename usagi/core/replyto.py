@@ -32,7 +32,7 @@ class ReplyToMixin:
         q = Queue(self.vhost.name, "amq.rabbitmq.reply-to", False, None, False, {})
         c = Consumer(tag, self, q, True, False, 0, m.arguments)
         c.prefix = _DELIVER_HEAD + _shortstr(tag)
-        q.consumers.append(c)
+        q.add_consumer(c)
         self.consumers[tag] = c
         self.reply_queue = q
         self.reply_token = gen_name("")
@@ -61,6 +61,6 @@ class ReplyToMixin:
         if ch is None or ch.reply_queue is None or ch.state != OPEN:
             return []
         q = ch.reply_queue
-        c = q.consumers[0]
+        c = next(iter(q.consumers))
         ch.deliver(c, q, q.next_seq(), msg, False)
         return [None]

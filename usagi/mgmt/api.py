@@ -21,6 +21,7 @@ from ..amqp import errors as E
 from ..amqp.errors import AMQPError, ChannelError
 from ..core import access
 from ..core.broker import CommitFailed
+from ..model import patterns
 from ..model.queue import Queue
 from . import checks, ops
 from .formats import View
@@ -489,11 +490,7 @@ def list_reply(r: Req, listing: Listing):
     name = r.query.get("name")
     if name:
         if parse_bool(r.query.get("use_regex"), False):
-            try:
-                rx = re.compile(name, re.I)
-            except re.error:
-                raise bad_request("Pagination parameters are invalid") from None
-            items = [it for it in items if rx.search(str(it.get("name", "")))]
+            items = regex_filter(items, name)
         else:
             items = [it for it in items if name.lower() in str(it.get("name", "")).lower()]
     filtered = len(items)
@@ -503,6 +500,40 @@ def list_reply(r: Req, listing: Listing):
     chunk = items[(page - 1) * page_size:page * page_size]
     return {"filtered_count": filtered, "item_count": len(chunk), "items": columns(r, chunk),
             "page": page, "page_count": page_count, "page_size": page_size, "total_count": total}
+
+
+# a `use_regex` name filter may spend this long matching, in all, on one listing: ordinary patterns
+# take 1-10 us a name, so they never come near it; patterns slower than model.patterns.EXPENSIVE
+# (20 us) a name are throttled there, so only those just under it can reach it (see regex_filter)
+FILTER_BUDGET_BASE = 0.02          # seconds
+FILTER_BUDGET_PER_ITEM = 0.00002   # seconds per listed item, as much as an unflagged match may take
+
+
+def regex_filter(items: list, name: str) -> list:
+    """The items whose name the user's pattern matches (caseless, as RabbitMQ's filter).
+
+    Each match has its bounded cost (model.patterns) and all of them together a budget in
+    proportion to the listing. A name whose match runs out of its own budget is left out, as
+    RabbitMQ leaves out a name whose PCRE match hits the match limit; but when the listing's
+    budget runs out, the answer would be missing names the pattern does match, so the request
+    fails with 400 and says why rather than answer a silently incomplete list."""
+    if len(name) > patterns.MAX_PATTERN_LENGTH:
+        raise ApiError(400, "invalid_pagination_parameters", "name filter regex is too long")
+    try:
+        rx = patterns.compile_pattern(name, caseless=True)
+    except patterns.PatternError:
+        raise bad_request("Pagination parameters are invalid") from None
+    budget = patterns.Budget(FILTER_BUDGET_BASE + FILTER_BUDGET_PER_ITEM * len(items))
+    out = []
+    test, MATCH, SKIPPED = rx.test, patterns.MATCH, patterns.SKIPPED
+    for it in items:
+        r = test(str(it.get("name", "")), budget)
+        if r == MATCH:
+            out.append(it)
+        elif r == SKIPPED and budget.exhausted:
+            raise ApiError(400, "invalid_pagination_parameters",
+                           "name filter regex is too expensive: it ran out of its time budget")
+    return out
 
 
 API_INDEX = ("<!DOCTYPE html><html><head><title>RabbitMQ Management HTTP API</title></head><body>"

@@ -16,6 +16,7 @@ import re
 from ..amqp import erlfmt
 from ..auth.passwords import MD5, SHA256, SHA512
 from ..core.arguments import LEADER_LOCATORS, MAX_EXPIRY, OVERFLOW_MODES, QUEUE_MODES, max_age_ms
+from ..model import patterns
 from .util import bad_request, key_missing, parse_tags
 
 HASHING_ALGORITHMS = (SHA256, SHA512, MD5)
@@ -114,14 +115,18 @@ def tags(v) -> list:
     raise bad_request(f"tags should be a list of strings or a comma-separated string, actually was {erl(v)}")
 
 
-def regex(what: str, v) -> str:
-    """A permission pattern: a string that compiles."""
+def regex(what: str, v, as_string: bool = False) -> str:
+    """A permission pattern: a string that compiles within the matcher's limits (model.patterns).
+    Refused with RabbitMQ's reason, {invalid_regexp, Pattern, {Text, Offset}} as its JSON shows
+    that term: the pattern a charlist for permissions, a binary (`as_string`) for topic permissions."""
     if not isinstance(v, str):
         raise bad_request(f"{what} should be binary, actually was {erl(v)}")
     try:
-        re.compile(v)
-    except (re.error, RecursionError, OverflowError) as e:
-        raise bad_request(["invalid_regexp", v, str(e)]) from None
+        patterns.validate(v)
+    except patterns.PatternError as e:
+        shown = v if as_string else list(v.encode("utf-8", "surrogatepass"))
+        why = "pattern_too_long" if e.too_long else [[ord(ch) for ch in e.reason], e.offset]
+        raise bad_request(["invalid_regexp", shown, why]) from None
     return v
 
 
@@ -212,8 +217,8 @@ def permission_body(body: dict) -> tuple:
 
 def topic_permission_body(body: dict) -> tuple:
     key_missing(body, ("exchange", "write", "read"))
-    return (name("exchange", body["exchange"], empty=True), regex("write", body["write"]),
-            regex("read", body["read"]))
+    return (name("exchange", body["exchange"], empty=True), regex("write", body["write"], as_string=True),
+            regex("read", body["read"], as_string=True))
 
 
 # ---------------------------------------------------------------------------------------- limits
@@ -322,11 +327,11 @@ def policy_body(body: dict, operator: bool = False) -> dict:
     if not isinstance(pattern, str):
         raise failed(f"pattern should be a binary but was {erl(pattern)}")
     try:
-        re.compile(pattern)
-    except (re.error, RecursionError, OverflowError) as e:
-        pos = getattr(e, "pos", None)
-        raise failed(f'pattern should be regular expression but is invalid: {{"{getattr(e, "msg", e)}",'
-                     f'{0 if pos is None else pos}}}') from None
+        patterns.validate(pattern)
+    except patterns.PatternError as e:
+        why = (f"must not exceed {patterns.MAX_PATTERN_LENGTH} bytes" if e.too_long else
+               f"should be regular expression but is invalid: {e.erlang()}")
+        raise failed(f"pattern {why}") from None
     definition = policy_definition(body["definition"], operator)
     priority = body.get("priority", 0)
     if priority is None:

@@ -8,7 +8,6 @@ updates, policies) the store is told here in the same format the broker uses.
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 import struct
 
@@ -21,6 +20,7 @@ from ..core import access
 from ..core.arguments import parse_expiration
 from ..core.limits import vhost_limit
 from ..model.exchanges import TYPES
+from ..model import patterns
 from ..model.queue import Queue
 from ..model.util import freeze
 from ..model.vhost import VHost
@@ -83,10 +83,7 @@ def effective_policy(broker, kind: str, obj) -> dict | None:
     for (vhost, _name), p in broker.policies.items():
         if vhost != obj.vhost or not _applies(p, kind, obj):
             continue
-        try:
-            if re.search(p.get("pattern", ""), obj.name) is None:
-                continue
-        except re.error:
+        if not patterns.matches(p.get("pattern", ""), obj.name):
             continue
         if best is None or p.get("priority", 0) > best.get("priority", 0):
             best = p
@@ -341,11 +338,9 @@ ACKMODES = ("ack_requeue_true", "ack_requeue_false", "reject_requeue_true", "rej
 
 
 def decode_properties(raw: bytes):
-    """Content properties as the API shows them: an object, or [] when there are none."""
-    try:
-        d = P.decode(raw)
-    except Exception:
-        return []
+    """Content properties as the API shows them: an object, or [] when there are none. What cannot
+    be decoded (headers the broker never checked) is left out or shown as a placeholder."""
+    d = P.decode_lenient(raw)
     if not d:
         return []
     return {k: jsonable(v) for k, v in d.items()}

@@ -3,14 +3,28 @@
 The headers table is edited entry by entry on the raw bytes so that every other header keeps its
 exact wire type. `x-death` is an array of tables, most recent death first; a death of a message
 that already died in the same queue for the same reason increments that entry's `count` and moves
-it to the front, keeping its first `time`, `exchange` and `routing-keys`.
+it to the front, keeping its first `time`, `exchange` and `routing-keys`. The other deaths are kept
+as their bytes: when the message has no death in this queue yet (no `queue` field naming it, a
+byte search) the new entry is put in front of the array as it is; otherwise only the `queue`,
+`reason` and `count` of each entry are read.
+
+Headers are not checked at publish, so these edits must work on any table (a poison message must
+still be dead-lettered, never close the connection of whoever rejected it): an entry that cannot
+be followed ends the part that is edited, and the rest is kept after it as it came; an x-death
+that is not an array counts as absent and a fresh one replaces it (what RabbitMQ 4 does with any
+x-death it did not write); items of it that cannot be read are kept after those that can; a count
+that does not fit a long saturates. (The lenient reader reads an array up to an item it cannot, so
+the deaths put in front are always seen by the cycle check.)
 """
 from __future__ import annotations
 
 from ..amqp import properties as P
-from ..amqp.table import Timestamp, Typed, decode_table, encode_value, join_entries, table_entries
+from ..amqp.table import (Timestamp, Typed, array_items, decode_table_lenient, encode_value, join_entries,
+                          join_items, table_entries_lenient)
 
 CC_KEYS = (b"\x02CC", b"\x03BCC")
+LONG_MAX = 2 ** 63 - 1      # x-death count is a long: it stops there
+_REWRITTEN = ("x-death", "x-last-death-reason", "x-last-death-queue", "x-last-death-exchange")
 
 
 def _s(v) -> Typed:
@@ -34,11 +48,11 @@ def strip_bcc(props: bytes, scan) -> bytes:
     if scan.headers_span is None:
         return props
     a, b = scan.headers_span
-    entries = table_entries(props[a:b])
+    entries, rest = table_entries_lenient(props[a:b])
     kept = [(k, v) for k, v in entries if k != "BCC"]
     if len(kept) == len(entries):
         return props
-    return P.replace_headers(props, join_entries(kept))
+    return P.replace_headers(props, join_entries(kept, rest))
 
 
 def queue_field(queue: str) -> bytes:
@@ -89,56 +103,64 @@ def deaths_of(msg) -> list:
     return v if isinstance(v, list) else []
 
 
+def _death_field(entries: list, name: str):
+    """The decoded value of one entry of a death's table ([(name, raw value)]), or None."""
+    for k, v in entries:
+        if k == name:
+            return decode_table_lenient(join_entries([("v", v)])).get("v")
+    return None
+
+
 def record_death(msg, queue: str, reason: str, now_ms: int) -> bytes:
-    """The message's properties after dying in `queue` for `reason` (expiration moved into x-death)."""
+    """The message's properties after dying in `queue` for `reason` (expiration moved into x-death).
+    Total over whatever headers the message carries: it does not raise for any table."""
     props = msg.props
     scan = msg.scan
     expiration = scan.expiration
     if scan.headers_span is not None:
         a, b = scan.headers_span
-        entries = table_entries(props[a:b])
+        entries, rest = table_entries_lenient(props[a:b])
     else:
-        entries = []
+        entries, rest = [], b""
     current = dict(entries)
-    old = []
-    kept = None
     raw = current.get("x-death")
+    items, tail = (), b""
     if raw is not None and raw[:1] == b"A" and queue_field(queue) not in raw:
         # no death in this queue yet (the common case, and every hop of a chain of queues): the
-        # new entry goes in front and the others keep their bytes, copied rather than decoded
-        kept = raw
+        # new entry goes in front and the others keep their bytes, copied rather than walked
+        pass
     elif raw is not None:
-        t, _ = decode_table(join_entries([("x", raw)]), 0)
-        old = t.get("x") if isinstance(t.get("x"), list) else []
+        items, tail = array_items(raw) or ((), b"")
+        raw = None
     deaths = []
     found = None
-    keys = routing_keys(msg, bcc=False)
-    for d in old:
-        if not isinstance(d, dict):
-            continue
-        if found is None and d.get("queue") == queue and d.get("reason") == reason:
-            found = d
-        else:
-            d = dict(d)
-            if isinstance(d.get("count"), int):
-                d["count"] = Typed("l", d["count"])
-            deaths.append(d)
+    for item in items:
+        if found is None and item[:1] == b"F":
+            fields, broken = table_entries_lenient(item[1:])
+            if not broken and _death_field(fields, "queue") == queue and _death_field(fields, "reason") == reason:
+                found = fields
+                continue
+        deaths.append(item)
     if found is not None:
-        entry = dict(found)
-        c = entry.get("count", 0)
-        entry["count"] = Typed("l", (c if isinstance(c, int) else 0) + 1)
+        c = _death_field(found, "count")
+        c = c if isinstance(c, int) and not isinstance(c, bool) else 0
+        count = encode_value(Typed("l", max(-LONG_MAX - 1, min(LONG_MAX, c + 1))))
+        fields = [(k, count if k == "count" else v) for k, v in found]
+        if "count" not in dict(found):
+            fields.append(("count", count))
+        entry = b"F" + join_entries(fields)
     else:
-        entry = {"count": Typed("l", 1), "reason": _s(reason), "queue": _s(queue),
-                 "time": Timestamp(now_ms // 1000), "exchange": _s(msg.exchange),
-                 "routing-keys": [_s(k) for k in keys]}
+        keys = routing_keys(msg, bcc=False)
+        d = {"count": Typed("l", 1), "reason": _s(reason), "queue": _s(queue),
+             "time": Timestamp(now_ms // 1000), "exchange": _s(msg.exchange),
+             "routing-keys": [_s(k) for k in keys]}
         if expiration is not None:
-            entry["original-expiration"] = _s(expiration)
-    deaths.insert(0, entry)
-    if kept is not None:
-        first = encode_value(entry)
-        updates = {"x-death": b"A" + (len(kept) - 5 + len(first)).to_bytes(4, "big") + first + kept[5:]}
+            d["original-expiration"] = _s(expiration)
+        entry = encode_value(d)
+    if raw is not None:
+        updates = {"x-death": b"A" + (len(raw) - 5 + len(entry)).to_bytes(4, "big") + entry + raw[5:]}
     else:
-        updates = {"x-death": encode_value(deaths)}
+        updates = {"x-death": join_items([entry] + deaths, tail)}
     if "x-first-death-reason" not in current:
         updates["x-first-death-reason"] = encode_value(_s(reason))
         updates["x-first-death-queue"] = encode_value(_s(queue))
@@ -146,15 +168,17 @@ def record_death(msg, queue: str, reason: str, now_ms: int) -> bytes:
     updates["x-last-death-reason"] = encode_value(_s(reason))
     updates["x-last-death-queue"] = encode_value(_s(queue))
     updates["x-last-death-exchange"] = encode_value(_s(msg.exchange))
-    out = [(k, updates.pop(k) if k in updates else v) for k, v in entries]
+    out = []
+    for k, v in entries:                  # in place, once (a repeated name would shadow the update)
+        if k in updates:
+            v = updates.pop(k)
+        elif k in _REWRITTEN:
+            continue
+        out.append((k, v))
     out += list(updates.items())
-    new_props = P.replace_headers(props, join_entries(out))
+    new_props = P.replace_headers(props, join_entries(out, rest))
     if expiration is not None:
-        d = P.decode(new_props)
-        d.pop("expiration", None)
-        s2 = P.scan(new_props)
-        a, b = s2.headers_span
-        new_props = P.encode(d, raw_headers=new_props[a:b])
+        new_props = P.without_expiration(new_props)
     return new_props
 
 
@@ -162,10 +186,12 @@ def with_header(msg, name: str, value) -> bytes:
     """Properties with one header set (used for x-delivery-count and x-stream-offset)."""
     props = msg.props
     scan = msg.scan
+    rest = b""
     if scan.headers_span is not None:
         a, b = scan.headers_span
-        entries = [(k, v) for k, v in table_entries(props[a:b]) if k != name]
+        entries, rest = table_entries_lenient(props[a:b])
+        entries = [(k, v) for k, v in entries if k != name]
     else:
         entries = []
     entries.append((name, encode_value(value)))
-    return P.replace_headers(props, join_entries(entries))
+    return P.replace_headers(props, join_entries(entries, rest))

@@ -12,7 +12,8 @@ queue's effective arguments. Expired or dropped entries are removed lazily: thei
 from __future__ import annotations
 
 import heapq
-from collections import deque
+from bisect import bisect_left, insort
+from collections import OrderedDict, deque
 
 from .paging import Pager
 
@@ -21,9 +22,16 @@ from .paging import Pager
 PAGING = {"dir": None, "bytes": 32 * 1024 * 1024, "count": 50_000, "batch": 4096}
 
 
+# Where a consumer that cannot take more waits, out of its queue's rotation (Consumer.parked)
+RUNNING = 0          # in the rotation (or waiting for single active consumer)
+PARKED_OWN = 1       # its own prefetch is full: back when one of its deliveries is settled
+PARKED_CHANNEL = 2   # its connection's output is full or its channel's flow is held: back on Channel.kick
+PARKED_GLOBAL = 3    # its channel's global prefetch is full: back on Channel.kick, as many as have room
+
+
 class Consumer:
     __slots__ = ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch", "unacked",
-                 "arguments", "priority", "active", "prefix", "offset")
+                 "arguments", "priority", "active", "prefix", "offset", "parked")
 
     def __init__(self, tag, channel, queue, no_ack, exclusive, prefetch, arguments):
         self.tag = tag
@@ -38,6 +46,56 @@ class Consumer:
         self.active = True
         self.prefix = b""            # basic.deliver's class, method and consumer tag, pre-encoded
         self.offset = 0              # next stream offset to read (stream queues)
+        self.parked = RUNNING
+
+
+class Rotation:
+    """Consumers by priority, highest first, in arrival order within a priority: round-robin takes
+    the first of the highest level and puts it back at the end of its level (as RabbitMQ's queue
+    does). Every operation is O(1), or O(log L + L) for a level that appears or empties (L the
+    number of distinct priorities in use, a list insert or delete): adding or cancelling thousands
+    of consumers costs time linear in their number."""
+
+    __slots__ = ("levels", "prios", "ring0", "size")
+
+    def __init__(self):
+        self.ring0 = OrderedDict()           # priority 0, always there (the only level in most queues)
+        self.levels: dict = {0: self.ring0}  # priority -> OrderedDict(consumer -> None)
+        self.prios: list = []                # negated priorities of the non-empty levels, ascending
+        self.size = 0
+
+    def __len__(self):
+        return self.size
+
+    def add(self, c):
+        p = c.priority
+        ring = self.levels.get(p)
+        if ring is None:
+            ring = self.levels[p] = OrderedDict()
+        if not ring:
+            insort(self.prios, -p)
+        ring[c] = None
+        self.size += 1
+
+    def discard(self, c) -> bool:
+        p = c.priority
+        ring = self.levels.get(p)
+        if ring is None or c not in ring:
+            return False
+        del ring[c]
+        self.size -= 1
+        if not ring:
+            del self.prios[bisect_left(self.prios, -p)]
+            if p:
+                del self.levels[p]
+        return True
+
+    def first(self):
+        """The consumer round-robin would take next (highest priority, longest waiting), or None."""
+        if not self.prios:
+            return None
+        for c in self.levels[-self.prios[0]]:
+            return c
 
 
 def _int_arg(v):
@@ -61,8 +119,15 @@ class Queue:
         self.returned: list = []     # heap of (seq, message), redelivered
         self.ready_bytes = 0
         self.unacked = 0
-        self.consumers: list = []
-        self.rr = 0                  # round-robin position
+        # consumers (see "consumers" below): all of them, and those that can be given messages
+        self.consumers: dict = {}    # Consumer -> None, in arrival order
+        self.rotation = Rotation()   # active consumers that have room, in round-robin order
+        self.ring = self.rotation.ring0   # its priority-0 level: every consumer when none has a priority
+        self.waiting = Rotation()    # single active consumer: the others, in the order they take over
+        self.parked_by: dict = {}    # channel -> {kind: OrderedDict(consumer -> None)} (PARKED_CHANNEL/GLOBAL)
+        self.by_channel: dict = {}   # channel -> number of its consumers here
+        self.exclusive_consumers = 0
+        self.priority_consumers = 0  # consumers with a priority other than 0
         self.seq = 0
         self.bindings: list = []     # Binding objects whose destination is this queue
         self.deleted = False
@@ -252,33 +317,123 @@ class Queue:
         return out
 
     # -- consumers
+    # Every consumer is in `consumers`. An active one is in `rotation` while it can take messages;
+    # one that cannot (the engine finds out when it comes round) is parked until it has room again
+    # (`park`, `unpark`, `unpark_channel`), so a delivery never walks past consumers that are full.
+    # With single active consumer, the others wait in `waiting`. All of this is O(1) per consumer
+    # added, cancelled, parked or unparked (see Rotation for priorities).
     def add_consumer(self, c: Consumer):
-        if self.single_active and any(k.active for k in self.consumers):
-            c.active = False
-        self.consumers.append(c)
+        self.consumers[c] = None
         self.had_consumer = True
+        ch = c.channel
+        self.by_channel[ch] = self.by_channel.get(ch, 0) + 1
+        if c.exclusive:
+            self.exclusive_consumers += 1
         if c.priority:
+            self.priority_consumers += 1
             self.consumer_priorities = True
-            self.consumers.sort(key=lambda k: -k.priority)
+        c.parked = RUNNING
+        if self.single_active and len(self.consumers) - len(self.waiting) > 1:
+            c.active = False          # another is active: this one waits its turn
+            self.waiting.add(c)
+        else:
+            self.rotation.add(c)
 
     def remove_consumer(self, c: Consumer):
-        try:
-            i = self.consumers.index(c)
-        except ValueError:
+        if c not in self.consumers:
             return
-        del self.consumers[i]
-        if i < self.rr:
-            self.rr -= 1
-        if self.rr >= len(self.consumers):
-            self.rr = 0
+        del self.consumers[c]
+        ch = c.channel
+        n = self.by_channel.get(ch, 0) - 1
+        if n > 0:
+            self.by_channel[ch] = n
+        else:
+            self.by_channel.pop(ch, None)
+        if c.exclusive:
+            self.exclusive_consumers -= 1
+        if c.priority:
+            self.priority_consumers -= 1
+            self.consumer_priorities = self.priority_consumers > 0
+        if not c.active:
+            self.waiting.discard(c)
+        elif c.parked == RUNNING:
+            self.rotation.discard(c)
+        elif c.parked != PARKED_OWN:
+            self._unpark_entry(c)
+        c.parked = RUNNING
         if self.single_active and c.active and self.consumers:
-            best = max(self.consumers, key=lambda k: k.priority)
-            best.active = True
-        if self.consumer_priorities and not any(k.priority for k in self.consumers):
-            self.consumer_priorities = False
+            nxt = self.waiting.first()
+            if nxt is not None:
+                self.waiting.discard(nxt)
+                nxt.active = True
+                self.rotation.add(nxt)
 
     def has_exclusive_consumer(self) -> bool:
-        return any(c.exclusive for c in self.consumers)
+        return self.exclusive_consumers > 0
+
+    def park(self, c: Consumer, kind: int):
+        """c came round in the rotation but cannot take a message: out of the rotation until it has
+        room (kind says what it waits for)."""
+        self.rotation.discard(c)
+        c.parked = kind
+        if kind != PARKED_OWN:
+            kinds = self.parked_by.get(c.channel)
+            if kinds is None:
+                kinds = self.parked_by[c.channel] = {}
+            waiting = kinds.get(kind)
+            if waiting is None:
+                waiting = kinds[kind] = OrderedDict()
+            waiting[c] = None
+
+    def unpark(self, c: Consumer) -> bool:
+        """c's own prefetch has room again (one of its deliveries was settled): back at the end of
+        the rotation. False if it was not parked for that."""
+        if c.parked != PARKED_OWN or c not in self.consumers:
+            return False
+        c.parked = RUNNING
+        self.rotation.add(c)
+        return True
+
+    def _unpark_entry(self, c: Consumer):
+        kinds = self.parked_by.get(c.channel)
+        if kinds is not None:
+            waiting = kinds.get(c.parked)
+            if waiting is not None:
+                waiting.pop(c, None)
+                if not waiting:
+                    del kinds[c.parked]
+                    if not kinds:
+                        del self.parked_by[c.channel]
+
+    def unpark_channel(self, ch, room) -> tuple:
+        """ch can take messages again: its consumers parked for the channel go back to the rotation,
+        in the order they were parked; of those waiting for its global prefetch, at most `room`
+        (None: all). Returns (how many went back, whether some are still parked here)."""
+        kinds = self.parked_by.get(ch)
+        if not kinds:
+            return 0, False
+        back = 0
+        rotation = self.rotation
+        waiting = kinds.pop(PARKED_CHANNEL, None)
+        if waiting:
+            for c in waiting:
+                c.parked = RUNNING
+                rotation.add(c)
+            back += len(waiting)
+        waiting = kinds.get(PARKED_GLOBAL)
+        if waiting:
+            n = len(waiting) if room is None else min(room, len(waiting))
+            for _ in range(n):
+                c, _ = waiting.popitem(last=False)
+                c.parked = RUNNING
+                rotation.add(c)
+            back += n
+            if not waiting:
+                del kinds[PARKED_GLOBAL]
+        if not kinds:
+            del self.parked_by[ch]
+            return back, False
+        return back, True
 
 
 class PriorityQueue(Queue):
