@@ -136,7 +136,6 @@ class Cluster:
 
     # -- state, read from etcd through its JSON gateway
     def _etcd(self, path: str, body: dict) -> dict:
-        import base64
         for ep in self.etcd.endpoints:
             try:
                 req = urllib.request.Request(ep + path, data=json.dumps(body).encode(), method="POST")
@@ -180,7 +179,7 @@ class Cluster:
         node = self.leader()
         if node is None:
             return None
-        if f"leads (epoch" not in node.log_text() or not _accepts(node.host, node.port):
+        if "leads (epoch" not in node.log_text() or not _accepts(node.host, node.port):
             return None
         return node
 
