@@ -9,6 +9,7 @@ import warnings
 import pytest
 
 from etcdutil import need_etcd
+from support.reports import FaultRunReport
 from faults import FaultRun, summary
 from harness import Cluster
 from workload import Workload
@@ -16,10 +17,6 @@ from workload import Workload
 FAULTS = int(os.environ.get("USAGI_CLUSTER_FAULTS", "24"))
 
 pytestmark = pytest.mark.timeout(60 * 15)
-
-
-class FaultRunReport(UserWarning):
-    pass
 
 
 def test_fault_run_loses_no_confirmed_message():

@@ -123,6 +123,7 @@ class Node:
         self.role = "starting"
         self.server: Server | None = None
         self.exit_code = 0
+        self._peer_ips: set = set()       # addresses of followers that authenticated (as leader)
 
     # ------------------------------------------------------------------ addresses
     def info(self) -> dict:
@@ -312,7 +313,7 @@ class Node:
             if addr is None:
                 await asyncio.sleep(0.1)
                 continue
-            run = asyncio.ensure_future(replica.run(addr[0], addr[1]))
+            run = asyncio.ensure_future(replica.run(addr[0], addr[1], local_host=_ip_of(self.advertise)))
             try:
                 while not run.done():
                     await asyncio.wait({run}, timeout=0.2)
@@ -376,6 +377,12 @@ class Node:
             await loop.run_in_executor(None, store.write_batch, batches, (epoch, lsn))
             await leader.wait_durable(lsn)
         server.committer = commit
+        self._peer_ips = set()
+
+        def on_peer(ip):        # a follower that proved it knows the secret forwards clients from there
+            self._peer_ips.add(ip)
+            server.trusted_proxies.add(ip)
+        leader.on_peer = on_peer
         view = broker.cluster = ClusterView(self, leader, epoch)
         await self._refresh_trusted(server, view)
         await server.start()
@@ -431,13 +438,21 @@ class Node:
         if view is not None:
             view.registry = nodes
         mine = self.advertise
-        server.trusted_proxies = {_resolve(n.get("host")) for n in nodes if n.get("host") and n.get("host") != mine}
-        server.trusted_proxies.discard(None)
+        trusted = {_resolve(n.get("host")) for n in nodes if n.get("host") and n.get("host") != mine}
+        trusted.discard(None)
+        trusted.update(self._peer_ips)
+        server.trusted_proxies.clear()          # (the set object stays: the leader adds to it)
+        server.trusted_proxies.update(trusted)
 
     async def _trusted_loop(self, server, view):
         while True:
             await asyncio.sleep(2.0)
             await self._refresh_trusted(server, view)
+
+
+def _ip_of(host: str):
+    """An address to bind to: the IP the advertised host name stands for, or None."""
+    return _resolve(host)
 
 
 def _resolve(host: str | None):
