@@ -49,3 +49,13 @@ def fresh_server():
         s.cleanup()
 
 
+
+
+def pytest_collection_modifyitems(items):
+    """The cluster tests (many processes each) and the abuse tests (which bound a bystander's
+    latency) run one after another on one pytest-xdist worker, never beside each other: a fault
+    run would otherwise be what an abuse test measures."""
+    for item in items:
+        path = str(item.fspath)
+        if f"{os.sep}tests{os.sep}cluster{os.sep}" in path or f"{os.sep}tests{os.sep}abuse{os.sep}" in path:
+            item.add_marker(pytest.mark.xdist_group("heavy"))

@@ -5,7 +5,8 @@ import asyncio
 
 import pytest
 
-from usagi.cluster.proxy import Forwarder, ProxyHeaderError, parse_proxy_header, proxy_header
+from usagi.cluster.proxy import Forwarder
+from usagi.server.proxy_protocol import ProxyHeaderError, parse_proxy_header, proxy_header
 
 
 def test_header_round_trip_and_refusals():

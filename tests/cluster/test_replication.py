@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import tempfile
 
 import pytest
@@ -19,7 +18,7 @@ from etcdutil import EtcdCluster, need_etcd
 from usagi.cluster import etcd as E
 from usagi.cluster import wire as W
 from usagi.cluster.coordinator import Coordinator
-from usagi.cluster.replication import Leader, NotLeader, Replica, epoch_at
+from usagi.cluster.replication import Leader, Replica, epoch_at
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ class Record:
     fail: set = field(default_factory=set)
     unknown: set = field(default_factory=set)
     drained: list = field(default_factory=list)
-    ok_times: list = field(default_factory=list)       # monotonic time of each ok, in order
+    ok_times: list = field(default_factory=list)       # (sent, confirmed) monotonic times of each ok
     errors: list = field(default_factory=list)
 
 
@@ -51,8 +51,8 @@ class Workload:
         self.consumed_live: list = []
         self._tasks: list = []
 
-    async def _connect(self):
-        while not self.stopping:
+    async def _connect(self, always: bool = False):
+        while always or not self.stopping:
             url = random.choice(self.urls)
             try:
                 return await asyncio.wait_for(aio_pika.connect(url, timeout=3), 5)
@@ -73,25 +73,28 @@ class Workload:
             if conn is None:
                 return
             inflight = {}
+            broken = []
             try:
                 ch = await conn.channel(publisher_confirms=True)
                 sem = asyncio.Semaphore(self.window)
 
                 async def one(n):
+                    sent = time.monotonic()
                     try:
                         await ch.default_exchange.publish(
                             aio_pika.Message(str(n).encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                             routing_key=self.queue, mandatory=True, timeout=30)
                         self.rec.ok.add(n)
-                        self.rec.ok_times.append(time.monotonic())
+                        self.rec.ok_times.append((sent, time.monotonic()))
                     except aio_pika.exceptions.DeliveryError:
                         self.rec.fail.add(n)
                     except Exception:  # noqa: BLE001 - connection lost: the outcome is unknown
                         self.rec.unknown.add(n)
+                        broken.append(n)
                     finally:
                         inflight.pop(n, None)
                         sem.release()
-                while not self.stopping and not conn.is_closed:
+                while not self.stopping and not conn.is_closed and not ch.is_closed and not broken:
                     await sem.acquire()
                     n = next(self.counter)
                     self.rec.attempted.add(n)
@@ -121,11 +124,13 @@ class Workload:
                 await ch.set_qos(prefetch_count=100)
                 q = await ch.declare_queue(self.queue, passive=True)
                 async with q.iterator() as it:
-                    async for msg in it:
+                    while not self.stopping:
+                        try:
+                            msg = await asyncio.wait_for(it.__anext__(), 1.0)
+                        except asyncio.TimeoutError:
+                            continue                 # nothing for a second: look at `stopping`
                         self.rec.drained.append(int(msg.body))
                         await msg.ack()
-                        if self.stopping:
-                            break
             except Exception as e:  # noqa: BLE001
                 self.rec.errors.append(f"consumer: {type(e).__name__}")
             finally:
@@ -142,16 +147,20 @@ class Workload:
             self._tasks.append(asyncio.ensure_future(self._consumer()))
 
     async def stop(self):
+        """Stop publishing and consuming; consumers close their connections (what they had taken
+        but not acked goes back to the queue) before this returns."""
         self.stopping = True
-        await asyncio.wait(self._tasks, timeout=40)
-        for t in self._tasks:
+        done, pending = await asyncio.wait(self._tasks, timeout=40)
+        for t in pending:
             t.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=10)
 
     async def drain(self, idle: float = 3.0, timeout: float = 120.0):
         """After the faults: read everything left in the queue (from any node)."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            conn = await self._connect()
+            conn = await self._connect(always=True)
             try:
                 ch = await conn.channel()
                 q = await ch.declare_queue(self.queue, passive=True)
@@ -184,7 +193,21 @@ class Workload:
                 "duplicated": dup, "recovered": len(r.unknown & drained)}
 
     def failover_time(self, fault_at: float) -> float | None:
-        """Seconds from a fault to the first ok publish after it."""
-        times = self.rec.ok_times          # appended as confirms complete: non-decreasing
-        i = bisect.bisect_right(times, fault_at)
-        return times[i] - fault_at if i < len(times) else None
+        """Seconds from a fault to the first confirm of a publish sent after it."""
+        self._index()
+        i = bisect.bisect_right(self._sent, fault_at)
+        return self._first_confirm[i] - fault_at if i < len(self._sent) else None
+
+    def _index(self):
+        """Oks sorted by when they were sent, with the earliest confirm from each one on."""
+        if getattr(self, "_indexed", -1) == len(self.rec.ok_times):
+            return
+        oks = sorted(self.rec.ok_times)
+        self._sent = [s for s, _c in oks]
+        first = [0.0] * len(oks)
+        best = float("inf")
+        for i in range(len(oks) - 1, -1, -1):
+            best = min(best, oks[i][1])
+            first[i] = best
+        self._first_confirm = first
+        self._indexed = len(self.rec.ok_times)

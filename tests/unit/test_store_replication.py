@@ -123,7 +123,7 @@ def test_delayed_window_sees_pending_and_written_rows(tmp_path):
 
 
 def test_an_old_delayed_db_is_moved_into_the_store(tmp_path):
-    from usagi.cli.server import import_delayed_db
+    from usagi.server.startup import import_delayed_db
     old = sqlite3.connect(str(tmp_path / "delayed.db"))
     old.execute("CREATE TABLE delayed (id INTEGER PRIMARY KEY, due INTEGER NOT NULL, vhost TEXT NOT NULL, "
                 "xname TEXT NOT NULL, exchange TEXT NOT NULL, routing_key TEXT NOT NULL, props BLOB NOT NULL, "

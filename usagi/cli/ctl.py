@@ -292,7 +292,8 @@ def compact(obj) -> str:
 # --------------------------------------------------------------------------- commands
 
 SECTIONS = [
-    ("help", "Help"), ("nodes", "Nodes"), ("users", "Users"), ("access", "Access Control"),
+    ("help", "Help"), ("nodes", "Nodes"), ("cluster", "Cluster"), ("users", "Users"),
+    ("access", "Access Control"),
     ("monitoring", "Monitoring, observability and health checks"), ("policies", "Policies"),
     ("vhosts", "Virtual hosts"), ("definitions", "Definitions"), ("operations", "Operations"),
     ("queues", "Queues"),
@@ -535,6 +536,75 @@ def cmd_status(ctx):
                      f"{l.get('protocol')}, purpose: {_purpose(l.get('protocol'))}")
     for line in lines:
         ctx.print(bold(line) if line in _STATUS_HEADINGS else line)
+
+
+@command("cluster_status", "cluster", "Displays all the nodes in the cluster grouped by node type, together "
+         "with the currently running nodes")
+def cmd_cluster_status(ctx):
+    api = ctx.api
+    ov = api.overview()
+    node = api.node()
+    ctx.banner(f"Cluster status of node {node} ...")
+    c = api.get("/api/usagi/cluster", allow=(404,)).data
+    nodes_api = api.get("/api/nodes", allow=(404,)).data or []
+    if not c:       # not a Usagi node (a RabbitMQ management API): what /api/nodes says
+        cn = (api.get("/api/cluster-name", allow=(404,)).data or {}).get("name")
+        c = {"cluster_name": cn or ov.get("cluster_name", node), "leader": None, "nodes": [
+            {"name": n.get("name"), "running": n.get("running", True), "role": None} for n in nodes_api]}
+    names = [n["name"] for n in c.get("nodes", [])]
+    running = [n["name"] for n in c.get("nodes", []) if n.get("running")]
+    alarms = []
+    for n in nodes_api:
+        if n.get("mem_alarm"):
+            alarms.append(f"Node {n.get('name')} reported an alarm: memory")
+        if n.get("disk_free_alarm"):
+            alarms.append(f"Node {n.get('name')} reported an alarm: free disk space")
+    listeners = ov.get("listeners") or []
+    if ctx.formatter == "json":
+        obj = {"cluster_name": c.get("cluster_name"), "disk_nodes": names, "ram_nodes": [],
+               "running_nodes": running,
+               "versions": {n["name"]: {"rabbitmq_version": ov.get("rabbitmq_version"),
+                                        "usagi_version": n.get("version")} for n in c.get("nodes", [])},
+               "maintenance_status": {n: "not under maintenance" for n in names},
+               "alarms": alarms, "partitions": {},
+               "listeners": {l.get("node"): [] for l in listeners},
+               "leader": c.get("leader"), "epoch": c.get("epoch"), "in_sync": c.get("isr"),
+               "nodes": c.get("nodes")}
+        for l in listeners:
+            obj["listeners"].setdefault(l.get("node"), []).append(
+                {"interface": l.get("ip_address"), "port": l.get("port"), "protocol": l.get("protocol"),
+                 "purpose": _purpose(l.get("protocol"))})
+        ctx.print(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
+        return
+    lines = ["Basics", "", f"Cluster name: {c.get('cluster_name', '')}", "", "Disk Nodes", ""]
+    lines += names or [node]
+    lines += ["", "Running Nodes", ""]
+    lines += running or [node]
+    lines += ["", "Versions", ""]
+    for n in c.get("nodes", []):
+        lines.append(f"{n['name']}: RabbitMQ {ov.get('rabbitmq_version', '')} on Usagi "
+                     f"{n.get('version') or ov.get('product_version', '')}".rstrip())
+    lines += ["", "Maintenance status", ""]
+    lines += [f"Node: {n}, status: not under maintenance" for n in names]
+    lines += ["", "Alarms", ""]
+    lines += alarms or ["(none)"]
+    lines += ["", "Network Partitions", "", "(none)", "", "Listeners", ""]
+    for l in listeners:
+        lines.append(f"Node: {l.get('node')}, interface: {l.get('ip_address')}, port: {l.get('port')}, "
+                     f"protocol: {l.get('protocol')}, purpose: {_purpose(l.get('protocol'))}")
+    if c.get("leader"):
+        lines += ["", "Leader and replication", ""]
+        for n in c.get("nodes", []):
+            lag = n.get("lag")
+            lines.append(f"Node: {n['name']}, role: {n.get('role')}, in sync: "
+                         f"{'true' if n.get('in_sync') else 'false'}, epoch: {c.get('epoch')}, lag: "
+                         f"{'unknown' if lag is None else lag}")
+    for line in lines:
+        ctx.print(bold(line) if line in _CLUSTER_HEADINGS else line)
+
+
+_CLUSTER_HEADINGS = {"Basics", "Disk Nodes", "Running Nodes", "Versions", "Maintenance status", "Alarms",
+                     "Network Partitions", "Listeners", "Leader and replication"}
 
 
 _STATUS_HEADINGS = {"Runtime", "Plugins", "Data directory", "Config files", "Log file(s)", "Alarms",

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import sys
 import time
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
+from ..server.startup import (DataDirInUse, NodeIdentityError, apply_limit_options, build_broker,  # noqa: F401
+                              import_delayed_db, make_broker, open_data_dir, read_node_identity,
+                              write_node_identity)
 
 
 def default_data_dir() -> str:
@@ -77,11 +79,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "--vm-memory-high-watermark (vm_memory_high_watermark.absolute; env "
                         "USAGI_VM_MEMORY_HIGH_WATERMARK_ABSOLUTE)")
     add_limit_and_tls_options(p)
+    add_cluster_options(p)
     p.add_argument("--default-user", default=_env("DEFAULT_USER", "guest"))
     p.add_argument("--default-pass", default=_env("DEFAULT_PASS", "guest"))
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--version", action="version", version=f"usagi-server {__version__}")
     return p
+
+
+def add_cluster_options(p: argparse.ArgumentParser):
+    """Cluster mode (off unless etcd endpoints are given): several nodes, one leader, replicated."""
+    p.add_argument("--cluster-etcd", default=_env("CLUSTER_ETCD", ""),
+                   help="etcd endpoints (host:port, comma-separated): run as a node of a cluster "
+                        "(env USAGI_CLUSTER_ETCD)")
+    p.add_argument("--cluster-name", default=_env("CLUSTER_NAME", "usagi"),
+                   help="the cluster's name: its keys in etcd (default usagi; env USAGI_CLUSTER_NAME)")
+    p.add_argument("--node-name", default=_env("NODE_NAME", ""),
+                   help="this node's name (default usagi@<hostname>; env USAGI_NODE_NAME)")
+    p.add_argument("--advertise-host", default=_env("ADVERTISE_HOST", ""),
+                   help="the address other nodes and clients reach this node at (default: --host, else "
+                        "this host's name; env USAGI_ADVERTISE_HOST)")
+    p.add_argument("--replication-port", type=_port, default=_env("REPLICATION_PORT", "25672"),
+                   help="port of the replication stream between nodes (default 25672; env "
+                        "USAGI_REPLICATION_PORT)")
+    p.add_argument("--cluster-lease-ttl", type=_int, default=_env("CLUSTER_LEASE_TTL", "10"),
+                   help="seconds without renewal after which a node's etcd lease ends and, for a leader, "
+                        "another node takes over (default 10; env USAGI_CLUSTER_LEASE_TTL)")
+    p.add_argument("--cluster-min-in-sync", type=_int, default=_env("CLUSTER_MIN_IN_SYNC", "1"),
+                   help="confirm only while at least this many nodes (the leader included) are in sync "
+                        "(default 1; env USAGI_CLUSTER_MIN_IN_SYNC)")
+    p.add_argument("--cluster-ack-timeout", type=float, default=_env("CLUSTER_ACK_TIMEOUT", "3"),
+                   help="seconds a follower may hold up confirms before it leaves the in-sync set "
+                        "(default 3; env USAGI_CLUSTER_ACK_TIMEOUT)")
 
 
 def add_limit_and_tls_options(p: argparse.ArgumentParser):
@@ -123,22 +152,6 @@ def add_limit_and_tls_options(p: argparse.ArgumentParser):
                         "(env USAGI_MANAGEMENT_TLS=1)")
 
 
-def apply_limit_options(cfg, args):
-    cfg.connection_max = args.max_connections if args.max_connections >= 0 else None
-    cfg.consumer_timeout = args.consumer_timeout / 1000.0 if args.consumer_timeout > 0 else 0.0
-    cfg.handshake_timeout = max(0.001, args.handshake_timeout / 1000.0)
-    cfg.ssl_cert_login_from = args.tls_cert_login_from
-    cfg.ssl_cert_login_san_type = args.tls_cert_login_san_type
-    cfg.ssl_cert_login_san_index = args.tls_cert_login_san_index
-    if args.vm_memory_high_watermark_absolute > 0:
-        # the alarm compares RSS with a fraction of RAM: express the absolute limit as that fraction
-        try:
-            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            cfg.memory_high_watermark = args.vm_memory_high_watermark_absolute / total
-        except (ValueError, OSError):
-            pass
-
-
 def tls_contexts(args):
     """(AMQPS context or None, management HTTPS context or None); raises TLSConfigError."""
     from ..server.tls import TLSConfigError, server_context
@@ -149,184 +162,6 @@ def tls_contexts(args):
     amqps = server_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify)
     mgmt = server_context(args.tls_cert, args.tls_key, args.tls_ca, "none") if args.management_tls else None
     return amqps, mgmt
-
-
-class DataDirInUse(Exception):
-    pass
-
-
-_lock_file = None
-
-
-def lock_data_dir(path: str):
-    """One server per data dir: hold an exclusive lock on DATA_DIR/usagi.lock while running."""
-    import fcntl
-    global _lock_file
-    f = open(os.path.join(path, "usagi.lock"), "a+")
-    try:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        f.seek(0)
-        pid = f.read().strip() or "?"
-        f.close()
-        raise DataDirInUse(f"data dir {path} is in use by another usagi-server (pid {pid}); "
-                           f"stop it or choose another --data-dir") from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
-    _lock_file = f
-
-
-def setup_paging(data_dir):
-    """Long queues page messages out to DATA_DIR/paging (a private temp dir when in memory)."""
-    import shutil
-    import tempfile
-    from ..model.queue import PAGING
-    if data_dir:
-        path = os.path.join(data_dir, "paging")
-        shutil.rmtree(path, ignore_errors=True)
-        os.makedirs(path, exist_ok=True)
-    else:
-        path = tempfile.mkdtemp(prefix="usagi-paging-")
-        import atexit
-        atexit.register(shutil.rmtree, path, True)
-    PAGING["dir"] = path
-    # the in-memory budget of one queue before it pages (settable for tests and small machines)
-    PAGING["count"] = int(os.environ.get("USAGI_QUEUE_MEMORY_MESSAGES", PAGING["count"]))
-    PAGING["bytes"] = int(os.environ.get("USAGI_QUEUE_MEMORY_BYTES", PAGING["bytes"]))
-
-
-NODE_FILE = "node.json"
-
-
-class NodeIdentityError(Exception):
-    """The data dir's node identity and its store disagree: the message says what to do."""
-
-
-def read_node_identity(data_dir: str) -> dict | None:
-    """DATA_DIR/node.json, written at a node's first start: its id, its store's file name and when
-    it was created. None in a fresh data dir (or one made before node.json existed)."""
-    path = os.path.join(data_dir, NODE_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            ident = json.load(f)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        raise NodeIdentityError(f"{path} is unreadable ({e}); restore it from a backup, or move the data "
-                                f"dir {data_dir} away to start a new node") from None
-    store = ident.get("store") if isinstance(ident, dict) else None
-    if not isinstance(store, str) or not store or os.sep in store or store in (".", ".."):
-        raise NodeIdentityError(f"{path} does not name its store file; restore it from a backup, or move "
-                                f"the data dir {data_dir} away to start a new node")
-    return ident
-
-
-def write_node_identity(data_dir: str, store_file: str) -> dict:
-    """Write DATA_DIR/node.json for a new node (atomically: a crash leaves the old state or the new)."""
-    import uuid
-    ident = {"node_id": uuid.uuid4().hex, "store": store_file,
-             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-             "created_by": f"usagi {__version__}"}
-    path = os.path.join(data_dir, NODE_FILE)
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(ident, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(data_dir, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return ident
-
-
-def check_store_of_node(data_dir: str, ident: dict | None, store_file: str):
-    """Refuse to start afresh where a store existed: node.json names a store that is missing, empty
-    or has no tables (restored data dir without its database, a truncated file), or a store file
-    left empty. A fresh data dir, and one made before node.json existed, pass."""
-    from ..storage.sqlite import probe_file
-    path = os.path.join(data_dir, store_file)
-    state = probe_file(path)
-    if state == "present":
-        return
-    if ident is not None and state in ("missing", "empty", "no tables"):
-        what = {"missing": "is missing", "empty": "is empty (0 bytes)",
-                "no tables": "holds no store (no tables)"}[state]
-        raise NodeIdentityError(
-            f"the store {path} {what}, but {os.path.join(data_dir, NODE_FILE)} says this data dir holds the "
-            f"store of node {ident.get('node_id', '?')} (created {ident.get('created_at', '?')}); refusing "
-            f"to start afresh, which would lose its definitions and messages: restore {store_file} from a "
-            f"backup, or move the data dir {data_dir} away to start a new node")
-    if state == "empty":
-        raise NodeIdentityError(
-            f"the store {path} is empty (0 bytes); refusing to start afresh, which would lose its "
-            f"definitions and messages: restore it from a backup, or move it (or the data dir "
-            f"{data_dir}) away to start a new node")
-
-
-def import_delayed_db(data_dir: str, store):
-    """Delayed messages used to live in DATA_DIR/delayed.db, outside the store: move them into it
-    (one commit), then remove the old file, so that an upgrade keeps them."""
-    import sqlite3
-    path = os.path.join(data_dir, "delayed.db")
-    if not os.path.exists(path):
-        return
-    db = sqlite3.connect(path)
-    try:
-        rows = db.execute("SELECT id, due, vhost, xname, exchange, routing_key, props, body FROM delayed").fetchall()
-    except sqlite3.Error:
-        rows = []
-    finally:
-        db.close()
-    for r in rows:
-        store.add_delayed((r[0], r[1], r[2], r[3], r[4], r[5], bytes(r[6]), bytes(r[7])))
-    store.commit()
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            os.unlink(path + suffix)
-        except FileNotFoundError:
-            pass
-    logging.getLogger("usagi").info("moved %d delayed messages from %s into the store", len(rows), path)
-
-
-def make_broker(args):
-    from ..core.broker import Broker, Config
-    from ..core.recovery import restore
-    from ..storage import MemoryStore
-    cfg = Config(frame_max=args.frame_max, channel_max=args.channel_max, heartbeat=args.heartbeat,
-                 max_message_size=args.max_message_size, default_user=args.default_user,
-                 default_pass=args.default_pass, disk_free_limit=args.disk_free_limit,
-                 memory_high_watermark=args.vm_memory_high_watermark)
-    apply_limit_options(cfg, args)
-    ident = None
-    if args.in_memory:
-        store = MemoryStore()
-    else:
-        from ..storage.sqlite import DB_NAME, SQLiteStore
-        os.makedirs(args.data_dir, exist_ok=True)
-        lock_data_dir(args.data_dir)
-        ident = read_node_identity(args.data_dir)
-        store_file = ident["store"] if ident is not None else DB_NAME
-        check_store_of_node(args.data_dir, ident, store_file)
-        store = SQLiteStore(args.data_dir, store_file)
-    setup_paging(None if args.in_memory else args.data_dir)
-    broker = Broker(cfg, store)
-    rec = store.open()
-    if ident is None and not args.in_memory:
-        # the store exists now (a new one has its tables): from here on, losing it is noticed
-        write_node_identity(args.data_dir, store_file)
-    if not args.in_memory:
-        from ..core.delayed import DelayedMessages
-        import_delayed_db(args.data_dir, store)
-        broker.delayed = DelayedMessages(store)
-    counts = restore(broker, rec)
-    broker.bootstrap()
-    return broker, counts
 
 
 def main(argv=None) -> int:
@@ -352,6 +187,16 @@ def main(argv=None) -> int:
     except Exception as e:
         log.error("%s", e)
         return 1
+    if args.cluster_etcd:
+        if args.in_memory:
+            print("usagi-server: error: a cluster node keeps its store on disk: --in-memory cannot be "
+                  "used with --cluster-etcd", file=sys.stderr)
+            return 2
+        from ..cluster.node import run_node
+        try:
+            return asyncio.run(run_node(args, tls_ctx, mgmt_tls_ctx))
+        except KeyboardInterrupt:
+            return 0
     t0 = time.monotonic()
     try:
         broker, counts = make_broker(args)

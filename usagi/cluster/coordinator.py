@@ -101,6 +101,7 @@ class Coordinator:
         self.deadline = self.clock() + self.ttl - 0.5
         await self.register()
         self._tasks.append(asyncio.ensure_future(self._keepalive_loop()))
+        self._tasks.append(asyncio.ensure_future(self._deadline_loop()))
 
     async def register(self, **fields):
         self.node_info.update(fields)
@@ -130,6 +131,16 @@ class Coordinator:
                 return
             self.renewals += 1
             self.deadline = sent + ttl - 0.5
+
+    async def _deadline_loop(self):
+        """Step down the moment the lease may have ended, without waiting for the next renewal
+        attempt to fail: a leader sends nothing more after its deadline."""
+        while not self.lost.is_set():
+            left = self.deadline - self.clock()
+            if left <= 0:
+                self._lose("the lease was not renewed before its deadline")
+                return
+            await asyncio.sleep(min(left, 0.5))
 
     def _check_deadline(self):
         if self.clock() >= self.deadline:

@@ -16,51 +16,13 @@ untrusted peer could claim any address.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
+
+from ..server.proxy_protocol import proxy_header
 
 log = logging.getLogger("usagi.cluster.proxy")
 
 HIGH_WATER = 1 * 1024 * 1024
-MAX_HEADER = 107            # the PROXY v1 header's maximum length, CRLF included
-
-
-def proxy_header(client: tuple, local: tuple) -> bytes:
-    ip = client[0]
-    fam = "TCP6" if ":" in ip else "TCP4"
-    lip = local[0]
-    if (":" in lip) != (":" in ip):        # mixed families: the header cannot say both
-        return b"PROXY UNKNOWN\r\n"
-    return f"PROXY {fam} {ip} {lip} {client[1]} {local[1]}\r\n".encode()
-
-
-class ProxyHeaderError(Exception):
-    pass
-
-
-def parse_proxy_header(data: bytes):
-    """(consumed bytes, (client ip, client port)) if `data` starts with a complete PROXY v1
-    header; (0, None) if more bytes are needed; ProxyHeaderError if it is malformed."""
-    end = data.find(b"\r\n", 0, MAX_HEADER)
-    if end < 0:
-        if len(data) >= MAX_HEADER:
-            raise ProxyHeaderError("PROXY header too long")
-        return 0, None
-    parts = data[:end].decode("ascii", "replace").split(" ")
-    if parts[0] != "PROXY":
-        raise ProxyHeaderError("not a PROXY header")
-    if len(parts) >= 2 and parts[1] == "UNKNOWN":
-        return end + 2, None
-    if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
-        raise ProxyHeaderError(f"malformed PROXY header {data[:end]!r}")
-    try:
-        ipaddress.ip_address(parts[2])
-        port = int(parts[4])
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except ValueError:
-        raise ProxyHeaderError(f"malformed PROXY header {data[:end]!r}") from None
-    return end + 2, (parts[2], port)
 
 
 class _Pipe(asyncio.Protocol):
@@ -115,9 +77,11 @@ class Forwarder:
     """Accepts connections on a follower's listening socket and forwards them to `target()`,
     a callable giving the leader's (host, port) for this service, or None while there is none."""
 
-    def __init__(self, target, send_proxy_header: bool = True, wait_for_leader: float = 10.0):
+    def __init__(self, target, send_proxy_header: bool = True, wait_for_leader: float = 10.0,
+                 local_host: str | None = None):
         self.target = target
         self.send_proxy_header = send_proxy_header
+        self.local_host = local_host    # connect from this node's own address: the leader trusts it
         self.wait_for_leader = wait_for_leader
         self.pipes: set = set()
         self.forwarded = 0
@@ -142,7 +106,15 @@ class Forwarder:
                 return
             await asyncio.sleep(0.1)
         try:
-            _t, up = await loop.create_connection(lambda: _Pipe(self._lost), addr[0], addr[1])
+            local = (self.local_host, 0) if self.local_host else None
+            try:
+                _t, up = await loop.create_connection(lambda: _Pipe(self._lost), addr[0], addr[1],
+                                                      local_addr=local)
+            except OSError:
+                if local is None:
+                    raise
+                # the advertised address is not one this host can bind: connect from any
+                _t, up = await loop.create_connection(lambda: _Pipe(self._lost), addr[0], addr[1])
         except OSError as e:
             log.info("proxy: cannot reach the leader at %s:%s: %s", addr[0], addr[1], e)
             client.close()

@@ -90,6 +90,7 @@ class Leader:
         self._tasks = []
         self.closed = False
         self.lost_reason = None
+        self.on_peer = None           # called with the address of each follower that authenticated
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, host: str, port: int):
@@ -275,6 +276,8 @@ class Leader:
             old = self.followers.get(h["node_id"])
             if old is not None:
                 self._drop(old, "it connected again")
+            if self.on_peer is not None and peer:
+                self.on_peer(peer[0])
             f = Follower(h["node_id"], writer)
             f.in_isr = f.name in self.isr
             self.followers[f.node_id] = f
@@ -415,9 +418,17 @@ class Replica:
         self.connected = False
         self.applied = 0
 
-    async def run(self, host: str, port: int):
-        """Follow one leader until the connection ends (raises on refusal or a bad stream)."""
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
+    async def run(self, host: str, port: int, local_host: str | None = None):
+        """Follow one leader until the connection ends (raises on refusal or a bad stream). With
+        `local_host`, connect from that address (the node's own: the leader then trusts the PROXY
+        headers of the clients this node forwards from it)."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                host, port, local_addr=(local_host, 0) if local_host else None), 5)
+        except OSError:
+            if not local_host:
+                raise
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 5)
         fs = FrameStream(reader)
         try:
             ftype, payload = await fs.next(10)

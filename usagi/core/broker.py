@@ -126,6 +126,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.ttl_queues: dict = {}         # queues holding messages with a TTL
         self.delayed = DelayedMessages(None)   # x-delayed-message exchanges' waiting messages
         self.reply_to: dict = {}           # direct reply-to token -> channel
+        self.cluster = None                # cluster mode: the leader's view of the cluster (status())
 
     # ------------------------------------------------------------------ setup
     def bootstrap(self):

@@ -37,8 +37,10 @@ def _dict(d) -> bool:
     return isinstance(d, dict)
 
 
-def restore(broker, rec) -> dict:
-    """Load definitions and messages into `broker` without writing them back. Returns counts."""
+def restore(broker, rec, redeliver_all: bool = False) -> dict:
+    """Load definitions and messages into `broker` without writing them back. Returns counts.
+    `redeliver_all`: every message comes back flagged redelivered (a node promoted to leader cannot
+    know which of them its predecessor had delivered)."""
     store = broker.store
     dropped = []
 
@@ -210,7 +212,7 @@ def restore(broker, rec) -> dict:
                 q.restore(seq - 1, msg, expires if expires is not None and expires >= 0 else now_ms)
                 count += 1
                 continue
-            q.restore(seq, msg, bool(redelivered))
+            q.restore(seq, msg, bool(redelivered) or redeliver_all)
             count += 1
             if expires is not None:
                 if expires == UNKNOWN_EXPIRY:     # stored before deadlines were: its TTL from now

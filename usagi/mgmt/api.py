@@ -569,7 +569,19 @@ def set_cluster_name(r: Req):
 
 @get("nodes", MONITOR)
 def nodes(r: Req):
-    return Listing([r.view.node_json()], ("name",))
+    items = [r.view.node_json()]
+    c = r.broker.cluster
+    if c is not None:
+        # the other nodes of a cluster, as far as the leader knows them (their figures are theirs)
+        st = c.status()
+        for n in st["nodes"]:
+            if n["role"] == "leader":
+                items[0].update(usagi_role="leader", usagi_in_sync=True, usagi_lag=0)
+                continue
+            items.append({"name": n["name"], "type": "disc", "running": n["running"],
+                          "being_drained": False, "usagi_role": n["role"], "usagi_in_sync": n["in_sync"],
+                          "usagi_lag": n["lag"]})
+    return Listing(items, ("name",))
 
 
 @get("nodes/:node", MONITOR)
@@ -1563,3 +1575,17 @@ def usagi_stop_app(r: Req):
 @post("usagi/start_app", ADMIN)
 def usagi_start_app(r: Req):
     return _app_control(r, "start_app")
+
+
+@get("usagi/cluster", MONITOR)
+def usagi_cluster(r: Req):
+    """The cluster as `usagictl cluster_status` shows it: nodes, their roles, the leader, its epoch,
+    the in-sync set and each follower's replication lag (in batches). A single node reports itself."""
+    c = r.broker.cluster
+    if c is not None:
+        return c.status()
+    name = r.m.node
+    return {"mode": "single", "cluster_name": r.broker.server_properties.get("cluster_name", name),
+            "leader": name, "epoch": 0, "lsn": 0, "isr": [name], "min_in_sync": 1,
+            "nodes": [{"name": name, "id": name, "role": "leader", "in_sync": True, "running": True,
+                       "connected": True, "lag": 0}]}

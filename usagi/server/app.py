@@ -8,6 +8,7 @@ logged once per period, and meanwhile whoever waits for a commit gets the error 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import signal
@@ -90,12 +91,13 @@ class _Barrier:
 
 
 class AMQPProtocol(asyncio.Protocol):
-    __slots__ = ("server", "conn", "transport")
+    __slots__ = ("server", "conn", "transport", "proxied")
 
     def __init__(self, server: "Server"):
         self.server = server
         self.conn = None
         self.transport = None
+        self.proxied = None          # bytes received before a PROXY header completed (cluster nodes)
 
     def connection_made(self, transport):
         self.transport = transport
@@ -108,6 +110,16 @@ class AMQPProtocol(asyncio.Protocol):
         cfg = self.server.broker.config
         transport.set_write_buffer_limits(high=cfg.write_high_water, low=cfg.write_high_water // 4)
         peer = _addr(transport.get_extra_info("peername"))
+        trusted = self.server.trusted_proxies
+        if trusted and peer[0] in trusted:
+            # another node of the cluster forwarding a client: the PROXY header says who it is
+            self.proxied = b""
+            self.server.loop.call_later(self.server.broker.config.handshake_timeout, self._proxy_timeout)
+            return
+        self._open(peer)
+
+    def _open(self, peer):
+        transport = self.transport
         local = _addr(transport.get_extra_info("sockname"))
         conn = self.conn = Connection(self.server.broker, transport, peer, local,
                                       tls=transport.get_extra_info("ssl_object"))
@@ -115,8 +127,39 @@ class AMQPProtocol(asyncio.Protocol):
         conn.connection_made()
         self.server.accepted(conn)
 
+    def _proxy_data(self, data):
+        from .proxy_protocol import ProxyHeaderError, parse_proxy_header
+        buf = self.proxied + data
+        if not b"PROXY "[:len(buf)] == buf[:6]:
+            # a client of the node's own address, not a forwarded one: an ordinary connection
+            self.proxied = None
+            self._open(_addr(self.transport.get_extra_info("peername")))
+            self.conn.data_received(buf)
+            return
+        try:
+            used, client = parse_proxy_header(buf)
+        except ProxyHeaderError as e:
+            log.warning("connection from cluster node %s: %s; closing", _addr(self.transport.get_extra_info("peername"))[0], e)
+            self.transport.close()
+            return
+        if not used:
+            self.proxied = buf
+            return
+        self.proxied = None
+        self._open(client or _addr(self.transport.get_extra_info("peername")))
+        if len(buf) > used:
+            self.conn.data_received(buf[used:])
+
+    def _proxy_timeout(self):
+        if self.conn is None and not self.transport.is_closing():
+            self.transport.abort()
+
     def data_received(self, data):
-        self.conn.data_received(data)
+        conn = self.conn
+        if conn is None:
+            self._proxy_data(data)
+            return
+        conn.data_received(data)
 
     def eof_received(self):
         return False
@@ -128,10 +171,12 @@ class AMQPProtocol(asyncio.Protocol):
             self.server.gone(conn)
 
     def pause_writing(self):
-        self.conn.pause_writing()
+        if self.conn is not None:
+            self.conn.pause_writing()
 
     def resume_writing(self):
-        self.conn.resume_writing()
+        if self.conn is not None:
+            self.conn.resume_writing()
 
     def _closing(self):
         # we sent connection.close: give the peer a moment for close-ok, then drop the socket
@@ -176,6 +221,13 @@ class Server:
         self._last_resource_check = 0.0
         self._last_sweep = 0.0
         self.app_stopped = False
+        # cluster mode (set by usagi.cluster.node): how a commit is made durable (replicated), the
+        # node addresses whose connections start with a PROXY header, and signs of progress for the
+        # lease watchdog
+        self.committer = None            # async () -> None, or None for a local store commit
+        self.trusted_proxies: set = set()
+        self.last_tick = time.monotonic()
+        self.commit_started = None       # monotonic time the running commit began
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -279,7 +331,7 @@ class Server:
         connection's check) is isolated, a failure is logged (rate-limited) and the others still
         run, and the timer is set again whatever happens."""
         try:
-            now = time.monotonic()
+            now = self.last_tick = time.monotonic()
             b = self.broker
             hs_timeout = b.config.handshake_timeout
             for conn in list(self.conns):
@@ -367,10 +419,16 @@ class Server:
             while not self._stopping and (b.commit_waiters or b.store.pending()):
                 epoch, waiters = b.begin_commit()
                 error = None
+                self.commit_started = time.monotonic()
                 try:
-                    await self.loop.run_in_executor(None, b.store.commit)
+                    if self.committer is not None:
+                        await self.committer()
+                    else:
+                        await self.loop.run_in_executor(None, b.store.commit)
                 except Exception as e:  # storage errors reach the waiters: nacks, errors
                     error = e
+                finally:
+                    self.commit_started = None
                 b.commit_done(epoch, waiters, error)
                 b.flush_output()
                 if error is None:
@@ -428,8 +486,22 @@ class Server:
             unwritten = ""
             if store.durable and store.pending():
                 unwritten = store.pending_summary()
+            close = store.close                                         # commits what is pending first
+            if self.committer is not None:
+                # cluster mode: what is pending goes through replication like any commit; what it
+                # could not take is dropped rather than written here alone (the store would then
+                # hold changes its followers never saw)
+                try:
+                    if store.pending():
+                        await asyncio.wait_for(self.committer(), STOP_COMMIT_WAIT)
+                    unwritten = ""
+                except Exception as e:  # noqa: BLE001 - reported below
+                    log.error("stopping: the last changes could not be replicated (%s): not written: %s", e,
+                              unwritten or "(nothing known)")
+                    ok = False
+                close = functools.partial(store.close, commit=False)
             try:
-                await self.loop.run_in_executor(None, store.close)     # commits what is pending first
+                await self.loop.run_in_executor(None, close)
             except Exception as e:
                 log.error("stopping with writes the store could not take (%s): not written: %s", e,
                           unwritten or "(nothing known)")

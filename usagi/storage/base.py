@@ -46,7 +46,7 @@ class Store:
     def open(self) -> Recovered:
         return Recovered()
 
-    def close(self):
+    def close(self, commit: bool = True):
         pass
 
     # ---- definitions

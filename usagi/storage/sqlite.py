@@ -535,11 +535,14 @@ class SQLiteStore(Store):
         rec.messages = _LazyMessages(conn, list(queues), refs)
         self.max_msg_id = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
 
-    def close(self):
+    def close(self, commit: bool = True):
+        """Commit what is pending (unless `commit` is False: a cluster leader that lost its followers
+        must not write alone what they never saw) and close."""
         if self.conn is None:
             return
         try:
-            self.commit()
+            if commit:
+                self.commit()
         finally:
             with self._commit_lock:
                 conn, self.conn = self.conn, None

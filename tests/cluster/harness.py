@@ -1,0 +1,222 @@
+"""A Usagi cluster of the tests' own: real etcd members and real usagi-server processes.
+
+Each cluster gets loopback addresses of its own (127.<a>.<b>.<i>, chosen at random, so tests that
+run in parallel never meet), one per node, with free ports found on them. Faults are the real
+thing: SIGKILL, SIGSTOP/SIGCONT, SIGTERM, and killing etcd members.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+from etcdutil import EtcdCluster
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+LISTENER_RE = re.compile(r"AMQP listener on (\S+):(\d+)")
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class UsagiNode:
+    def __init__(self, cluster, i: int, host: str, data_dir: str):
+        self.cluster = cluster
+        self.i = i
+        self.host = host
+        self.data_dir = data_dir
+        self.port = free_port(host)
+        self.http_port = free_port(host)
+        self.repl_port = free_port(host)
+        self.metrics_port = free_port(host)
+        self.proc: subprocess.Popen | None = None
+        self.lines: list[str] = []
+        self.log_path = data_dir + ".log"
+
+    @property
+    def name(self) -> str:
+        return f"usagi@n{self.i}"
+
+    def cmd(self) -> list[str]:
+        c = self.cluster
+        return [sys.executable, "-m", "usagi.cli.server", "--host", self.host, "--port", str(self.port),
+                "--management-port", str(self.http_port), "--metrics-port", str(self.metrics_port),
+                "--replication-port", str(self.repl_port), "--data-dir", self.data_dir,
+                "--cluster-etcd", ",".join(c.etcd.endpoints), "--cluster-name", c.name,
+                "--cluster-lease-ttl", str(c.ttl), "--node-name", self.name, *c.extra_args]
+
+    def start(self):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.cluster.env)
+        self.proc = subprocess.Popen(self.cmd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=env, cwd=ROOT, start_new_session=True)
+        proc = self.proc
+        threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
+        return self
+
+    def _pump(self, proc):
+        with open(self.log_path, "a") as log:
+            for line in proc.stdout:
+                self.lines.append(line)
+                log.write(line)
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self):
+        if self.alive:
+            self.proc.kill()
+            self.proc.wait()
+
+    def term(self, timeout: float = 20.0):
+        if self.alive:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def pause(self):
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self):
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+    def url(self, user="guest", password="guest") -> str:
+        return f"amqp://{user}:{password}@{self.host}:{self.port}/%2F"
+
+    def log_text(self) -> str:
+        return "".join(self.lines)
+
+
+class Cluster:
+    def __init__(self, n: int = 3, etcd_members: int = 1, ttl: int = 2, extra_args=(), env=None, name=None):
+        a, b = random.randrange(20, 250), random.randrange(1, 250)
+        self.hosts = [f"127.{a}.{b}.{i}" for i in range(1, n + 1)]
+        self.root = tempfile.mkdtemp(prefix="usagi-cluster-")
+        self.name = name or f"t{os.getpid()}-{random.randrange(1 << 30):x}"
+        self.ttl = ttl
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.env.setdefault("USAGI_QUEUE_MEMORY_MESSAGES", "50000")
+        self.etcd = EtcdCluster(etcd_members, host=f"127.{a}.{b}.200")
+        self.nodes = [UsagiNode(self, i + 1, h, os.path.join(self.root, f"n{i + 1}")) for i, h in enumerate(self.hosts)]
+
+    def start(self, timeout: float = 30.0) -> "Cluster":
+        self.etcd.start()
+        for node in self.nodes:
+            node.start()
+        self.wait_leader(timeout)
+        return self
+
+    def stop(self):
+        for node in self.nodes:
+            node.term(10)
+        self.etcd.stop()
+
+    def cleanup(self):
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # -- state, read from etcd through its JSON gateway
+    def _etcd(self, path: str, body: dict) -> dict:
+        for ep in self.etcd.endpoints:
+            try:
+                req = urllib.request.Request(ep + path, data=json.dumps(body).encode(), method="POST")
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    return json.loads(r.read())
+            except OSError:
+                continue
+        raise OSError("no etcd endpoint answered")
+
+    def _get(self, key: str):
+        import base64
+        data = self._etcd("/v3/kv/range", {"key": base64.b64encode(key.encode()).decode()})
+        kvs = data.get("kvs") or []
+        return json.loads(base64.b64decode(kvs[0]["value"])) if kvs else None
+
+    def leader_info(self):
+        import base64
+        try:
+            data = self._etcd("/v3/election/leader",
+                              {"name": base64.b64encode(f"/usagi/{self.name}/leader".encode()).decode()})
+        except OSError:
+            return None
+        kv = data.get("kv")
+        return json.loads(base64.b64decode(kv["value"])) if kv else None
+
+    def isr(self) -> list:
+        v = self._get(f"/usagi/{self.name}/isr")
+        return v["nodes"] if v else []
+
+    def leader(self) -> UsagiNode | None:
+        info = self.leader_info()
+        if not info:
+            return None
+        for node in self.nodes:
+            if info.get("name") == node.name and node.alive:
+                return node
+        return None
+
+    def serving_leader(self):
+        """The node that leads and accepts AMQP connections."""
+        node = self.leader()
+        if node is None:
+            return None
+        if "leads (epoch" not in node.log_text() or not _accepts(node.host, node.port):
+            return None
+        return node
+
+    def wait_leader(self, timeout: float = 30.0, not_node=None) -> UsagiNode:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            node = self.serving_leader()
+            if node is not None and node is not not_node:
+                return node
+            if not any(n.alive for n in self.nodes):
+                break
+            time.sleep(0.1)
+        raise AssertionError("no leader in time:\n" + "\n".join(
+            f"--- {n.name}\n" + "".join(n.lines[-30:]) for n in self.nodes))
+
+    def wait_isr(self, size: int, timeout: float = 30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if len(self.isr()) >= size:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"ISR did not reach {size}: {self.isr()}")
+
+    def followers(self) -> list:
+        lead = self.leader()
+        return [n for n in self.nodes if n is not lead and n.alive]
+
+    def urls(self) -> list:
+        return [n.url() for n in self.nodes]
+
+
+def _accepts(host, port) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False

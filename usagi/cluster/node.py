@@ -1,0 +1,468 @@
+"""A node of a Usagi cluster: follower or leader, switching as etcd decides.
+
+One node leads and serves the whole broker; the others follow: they receive every committed
+batch of the leader's store, apply it to their own store, and forward the clients that connect to
+them to the leader. When the leader's lease ends (crash, pause, cut from etcd), a follower that is
+in sync takes over: it opens its store as any broker would at start (every recovered message
+flagged redelivered) and serves. A leader that loses its lease stops at once (its clients are
+closed with 320, nothing more is confirmed) and starts again as a follower (the process re-execs
+itself, so nothing of the old role survives).
+
+    follower:  store opened as a replica; AMQP and HTTP ports forward to the leader;
+               replication client; candidacy queued in etcd while this node is in the ISR
+    leader:    the store opened and recovered into a Broker; the AMQP server and the management
+               API on the same ports; commits replicated before they are confirmed
+
+Startup refuses clearly: etcd unreachable, another live process with this node's identity, a
+replication peer that does not know the secret.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+
+from .. import __version__
+from ..server.app import Server
+from ..storage.sqlite import SQLiteStore
+from . import wire as W
+from .coordinator import Coordinator, DuplicateNode
+from .etcd import EtcdClient, EtcdError
+from .proxy import Forwarder
+from .replication import Leader, NotLeader, Replica
+
+log = logging.getLogger("usagi.cluster")
+
+EXIT_LEASE_LOST = 3
+
+
+class _Applier:
+    """The follower's store as the replication client sees it (its calls run in a worker thread)."""
+
+    def __init__(self, store: SQLiteStore):
+        self.store = store
+
+    def position(self):
+        return self.store.position
+
+    def apply(self, batches):
+        self.store.apply_replicated([(e, lsn, W.decode(body)) for e, lsn, body in batches])
+
+    def install_snapshot(self, path, epoch, lsn):
+        self.store.install_snapshot(path)
+
+
+def node_id_of(ident: dict) -> int:
+    """The 63-bit id of a node (its etcd lease id) from the node id in node.json."""
+    raw = str(ident.get("node_id", ""))
+    try:
+        n = int(raw[:16], 16)
+    except ValueError:
+        n = int.from_bytes(raw.encode()[:8].ljust(8, b"\0"), "big")
+    return (n & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+
+def _advertised(args) -> str:
+    if args.advertise_host:
+        return args.advertise_host
+    if args.host and args.host not in ("0.0.0.0", "::"):
+        return args.host
+    return socket.gethostname()
+
+
+class ClusterView:
+    """What the leader's management API and `usagictl cluster_status` show of the cluster: the
+    registry in etcd (refreshed every couple of seconds, never per request) and the leader's own
+    view of each follower's replication."""
+
+    def __init__(self, node: "Node", leader: Leader, epoch: int):
+        self.node = node
+        self.leader = leader
+        self.epoch = epoch
+        self.registry: list = []
+
+    def status(self) -> dict:
+        me = self.node
+        rep = {f["node"]: f for f in self.leader.status()}
+        isr = sorted(self.leader.isr)
+        nodes = []
+        for n in sorted(self.registry, key=lambda n: n.get("name", "")):
+            nid = n.get("id", "")
+            r = rep.get(nid)
+            leads = nid == me._my_name()
+            nodes.append({"name": n.get("name"), "id": nid, "role": "leader" if leads else n.get("role", "follower"),
+                          "host": n.get("host"), "amqp": n.get("amqp"), "http": n.get("http"),
+                          "version": n.get("version"), "in_sync": nid in isr, "running": True,
+                          "connected": leads or bool(r and r.get("live")),
+                          "lag": 0 if leads else (r["lag"] if r else None)})
+        return {"mode": "cluster", "cluster_name": me.args.cluster_name, "leader": me.info()["name"],
+                "epoch": self.epoch, "lsn": self.leader.lsn, "isr": isr,
+                "min_in_sync": self.leader.min_in_sync, "nodes": nodes}
+
+
+class Node:
+    def __init__(self, args, tls_ctx=None, mgmt_tls_ctx=None):
+        self.args = args
+        self.tls_ctx = tls_ctx
+        self.mgmt_tls_ctx = mgmt_tls_ctx
+        self.host = args.host or None
+        self.advertise = _advertised(args)
+        self.stop_event = asyncio.Event()
+        self.etcd = EtcdClient([e.strip() for e in args.cluster_etcd.split(",") if e.strip()])
+        self.coord: Coordinator | None = None
+        self.secret = b""
+        self.ident = None
+        self.store_file = None
+        self.leader_info: dict | None = None     # the current leader's registration, as far as known
+        self.leader_epoch = 0
+        self.role = "starting"
+        self.server: Server | None = None
+        self.exit_code = 0
+        self._peer_ips: set = set()       # addresses of followers that authenticated (as leader)
+
+    # ------------------------------------------------------------------ addresses
+    def info(self) -> dict:
+        a = self.args
+        return {"name": a.node_name or f"usagi@{socket.gethostname()}", "host": self.advertise,
+                "amqp": [self.advertise, a.port], "http": [self.advertise, a.management_port],
+                "repl": [self.advertise, a.replication_port], "version": __version__}
+
+    def _leader_addr(self, what: str):
+        info = self.leader_info
+        if not info or info.get("id") == self._my_name():
+            return None
+        addr = info.get(what)
+        return (addr[0], addr[1]) if isinstance(addr, list) and len(addr) == 2 else None
+
+    def _my_name(self) -> str:
+        return f"{self.coord.node_id:x}"
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> int:
+        from ..server.startup import DataDirInUse, NodeIdentityError, open_data_dir, write_node_identity
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop_event.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        try:
+            self.ident, self.store_file = open_data_dir(self.args)
+        except (DataDirInUse, NodeIdentityError) as e:
+            log.error("%s", e)
+            return 1
+        if self.ident is None:
+            # a new node: its (empty) store and identity are made before it joins
+            store = SQLiteStore(self.args.data_dir, self.store_file)
+            store.open_replica()
+            store.close(commit=False)
+            self.ident = write_node_identity(self.args.data_dir, self.store_file)
+        node_id = node_id_of(self.ident)
+        self.coord = Coordinator(self.etcd, self.args.cluster_name, node_id, self.info(),
+                                 ttl=self.args.cluster_lease_ttl, progress_ok=self._progress_ok)
+        try:
+            await self.coord.start()
+            self.secret = await self.coord.secret()
+        except DuplicateNode as e:
+            log.error("%s", e)
+            await self.etcd.close()
+            return 1
+        except EtcdError as e:
+            log.error("cannot reach etcd at %s: %s", self.args.cluster_etcd, e)
+            await self.etcd.close()
+            return 1
+        log.info("cluster %s: node %s (%x) joined; etcd %s", self.args.cluster_name, self.info()["name"],
+                 node_id, self.args.cluster_etcd)
+        try:
+            while not self.stop_event.is_set():
+                epoch = await self._follow()
+                if epoch is None:
+                    break
+                outcome = await self._lead(epoch)
+                if outcome == "lost":
+                    self.exit_code = EXIT_LEASE_LOST
+                    break
+        finally:
+            stopping_gracefully = self.exit_code != EXIT_LEASE_LOST
+            try:
+                await self.coord.stop(revoke=stopping_gracefully)
+            except Exception:  # noqa: BLE001
+                pass
+            await self.etcd.close()
+        if self.exit_code == EXIT_LEASE_LOST and os.environ.get("USAGI_CLUSTER_NO_REEXEC") != "1":
+            # start again as a follower, with nothing of the old role left in the process
+            log.warning("cluster: restarting as a follower")
+            logging.shutdown()
+            os.execv(sys.executable, sys.orig_argv)
+        return self.exit_code
+
+    def _progress_ok(self) -> bool:
+        """The lease watchdog: renew only while the loop ticks and commits complete."""
+        srv = self.server
+        if srv is None:
+            return True
+        now = time.monotonic()
+        ttl = self.args.cluster_lease_ttl
+        if now - srv.last_tick > max(1.0, ttl / 3):
+            return False
+        started = srv.commit_started
+        return started is None or now - started < ttl / 2
+
+    # ------------------------------------------------------------------ follower
+    async def _follow(self) -> int | None:
+        """Follow until elected (returns the epoch) or stopped (None)."""
+        self.role = "follower"
+        store = SQLiteStore(self.args.data_dir, self.store_file)
+        store.open_replica()
+        applier = _Applier(store)
+        loop = asyncio.get_running_loop()
+        amqp = Forwarder(lambda: self._leader_addr("amqp"), send_proxy_header=True,
+                         local_host=self.advertise)
+        http = Forwarder(lambda: self._leader_addr("http"), send_proxy_header=False,
+                         local_host=self.advertise)
+        servers = []
+        try:
+            servers.append(await loop.create_server(amqp.factory, self.host, self.args.port,
+                                                    reuse_address=True, backlog=1024))
+            if self.args.management_port >= 0 and not self.args.no_management:
+                servers.append(await loop.create_server(http.factory, self.host, self.args.management_port,
+                                                        reuse_address=True, backlog=1024))
+        except OSError as e:
+            log.error("cluster: cannot listen: %s", e)
+            store.close(commit=False)
+            self.stop_event.set()
+            return None
+        log.info("AMQP listener on %s:%d (follower: forwarding to the leader)", self.host or "*", self.args.port)
+        await self.coord.register(role="follower", lsn=store.position[1])
+        elected = asyncio.ensure_future(self._campaign())
+        watcher = asyncio.ensure_future(self._watch_leader([amqp, http]))
+        follower = asyncio.ensure_future(self._replicate(applier))
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        lost = asyncio.ensure_future(self.coord.lost.wait())
+        try:
+            done, _ = await asyncio.wait({elected, stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+            epoch = elected.result() if elected in done and not stop.done() and not lost.done() else None
+        finally:
+            for t in (elected, watcher, follower, stop, lost):
+                t.cancel()
+            await asyncio.gather(follower, return_exceptions=True)
+            amqp.close_all()
+            http.close_all()
+            for srv in servers:
+                srv.close()
+            store.close(commit=False)
+        if epoch is None and lost.done() and not self.stop_event.is_set():
+            self.exit_code = EXIT_LEASE_LOST
+        return epoch
+
+    async def _campaign(self) -> int:
+        """Queue a candidacy while this node is in the ISR (or there is none yet: a new cluster);
+        once elected, check again and resign if it is no longer in sync."""
+        me = self._my_name()
+        while True:
+            try:
+                isr = await self.coord.read_isr()
+                if isr is not None and me not in isr.get("nodes", []):
+                    await asyncio.sleep(0.5)
+                    continue
+                epoch = await self.coord.campaign()
+                isr = await self.coord.read_isr()
+                if isr is not None and me not in isr.get("nodes", []):
+                    log.info("cluster: elected while out of sync: resigning")
+                    await self.coord.resign()
+                    continue
+                return epoch
+            except EtcdError as e:
+                log.warning("cluster: campaign: %s", e)
+                await asyncio.sleep(0.5)
+
+    async def _watch_leader(self, forwarders):
+        """Keep `leader_info` current; close forwarded connections when the leader changes."""
+        last = None
+        while True:
+            try:
+                cur = await self.coord.current_leader()
+            except EtcdError:
+                cur = None
+            if cur is not None:
+                info, epoch = cur
+                self.leader_info, self.leader_epoch = info, epoch
+            else:
+                self.leader_info = None
+            key = (self.leader_info or {}).get("id"), self.leader_epoch
+            if key != last:
+                if last is not None:
+                    for f in forwarders:
+                        f.close_all()
+                last = key
+            await asyncio.sleep(0.2)
+
+    async def _replicate(self, applier):
+        """Follow whichever node leads, reconnecting; when etcd names another leader, the stream
+        from the old one is dropped at once. A refused or garbled stream is logged (once)."""
+        replica = Replica(self.coord.node_id, self.secret, applier,
+                          os.path.join(self.args.data_dir, "snapshot"))
+        last_error = None
+        while True:
+            addr = self._leader_addr("repl")
+            if addr is None:
+                await asyncio.sleep(0.1)
+                continue
+            run = asyncio.ensure_future(replica.run(addr[0], addr[1], local_host=_ip_of(self.advertise)))
+            try:
+                while not run.done():
+                    await asyncio.wait({run}, timeout=0.2)
+                    if not run.done() and self._leader_addr("repl") != addr:
+                        run.cancel()
+                await asyncio.gather(run, return_exceptions=True)
+                exc = None if run.cancelled() else run.exception()
+            except asyncio.CancelledError:
+                run.cancel()
+                raise
+            if exc is None:
+                last_error = None
+            else:
+                kind = "refused" if isinstance(exc, W.WireError) else "ended"
+                msg = f"replication from {addr[0]}:{addr[1]} {kind}: {type(exc).__name__} {exc}"
+                if msg != last_error:
+                    (log.error if kind == "refused" else log.info)("cluster: %s", msg)
+                last_error = msg
+            try:
+                await self.coord.register(role="follower", lsn=applier.position()[1])
+            except EtcdError:
+                pass
+            await asyncio.sleep(0.2)
+
+    # ------------------------------------------------------------------ leader
+    async def _lead(self, epoch: int) -> str:
+        """Serve as the leader until stopped ("stopped") or the lease is lost ("lost")."""
+        from ..server.startup import build_broker
+        self.role = "leader"
+        args = self.args
+        t0 = time.monotonic()
+        store = SQLiteStore(args.data_dir, self.store_file)
+        broker, counts = build_broker(args, store, self.ident, self.store_file, redeliver_all=True)
+        broker.config.data_dir = args.data_dir
+        last = store.position[1]
+        history = list(store.history) + [(epoch, last + 1)]
+
+        async def snapshot():
+            fd, path = tempfile.mkstemp(prefix="snapshot-", suffix=".db", dir=args.data_dir)
+            os.close(fd)
+            e, lsn = await asyncio.get_running_loop().run_in_executor(None, store.snapshot_to, path)
+            return path, e, lsn
+        leader = Leader(self.coord, self.secret, epoch, history, last, snapshot=snapshot,
+                        ack_timeout=args.cluster_ack_timeout, min_in_sync=max(1, args.cluster_min_in_sync))
+        try:
+            await leader.start(self.host, args.replication_port)
+        except (NotLeader, OSError) as e:
+            log.error("cluster: cannot start as leader: %s", e)
+            store.close(commit=False)
+            await self.coord.resign()
+            return "stopped"
+        server = self.server = Server(broker, self.host, args.port, tls_context=self.tls_ctx,
+                                      tls_port=args.tls_port if self.tls_ctx is not None else None)
+        loop = asyncio.get_running_loop()
+
+        async def commit():
+            batches = store.take_batch()
+            if batches is None:
+                return
+            lsn = leader.append(W.encode(batches))
+            await loop.run_in_executor(None, store.write_batch, batches, (epoch, lsn))
+            await leader.wait_durable(lsn)
+        server.committer = commit
+        self._peer_ips = set()
+
+        def on_peer(ip):        # a follower that proved it knows the secret forwards clients from there
+            self._peer_ips.add(ip)
+            server.trusted_proxies.add(ip)
+        leader.on_peer = on_peer
+        view = broker.cluster = ClusterView(self, leader, epoch)
+        await self._refresh_trusted(server, view)
+        await server.start()
+        services = []
+        if not args.no_management and args.management_port != -1:
+            from ..mgmt.service import management_service
+            # the broker serves AMQP whatever happens here: a port that cannot be bound must not
+            # leave the cluster without a leader
+            for metrics in (args.metrics_port, -1):
+                svc = management_service(self.host, args.management_port, metrics, ssl_context=self.mgmt_tls_ctx)
+                try:
+                    services.append(await svc(broker, server))
+                    break
+                except OSError as e:
+                    log.error("cluster: the management API could not start on this node%s: %s",
+                              " (trying again without metrics)" if metrics != -1 else "", e)
+        if store.pending():
+            server._schedule_commit()            # what recovery changed goes out as the epoch's first batch
+        await self.coord.register(role="leader", epoch=epoch, lsn=last)
+        log.info("cluster: node %s leads (epoch %d) after %.2fs; recovered %d queues and %d messages",
+                 self.info()["name"], epoch, time.monotonic() - t0, counts["queues"], counts["messages"])
+        log.info("AMQP listener on %s:%d", *server.listeners[0][1:])
+        refresher = asyncio.ensure_future(self._trusted_loop(server, view))
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        lost = asyncio.ensure_future(self.coord.lost.wait())
+        done, _ = await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        refresher.cancel()
+        outcome = "lost" if lost in done else "stopped"
+        if outcome == "lost":
+            # nothing more may be confirmed: drop every client at once, then give up the role
+            leader.lose("lease lost")
+            broker.shutdown_connections("broker forced connection closure with reason 'lease lost'")
+            broker.flush_output()
+        for s in services:
+            try:
+                await s.stop()
+            except Exception:  # noqa: BLE001
+                pass
+        await server.stop("shutdown" if outcome == "stopped" else "lease lost")
+        await leader.stop()
+        stop.cancel()
+        lost.cancel()
+        self.server = None
+        return outcome
+
+    async def _refresh_trusted(self, server, view=None):
+        """Connections from other nodes' addresses start with a PROXY header (forwarded clients);
+        the registry also feeds what the management API shows of the cluster."""
+        try:
+            nodes = await self.coord.nodes()
+        except EtcdError:
+            return
+        if view is not None:
+            view.registry = nodes
+        mine = self.advertise
+        trusted = {_resolve(n.get("host")) for n in nodes if n.get("host") and n.get("host") != mine}
+        trusted.discard(None)
+        trusted.update(self._peer_ips)
+        server.trusted_proxies.clear()          # (the set object stays: the leader adds to it)
+        server.trusted_proxies.update(trusted)
+
+    async def _trusted_loop(self, server, view):
+        while True:
+            await asyncio.sleep(2.0)
+            await self._refresh_trusted(server, view)
+
+
+def _ip_of(host: str):
+    """An address to bind to: the IP the advertised host name stands for, or None."""
+    return _resolve(host)
+
+
+def _resolve(host: str | None):
+    if not host:
+        return None
+    try:
+        return socket.getaddrinfo(host, None)[0][4][0]
+    except OSError:
+        return None
+
+
+async def run_node(args, tls_ctx=None, mgmt_tls_ctx=None) -> int:
+    return await Node(args, tls_ctx, mgmt_tls_ctx).run()
