@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""The long fault run: a 3-node cluster with a 3-member etcd, publishers with confirms and
+consumers with manual acks on real clients (aio-pika), and faults one after another.
+
+    python tools/cluster_faults.py --faults 200                 # every kind of fault, in turn
+    python tools/cluster_faults.py --faults 50 --kinds kill-leader,pause-leader --ttl 5
+
+Kinds: kill-leader, kill-follower, pause-leader (SIGSTOP past the lease), term-leader (graceful),
+kill-etcd (one member of three), kill-etcd-leader. After the last fault everything is healed and
+the queue drained; the checker prints lost (confirmed, never drained: must be 0), unexpected (must
+be 0), duplicated, recovered (unconfirmed yet delivered) and unknown publishes, and the failover
+time of each kind of fault (from the fault to the first confirm of a publish sent after it).
+Exit status 1 if anything was lost or unexpected. The short version runs in the test suite
+(tests/cluster/test_fault_run.py).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "cluster"))
+sys.path.insert(0, REPO)
+
+from faults import KINDS, FaultRun, summary  # noqa: E402
+from harness import Cluster  # noqa: E402
+from workload import Workload  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--faults", type=int, default=200)
+    p.add_argument("--kinds", default=",".join(KINDS))
+    p.add_argument("--ttl", type=int, default=2, help="lease TTL of the nodes, seconds (default 2)")
+    p.add_argument("--publishers", type=int, default=3)
+    p.add_argument("--consumers", type=int, default=2)
+    p.add_argument("--window", type=int, default=50, help="unconfirmed publishes per publisher")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
+    p.add_argument("--keep-logs", default=None, help="copy the nodes' data and logs here at the end")
+    a = p.parse_args()
+    kinds = [k for k in a.kinds.split(",") if k]
+    bad = [k for k in kinds if k not in KINDS]
+    if bad:
+        p.error(f"unknown kinds {bad}; known: {', '.join(KINDS)}")
+    c = Cluster(3, etcd_members=3, ttl=a.ttl).start()
+    t0 = time.monotonic()
+    try:
+        wl = Workload(c.urls(), publishers=a.publishers, consumers=a.consumers, window=a.window)
+
+        async def go():
+            await wl.setup()
+            wl.start()
+            run = FaultRun(c, wl, a.faults, kinds=kinds, settle=0.5, seed=a.seed,
+                           log=lambda s: print(f"{time.monotonic() - t0:8.1f}s {s}", flush=True))
+            await run.run()
+            await asyncio.sleep(1)
+            await wl.stop()
+            await wl.drain()
+            return run
+        run = asyncio.run(go())
+        result = wl.check()
+        fo = summary(run.failovers())
+        took = time.monotonic() - t0
+        if a.keep_logs:
+            import shutil
+            shutil.copytree(c.root, a.keep_logs, dirs_exist_ok=True)
+    finally:
+        c.cleanup()
+    print()
+    print(f"{a.faults} faults in {took / 60:.1f} min, lease TTL {a.ttl} s")
+    print(f"publishes: {result['attempted']} attempted, {result['ok']} confirmed, {result['fail']} refused, "
+          f"{result['unknown']} unknown")
+    print(f"lost {result['lost_count']}, unexpected {result['unexpected_count']}, duplicated "
+          f"{result['duplicated']}, recovered {result['recovered']}")
+    print()
+    print("| fault | n | failover p50 (s) | failover max (s) |")
+    print("|---|---:|---:|---:|")
+    for kind in kinds:
+        s = fo.get(kind)
+        if s:
+            print(f"| {kind} | {s['n']} | {s['p50']} | {s['max']} |")
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "faults": a.faults, "ttl": a.ttl,
+                                "minutes": round(took / 60, 1), **{k: v for k, v in result.items()
+                                                                    if k not in ("lost", "unexpected")},
+                                "failover": fo}) + "\n")
+    return 1 if result["lost_count"] or result["unexpected_count"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
