@@ -49,13 +49,25 @@ def fresh_server():
         s.cleanup()
 
 
+HEAVY_DIRS = (f"{os.sep}tests{os.sep}cluster{os.sep}", f"{os.sep}tests{os.sep}abuse{os.sep}")
 
 
-def pytest_collection_modifyitems(items):
+@pytest.fixture(autouse=True)
+def _heavy_tests_one_at_a_time(request):
     """The cluster tests (many processes each) and the abuse tests (which bound a bystander's
-    latency) run one after another on one pytest-xdist worker, never beside each other: a fault
-    run would otherwise be what an abuse test measures."""
-    for item in items:
-        path = str(item.fspath)
-        if f"{os.sep}tests{os.sep}cluster{os.sep}" in path or f"{os.sep}tests{os.sep}abuse{os.sep}" in path:
-            item.add_marker(pytest.mark.xdist_group("heavy"))
+    latency) never run beside each other on pytest-xdist's workers: a fault run would otherwise be
+    what an abuse test measures. They take turns on a lock file of this test run."""
+    path = str(request.node.fspath)
+    workerinput = getattr(request.config, "workerinput", None)
+    if workerinput is None or not any(d in path for d in HEAVY_DIRS):
+        yield
+        return
+    import fcntl
+    import tempfile
+    lock = os.path.join(tempfile.gettempdir(), f"usagi-tests-heavy-{workerinput['testrunuid']}.lock")
+    with open(lock, "a+") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

@@ -10,6 +10,7 @@ import itertools
 import logging
 import struct
 import time
+from time import perf_counter
 
 from ..amqp import errors as E
 from ..amqp import erlfmt
@@ -30,6 +31,11 @@ _HHQ = struct.Struct(">HHQ")
 _PUBLISH_HEAD = b"\x00\x3c\x00\x28"
 INPUT_BUDGET = 256      # frames handled per connection per loop turn before yielding to others
 THROTTLED_BUDGET = 24   # ... when its publishes queue up behind consumers that have a backlog
+TURN_SECONDS = 0.002    # ... and at most this much time: frames differ in cost (a publish to a
+#                         thousand queues, a declare under many policies), so a turn is also cut
+#                         by the clock, read every TIME_CHECK frames on the hot path, every frame
+#                         on the general one. Each connection's turn costs others at most this.
+TIME_CHECK = 16
 _ids = itertools.count(1)
 
 # states
@@ -81,7 +87,9 @@ class Connection:
         self.throttled = False        # publishing into a backlog: take smaller turns
         self.holder = None            # the channel whose reply waits for a store commit: no input
         #                               is handled until it is sent (Channel.reply_after_commit)
-        self.held_frames = None       # frames read before that reply, handled after it
+        self.held_frames = None       # frames read before that reply (or before the turn's time ran
+        #                               out), handled after it
+        self.turn_start = 0.0         # when this turn's input handling began (perf_counter)
         self.closed = False
         self.close_reason = None
         self.consumer_tags = itertools.count(1)
@@ -161,14 +169,18 @@ class Connection:
             if data:
                 reader._buf = reader._buf + data
             return
+        self.turn_start = perf_counter()
         try:
             if self.held_frames is not None:
-                # frames read before a reply that waited for the store: they come first
+                # frames read before (a reply that waited for the store, or the end of the last
+                # turn's time): they come first
                 frames, self.held_frames = self.held_frames, None
                 self.handle_frames(frames)
-                if self.holder is not None:
+                if self.holder is not None or self.yielded:
                     if data:
                         reader._buf = reader._buf + data
+                    if self.yielded:
+                        self._yield_turn()
                     return
             if self.state == OPEN and reader.error is None:
                 data = self._fast(data)
@@ -183,6 +195,8 @@ class Connection:
             frames = reader.feed(data) if data else None
             if frames:
                 self.handle_frames(frames)
+                if self.yielded and self.held_frames is not None:
+                    self._yield_turn()
             if reader.error is not None:
                 err = reader.error
                 if isinstance(err, BadProtocolHeader):
@@ -208,6 +222,13 @@ class Connection:
                 self.transport.get_write_buffer_size() > self.broker.config.write_hard_limit:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def _yield_turn(self):
+        """This turn's time is spent with input left: stop reading and go on in a later turn."""
+        if not self.input_paused:
+            self.input_paused = True
+            self.transport.pause_reading()
+        self.broker.defer(self._continue_input)
 
     def _continue_input(self):
         """Go on with input left over when the last turn's budget ran out, or after a reply that
@@ -269,7 +290,8 @@ class Connection:
             if size > fmax or end >= n or buf[end] != 206:
                 break
             budget -= 1
-            if budget < 0 or (self.throttled and budget < INPUT_BUDGET - THROTTLED_BUDGET):
+            if budget < 0 or (self.throttled and budget < INPUT_BUDGET - THROTTLED_BUDGET) or \
+                    (not budget % TIME_CHECK and perf_counter() - self.turn_start > TURN_SECONDS):
                 # enough for one turn: let other connections (consumers, their acks) run first
                 self.yielded = True
                 break
@@ -307,7 +329,12 @@ class Connection:
 
     def handle_frames(self, frames):
         channels = self.channels
-        for ftype, chnum, payload in frames:
+        for i, (ftype, chnum, payload) in enumerate(frames):
+            if i and perf_counter() - self.turn_start > TURN_SECONDS:
+                # this turn's time is spent: the rest waits for a later turn, in order
+                self.held_frames = list(frames[i:]) + (self.held_frames or [])
+                self.yielded = True
+                return
             if self.state == CLOSING:
                 self._closing_frame(ftype, chnum, payload)
                 continue
