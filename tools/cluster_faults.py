@@ -66,10 +66,11 @@ def main() -> int:
         result = wl.check()
         fo = summary(run.failovers())
         took = time.monotonic() - t0
+    finally:
+        c.stop()
         if a.keep_logs:
             import shutil
             shutil.copytree(c.root, a.keep_logs, dirs_exist_ok=True)
-    finally:
         c.cleanup()
     print()
     print(f"{a.faults} faults in {took / 60:.1f} min, lease TTL {a.ttl} s")

@@ -346,7 +346,14 @@ class Node:
         args = self.args
         t0 = time.monotonic()
         store = SQLiteStore(args.data_dir, self.store_file)
-        broker, counts = build_broker(args, store, self.ident, self.store_file, redeliver_all=True)
+        # recovery reads the whole store: off the event loop, so that the lease goes on being
+        # renewed however long a large backlog takes to load
+        loop = asyncio.get_running_loop()
+        broker, counts = await loop.run_in_executor(
+            None, lambda: build_broker(args, store, self.ident, self.store_file, redeliver_all=True))
+        if self.coord.lost.is_set():
+            store.close(commit=False)
+            return "lost"
         broker.config.data_dir = args.data_dir
         last = store.position[1]
         history = list(store.history) + [(epoch, last + 1)]
@@ -367,7 +374,6 @@ class Node:
             return "stopped"
         server = self.server = Server(broker, self.host, args.port, tls_context=self.tls_ctx,
                                       tls_port=args.tls_port if self.tls_ctx is not None else None)
-        loop = asyncio.get_running_loop()
 
         async def commit():
             batches = store.take_batch()
