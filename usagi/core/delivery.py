@@ -28,8 +28,17 @@ from .arguments import MAX_EXPIRY, _q, _type_name
 log = logging.getLogger("usagi.broker")
 
 SPILL_STEP = 256      # deliveries on a channel between two looks at its unacknowledged records
-SPILL_FLOOR = 256     # a channel holding fewer unacknowledged deliveries is never looked at
+CHECK_QUEUES = 64     # a look checks the queues of at most this many consumers before walking records
 LOAD_BUDGET = 256     # spilled messages read back from the store per loop turn (about 20-40 us each)
+
+
+def _over_budget(q: Queue, size: int) -> bool:
+    """Whether q may hold more in memory than its budget: its in-memory ready entries and its
+    unacknowledged messages in memory (their bytes at the larger of the mean the memory accounting
+    last measured and `size`)."""
+    ram_unacked = q.unacked - (q.spilled.n - q.returned_stubs)
+    return (q.ram_count() + ram_unacked > q.cap_count or
+            q.ram_bytes() + ram_unacked * max(q.unacked_avg, size) > q.cap_bytes)
 
 
 class DeliveryMixin:
@@ -140,12 +149,20 @@ class DeliveryMixin:
         if msg.stored and q.durable:
             self.store.dequeue(q.vhost, q.name, seq, msg.id)
 
-    def take(self, q: Queue):
+    def take(self, q: Queue, budgeted: bool = False):
         """The next live entry to deliver: expired ones on the way are dead-lettered; a spilled
-        message is read back."""
+        message is read back. `budgeted` (deliveries): None once LOAD_BUDGET messages were read
+        back from the store this turn, the queue going on at the next one."""
         while True:
             item = q.pop()
             if item is None:
+                return None
+            if budgeted and item[2] and type(item[1]) is Spilled and item[1].off is None and \
+                    self._loads >= LOAD_BUDGET:
+                q.unpop(*item)
+                if self._deferred is None:
+                    self._deferred = set()
+                self._deferred.add(q)
                 return None
             if q.expiry:
                 seq = item[0]
@@ -300,13 +317,7 @@ class DeliveryMixin:
             c = self._pick_consumer(q)
             if c is None:
                 return
-            if self._loads >= LOAD_BUDGET and q.returned_stubs:
-                # enough read back from the store for this turn: go on at the next one
-                if self._deferred is None:
-                    self._deferred = set()
-                self._deferred.add(q)
-                return
-            item = self.take(q)
+            item = self.take(q, True)
             if item is None:
                 return
             seq, msg, redelivered = item
@@ -482,15 +493,23 @@ class DeliveryMixin:
                 self.examine_unacked(ch)
 
     def examine_unacked(self, ch):
-        """The unacknowledged deliveries a channel made since it was last looked at (newest first,
-        so the walk costs what was delivered since): where their queue holds more in memory than
-        its budget (its in-memory ready entries, plus its unacknowledged messages still in memory,
-        their bytes estimated from the mean size of the deliveries looked at), the newest of them
-        leave memory. A record keeps tag, queue, seq and a stub (paging.STUB_BYTES)."""
+        """The unacknowledged deliveries a channel made since it was last looked at: where their
+        queue holds more in memory than its budget (its in-memory ready entries, plus its
+        unacknowledged messages still in memory, their bytes estimated from their mean size), the
+        newest of them leave memory. A record keeps tag, queue, seq and a stub (paging.STUB_BYTES).
+
+        Cheap first: the queues the channel consumes from are checked (O(1) each, at most
+        CHECK_QUEUES); only if one is over its budget are the new records walked (newest first,
+        so the walk costs what was delivered since the last look)."""
         mark = ch.spill_mark
         ch.spill_mark = ch.next_tag
         unacked = ch.unacked
-        if len(unacked) < SPILL_FLOOR or not PAGING["dir"]:
+        if not unacked or not PAGING["dir"]:
+            return
+        newest = unacked[next(reversed(unacked))]
+        sample = newest.msg.size
+        if len(ch.consumers) <= CHECK_QUEUES and not _over_budget(newest.queue, sample) and \
+                not any(_over_budget(c.queue, sample) for c in ch.consumers.values()):
             return
         new = {}
         for tag in reversed(unacked):
@@ -512,7 +531,7 @@ class DeliveryMixin:
         total = 0
         for u in recs:
             total += len(u.msg.body)
-        avg = q.unacked_avg = total // len(recs)
+        avg = max(q.unacked_avg, total // len(recs))
         ram_unacked = q.unacked - (q.spilled.n - q.returned_stubs)
         over_n = q.ram_count() + ram_unacked - q.cap_count
         over_b = q.ram_bytes() + ram_unacked * avg - q.cap_bytes

@@ -30,7 +30,7 @@ log = logging.getLogger("usagi.broker")
 
 EXPIRE_BUDGET = 2048     # entries expired per loop turn (a few milliseconds)
 DL_BACKLOG = 8192        # no expiry while this many dead-letterings wait
-XSCAN_SLICE = 2000       # queues looked at per tick to find those with x-expires
+XSCAN_SLICE = 10_000     # queues looked at per tick to find those with x-expires (about 1.5 ms)
 
 _order = itertools.count()
 

@@ -37,12 +37,6 @@ STEP_UNITS = 10_000        # work of one step (one loop turn): about 1-2 ms
 PASS_INTERVAL = 1.0        # seconds between the starts of two passes
 
 
-def _msg_bytes(m) -> int:
-    if type(m) is Spilled:
-        return STUB_BYTES
-    return MESSAGE_BYTES + len(m.body)
-
-
 class Account:
     """A walk over what the broker holds, in bounded steps; `figures` of the last pass done."""
 
@@ -84,6 +78,7 @@ class Account:
         """Yields the units of work done since it last yielded; returns the figures."""
         f = {"queues": 0, "entries": 0, "unacked": 0, "connections": 0, "delayed": 0, "dead_letter": 0,
              "store_index": 0, "entities": 0}
+        per_q = {}        # id(queue) -> [queue, unacked messages in memory, their bytes]
         for v in list(broker.vhosts.values()):
             queues = list(v.queues.values())
             f["entities"] += EXCHANGE_BYTES * len(v.exchanges)
@@ -120,13 +115,25 @@ class Account:
                 unacked = list(ch.unacked.values())
                 u_bytes = 0
                 for i, u in enumerate(unacked):
-                    u_bytes += UNACKED_BYTES + _msg_bytes(u.msg)
+                    m = u.msg
+                    if type(m) is Spilled:
+                        u_bytes += UNACKED_BYTES + STUB_BYTES
+                    else:
+                        n = len(m.body)
+                        u_bytes += UNACKED_BYTES + MESSAGE_BYTES + n
+                        e = per_q.get(id(u.queue))
+                        if e is None:
+                            e = per_q[id(u.queue)] = [u.queue, 0, 0]
+                        e[1] += 1
+                        e[2] += n
                     if i & 4095 == 4095:
                         yield 4096
                 f["unacked"] += u_bytes
                 units += len(unacked) & 4095
             f["connections"] += b
             yield units
+        for q, n, b in per_q.values():
+            q.unacked_avg = b // n         # the mean size of its unacknowledged messages in memory
         heap = getattr(broker.delayed, "heap", ())
         d = 0
         for i, e in enumerate(list(heap)):

@@ -24,7 +24,8 @@ durability of persistent messages is the store's job):
   twice). A spill file is deleted once no stub refers to it.
 
 Record layout: seq u64, msg_id u64, expires i64 (ms since the epoch, 0 for none), flags u8,
-exchange len u8, routing key len u8, properties len u32, body len u32, then the five byte strings.
+route len u16, properties len u32, body len u32, then the route (exchange and routing key as two
+shortstrs, Message.route: as basic.deliver carries them), the properties and the body.
 """
 from __future__ import annotations
 
@@ -34,7 +35,9 @@ import os
 import struct
 from collections import deque
 
-_REC = struct.Struct(">QQqBBBII")
+from .message import Message
+
+_REC = struct.Struct(">QQqBHII")
 _IDX = struct.Struct(">qQ")          # a deadline index entry: expires, offset of the record
 REC_SIZE = _REC.size
 F_STORED = 1                         # the message is in the store (Message.stored)
@@ -49,47 +52,64 @@ _ids = itertools.count(1)
 
 
 def encode(seq: int, msg, exp: int = 0) -> bytes:
-    ex = msg.exchange.encode("utf-8", "surrogateescape")
-    rk = msg.routing_key.encode("utf-8", "surrogateescape")
     flags = (F_STORED if msg.stored else 0) | (F_PERSISTENT if msg.scan.delivery_mode == 2 else 0)
+    route = msg.route
     body = msg.body
-    return b"".join((_REC.pack(seq, msg.id, exp or 0, flags, len(ex), len(rk), len(msg.props), len(body)),
-                     ex, rk, msg.props, body))
+    return b"".join((_REC.pack(seq, msg.id, exp or 0, flags, len(route), len(msg.props), len(body)),
+                     route, msg.props, body))
+
+
+_SCANS: dict = {}     # property bytes -> Scan, for messages read back (their properties repeat)
+
+
+def message(route: bytes, props: bytes, body: bytes, msg_id: int, flags: int):
+    """A Message read back from a record."""
+    lx = route[0]
+    ex = route[1:1 + lx].decode("utf-8", "surrogateescape") if lx else ""
+    rk = route[2 + lx:].decode("utf-8", "surrogateescape")
+    scan = _SCANS.get(props)
+    if scan is None:
+        m = Message(ex, rk, props, body, None, msg_id, route)
+        if len(props) <= 96:
+            if len(_SCANS) >= 4096:
+                _SCANS.clear()
+            _SCANS[props] = m.scan
+    else:
+        m = Message(ex, rk, props, body, scan, msg_id, route)
+    if flags & F_STORED:
+        m.stored = True
+    return m
 
 
 def _record_at(buf, pos: int):
-    """(seq, msg_id, exp, flags, exchange, rk, props, body, end) of the record at buf[pos:], or
-    None if the buffer ends inside it."""
+    """(seq, msg_id, exp, flags, route, props, body, end) of the record at buf[pos:], or None if
+    the buffer ends inside it."""
     if len(buf) - pos < REC_SIZE:
         return None
-    seq, msg_id, exp, flags, lx, lr, lp, lb = _REC.unpack_from(buf, pos)
+    seq, msg_id, exp, flags, lr, lp, lb = _REC.unpack_from(buf, pos)
     start = pos + REC_SIZE
-    end = start + lx + lr + lp + lb
+    end = start + lr + lp + lb
     if end > len(buf):
         return None
-    ex = bytes(buf[start:start + lx]).decode("utf-8", "surrogateescape")
-    rk = bytes(buf[start + lx:start + lx + lr]).decode("utf-8", "surrogateescape")
-    props = bytes(buf[start + lx + lr:start + lx + lr + lp])
-    body = bytes(buf[start + lx + lr + lp:end])
-    return seq, msg_id, exp, flags, ex, rk, props, body, end
+    return seq, msg_id, exp, flags, buf[start:start + lr], buf[start + lr:start + lr + lp], \
+        buf[start + lr + lp:end], end
 
 
 def _pread_record(fd: int, off: int):
-    """The record at file offset `off`: (seq, msg_id, exp, flags, ex, rk, props, body, length)."""
+    """The record at file offset `off`: (seq, msg_id, exp, flags, route, props, body, length)."""
     head = os.pread(fd, REC_SIZE, off)
-    seq, msg_id, exp, flags, lx, lr, lp, lb = _REC.unpack(head)
-    n = lx + lr + lp + lb
+    seq, msg_id, exp, flags, lr, lp, lb = _REC.unpack(head)
+    n = lr + lp + lb
     data = os.pread(fd, n, off + REC_SIZE) if n else b""
-    ex = data[:lx].decode("utf-8", "surrogateescape")
-    rk = data[lx:lx + lr].decode("utf-8", "surrogateescape")
-    return seq, msg_id, exp, flags, ex, rk, data[lx + lr:lx + lr + lp], data[lx + lr + lp:], REC_SIZE + n
+    return seq, msg_id, exp, flags, data[:lr], data[lr:lr + lp], data[lr + lp:], REC_SIZE + n
 
 
-def _write_all(fd: int, data) -> None:
+def _write_all(fd: int, data, pos: int) -> None:
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = os.pwrite(fd, view, pos)
         view = view[n:]
+        pos += n
 
 
 class Segment:
@@ -136,7 +156,12 @@ class Segment:
         self.writer.write(rec)
         self.size += len(rec)
         self.written += 1
-        self._count(msg.scan.delivery_mode == 2, len(msg.body), 1)
+        self.count += 1
+        n = len(msg.body)
+        self.bytes += n
+        if msg.scan.delivery_mode == 2:
+            self.persistent += 1
+            self.persistent_bytes += n
         if exp:
             if self.exps is None:
                 self.exps = []
@@ -149,7 +174,7 @@ class Segment:
             self.timed += 1
             if self.due is None or exp < self.due:
                 self.due = exp
-        else:
+        elif self.monotone:
             self.monotone = False
 
     def _count(self, persistent: bool, size: int, n: int):
@@ -194,53 +219,71 @@ class Segment:
     def _expired_by_index(self, exp: int, off: int) -> bool:
         return self.xpath is not None and exp and (exp < self.wexp or (exp == self.wexp and off <= self.woff))
 
-    def read(self, max_count: int, make, due_by=None) -> list:
-        """Up to max_count live (seq, message, expires) triples from the read position on, taken
-        out; with `due_by`, only as long as they are due by then (a monotone segment's expiry)."""
+    def read(self, max_count: int, due_by=None, max_bytes: int = 1 << 62) -> list:
+        """Up to max_count live (seq, message, expires) triples (and about max_bytes of bodies)
+        from the read position on, taken out; with `due_by`, only as long as they are due by then
+        (a monotone segment's expiry)."""
         self.seal()
         out = []
         if not self.count:
             return out
+        unpack = _REC.unpack_from
+        hs = REC_SIZE
+        indexed = self.xpath is not None
+        wexp, woff = self.wexp, self.woff
+        n = b = n_p = b_p = 0
+        nxt = None                      # the deadline of the record at pos, if known
         fd = os.open(self.path, os.O_RDONLY)
         try:
             pos = self.read_pos
             size = self.size
             buf = b""
             base = pos
-            nxt = None                  # the deadline of the record at pos, if known
             while pos < size:
-                r = _record_at(buf, pos - base)
-                if r is None:
+                at = pos - base
+                if len(buf) - at < hs:
                     buf = os.pread(fd, READ_CHUNK, pos)
                     base = pos
-                    r = _record_at(buf, 0)
-                    if r is None:       # a record longer than a chunk
-                        head = _REC.unpack_from(buf, 0)
-                        buf = os.pread(fd, REC_SIZE + sum(head[4:]), pos)
-                        r = _record_at(buf, 0)
-                        if r is None:
-                            break
-                seq, msg_id, exp, flags, ex, rk, props, body, end = r
-                if len(out) >= max_count or (due_by is not None and exp > due_by):
+                    at = 0
+                seq, msg_id, exp, flags, lr, lp, lb = unpack(buf, at)
+                end = at + hs + lr + lp + lb
+                if end > len(buf):
+                    buf = os.pread(fd, max(READ_CHUNK, end - at), pos)
+                    base = pos
+                    at = 0
+                    end = hs + lr + lp + lb
+                if len(out) >= max_count or max_bytes <= 0 or (due_by is not None and exp > due_by):
                     nxt = exp
                     break
                 rec_off = pos
                 pos = base + end
-                if self._expired_by_index(exp, rec_off):
+                if indexed and exp and (exp < wexp or (exp == wexp and rec_off <= woff)):
                     continue            # expired through the index: already counted out
-                self._count(bool(flags & F_PERSISTENT), len(body), -1)
-                out.append((seq, make(ex, rk, props, body, msg_id, flags & F_STORED), exp))
+                r = at + hs
+                c = r + lr
+                d = c + lp
+                out.append((seq, message(buf[r:c], buf[c:d], buf[d:end], msg_id, flags), exp))
+                n += 1
+                b += lb
+                if flags & F_PERSISTENT:
+                    n_p += 1
+                    b_p += lb
+                max_bytes -= lb
             self.read_pos = pos
         finally:
             os.close(fd)
-        if self.xpath is None:
+        self.count -= n
+        self.bytes -= b
+        self.persistent -= n_p
+        self.persistent_bytes -= b_p
+        if not indexed:
             if nxt is not None and self.timed:
                 self.due = nxt
             else:
                 self._head_due()
         return out
 
-    def peek(self, pos: int, max_count: int, make) -> tuple:
+    def peek(self, pos: int, max_count: int) -> tuple:
         """Up to max_count live (seq, message, expires) from file offset `pos`, without taking them;
         and the offset after them."""
         self.seal()
@@ -248,23 +291,23 @@ class Segment:
         fd = os.open(self.path, os.O_RDONLY)
         try:
             while len(out) < max_count and pos < self.size:
-                seq, msg_id, exp, flags, ex, rk, props, body, n = _pread_record(fd, pos)
+                seq, msg_id, exp, flags, route, props, body, n = _pread_record(fd, pos)
                 rec_off = pos
                 pos += n
                 if not self._expired_by_index(exp, rec_off):
-                    out.append((seq, make(ex, rk, props, body, msg_id, flags & F_STORED), exp))
+                    out.append((seq, message(route, props, body, msg_id, flags), exp))
         finally:
             os.close(fd)
         return out, pos
 
-    def expire(self, now: int, budget: int, make) -> list:
+    def expire(self, now: int, budget: int) -> list:
         """Live entries due at `now` (at most `budget`), taken out: [(seq, message)]."""
         self.seal()
         out = []
         if self.xpath is None:
             # deadlines in order: the due entries are the unread head
             if self.due is not None and self.due <= now:
-                out = [(seq, msg) for seq, msg, _e in self.read(budget, make, due_by=now)]
+                out = [(seq, msg) for seq, msg, _e in self.read(budget, due_by=now)]
             return out
         fd = os.open(self.xpath, os.O_RDONLY)
         data = None
@@ -279,9 +322,9 @@ class Segment:
                     continue            # read back into memory: the in-memory structures expire it
                 if data is None:
                     data = os.open(self.path, os.O_RDONLY)
-                seq, msg_id, _e, flags, ex, rk, props, body, _n = _pread_record(data, off)
+                seq, msg_id, _e, flags, route, props, body, _n = _pread_record(data, off)
                 self._count(bool(flags & F_PERSISTENT), len(body), -1)
-                out.append((seq, make(ex, rk, props, body, msg_id, flags & F_STORED)))
+                out.append((seq, message(route, props, body, msg_id, flags)))
             self.due = _IDX.unpack(os.pread(fd, _IDX.size, self.xpos))[0] if self.xpos < self.xend else None
         finally:
             os.close(fd)
@@ -297,10 +340,10 @@ class Segment:
         try:
             pos = self.read_pos
             while pos < self.size:
-                seq, msg_id, exp, flags, lx, lr, lp, lb = _REC.unpack(os.pread(fd, REC_SIZE, pos))
+                seq, msg_id, exp, flags, lr, lp, lb = _REC.unpack(os.pread(fd, REC_SIZE, pos))
                 if flags & F_STORED and not self._expired_by_index(exp, pos):
                     out.append(msg_id)
-                pos += REC_SIZE + lx + lr + lp + lb
+                pos += REC_SIZE + lr + lp + lb
         finally:
             os.close(fd)
         return out
@@ -320,34 +363,39 @@ class Segment:
 
 class Pager:
     """The paged-out part of one queue (or of one priority level): segments in order, oldest
-    first. Totals describe the live entries: count, body bytes, and the persistent ones."""
+    first. Totals describe the live entries: count and body bytes (and, summed over the segments
+    when asked, the persistent ones)."""
 
-    __slots__ = ("directory", "segments", "count", "bytes", "persistent", "persistent_bytes")
+    __slots__ = ("directory", "segments", "count", "bytes", "tail")
 
     def __init__(self, directory: str):
         self.directory = directory
         self.segments: deque = deque()
         self.count = 0
         self.bytes = 0
-        self.persistent = 0
-        self.persistent_bytes = 0
+        self.tail = None              # the segment being written
 
     def __len__(self):
         return self.count
 
+    @property
+    def persistent(self) -> int:
+        return sum(seg.persistent for seg in self.segments)
+
+    @property
+    def persistent_bytes(self) -> int:
+        return sum(seg.persistent_bytes for seg in self.segments)
+
     def append(self, seq: int, msg, exp: int = 0):
-        segs = self.segments
-        if not segs or segs[-1].sealed or segs[-1].full():
-            if segs:
-                segs[-1].seal()
-            segs.append(Segment(self.directory))
-        segs[-1].append(seq, msg, exp)
+        seg = self.tail
+        if seg is None or seg.sealed or seg.size >= SEGMENT_BYTES or seg.written >= SEGMENT_COUNT:
+            if seg is not None:
+                seg.seal()
+            seg = self.tail = Segment(self.directory)
+            self.segments.append(seg)
+        seg.append(seq, msg, exp)
         self.count += 1
-        n = len(msg.body)
-        self.bytes += n
-        if msg.scan.delivery_mode == 2:
-            self.persistent += 1
-            self.persistent_bytes += n
+        self.bytes += len(msg.body)
 
     def prepend(self, entries):
         """Page out (seq, message, expires) entries that come before everything paged, in order."""
@@ -365,8 +413,6 @@ class Pager:
     def _add(self, seg, sign: int):
         self.count += sign * seg.count
         self.bytes += sign * seg.bytes
-        self.persistent += sign * seg.persistent
-        self.persistent_bytes += sign * seg.persistent_bytes
 
     def _apply(self, seg, fn):
         self._add(seg, -1)
@@ -375,14 +421,16 @@ class Pager:
         finally:
             self._add(seg, 1)
 
-    def read(self, max_count: int, make) -> list:
-        """Up to max_count (seq, message, expires) from the head, taken out."""
+    def read(self, max_count: int, max_bytes: int = 1 << 62) -> list:
+        """Up to max_count (seq, message, expires), and about max_bytes, from the head, taken out."""
         out = []
         segs = self.segments
-        while segs and len(out) < max_count:
+        while segs and len(out) < max_count and max_bytes > 0:
             seg = segs[0]
-            got = self._apply(seg, lambda: seg.read(max_count - len(out), make))
+            before = seg.bytes
+            got = self._apply(seg, lambda: seg.read(max_count - len(out), None, max_bytes))
             out += got
+            max_bytes -= before - seg.bytes
             if seg.count <= 0 and (seg.sealed or seg is not segs[-1]):
                 seg.drop()
                 segs.popleft()
@@ -390,13 +438,13 @@ class Pager:
                 break
         return out
 
-    def peek(self, max_count: int, make) -> list:
+    def peek(self, max_count: int) -> list:
         """The first max_count (seq, message, expires), left in place."""
         out = []
         for seg in self.segments:
             if len(out) >= max_count:
                 break
-            got, _ = seg.peek(seg.read_pos, max_count - len(out), make)
+            got, _ = seg.peek(seg.read_pos, max_count - len(out))
             out += got
         return out
 
@@ -409,7 +457,7 @@ class Pager:
                 best = d
         return best
 
-    def expire(self, now: int, budget: int, make) -> list:
+    def expire(self, now: int, budget: int) -> list:
         """Live entries due at `now`, at most `budget` of them, taken out: [(seq, message)]."""
         out = []
         for seg in list(self.segments):
@@ -417,7 +465,7 @@ class Pager:
                 break
             if seg.due is None or seg.due > now:
                 continue
-            out += self._apply(seg, lambda: seg.expire(now, budget - len(out), make))
+            out += self._apply(seg, lambda: seg.expire(now, budget - len(out)))
             if seg.count <= 0:
                 seg.drop()
                 self.segments.remove(seg)
@@ -433,7 +481,8 @@ class Pager:
         for seg in self.segments:
             seg.drop()
         self.segments.clear()
-        self.count = self.bytes = self.persistent = self.persistent_bytes = 0
+        self.count = self.bytes = 0
+        self.tail = None
 
 
 # ------------------------------------------------------------------------------ the spill area
@@ -503,7 +552,7 @@ class SpillArea:
         for b in blobs:
             offs.append((cur, pos))
             pos += len(b)
-        _write_all(cur.fd, b"".join(blobs))
+        _write_all(cur.fd, b"".join(blobs), cur.size)
         cur.size = pos
         cur.live += len(blobs)
         if pos >= SPILL_FILE_BYTES:
@@ -562,7 +611,6 @@ class Spilled:
 
     def load(self):
         """The message back from where it went (a new Message), or None if it cannot be read."""
-        from .message import Message
         off = self.off
         if off is None:
             row = self.where.read_message(self.id)
@@ -574,8 +622,8 @@ class Spilled:
             return m
         if off < 0:
             return None
-        _s, msg_id, _e, flags, ex, rk, props, body, _n = self.where.read(off)
-        return Message.from_page(ex, rk, props, body, msg_id, flags & F_STORED)
+        _s, msg_id, _e, flags, route, props, body, _n = self.where.read(off)
+        return message(route, props, body, msg_id, flags)
 
 
 STUB_BYTES = 200   # a Spilled stub (80 B) and the tuple or record slot that holds it, estimated
@@ -710,7 +758,7 @@ class LogSegment:
         self.head = None
         return h
 
-    def read(self, off: int, max_count: int, max_bytes: int, make) -> list:
+    def read(self, off: int, max_count: int, max_bytes: int) -> list:
         """Up to max_count entries (and about max_bytes) from offset `off`: [(off, message, ts)]."""
         i = off - self.first_off
         n = min(max_count, self.count - i)
@@ -734,11 +782,10 @@ class LogSegment:
         out = []
         pos = 0
         for k in range(len(idx) - 1):
-            r = _record_at(data, pos)
-            seq, msg_id, ts, flags, ex, rk, props, body, pos = r
-            out.append((seq, make(ex, rk, props, body, msg_id, flags & F_STORED), ts))
-        seq, msg_id, ts, flags, ex, rk, props, body, _n = last
-        out.append((seq, make(ex, rk, props, body, msg_id, flags & F_STORED), ts))
+            seq, msg_id, ts, flags, route, props, body, pos = _record_at(data, pos)
+            out.append((seq, message(route, props, body, msg_id, flags), ts))
+        seq, msg_id, ts, flags, route, props, body, _n = last
+        out.append((seq, message(route, props, body, msg_id, flags), ts))
         return out
 
     def offset_at(self, ts_ms: int):

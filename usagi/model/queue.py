@@ -328,10 +328,18 @@ class Queue:
                 self._timed(seq, msg, exp)
         self.ready_bytes += n
 
+    def _room(self) -> tuple:
+        """(count, bytes) a batch read back may bring: PAGING's batch, within the room the budget
+        leaves besides what is in memory, unacknowledged messages included (at least a few
+        entries, so that reading goes on in batches)."""
+        ram_unacked = self.unacked - (self.spilled.n - self.returned_stubs)
+        return (max(64, min(PAGING["batch"], self.cap_count - self.ram_count() - ram_unacked)),
+                max(64 * 1024, self.cap_bytes - self.ram_bytes() - ram_unacked * self.unacked_avg))
+
     def page_in(self):
         """Bring the next batch of paged-out messages back into memory."""
-        from .message import Message
-        got = self.pager.read(PAGING["batch"], Message.from_page)
+        n, b = self._room()
+        got = self.pager.read(n, b)
         self._took(got)
         self.paged = self.pager.count
         if not got or not self.paged:     # (nothing readable though counted: never loop on it)
@@ -339,13 +347,12 @@ class Queue:
 
     def page_out(self, keep_count: int, keep_bytes: int) -> int:
         """Page out the in-memory tail of `ready` (in front of what is already paged, so order
-        holds) until at most keep_count entries and keep_bytes bytes remain. Returns how many went."""
+        holds) until the queue holds at most keep_count entries and keep_bytes bytes in memory
+        (ram_count, ram_bytes). Returns how many went."""
         ready = self.ready
-        if not ready or (len(ready) <= keep_count and self.ram_bytes() <= keep_bytes):
-            return 0
         dead = self.dead
         out = []
-        while ready and (len(ready) > keep_count or self.ram_bytes() > keep_bytes):
+        while ready and (self.ram_count() > keep_count or self.ram_bytes() > keep_bytes):
             seq, msg = ready.pop()
             size = len(msg.body)
             self.ready_bytes -= size
@@ -496,13 +503,12 @@ class Queue:
             self.remove(s, v[1])
             out.append((s, v[1]))
         if len(out) < budget and self.paged:
-            from .message import Message
-            out += self._pager_expire(now, budget - len(out), Message.from_page)
+            out += self._pager_expire(now, budget - len(out))
         self.trim_dead()
         return out
 
-    def _pager_expire(self, now, budget, make) -> list:
-        got = self.pager.expire(now, budget, make)
+    def _pager_expire(self, now, budget) -> list:
+        got = self.pager.expire(now, budget)
         self.paged = self.pager.count
         if not self.paged:
             self._drop_pager()
@@ -538,8 +544,7 @@ class Queue:
         out = [(s, _load(m), True) for s, m in sorted(self.returned, key=_seq_key) if s not in dead]
         out += [(s, m, False) for s, m in self.ready if s not in dead]
         if self.pager is not None:
-            from .message import Message
-            out += [(s, m, False) for s, m, _e in self.pager.peek(PEEK_LIMIT, Message.from_page)]
+            out += [(s, m, False) for s, m, _e in self.pager.peek(PEEK_LIMIT)]
         return [e for e in out if e[1] is not None]
 
     def contents(self) -> tuple:
@@ -744,9 +749,9 @@ class PriorityQueue(Queue):
                 self._timed(seq, msg, exp)
 
     def _page_in(self, lvl: int):
-        from .message import Message
         pg = self.pagers[lvl]
-        got = pg.read(PAGING["batch"], Message.from_page)
+        n, b = self._room()
+        got = pg.read(n, b)
         lv = self.levels[lvl]
         for seq, msg, exp in got:
             lv.append((seq, msg))
@@ -771,10 +776,10 @@ class PriorityQueue(Queue):
         went = 0
         dead = self.dead
         for lvl, lv in enumerate(self.levels):
-            if self.level_count <= keep_count and self.ram_bytes() <= keep_bytes:
+            if self.ram_count() <= keep_count and self.ram_bytes() <= keep_bytes:
                 break
             out = []
-            while lv and (self.level_count > keep_count or self.ram_bytes() > keep_bytes):
+            while lv and (self.ram_count() > keep_count or self.ram_bytes() > keep_bytes):
                 seq, msg = lv.pop()
                 self.level_count -= 1
                 size = len(msg.body)
@@ -876,12 +881,12 @@ class PriorityQueue(Queue):
                     best = d
         return best
 
-    def _pager_expire(self, now, budget, make) -> list:
+    def _pager_expire(self, now, budget) -> list:
         out = []
         for lvl, pg in enumerate(self.pagers):
             if pg is None or len(out) >= budget:
                 continue
-            out += pg.expire(now, budget - len(out), make)
+            out += pg.expire(now, budget - len(out))
             if not pg.count:
                 pg.drop()
                 self.pagers[lvl] = None
@@ -918,7 +923,6 @@ class PriorityQueue(Queue):
         return Purged(msgs, paged, ids)
 
     def peek_all(self) -> list:
-        from .message import Message
         dead = self.dead
         returned = sorted(self.returned, key=lambda e: (e[0], e[1]))
         out = []
@@ -935,7 +939,7 @@ class PriorityQueue(Queue):
             out += [(s, m, False) for s, m in self.levels[p] if s not in dead]
             pg = self.pagers[p]
             if pg is not None and budget > 0:
-                got = pg.peek(budget, Message.from_page)
+                got = pg.peek(budget)
                 budget -= len(got)
                 out += [(s, m, False) for s, m, _e in got]
         return out

@@ -226,8 +226,7 @@ class StreamQueue(Queue):
         sg = self.segs[i]
         if off >= sg.end_off:
             return None
-        from .message import Message
-        got = sg.read(off, READ_BATCH, READ_BATCH_BYTES, Message.from_page)
+        got = sg.read(off, READ_BATCH, READ_BATCH_BYTES)
         if not got:
             return None
         self._cache = (off, got)
