@@ -65,7 +65,7 @@ class AlarmMixin:
     _mem_used = 0
     _mem_rss = 0
     _last_trim = 0.0
-    _held_at_trim = 0
+    _gap_after_trim = 0       # RSS minus the figure after the last trim (what trimming could not give back)
 
     # ------------------------------------------------------------------ resource alarms
     def alarm_reason(self) -> str:
@@ -147,16 +147,17 @@ class AlarmMixin:
         used = self._mem_base + held
         limit = self.memory_limit()
         now = time.monotonic()
-        if r - used > max(TRIM_SLACK, limit // 8) and now - self._last_trim >= TRIM_INTERVAL and \
-                held < self._held_at_trim + (r - used) // 2:
+        slack = max(TRIM_SLACK, limit // 8)
+        if r - used > self._gap_after_trim + slack and now - self._last_trim >= TRIM_INTERVAL:
             # memory was freed and the allocator kept it: give it back
             t0 = time.perf_counter()
             if _malloc_trim():
                 r2 = rss()
-                log.debug("malloc_trim: RSS %d -> %d bytes in %.1f ms", r, r2, (time.perf_counter() - t0) * 1000)
+                log.info("memory: %d MiB freed by the broker given back to the system in %.0f ms (RSS %d -> "
+                         "%d MiB)", (r - r2) >> 20, (time.perf_counter() - t0) * 1000, r >> 20, r2 >> 20)
                 r = r2
             self._last_trim = now
-            self._held_at_trim = held
+            self._gap_after_trim = max(0, r - used)
         self._mem_used = used
         self._mem_rss = r
         if limit:

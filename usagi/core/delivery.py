@@ -30,6 +30,7 @@ log = logging.getLogger("usagi.broker")
 SPILL_STEP = 256      # deliveries on a channel between two looks at its unacknowledged records
 CHECK_QUEUES = 64     # a look checks the queues of at most this many consumers before walking records
 LOAD_BUDGET = 256     # spilled messages read back from the store per loop turn (about 20-40 us each)
+DROP_BUDGET = 4096    # entries drop-head removes per loop turn (a limit lowered on a long queue)
 
 
 def _over_budget(q: Queue, size: int) -> bool:
@@ -130,19 +131,35 @@ class DeliveryMixin:
         return False
 
     def _drop_head(self, q):
-        while (q.max_length is not None and q.message_count > q.max_length) or \
-                (q.max_length_bytes is not None and q.message_bytes > q.max_length_bytes):
-            item = q.pop()
-            if item is None:
-                break
-            seq, msg, _ = item
-            q.expiry.pop(seq, None)
-            q.delivery_counts.pop(seq, None)
-            if q.dlx is not None:
-                msg = self.loaded(q, seq, msg)
-            if msg is not None:
-                self.dead_letter(q, msg, "maxlen")
-                self._forget(q, seq, msg)
+        """drop-head overflow: the oldest entries go (dead-lettered) while the queue is over its
+        length limits. A publish drops one; a limit lowered by a policy may drop many: at most
+        DROP_BUDGET per loop turn, dead-lettered through the worklist within its budget, the rest at
+        the next turns."""
+        n = 0
+        busy = self._dl_busy
+        self._dl_busy = True
+        try:
+            while (q.max_length is not None and q.message_count > q.max_length) or \
+                    (q.max_length_bytes is not None and q.message_bytes > q.max_length_bytes):
+                if n >= DROP_BUDGET and self.on_defer is not None:
+                    self.on_defer(lambda: self._drop_head(q) if not q.deleted and q.limited else None)
+                    break
+                item = q.pop()
+                if item is None:
+                    break
+                n += 1
+                seq, msg, _ = item
+                q.expiry.pop(seq, None)
+                q.delivery_counts.pop(seq, None)
+                if q.dlx is not None:
+                    msg = self.loaded(q, seq, msg)
+                if msg is not None:
+                    self.dead_letter(q, msg, "maxlen")
+                    self._forget(q, seq, msg)
+        finally:
+            self._dl_busy = busy
+        if not busy and self._dl_work:
+            self._dl_drain()
 
     def _forget(self, q, seq, msg):
         """An entry left the queue without a delivery (dropped, expired, dead-lettered)."""

@@ -21,6 +21,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import time
 
 from ..model.paging import Spilled
 from . import upkeep
@@ -69,33 +70,43 @@ class ExpiryMixin:
                     upkeep.failed("message TTL expiry", log, f"queue '{q.name}' in vhost '{q.vhost}'")
         heap = self.ttl_heap
         budget = EXPIRE_BUDGET
-        while heap and heap[0][0] <= now_ms and budget > 0:
-            if self._dl_work is not None and len(self._dl_work) > DL_BACKLOG:
-                return                  # the next tick goes on, once dead-lettering caught up
-            due, _n, q = heapq.heappop(heap)
-            if q.ttl_due != due or q.deleted:
-                continue                # stale: the queue is down for another time
-            q.ttl_due = None
-            try:
-                got = q.expire_due(now_ms, budget)
-                budget -= len(got) + 1
-                for seq, msg in got:
-                    if type(msg) is Spilled:
-                        msg = self.loaded(q, seq, msg) if q.dlx is not None else msg
-                        if msg is None:
-                            continue
-                    self.dead_letter(q, msg, "expired")
-                    self._forget(q, seq, msg)
-                self._ttl_reschedule(q)
-            except Exception:
-                upkeep.failed("message TTL expiry", log, f"queue '{q.name}' in vhost '{q.vhost}'")
+        # what dies here is dead-lettered through the worklist, within its own budget per turn
+        # (deadlettering.py): queued up now, drained below
+        busy = self._dl_busy
+        self._dl_busy = True
+        try:
+            while heap and heap[0][0] <= now_ms and budget > 0:
+                if self._dl_work is not None and len(self._dl_work) > DL_BACKLOG:
+                    break               # the next tick goes on, once dead-lettering caught up
+                due, _n, q = heapq.heappop(heap)
+                if q.ttl_due != due or q.deleted:
+                    continue            # stale: the queue is down for another time
+                q.ttl_due = None
+                try:
+                    got = q.expire_due(now_ms, budget)
+                    budget -= len(got) + 1
+                    for seq, msg in got:
+                        if type(msg) is Spilled:
+                            msg = self.loaded(q, seq, msg) if q.dlx is not None else msg
+                            if msg is None:
+                                continue
+                        self.dead_letter(q, msg, "expired")
+                        self._forget(q, seq, msg)
+                    self._ttl_reschedule(q)
+                except Exception:
+                    upkeep.failed("message TTL expiry", log, f"queue '{q.name}' in vhost '{q.vhost}'")
+        finally:
+            self._dl_busy = busy
+        if not busy and self._dl_work:
+            self._dl_drain()
+        if self._dl_work is not None and len(self._dl_work) > DL_BACKLOG:
+            return
         if heap and heap[0][0] <= now_ms and self.on_defer is not None and not self._expire_scheduled:
             self._expire_scheduled = True
             self.on_defer(self._expire_more)
 
     def _expire_more(self):
         """The next turn of a large expiry."""
-        import time
         self._expire_scheduled = False
         upkeep.guard("message TTL expiry", self.expire, int(time.time() * 1000), logger=log)
         upkeep.guard("deliveries", self.run_dirty, logger=log)
