@@ -31,7 +31,8 @@ log = logging.getLogger("usagi.broker")
 
 RSS_MARGIN = 1.5          # RSS above limit * RSS_MARGIN (with a quarter of it held) also sets the alarm
 TRIM_INTERVAL = 10.0      # seconds between two malloc_trim calls
-TRIM_SLACK = 64 << 20     # ... made when RSS exceeds the figure by more than this (or an eighth of the limit)
+TRIM_SLACK = 64 << 20     # ... made when RSS exceeds the figure by this much more than after the last
+#                           trim (or by 1/64 of the limit, if more)
 
 _trim = None
 
@@ -147,7 +148,7 @@ class AlarmMixin:
         used = self._mem_base + held
         limit = self.memory_limit()
         now = time.monotonic()
-        slack = max(TRIM_SLACK, limit // 8)
+        slack = max(TRIM_SLACK, limit // 64)
         if r - used > self._gap_after_trim + slack and now - self._last_trim >= TRIM_INTERVAL:
             # memory was freed and the allocator kept it: give it back
             t0 = time.perf_counter()

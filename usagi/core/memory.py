@@ -6,7 +6,8 @@ counts instead what the broker holds: message bodies in memory (queued, requeued
 on their way out), what each entry, record, queue and connection costs besides (estimates per
 item, below, measured with tracemalloc on CPython 3.11, 64 bits), connection buffers (output not
 yet written, transports' write buffers, bytes read and not yet handled, content being
-assembled), delayed messages in memory, the dead-letter worklist and the store's index.
+assembled), delayed messages in memory, the dead-letter worklist and the store (its index, cache and writes
+under way: Store.memory_bytes).
 
 Nothing is added to the publish and delivery path for it: the queues' byte counts already exist,
 and the rest is summed by a walk (`Account`) that does at most STEP_UNITS units of work per loop
@@ -30,7 +31,6 @@ CONNECTION_BYTES = 16384   # a connection with its transport, protocol, reader a
 CHANNEL_BYTES = 2048       # each further channel
 EXCHANGE_BYTES = 1024
 BINDING_BYTES = 400
-STORE_ENTRY_BYTES = 150    # an entry in the store's in-memory index (sqlite.py `_queues`, `_refs`)
 DELAYED_BYTES = ENTRY_BYTES + 64
 
 STEP_UNITS = 10_000        # work of one step (one loop turn): about 1-2 ms
@@ -77,7 +77,7 @@ class Account:
     def _walk(broker):
         """Yields the units of work done since it last yielded; returns the figures."""
         f = {"queues": 0, "entries": 0, "unacked": 0, "connections": 0, "delayed": 0, "dead_letter": 0,
-             "store_index": 0, "entities": 0}
+             "store": 0, "entities": 0}
         per_q = {}        # id(queue) -> [queue, unacked messages in memory, their bytes]
         for v in list(broker.vhosts.values()):
             queues = list(v.queues.values())
@@ -149,7 +149,7 @@ class Account:
                 yield 4096
         f["dead_letter"] = d
         try:
-            f["store_index"] = STORE_ENTRY_BYTES * broker.store.index_entries()
+            f["store"] = broker.store.memory_bytes()
         except Exception:
             pass
         yield 1

@@ -77,8 +77,9 @@ class Store:
         store answers from what is pending or from an indexed read that no commit blocks."""
         return None
 
-    def index_entries(self) -> int:
-        """How many entries the store's in-memory index holds (for the memory accounting)."""
+    def memory_bytes(self) -> int:
+        """About how much memory the store holds (its in-memory index, its cache, writes not yet
+        made), for the memory accounting."""
         return 0
 
     def drop_queue_messages(self, vhost: str, queue: str):

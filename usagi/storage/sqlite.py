@@ -673,8 +673,19 @@ class SQLiteStore(Store):
             return None
         return from_db(r[0]), from_db(r[1]), bytes(r[2]), bytes(r[3])
 
-    def index_entries(self) -> int:
-        return len(self._refs) + sum(len(idx.by_seq) for idx in list(self._queues.values()))
+    INDEX_ENTRY_BYTES = 150        # an entry of `_refs` or of a queue's `by_seq` (dict slot and ints)
+    CACHE_BYTES = 64 << 20         # PRAGMA cache_size of the writing connection
+
+    def memory_bytes(self) -> int:
+        entries = len(self._refs) + sum(len(idx.by_seq) for idx in list(self._queues.values()))
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            size = 0
+        with self._lock:
+            pending = list(self._new_msgs.values()) + list(self._writing.values())
+        return (self.INDEX_ENTRY_BYTES * entries + min(self.CACHE_BYTES, size) +
+                sum(200 + len(r[4]) for r in pending))
 
     def drop_queue_messages(self, vhost: str, queue: str):
         qk = (vhost, queue)
