@@ -13,7 +13,7 @@ from usagi.core import alarms
 from usagi.core.broker import Broker, Config
 from usagi.model import paging
 from usagi.model.message import Message
-from usagi.model.paging import Pager, SpillCount, Spilled, spill
+from usagi.model.paging import SpillCount, Spilled, spill
 from usagi.model.queue import PAGING, PriorityQueue, Queue
 from usagi.model.stream import StreamQueue
 

@@ -347,7 +347,6 @@ class DeliveryMixin:
             for q in dirty.values():
                 self.dispatch(q)
 
-
     def mark_dirty(self, q: Queue):
         if q.consumers and q.message_count:
             self.dirty[id(q)] = q

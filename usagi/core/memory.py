@@ -89,7 +89,8 @@ class Account:
                     continue
                 f["queues"] += q.ram_bytes()
                 f["entries"] += ENTRY_BYTES * q.ram_count() + TIMED_BYTES * len(q.expiry) + \
-                    STUB_BYTES * q.returned_stubs + 16 * len(q.deadlines) + 64 * len(q.dead)
+                    STUB_BYTES * q.returned_stubs + 16 * len(q.deadlines) + 64 * len(q.dead) + \
+                    100 * (len(q.held_expiry) + len(q.delivery_counts))
                 f["entities"] += QUEUE_BYTES + BINDING_BYTES * len(q.bindings)
                 n += QUEUE_UNITS
                 if n >= 2048:
