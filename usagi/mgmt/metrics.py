@@ -11,6 +11,7 @@ import platform
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
 from . import ops
+from .formats import _NO_UNACKED, queue_memory, unacked_by_queue
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -55,12 +56,16 @@ def _queues(broker, vhosts=None):
 
 
 def _unacked_bytes(broker) -> dict:
-    acc = {}
-    for c in broker.connections:
-        for ch in c.channels.values():
-            for u in ch.unacked.values():
-                acc[id(u.queue)] = acc.get(id(u.queue), 0) + len(u.msg.body)
-    return acc
+    """id(queue) -> its unacknowledged deliveries: see formats.unacked_by_queue."""
+    return unacked_by_queue(broker)
+
+
+def _ub(ub, q) -> int:
+    return ub.get(id(q), _NO_UNACKED)[0]
+
+
+def _mem(ub, q, key):
+    return queue_memory(q, ub.get(id(q), _NO_UNACKED))[key]
 
 
 def _identity(m, ex: Exposition):
@@ -80,13 +85,21 @@ QUEUE_GAUGES = (
      lambda q, ub: q.unacked),
     ("queue_messages", "Sum of ready and unacknowledged messages - total queue depth",
      lambda q, ub: q.message_count + q.unacked),
-    ("queue_messages_ready_bytes", "Size in bytes of ready messages", lambda q, ub: q.ready_bytes),
+    ("queue_messages_ready_bytes", "Size in bytes of ready messages", lambda q, ub: q.message_bytes),
     ("queue_messages_unacked_bytes", "Size in bytes of all unacknowledged messages",
-     lambda q, ub: ub.get(id(q), 0)),
+     lambda q, ub: _ub(ub, q)),
     ("queue_messages_bytes", "Size in bytes of ready and unacknowledged messages",
-     lambda q, ub: q.ready_bytes + ub.get(id(q), 0)),
+     lambda q, ub: q.message_bytes + _ub(ub, q)),
     ("queue_consumers", "Consumers on a queue", lambda q, ub: len(q.consumers)),
-)
+) + tuple((name, help_, (lambda key: lambda q, ub: _mem(ub, q, key))(key)) for name, help_, key in (
+    ("queue_messages_ram", "Ready and unacknowledged messages stored in memory", "messages_ram"),
+    ("queue_messages_ready_ram", "Ready messages stored in memory", "ready_ram"),
+    ("queue_messages_unacked_ram", "Unacknowledged messages stored in memory", "unacked_ram"),
+    ("queue_messages_ram_bytes", "Size of ready and unacknowledged messages stored in memory", "ram_bytes"),
+    ("queue_messages_paged_out", "Messages paged out to disk", "paged_out"),
+    ("queue_messages_paged_out_bytes", "Size in bytes of messages paged out to disk", "paged_out_bytes"),
+    ("queue_process_memory_bytes", "Memory in bytes used by the Erlang queue process", "memory"),
+))
 
 
 def render_metrics(m) -> str:
@@ -165,17 +178,17 @@ def render_metrics(m) -> str:
               "Total number of messages redelivered to consumers", [({}, tot["redeliver"])])
 
     fd_used, fd_total = m.fds()
-    mem = b.memory_usage()
+    mem = b.memory_usage()          # the figure the memory alarm uses (core/alarms.py)
     ex.family("rabbitmq_process_resident_memory_bytes", "gauge", "Memory used in bytes", [({}, mem)])
     ex.family("rabbitmq_resident_memory_limit_bytes", "gauge", "Memory high watermark in bytes",
-              [({}, m.mem_limit())])
+              [({}, b.memory_limit())])
     ex.family("rabbitmq_process_open_fds", "gauge", "Open file descriptors", [({}, fd_used)])
     ex.family("rabbitmq_process_max_fds", "gauge", "Open file descriptors limit", [({}, fd_total)])
     ex.family("rabbitmq_process_open_tcp_sockets", "gauge", "Open TCP sockets", [({}, len(conns))])
     ex.family("rabbitmq_disk_space_available_bytes", "gauge", "Disk space available in bytes",
               [({}, m.disk_free())])
     ex.family("rabbitmq_disk_space_available_limit_bytes", "gauge", "Free disk space low watermark in bytes",
-              [({}, 50000000)])
+              [({}, b.config.disk_free_limit)])
     ex.family("rabbitmq_alarms_memory_used_watermark", "gauge",
               "is 1 if VM memory watermark alarm is in effect", [({}, int("memory" in b.alarms))])
     ex.family("rabbitmq_alarms_free_disk_space_watermark", "gauge",
@@ -230,11 +243,13 @@ def render_detailed(m, families: list, vhosts: list) -> str:
                   _queue_samples(b, ub, vset, lambda q, _u: len(q.consumers)))
     if "queue_metrics" in families:
         ex.family(p + "queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
-                  _queue_samples(b, ub, vset, lambda q, _u: q.ready_bytes))
+                  _queue_samples(b, ub, vset, lambda q, _u: q.message_bytes))
         ex.family(p + "queue_messages_unacked_bytes", "gauge", "Size in bytes of all unacknowledged messages",
-                  _queue_samples(b, ub, vset, lambda q, u: u.get(id(q), 0)))
+                  _queue_samples(b, ub, vset, lambda q, u: _ub(u, q)))
         ex.family(p + "queue_messages_bytes", "gauge", "Size in bytes of ready and unacknowledged messages",
-                  _queue_samples(b, ub, vset, lambda q, u: q.ready_bytes + u.get(id(q), 0)))
+                  _queue_samples(b, ub, vset, lambda q, u: q.message_bytes + _ub(u, q)))
+        for name, help_, fn in QUEUE_GAUGES[7:]:
+            ex.family(p + name, "gauge", help_, _queue_samples(b, ub, vset, fn))
         ex.family(p + "queue_messages_published_total", "counter", "Total number of messages published to queues",
                   _queue_samples(b, ub, vset, lambda q, _u: q.published))
     if "exchange_names" in families or "exchange_bindings" in families:

@@ -262,11 +262,15 @@ class Server:
         set again."""
         b = self.broker
         try:
-            if b.ttl_queues:
+            if b.ttl_queues or b.ttl_heap:
                 try:
                     b.expire(int(time.time() * 1000))
                 except Exception:
                     upkeep.failed("message TTL expiry", log)
+            try:
+                b.memory_tick()             # a bounded step of the memory accounting (core/alarms.py)
+            except Exception:
+                upkeep.failed("memory accounting", log)
             if len(b.delayed):
                 try:
                     b._release_delayed(int(time.time() * 1000))
