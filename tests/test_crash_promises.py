@@ -22,10 +22,10 @@ import pytest
 from mgmt.mgmtutil import MGMT_RE, Api
 from support.harness import ServerProcess, external_broker_url, wait_for
 
-pytestmark = [pytest.mark.timeout(120),
-              pytest.mark.skipif(bool(external_broker_url()), reason="needs Usagi server processes")]
+ROUNDS = int(os.environ.get("USAGI_CRASH_PROMISE_ROUNDS", "40"))
 
-ROUNDS = int(os.environ.get("USAGI_CRASH_PROMISE_ROUNDS", "20"))
+pytestmark = [pytest.mark.timeout(90 + 3 * ROUNDS),
+              pytest.mark.skipif(bool(external_broker_url()), reason="needs Usagi server processes")]
 PERSISTENT = pika.BasicProperties(delivery_mode=2)
 
 
