@@ -553,6 +553,33 @@ def test_cc_on_topic_exchange(ch):
     assert bodies(ch, q) == []
 
 
+@pytest.mark.parametrize("headers, complaint", [
+    ({"CC": "one-key"}, '{unacceptable_type_in_header,"CC",longstr}'),
+    ({"CC": 5}, '{unacceptable_type_in_header,"CC",signedint}'),
+    ({"BCC": {"k": "v"}}, '{unacceptable_type_in_header,"BCC",table}'),
+    ({"other": 1, "BCC": "hidden"}, '{unacceptable_type_in_header,"BCC",longstr}'),
+])
+def test_cc_or_bcc_that_is_not_an_array_is_refused(conn, headers, complaint):
+    """Only an array of keys routes: any other type makes the message invalid (406 at publish,
+    nothing routed), inside a transaction too."""
+    ch = conn.channel()
+    q = ch.queue_declare(uname("q"), exclusive=True).method.queue
+    for tx in (False, True):
+        c2 = conn.channel()
+        if tx:
+            c2.tx_select()
+        with pytest.raises(pex.ChannelClosedByBroker) as e:
+            c2.basic_publish("", q, b"m", pika.BasicProperties(headers=headers))
+            c2.basic_publish("", q, b"m2")
+            c2.queue_declare(q, passive=True)        # a round trip: the close comes before its reply
+        assert e.value.reply_code == 406
+        assert e.value.reply_text == f"PRECONDITION_FAILED - invalid message: {complaint}"
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    c3 = conn.channel()                               # an array with a non-string item still routes
+    c3.basic_publish("", q, b"ok", pika.BasicProperties(headers={"CC": [5]}))
+    assert [b for _, _, b in wait_bodies(c3, q, 1)] == [b"ok"]
+
+
 # ------------------------------------------------------------------------------ quorum queues
 def quorum(ch, cleanup, **args):
     q = uname("qq")

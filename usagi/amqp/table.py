@@ -325,6 +325,13 @@ def encode_value(value) -> bytes:
     return bytes(out)
 
 
+# RabbitMQ's names of the field types, by type octet (as its error texts print them)
+TYPE_NAMES = {ord("S"): "longstr", ord("I"): "signedint", ord("l"): "long", ord("t"): "bool",
+              ord("F"): "table", ord("A"): "array", ord("b"): "byte", ord("B"): "unsignedbyte",
+              ord("s"): "short", ord("u"): "unsignedshort", ord("i"): "unsignedint", ord("f"): "float",
+              ord("d"): "double", ord("D"): "decimal", ord("T"): "timestamp", ord("V"): "void",
+              ord("x"): "binary"}
+
 _FIXED = {73: 4, 116: 1, 108: 8, 84: 8, 98: 1, 66: 1, 115: 2, 117: 2, 105: 4, 102: 4, 100: 8, 68: 5, 86: 0}
 
 

@@ -13,6 +13,7 @@ from ..amqp import methods as M
 from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..amqp.frames import FRAME_OVERHEAD
+from ..model import deadletter as DL
 from ..model.message import Message
 from ..model.queue import PARKED_OWN
 from . import access
@@ -175,7 +176,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             cached = _SCANS.get(props)
             if cached is None:
                 scan = P.scan(props)
-                special = scan.user_id is not None or scan.expiration is not None or scan.reply_to is not None
+                special = (scan.user_id is not None or scan.expiration is not None or scan.reply_to is not None
+                           or (scan.headers_span is not None and (b"\x02CC" in props or b"\x03BCC" in props)))
                 if len(props) <= 96:
                     if len(_SCANS) >= 4096:
                         _SCANS.clear()
@@ -185,6 +187,10 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             if special:
                 if scan.expiration is not None:
                     self._check_expiration(scan.expiration)
+                if scan.headers_span is not None:
+                    bad = DL.cc_type_error(props, scan)
+                    if bad is not None:
+                        raise ChannelError(bad, E.PRECONDITION_FAILED, 60, 40)
                 if scan.reply_to == "amq.rabbitmq.reply-to":
                     props = self._reply_to_props(props, scan)
                     scan = P.scan(props)

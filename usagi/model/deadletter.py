@@ -19,8 +19,8 @@ the deaths put in front are always seen by the cycle check.)
 from __future__ import annotations
 
 from ..amqp import properties as P
-from ..amqp.table import (Timestamp, Typed, array_items, decode_table_lenient, encode_value, join_entries,
-                          join_items, table_entries_lenient)
+from ..amqp.table import (TYPE_NAMES, Timestamp, Typed, array_items, decode_table_lenient, encode_value,
+                          join_entries, join_items, table_entries_lenient)
 
 CC_KEYS = (b"\x02CC", b"\x03BCC")
 LONG_MAX = 2 ** 63 - 1      # x-death count is a long: it stops there
@@ -42,6 +42,20 @@ def routing_keys(msg, bcc: bool = True) -> list:
                 keys += [x.decode("utf-8", "surrogateescape") if isinstance(x, bytes) else x
                          for x in v if isinstance(x, (str, bytes))]
     return keys
+
+
+def cc_type_error(props: bytes, scan) -> str | None:
+    """RabbitMQ's complaint about a CC or BCC header that is not an array, or None. Only an array
+    routes; any other type makes the message invalid (406 at publish). One pass over the headers'
+    entries, without decoding their values."""
+    if scan.headers_span is None or not (b"\x02CC" in props or b"\x03BCC" in props):
+        return None
+    a, b = scan.headers_span
+    entries, _rest = table_entries_lenient(props[a:b])
+    for k, v in entries:
+        if (k == "CC" or k == "BCC") and v[:1] != b"A":
+            return f'invalid message: {{unacceptable_type_in_header,"{k}",{TYPE_NAMES.get(v[0], "void")}}}'
+    return None
 
 
 def strip_bcc(props: bytes, scan) -> bytes:
