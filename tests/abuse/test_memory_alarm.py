@@ -115,3 +115,47 @@ def test_memory_alarm_blocks_publishers_until_consumers_drain(fresh_server):
     assert not missing, f"{len(missing)} confirmed messages lost"
     wait_for(lambda: "memory resource limit alarm cleared" in "".join(srv.lines), message="alarm cleared")
     assert_healthy(srv)
+
+
+def test_memory_alarm_clears_within_seconds_when_the_burst_is_deleted(fresh_server):
+    """The alarm counts what the broker holds, not RSS: a burst held in memory sets it and blocks
+    the publisher; once the queue is deleted it clears within seconds (whatever memory the allocator
+    kept) and the blocked publisher goes on. /api/nodes reports the same figure and the real limit."""
+    from mgmtapi import api
+    limit = idle_rss() + HEADROOM
+    # the queue keeps the whole burst in memory (a budget larger than the limit), and freed memory
+    # stays with the process (no MALLOC_MMAP_THRESHOLD_): only the accounting can see it go
+    srv = fresh_server(extra_args=["--vm-memory-high-watermark-absolute", str(limit)],
+                       env={"USAGI_QUEUE_MEMORY_BYTES": str(1 << 30)})
+    setup = pika.BlockingConnection(pika.URLParameters(srv.url()))
+    setup.channel().queue_declare("flood")
+    setup.close()
+    pub = Publisher(srv.url())
+    pub.start()
+    wait_for(lambda: "memory resource limit alarm set" in "".join(srv.lines), timeout=90,
+             message=f"memory alarm (limit {limit})")
+    node = api(srv, "GET", "/api/nodes")[0]
+    assert node["mem_alarm"] is True and node["mem_limit"] == limit and node["mem_used"] > limit
+    time.sleep(1.0)
+    n = len(pub.confirmed)
+    time.sleep(1.0)
+    assert len(pub.confirmed) <= n + 1, "publisher went on while blocked"
+    assert not pub.unblocked.is_set()
+    rss_before = rss(srv.proc.pid)
+    c = pika.BlockingConnection(pika.URLParameters(srv.url()))
+    c.channel().queue_delete("flood")
+    c.close()
+    t0 = time.monotonic()
+    wait_for(lambda: "memory resource limit alarm cleared" in "".join(srv.lines), timeout=10,
+             message="the alarm cleared after the queue was deleted")
+    cleared_after = time.monotonic() - t0
+    wait_for(lambda: pub.unblocked.is_set() and pub.after_unblock >= 20, timeout=30,
+             message="the publisher unblocked and publishing again")
+    pub.stop.set()
+    pub.join(10)
+    assert pub.error is None, pub.error
+    assert pub.events[:2] == ["blocked", "unblocked"], pub.events
+    node = api(srv, "GET", "/api/nodes")[0]
+    assert node["mem_alarm"] is False and node["mem_used"] < limit, (node["mem_used"], limit)
+    assert cleared_after < 10, (cleared_after, rss_before)
+    assert_healthy(srv)

@@ -28,7 +28,7 @@ import tempfile
 import time
 
 from .. import __version__
-from ..server.app import Server
+from ..server.app import Server, stop_watchdog
 from ..storage.sqlite import SQLiteStore
 from . import wire as W
 from .coordinator import Coordinator, DuplicateNode
@@ -146,9 +146,13 @@ class Node:
     async def run(self) -> int:
         from ..server.startup import DataDirInUse, NodeIdentityError, open_data_dir, write_node_identity
         loop = asyncio.get_running_loop()
+        def stop():
+            if not self.stop_event.is_set():
+                self.stop_event.set()
+                stop_watchdog(loop)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
-                loop.add_signal_handler(sig, self.stop_event.set)
+                loop.add_signal_handler(sig, stop)
             except (NotImplementedError, RuntimeError):
                 pass
         try:

@@ -1,19 +1,73 @@
-"""Resource alarms: free disk space under the data dir and process memory against their limits;
-publishers are blocked while one is set.
+"""Resource alarms: free disk space under the data dir and memory against their limits; publishers
+are blocked while one is set.
+
+The memory alarm compares what the broker holds (core/memory.py: message bytes, records, indexes,
+buffers, plus the interpreter's own memory) with the limit: vm_memory_high_watermark as a fraction
+of RAM, or its absolute form. So once a burst is deleted the alarm clears within a pass or two
+(about a second), whatever the allocator kept. RSS is a backstop: the alarm is also set while RSS
+is above the limit by RSS_MARGIN and the broker holds at least a quarter of the limit by its own
+count, which catches an accounting that undercounts (an estimate off, memory it does not see)
+without letting memory the allocator kept after a burst block an empty broker forever (RSS alone
+would never clear). After large frees, memory the C allocator keeps is given back with
+malloc_trim(0) (glibc), at most every TRIM_INTERVAL seconds: about 50 ms per GB freed, paid once.
+
+/api/nodes mem_used and the metrics' rabbitmq_process_resident_memory_bytes report the same
+figure the alarm uses (`memory_usage`), and mem_limit the limit (`memory_limit`).
 
 Part of the engine (see broker.py): methods of Broker, split out by concern.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
+import time
 
+from .memory import Account
 
 
 log = logging.getLogger("usagi.broker")
 
+RSS_MARGIN = 1.5          # RSS above limit * RSS_MARGIN (with a quarter of it held) also sets the alarm
+TRIM_INTERVAL = 10.0      # seconds between two malloc_trim calls
+TRIM_SLACK = 64 << 20     # ... made when RSS exceeds the figure by this much more than after the last
+#                           trim (or by 1/64 of the limit, if more)
+
+_trim = None
+
+
+def _malloc_trim():
+    global _trim
+    if _trim is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _trim = libc.malloc_trim
+            _trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+        return True
+    return False
+
+
+def rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
 
 class AlarmMixin:
+    _account = None           # core.memory.Account, made on first use
+    _mem_base = None          # the interpreter's and code's memory (see core/memory.py)
+    _mem_used = 0
+    _mem_rss = 0
+    _last_trim = 0.0
+    _gap_after_trim = 0       # RSS minus the figure after the last trim (what trimming could not give back)
+
     # ------------------------------------------------------------------ resource alarms
     def alarm_reason(self) -> str:
         return "low on disk" if "disk" in self.alarms else "low on memory"
@@ -34,7 +88,7 @@ class AlarmMixin:
         self.flush_output()
 
     def check_resources(self):
-        """Disk free space under the data dir and process memory against their limits."""
+        """Free disk space under the data dir against its limit (memory: see memory_tick)."""
         c = self.config
         if c.data_dir and c.disk_free_limit:
             try:
@@ -43,16 +97,73 @@ class AlarmMixin:
                 self.set_alarm("disk", free < c.disk_free_limit)
             except OSError:
                 pass
-        if c.memory_high_watermark:
-            try:
-                total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-                self.set_alarm("memory", self.memory_usage() > total * c.memory_high_watermark)
-            except (ValueError, OSError):
-                pass
+
+    # ------------------------------------------------------------------ memory
+    def memory_limit(self) -> int:
+        """The memory high watermark in bytes (0: none)."""
+        frac = self.config.memory_high_watermark
+        if not frac:
+            return 0
+        try:
+            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return 0
+        return int(round(total * frac))
+
+    def memory_tick(self):
+        """A bounded step of the memory accounting (every fast tick); at the end of a pass, the
+        alarm is evaluated."""
+        acct = self._account
+        if acct is None:
+            acct = self._account = Account()
+        if not acct.due(time.monotonic()):
+            return
+        if acct.step(self):
+            self._memory_pass_done()
 
     def memory_usage(self) -> int:
-        try:
-            with open(f"/proc/{os.getpid()}/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            return 0
+        """What the broker holds in memory, as the alarm counts it (bytes)."""
+        if self._account is None or self._account.figures is None:
+            self._account = self._account or Account()
+            self._account.run(self)
+            self._memory_pass_done()
+        return self._mem_used
+
+    def memory_breakdown(self) -> dict:
+        """The figures of the last pass, by kind, with the base and RSS (for tools and tests)."""
+        self.memory_usage()
+        d = dict(self._account.figures)
+        d["base"] = self._mem_base or 0
+        d["used"] = self._mem_used
+        d["rss"] = self._mem_rss
+        d["limit"] = self.memory_limit()
+        return d
+
+    def _memory_pass_done(self):
+        held = self._account.held
+        r = rss()
+        base = max(0, r - held)
+        if self._mem_base is None or base < self._mem_base:
+            self._mem_base = base
+        used = self._mem_base + held
+        limit = self.memory_limit()
+        now = time.monotonic()
+        slack = max(TRIM_SLACK, limit // 64)
+        if r - used > self._gap_after_trim + slack and now - self._last_trim >= TRIM_INTERVAL:
+            # memory was freed and the allocator kept it: give it back
+            t0 = time.perf_counter()
+            if _malloc_trim():
+                r2 = rss()
+                log.info("memory: %d MiB freed by the broker given back to the system in %.0f ms (RSS %d -> "
+                         "%d MiB)", (r - r2) >> 20, (time.perf_counter() - t0) * 1000, r >> 20, r2 >> 20)
+                r = r2
+            self._last_trim = now
+            self._gap_after_trim = max(0, r - used)
+        self._mem_used = used
+        self._mem_rss = r
+        if limit:
+            over = used > limit or (r > limit * RSS_MARGIN and held >= limit // 4)
+            if over != ("memory" in self.alarms):
+                log.info("memory: %d bytes held (%d counted with the interpreter's %d), RSS %d, limit %d",
+                         held, used, self._mem_base, r, limit)
+            self.set_alarm("memory", over)

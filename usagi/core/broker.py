@@ -162,6 +162,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.flush_pending = []
         for conn in pending:
             conn.flush()
+            self.after_flush(conn)          # unacknowledged deliveries past their queue's budget leave memory
 
     def commit_needed(self) -> bool:
         """Whether something recorded so far may not be durable yet: pending in the store, or in a
@@ -208,7 +209,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
 
     def timers(self):
         """Called every few tens of milliseconds: message TTLs and delayed messages."""
-        if self.ttl_queues:
+        if self.ttl_queues or self.ttl_heap:
             self.expire(int(time.time() * 1000))
         if len(self.delayed):
             self._release_delayed(int(time.time() * 1000))

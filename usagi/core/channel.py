@@ -54,6 +54,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         self.revisit: dict = {}      # id(queue) -> queue where consumers of this one wait for its room
         self.unacked: dict = {}      # delivery tag -> Unacked, in tag order
         self.next_tag = 0
+        self.spill_mark = 0          # next_tag when its unacked records were last looked at (memory)
         self.reply_queue = None      # direct reply-to: the pseudo queue of this channel's consumer
         self.reply_token = None
         self.prefetch_count = 0      # basic.qos global=false: for consumers created afterwards
@@ -501,6 +502,9 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         if requeue is None:
             self.acked += len(items)
             broker.stats["ack"] += len(items)
+        elif requeue:
+            for q in touched.values():
+                broker.check_returned(q)      # a burst of requeues may take a queue over its budget
         if self.global_prefetch:
             self.kick()
         else:

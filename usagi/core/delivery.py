@@ -1,6 +1,14 @@
 """Queues at work: enqueue (with TTL and length limits), dispatch to consumers round-robin,
 basic.get, and what an ack, a reject or a requeue does to a queue.
 
+Memory: a queue pages its ready messages past its in-memory budget by itself (model/queue.py).
+Unacknowledged deliveries and requeued messages are records held here and in channels; past the
+queue's budget their messages leave memory as Spilled stubs (model/paging.py) and are read back
+when delivered again. That is decided once per connection per loop turn, after its output is
+flushed (`after_flush`): a channel that made SPILL_STEP deliveries since its last look has its new
+unacknowledged records looked at, so the publish and delivery path pays nothing per message for
+it. A requeue checks its queue once per batch (`check_returned`).
+
 Part of the engine (see broker.py): methods of Broker, split out by concern.
 """
 from __future__ import annotations
@@ -11,12 +19,27 @@ import time
 from ..amqp import errors as E
 from ..amqp.errors import ChannelError
 from ..model.message import Message
-from ..model.queue import PARKED_CHANNEL, PARKED_GLOBAL, PARKED_OWN, Queue
-import heapq
+from ..model.paging import Spilled, dropped, spill
+from ..model.queue import PAGING, PARKED_CHANNEL, PARKED_GLOBAL, PARKED_OWN, Queue
 
+from . import upkeep
 from .arguments import MAX_EXPIRY, _q, _type_name
 
 log = logging.getLogger("usagi.broker")
+
+SPILL_STEP = 256      # deliveries on a channel between two looks at its unacknowledged records
+CHECK_QUEUES = 64     # a look checks the queues of at most this many consumers before walking records
+LOAD_BUDGET = 256     # spilled messages read back from the store per loop turn (about 20-40 us each)
+DROP_BUDGET = 4096    # entries drop-head removes per loop turn (a limit lowered on a long queue)
+
+
+def _over_budget(q: Queue, size: int) -> bool:
+    """Whether q may hold more in memory than its budget: its in-memory ready entries and its
+    unacknowledged messages in memory (their bytes at the larger of the mean the memory accounting
+    last measured and `size`)."""
+    ram_unacked = q.unacked - (q.spilled.n - q.returned_stubs)
+    return (q.ram_count() + ram_unacked > q.cap_count or
+            q.ram_bytes() + ram_unacked * max(q.unacked_avg, size) > q.cap_bytes)
 
 
 class DeliveryMixin:
@@ -66,10 +89,10 @@ class DeliveryMixin:
         exp = int(time.time() * 1000) + ttl
         if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
             self.persist(q, msg, exp)       # the deadline is stored: it holds after a restart
-        seq = q.push(msg)
-        q.expiry[seq] = exp
-        heapq.heappush(q.deadlines, (exp, seq, msg))
-        self.ttl_queues[id(q)] = q
+        q.push(msg, exp)
+        due = q.ttl_due
+        if due is None or exp < due:
+            self.ttl_schedule(q, exp)
         if q.limited:
             self._drop_head(q)
         if q.consumers:
@@ -108,38 +131,110 @@ class DeliveryMixin:
         return False
 
     def _drop_head(self, q):
-        while (q.max_length is not None and q.message_count > q.max_length) or \
-                (q.max_length_bytes is not None and q.message_bytes > q.max_length_bytes):
-            item = q.pop()
-            if item is None:
-                break
-            seq, msg, _ = item
-            q.expiry.pop(seq, None)
-            q.delivery_counts.pop(seq, None)
-            self.dead_letter(q, msg, "maxlen")
-            self._forget(q, seq, msg)
+        """drop-head overflow: the oldest entries go (dead-lettered) while the queue is over its
+        length limits. A publish drops one; a limit lowered by a policy may drop many: at most
+        DROP_BUDGET per loop turn, dead-lettered through the worklist within its budget, the rest at
+        the next turns."""
+        n = 0
+        busy = self._dl_busy
+        self._dl_busy = True
+        try:
+            while (q.max_length is not None and q.message_count > q.max_length) or \
+                    (q.max_length_bytes is not None and q.message_bytes > q.max_length_bytes):
+                if n >= DROP_BUDGET and self.on_defer is not None:
+                    self.on_defer(lambda: self._drop_head(q) if not q.deleted and q.limited else None)
+                    break
+                item = q.pop()
+                if item is None:
+                    break
+                n += 1
+                seq, msg, _ = item
+                q.expiry.pop(seq, None)
+                q.delivery_counts.pop(seq, None)
+                if q.dlx is not None:
+                    msg = self.loaded(q, seq, msg)
+                if msg is not None:
+                    self.dead_letter(q, msg, "maxlen")
+                    self._forget(q, seq, msg)
+        finally:
+            self._dl_busy = busy
+        if not busy and self._dl_work:
+            self._dl_drain()
 
     def _forget(self, q, seq, msg):
         """An entry left the queue without a delivery (dropped, expired, dead-lettered)."""
         if msg.stored and q.durable:
             self.store.dequeue(q.vhost, q.name, seq, msg.id)
 
-    def take(self, q: Queue):
-        """The next live entry to deliver: expired ones on the way are dead-lettered."""
+    def take(self, q: Queue, budgeted: bool = False):
+        """The next live entry to deliver: expired ones on the way are dead-lettered; a spilled
+        message is read back. `budgeted` (deliveries): None once LOAD_BUDGET messages were read
+        back from the store this turn, the queue going on at the next one."""
         while True:
             item = q.pop()
             if item is None:
                 return None
+            if budgeted and item[2] and type(item[1]) is Spilled and item[1].off is None and \
+                    self._loads >= LOAD_BUDGET:
+                q.unpop(*item)
+                if self._deferred is None:
+                    self._deferred = set()
+                self._deferred.add(q)
+                return None
             if q.expiry:
                 seq = item[0]
-                exp = q.expiry.pop(seq, None)
-                if exp is not None:
+                e = q.expiry.pop(seq, None)
+                if e is not None:
+                    exp = e[0]
                     if exp <= time.time() * 1000:
-                        self.dead_letter(q, item[1], "expired")
-                        self._forget(q, seq, item[1])
+                        msg = item[1]
+                        if q.dlx is not None:
+                            msg = self.loaded(q, seq, msg)
+                        if msg is not None:
+                            self.dead_letter(q, msg, "expired")
+                            self._forget(q, seq, msg)
                         continue
                     q.held_expiry[seq] = exp
+            if item[2] and type(item[1]) is Spilled:
+                seq, stub, red = item
+                msg = self.loaded(q, seq, stub)
+                if msg is None:
+                    continue
+                item = (seq, msg, red)
             return item
+
+    _loads = 0            # spilled messages read back from the store this loop turn
+    _loads_reset = False  # the count's reset at the next turn is scheduled
+    _deferred = None      # queues whose deliveries wait for that reset
+
+    def loaded(self, q: Queue, seq: int, msg):
+        """The message of an entry, read back if it was spilled; None if it cannot be (logged,
+        and the entry forgotten so that it does not come back)."""
+        if type(msg) is not Spilled:
+            return msg
+        try:
+            m = msg.load()
+        except Exception:
+            m = None
+            upkeep.failed("reading back a spilled message", log, f"queue '{q.name}' in vhost '{q.vhost}'")
+        if msg.off is None and self.on_defer is not None:
+            self._loads += 1
+            if not self._loads_reset:
+                self._loads_reset = True
+                self.on_defer(self._reset_loads)
+        if m is None:
+            log.error("queue '%s' in vhost '%s': message %d could not be read back; it is dropped",
+                      q.name, q.vhost, msg.id)
+            self._forget(q, seq, msg)
+        return m
+
+    def _reset_loads(self):
+        self._loads = 0
+        self._loads_reset = False
+        waiting, self._deferred = self._deferred, None
+        for q in waiting or ():
+            self.mark_dirty(q)
+        upkeep.guard("deliveries", self.run_dirty, logger=log)
 
     def _pick_consumer(self, q: Queue):
         """The consumer to give q's next message to, or None: round-robin over the consumers with
@@ -239,7 +334,7 @@ class DeliveryMixin:
             c = self._pick_consumer(q)
             if c is None:
                 return
-            item = self.take(q)
+            item = self.take(q, True)
             if item is None:
                 return
             seq, msg, redelivered = item
@@ -268,8 +363,11 @@ class DeliveryMixin:
         """A delivery was rejected or nacked without requeue: dead-letter it if the queue says so."""
         q.held_expiry.pop(seq, None)
         q.delivery_counts.pop(seq, None)
-        if not q.deleted:
-            self.dead_letter(q, msg, "rejected")
+        if not q.deleted and q.dlx is not None:
+            m = self.loaded(q, seq, msg)
+            if m is None:
+                return
+            self.dead_letter(q, m, "rejected")
         self._forget(q, seq, msg)
 
     def validate_consumer_arguments(self, q: Queue, args: dict):
@@ -296,6 +394,8 @@ class DeliveryMixin:
     def consumer_removed(self, q: Queue, c):
         q.last_used = time.monotonic()
         self.mark_dirty(q)
+        if q.expires is not None and not q.consumers:
+            self.xexp_schedule(q)
 
     def settle(self, q: Queue, seq: int, msg: Message):
         """A delivery was acknowledged: the queue no longer holds the message."""
@@ -325,15 +425,141 @@ class DeliveryMixin:
             if limit is not None and limit >= 0 and n > limit:
                 q.delivery_counts.pop(seq, None)
                 q.held_expiry.pop(seq, None)
-                self.dead_letter(q, msg, "delivery_limit")
+                if q.dlx is not None:
+                    m = self.loaded(q, seq, msg)
+                    if m is None:
+                        return
+                    self.dead_letter(q, m, "delivery_limit")
                 self._forget(q, seq, msg)
                 return
             q.delivery_counts[seq] = n
-        q.requeue(seq, msg)
         exp = q.held_expiry.pop(seq, None) if q.held_expiry else None
+        q.requeue(seq, msg, exp)
         if exp is not None:
-            q.expiry[seq] = exp
-            heapq.heappush(q.deadlines, (exp, seq, msg))
-            self.ttl_queues[id(q)] = q
+            due = q.ttl_due
+            if due is None or exp < due:
+                self.ttl_schedule(q, exp)
         q.redelivered_count += 1
         self.mark_dirty(q)
+
+    # ------------------------------------------------------------------ memory of records
+    def restore_entry(self, q: Queue, seq: int, msg: Message, redelivered: bool, expires):
+        """An entry recovered from the store goes back in its place (paged out if the queue is
+        over its budget; a redelivered one spilled past it); `expires`: its deadline or None."""
+        q.restore(seq, msg, redelivered, expires)
+        if expires is not None:
+            self.ttl_queues[id(q)] = q
+        if redelivered and len(q.returned) - q.returned_stubs >= SPILL_STEP:
+            self.check_returned(q)
+
+    def _stubs(self, q: Queue, entries: list) -> list:
+        """Stubs for [(seq, message)] of q whose messages leave memory."""
+        if q.kind == "stream":
+            return [dropped(m, q.spilled) for _s, m in entries]
+        store = self.store if self.store.durable else None
+        return spill(entries, PAGING["dir"], store, q.durable, q.spilled)
+
+    def check_returned(self, q: Queue):
+        """After requeues: if q's in-memory entries are over its budget, page out the tail of its
+        ready messages, then spill requeued ones (the last to be delivered again first), down to
+        nine tenths of the budget so that the next requeues do not each write one."""
+        if not PAGING["dir"] or q.kind == "stream" or q.deleted:
+            return
+        if q.ram_count() <= q.cap_count and q.ram_bytes() <= q.cap_bytes:
+            return
+        keep_n = q.cap_count * 9 // 10
+        keep_b = q.cap_bytes * 9 // 10
+        try:
+            q.page_out(keep_n, keep_b)
+            over_n = q.ram_count() - keep_n
+            over_b = q.ram_bytes() - keep_b
+            if over_n <= 0 and over_b <= 0:
+                return
+            heap = q.returned
+            picks = []
+            for i in range(len(heap) - 1, -1, -1):
+                if over_n <= 0 and over_b <= 0:
+                    break
+                e = heap[i]
+                m = e[-1]
+                if type(m) is Spilled:
+                    continue
+                picks.append(i)
+                over_n -= 1
+                over_b -= len(m.body)
+            if not picks:
+                return
+            stubs = self._stubs(q, [(heap[i][-2], heap[i][-1]) for i in picks])
+            for i, stub in zip(picks, stubs):
+                e = heap[i]
+                heap[i] = e[:-1] + (stub,)        # the same keys: the heap stays a heap
+                q.returned_stubs += 1
+                q.returned_stub_bytes += stub.size
+                ex = q.expiry.get(e[-2])
+                if ex is not None:
+                    q.expiry[e[-2]] = (ex[0], stub)
+        except Exception:
+            upkeep.failed("paging out requeued messages", log, f"queue '{q.name}' in vhost '{q.vhost}'")
+
+    def after_flush(self, conn):
+        """Once per connection per loop turn, after its output went out: channels that delivered
+        SPILL_STEP messages since their last look have their new unacknowledged records looked at."""
+        for ch in conn.channels.values():
+            if ch.next_tag - ch.spill_mark >= SPILL_STEP:
+                self.examine_unacked(ch)
+
+    def examine_unacked(self, ch):
+        """The unacknowledged deliveries a channel made since it was last looked at: where their
+        queue holds more in memory than its budget (its in-memory ready entries, plus its
+        unacknowledged messages still in memory, their bytes estimated from their mean size), the
+        newest of them leave memory. A record keeps tag, queue, seq and a stub (paging.STUB_BYTES).
+
+        Cheap first: the queues the channel consumes from are checked (O(1) each, at most
+        CHECK_QUEUES); only if one is over its budget are the new records walked (newest first,
+        so the walk costs what was delivered since the last look)."""
+        mark = ch.spill_mark
+        ch.spill_mark = ch.next_tag
+        unacked = ch.unacked
+        if not unacked or not PAGING["dir"]:
+            return
+        newest = unacked[next(reversed(unacked))]
+        sample = newest.msg.size
+        if len(ch.consumers) <= CHECK_QUEUES and not _over_budget(newest.queue, sample) and \
+                not any(_over_budget(c.queue, sample) for c in ch.consumers.values()):
+            return
+        new = {}
+        for tag in reversed(unacked):
+            if tag <= mark:
+                break
+            u = unacked[tag]
+            if type(u.msg) is not Spilled:
+                e = new.get(id(u.queue))
+                if e is None:
+                    e = new[id(u.queue)] = (u.queue, [])
+                e[1].append(u)
+        for q, recs in new.values():
+            try:
+                self._spill_unacked(q, recs)
+            except Exception:
+                upkeep.failed("paging out unacknowledged messages", log, f"queue '{q.name}' in vhost '{q.vhost}'")
+
+    def _spill_unacked(self, q: Queue, recs: list):
+        total = 0
+        for u in recs:
+            total += len(u.msg.body)
+        avg = max(q.unacked_avg, total // len(recs))
+        ram_unacked = q.unacked - (q.spilled.n - q.returned_stubs)
+        over_n = q.ram_count() + ram_unacked - q.cap_count
+        over_b = q.ram_bytes() + ram_unacked * avg - q.cap_bytes
+        if over_n <= 0 and over_b <= 0:
+            return
+        picks = []
+        for u in recs:
+            if over_n <= 0 and over_b <= 0:
+                break
+            picks.append(u)
+            over_n -= 1
+            over_b -= len(u.msg.body)
+        stubs = self._stubs(q, [(u.seq, u.msg) for u in picks])
+        for u, stub in zip(picks, stubs):
+            u.msg = stub

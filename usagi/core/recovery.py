@@ -13,7 +13,6 @@ store that did not record deadlines gets one from its queue's TTL, counted from 
 """
 from __future__ import annotations
 
-import heapq
 import logging
 import time
 
@@ -193,7 +192,6 @@ def restore(broker, rec, redeliver_all: bool = False) -> dict:
         q = v.queues.get(qname) if v is not None else None
         if q is None:
             continue
-        deadlines = []
         for entry in entries:
             seq, exchange, routing_key, props, body, redelivered = entry[:6]
             msg_id = entry[6] if len(entry) > 6 else None
@@ -212,21 +210,13 @@ def restore(broker, rec, redeliver_all: bool = False) -> dict:
                 q.restore(seq - 1, msg, expires if expires is not None and expires >= 0 else now_ms)
                 count += 1
                 continue
-            q.restore(seq, msg, bool(redelivered) or redeliver_all)
+            if expires == UNKNOWN_EXPIRY:         # stored before deadlines were: its TTL from now
+                ttl = broker.message_ttl(q, msg)
+                expires = now_ms + ttl if ttl is not None else None
+            # in its place (paged out past the queue's budget); expired ones go at the first timer
+            # tick, dead-lettered if the queue says so
+            broker.restore_entry(q, seq, msg, bool(redelivered) or redeliver_all, expires)
             count += 1
-            if expires is not None:
-                if expires == UNKNOWN_EXPIRY:     # stored before deadlines were: its TTL from now
-                    ttl = broker.message_ttl(q, msg)
-                    if ttl is None:
-                        continue
-                    expires = now_ms + ttl
-                q.expiry[seq] = expires
-                deadlines.append((expires, seq, msg))
-        if deadlines:
-            # expired ones go at the first timer tick, dead-lettered if the queue says so
-            q.deadlines.extend(deadlines)
-            heapq.heapify(q.deadlines)
-            broker.ttl_queues[id(q)] = q
     max_id = getattr(store, "max_msg_id", 0) or 0
     broker.next_msg_id = max(broker.next_msg_id, max_id + 1)
     return {"vhosts": len(rec.vhosts), "queues": len(rec.queues), "messages": count}

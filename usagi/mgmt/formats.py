@@ -15,7 +15,9 @@ import platform
 import time
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
-from ..model.queue import Queue
+from ..core.memory import MESSAGE_BYTES, QUEUE_BYTES, UNACKED_BYTES
+from ..model.paging import STUB_BYTES, Spilled
+from ..model.queue import ENTRY_BYTES, UNLIMITED, Queue
 from . import ops
 from .util import iso_time, jsonable, properties_key
 
@@ -32,24 +34,30 @@ CONTENTS_WALK_LIMIT = 50_000
 
 GC = {"fullsweep_after": 0, "max_heap_size": 0, "min_bin_vheap_size": 0, "min_heap_size": 0, "minor_gcs": 0}
 
-NO_UNACKED = (0, 0, 0)
+NO_UNACKED = (0, 0, 0, 0, 0)
 
 
 def _add_unacked(acc: dict, u) -> None:
     """Count one delivery awaiting an ack into acc: id(queue) -> [bytes, persistent count,
-    persistent bytes] (persistent: delivery mode 2 in a durable queue, as RabbitMQ counts it)."""
+    persistent bytes, in-memory count, in-memory bytes]. Persistent: delivery mode 2 in a durable
+    queue, as RabbitMQ counts it."""
     e = acc.get(id(u.queue))
     if e is None:
-        e = acc[id(u.queue)] = [0, 0, 0]
-    n = len(u.msg.body)
+        e = acc[id(u.queue)] = [0, 0, 0, 0, 0]
+    m = u.msg
+    n = m.size
     e[0] += n
-    if u.queue.durable and u.msg.scan.delivery_mode == 2:
+    if u.queue.durable and m.scan.delivery_mode == 2:
         e[1] += 1
         e[2] += n
+    if type(m) is not Spilled:
+        e[3] += 1
+        e[4] += n
 
 
 def unacked_by_queue(broker) -> dict:
-    """id(queue) -> [bytes, persistent count, persistent bytes] of its deliveries awaiting an ack."""
+    """id(queue) -> [bytes, persistent count, persistent bytes, in-memory count, in-memory bytes]
+    of its deliveries awaiting an ack (a walk over every channel's records)."""
     acc = {}
     for c in list(broker.connections):
         for ch in list(c.channels.values()):
@@ -84,6 +92,25 @@ async def queue_sums(vhosts, pacer) -> dict:
     return {"ready": ready, "unacked": unacked, "consumers": consumers, "queues": queues}
 
 
+def queue_memory(q, ua) -> dict:
+    """Where a queue's messages are, with RabbitMQ's meanings: ready and unacknowledged messages in
+    memory (`*_ram`), paged out (RabbitMQ's messages_paged_out counts the transient ones paged
+    out, delta's transient count; persistent ones are the store's), and the queue's memory."""
+    paged, paged_bytes, paged_p, paged_pb = q.paged_stats()
+    ready_ram = max(0, q.message_count - paged - q.returned_stubs)
+    ready_ram_bytes = max(0, q.message_bytes - paged_bytes - q.returned_stub_bytes)
+    unacked_ram, unacked_ram_bytes = ua[3], ua[4]
+    cap = q.cap_count
+    return {
+        "paged": paged, "paged_out": paged - paged_p, "paged_out_bytes": paged_bytes - paged_pb,
+        "ready_ram": ready_ram, "unacked_ram": unacked_ram, "messages_ram": ready_ram + unacked_ram,
+        "ram_bytes": ready_ram_bytes + unacked_ram_bytes,
+        "target": cap if cap < UNLIMITED else "infinity",
+        "memory": QUEUE_BYTES + ready_ram_bytes + unacked_ram_bytes + ENTRY_BYTES * ready_ram
+        + UNACKED_BYTES * q.unacked + MESSAGE_BYTES * unacked_ram + STUB_BYTES * (q.unacked - unacked_ram),
+    }
+
+
 def _stats(pairs) -> dict:
     """{"k": v, "k_details": {"rate": r}} for (k, v, r) triples."""
     out = {}
@@ -110,7 +137,8 @@ class View:
         return self
 
     def _unacked(self, q) -> list:
-        """[bytes, persistent count, persistent bytes] of the deliveries of `q` awaiting an ack."""
+        """[bytes, persistent count, persistent bytes, in-memory count, in-memory bytes] of the
+        deliveries of `q` awaiting an ack."""
         if self._unacked_bytes is None:
             self._unacked_bytes = unacked_by_queue(self.broker)
         return self._unacked_bytes.get(id(q), NO_UNACKED)
@@ -123,22 +151,20 @@ class View:
 
     # ------------------------------------------------------------------ queues
     def queue_contents(self, q, detail: bool) -> tuple:
-        """(persistent count, persistent bytes, head timestamp): a walk over the queue, so lists skip
-        it for very long queues and show what the last detailed look found."""
+        """(persistent count, persistent bytes, head timestamp) of the ready messages: a walk over
+        those in memory (paged-out ones are counted as they go out), so lists skip it for queues
+        with very many in memory and show what the last detailed look found."""
         cache = self.m.contents_cache
-        n = q.message_count
-        if not detail and n > CONTENTS_WALK_LIMIT:
+        if not detail and q.ram_count() > CONTENTS_WALK_LIMIT:
             return cache.get(q, (0, 0, None))
         persistent = persistent_bytes = 0
         head_ts = None
-        entries = q.peek_all() if n else []
         if q.durable:
-            for _s, m, _r in entries:
-                if m.scan.delivery_mode == 2:
-                    persistent += 1
-                    persistent_bytes += len(m.body)
-        if entries:
-            props = ops.decode_properties(entries[0][1].props)
+            persistent, persistent_bytes = q.contents()
+        head = q.peek() if q.message_count else None
+        if head is not None:
+            msg = head[1].load() if isinstance(head[1], Spilled) else head[1]
+            props = ops.decode_properties(msg.props) if msg is not None else None
             if isinstance(props, dict) and "timestamp" in props:
                 head_ts = props["timestamp"]
         result = (persistent, persistent_bytes, head_ts)
@@ -149,12 +175,13 @@ class View:
         s = self.sampler
         ready = q.message_count
         unacked = q.unacked
-        ready_bytes = getattr(q, "message_bytes", q.ready_bytes)
-        unacked_bytes = self.unacked_bytes(q)
+        ready_bytes = q.message_bytes
+        ua = self._unacked(q)
+        unacked_bytes = ua[0]
         persistent, persistent_bytes, head_ts = self.queue_contents(q, detail)
-        _b, p_unacked, pb_unacked = self._unacked(q)
-        persistent += p_unacked
-        persistent_bytes += pb_unacked
+        mem = queue_memory(q, ua)
+        persistent += ua[1]
+        persistent_bytes += ua[2]
         qtype = getattr(q, "kind", None)
         if qtype is None:
             qtype = q.arguments.get("x-queue-type", "classic") if q.arguments else "classic"
@@ -173,10 +200,10 @@ class View:
             "backing_queue_status": {
                 "avg_ack_egress_rate": s.rate(q, "ack"), "avg_ack_ingress_rate": s.rate(q, "deliver_get"),
                 "avg_egress_rate": s.rate(q, "deliver_get"), "avg_ingress_rate": s.rate(q, "publish"),
-                "delta": ["delta", "undefined", 0, 0, "undefined"], "len": ready, "mode": "default",
-                "next_deliver_seq_id": q.seq, "next_seq_id": q.seq + 1, "num_pending_acks": unacked,
-                "num_unconfirmed": 0, "q1": 0, "q2": 0, "q3": 0, "q4": ready,
-                "target_ram_count": "infinity", "version": 2},
+                "delta": ["delta", "undefined", mem["paged"], mem["paged_out"], "undefined"], "len": ready,
+                "mode": "default", "next_deliver_seq_id": q.seq, "next_seq_id": q.seq + 1,
+                "num_pending_acks": unacked, "num_unconfirmed": 0, "q1": 0, "q2": 0, "q3": 0,
+                "q4": mem["ready_ram"], "target_ram_count": mem["target"], "version": 2},
             "consumer_capacity": 1.0 if n_consumers else 0,
             "consumer_utilisation": 1.0 if n_consumers else 0,
             "consumers": n_consumers,
@@ -186,25 +213,25 @@ class View:
             "exclusive_consumer_tag": excl,
             "garbage_collection": dict(GC),
             "head_message_timestamp": head_ts,
-            "memory": 1024 + ready_bytes + unacked_bytes + 64 * (ready + unacked),
+            "memory": mem["memory"],
             "message_bytes": ready_bytes + unacked_bytes,
-            "message_bytes_paged_out": 0,
+            "message_bytes_paged_out": mem["paged_out_bytes"],
             "message_bytes_persistent": persistent_bytes,
-            "message_bytes_ram": ready_bytes + unacked_bytes,
+            "message_bytes_ram": mem["ram_bytes"],
             "message_bytes_ready": ready_bytes,
             "message_bytes_unacknowledged": unacked_bytes,
             "message_stats": self.queue_message_stats(q),
             "messages": ready + unacked,
             "messages_details": {"rate": s.rate(q, "messages")},
-            "messages_paged_out": 0,
+            "messages_paged_out": mem["paged_out"],
             "messages_persistent": persistent,
-            "messages_ram": ready + unacked,
+            "messages_ram": mem["ready_ram"] + mem["unacked_ram"],
             "messages_ready": ready,
             "messages_ready_details": {"rate": s.rate(q, "messages_ready")},
-            "messages_ready_ram": ready,
+            "messages_ready_ram": mem["ready_ram"],
             "messages_unacknowledged": unacked,
             "messages_unacknowledged_details": {"rate": s.rate(q, "messages_unacknowledged")},
-            "messages_unacknowledged_ram": unacked,
+            "messages_unacknowledged_ram": mem["unacked_ram"],
             "name": q.name,
             "node": self.node,
             "operator_policy": getattr(q, "operator_policy", None),
@@ -523,8 +550,8 @@ class View:
     def node_json(self) -> dict:
         b = self.broker
         m = self.m
-        mem = b.memory_usage()
-        mem_limit = m.mem_limit()
+        mem = b.memory_usage()            # what the memory alarm compares with its limit
+        mem_limit = b.memory_limit()
         disk_free = m.disk_free()
         fd_used, fd_total = m.fds()
         uptime = int((time.time() - b.started_at) * 1000)
@@ -549,14 +576,14 @@ class View:
             "db_dir": m.data_dir(),
             "disk_free": disk_free,
             "disk_free_alarm": "disk" in b.alarms,
-            "disk_free_limit": 50000000,
+            "disk_free_limit": b.config.disk_free_limit,
             "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
             "exchange_types": EXCHANGE_TYPES,
             "fd_total": fd_total,
             "fd_used": fd_used,
             "log_files": ["<stderr>"],
             "mem_alarm": "memory" in b.alarms,
-            "mem_calculation_strategy": "rss",
+            "mem_calculation_strategy": "allocated",
             "mem_limit": mem_limit,
             "mem_used": mem,
             "metrics_gc_queue_length": {},

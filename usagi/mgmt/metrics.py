@@ -14,7 +14,7 @@ import platform
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
 from . import ops, slices
-from .formats import NO_UNACKED, unacked_by_queue_sliced
+from .formats import NO_UNACKED, queue_memory, unacked_by_queue_sliced
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -91,6 +91,10 @@ def _ub(ub, q) -> int:
     return ub.get(id(q), NO_UNACKED)[0]
 
 
+def _mem(ub, q, key):
+    return queue_memory(q, ub.get(id(q), NO_UNACKED))[key]
+
+
 def _identity(m, ex: Exposition):
     b = m.broker
     ex.family("rabbitmq_identity_info", "untyped", "RabbitMQ node & cluster identity info",
@@ -108,13 +112,21 @@ QUEUE_GAUGES = (
      lambda q, ub: q.unacked),
     ("queue_messages", "Sum of ready and unacknowledged messages - total queue depth",
      lambda q, ub: q.message_count + q.unacked),
-    ("queue_messages_ready_bytes", "Size in bytes of ready messages", lambda q, ub: q.ready_bytes),
+    ("queue_messages_ready_bytes", "Size in bytes of ready messages", lambda q, ub: q.message_bytes),
     ("queue_messages_unacked_bytes", "Size in bytes of all unacknowledged messages",
      lambda q, ub: _ub(ub, q)),
     ("queue_messages_bytes", "Size in bytes of ready and unacknowledged messages",
-     lambda q, ub: q.ready_bytes + _ub(ub, q)),
+     lambda q, ub: q.message_bytes + _ub(ub, q)),
     ("queue_consumers", "Consumers on a queue", lambda q, ub: len(q.consumers)),
-)
+) + tuple((name, help_, (lambda key: lambda q, ub: _mem(ub, q, key))(key)) for name, help_, key in (
+    ("queue_messages_ram", "Ready and unacknowledged messages stored in memory", "messages_ram"),
+    ("queue_messages_ready_ram", "Ready messages stored in memory", "ready_ram"),
+    ("queue_messages_unacked_ram", "Unacknowledged messages stored in memory", "unacked_ram"),
+    ("queue_messages_ram_bytes", "Size of ready and unacknowledged messages stored in memory", "ram_bytes"),
+    ("queue_messages_paged_out", "Messages paged out to disk", "paged_out"),
+    ("queue_messages_paged_out_bytes", "Size in bytes of messages paged out to disk", "paged_out_bytes"),
+    ("queue_process_memory_bytes", "Memory in bytes used by the Erlang queue process", "memory"),
+))
 
 
 async def render_metrics(m, pacer: slices.Pacer) -> list[bytes]:
@@ -201,17 +213,17 @@ async def render_metrics(m, pacer: slices.Pacer) -> list[bytes]:
               "Total number of messages redelivered to consumers", [({}, tot["redeliver"])])
 
     fd_used, fd_total = m.fds()
-    mem = b.memory_usage()
+    mem = b.memory_usage()          # the figure the memory alarm uses (core/alarms.py)
     ex.family("rabbitmq_process_resident_memory_bytes", "gauge", "Memory used in bytes", [({}, mem)])
     ex.family("rabbitmq_resident_memory_limit_bytes", "gauge", "Memory high watermark in bytes",
-              [({}, m.mem_limit())])
+              [({}, b.memory_limit())])
     ex.family("rabbitmq_process_open_fds", "gauge", "Open file descriptors", [({}, fd_used)])
     ex.family("rabbitmq_process_max_fds", "gauge", "Open file descriptors limit", [({}, fd_total)])
     ex.family("rabbitmq_process_open_tcp_sockets", "gauge", "Open TCP sockets", [({}, len(conns))])
     ex.family("rabbitmq_disk_space_available_bytes", "gauge", "Disk space available in bytes",
               [({}, m.disk_free())])
     ex.family("rabbitmq_disk_space_available_limit_bytes", "gauge", "Free disk space low watermark in bytes",
-              [({}, 50000000)])
+              [({}, b.config.disk_free_limit)])
     ex.family("rabbitmq_alarms_memory_used_watermark", "gauge",
               "is 1 if VM memory watermark alarm is in effect", [({}, int("memory" in b.alarms))])
     ex.family("rabbitmq_alarms_free_disk_space_watermark", "gauge",
@@ -270,11 +282,13 @@ async def render_detailed(m, families: list, vhosts: list, pacer: slices.Pacer) 
                   _queue_samples(rows, ub, lambda q, _u: len(q.consumers)))
     if "queue_metrics" in families:
         await fam(p + "queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
-                  _queue_samples(rows, ub, lambda q, _u: q.ready_bytes))
+                  _queue_samples(rows, ub, lambda q, _u: q.message_bytes))
         await fam(p + "queue_messages_unacked_bytes", "gauge", "Size in bytes of all unacknowledged messages",
                   _queue_samples(rows, ub, lambda q, u: _ub(u, q)))
         await fam(p + "queue_messages_bytes", "gauge", "Size in bytes of ready and unacknowledged messages",
-                  _queue_samples(rows, ub, lambda q, u: q.ready_bytes + _ub(u, q)))
+                  _queue_samples(rows, ub, lambda q, u: q.message_bytes + _ub(u, q)))
+        for name, help_, fn in QUEUE_GAUGES[7:]:
+            await fam(p + name, "gauge", help_, _queue_samples(rows, ub, fn))
         await fam(p + "queue_messages_published_total", "counter", "Total number of messages published to queues",
                   _queue_samples(rows, ub, lambda q, _u: q.published))
     if "exchange_names" in families or "exchange_bindings" in families:

@@ -8,6 +8,15 @@ Features that RabbitMQ configures with x- arguments or policies (TTL, length lim
 lettering, priorities, single active consumer, delivery limits) are read by `configure` from the
 queue's effective arguments. Expired or dropped entries are removed lazily: their seq goes into
 `dead` and `pop` skips them, so expiry never waits for the head of the queue.
+
+Memory: every kind of queue keeps at most its in-memory budget (PAGING: a count and bytes of
+bodies) of ready messages in memory; past it, what arrives is paged out to segment files in order
+(paging.py) and read back in batches as the head drains. Entries with a TTL carry their deadline
+into the segment, and the segment its earliest one, so paged entries expire on time without any
+structure per entry in memory: `deadlines` and `expiry` hold in-memory entries only. A requeued
+entry or an unacknowledged delivery whose body left memory is a `Spilled` stub (paging.py), read
+back when it is delivered again. A plain queue under its budget does exactly what it did without
+paging: `_append` compares two integers.
 """
 from __future__ import annotations
 
@@ -15,11 +24,65 @@ import heapq
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 
-from .paging import Pager
+from .paging import Pager, SpillCount, Spilled, heap_compact
 
-# Paging of long plain queues (see paging.py): where segment files go (None = never page) and the
-# in-memory budget of one queue before the rest goes to disk.
+# Paging (see paging.py): where segment and spill files go (None = never page), the in-memory
+# budget of one queue before the rest goes to disk, and how many entries are read back at once.
 PAGING = {"dir": None, "bytes": 32 * 1024 * 1024, "count": 50_000, "batch": 4096}
+UNLIMITED = 1 << 62
+PEEK_LIMIT = 10_000      # entries peek_all reads from paged-out segments (management listings)
+
+# What the memory accounting counts per entry besides the bytes of its body (estimates for
+# CPython 3.11 on 64 bits, measured with tracemalloc): an in-memory entry of a queue (the
+# (seq, message) tuple, the Message with its properties and route bytes, the deque slot);
+# the deadline of an entry with a TTL (its expiry dict entry and heap tuple).
+ENTRY_BYTES = 400
+TIMED_BYTES = 180
+
+
+def budget() -> tuple:
+    """(count, bytes) a queue keeps in memory before it pages: PAGING's, or unlimited without a
+    paging directory."""
+    if not PAGING["dir"]:
+        return UNLIMITED, UNLIMITED
+    return PAGING["count"], PAGING["bytes"]
+
+
+def _load(msg):
+    if type(msg) is Spilled:
+        return msg.load()
+    return msg
+
+
+class _StoredRef:
+    """A paged-out entry that a purge removed: what the engine needs to dequeue it from the store."""
+
+    __slots__ = ("id",)
+    stored = True
+
+    def __init__(self, msg_id):
+        self.id = msg_id
+
+
+class Purged:
+    """The messages a purge took out: in-memory ones (messages or stubs) and, for a durable queue
+    that stays, references to the paged-out ones that are in the store; its length counts the
+    paged-out ones too, which are never read back into memory."""
+
+    __slots__ = ("msgs", "paged", "ids")
+
+    def __init__(self, msgs: list, paged: int = 0, ids=()):
+        self.msgs = msgs
+        self.paged = paged
+        self.ids = ids
+
+    def __len__(self):
+        return len(self.msgs) + self.paged
+
+    def __iter__(self):
+        yield from self.msgs
+        for i in self.ids:
+            yield _StoredRef(i)
 
 
 # Where a consumer that cannot take more waits, out of its queue's rotation (Consumer.parked)
@@ -116,8 +179,8 @@ class Queue:
         self.auto_delete = auto_delete
         self.arguments = arguments or {}
         self.ready: deque = deque()
-        self.returned: list = []     # heap of (seq, message), redelivered
-        self.ready_bytes = 0
+        self.returned: list = []     # heap of (seq, message or Spilled stub), redelivered
+        self.ready_bytes = 0         # bodies of ready and returned entries (a stub's: its size)
         self.unacked = 0
         # consumers (see "consumers" below): all of them, and those that can be given messages
         self.consumers: dict = {}    # Consumer -> None, in arrival order
@@ -136,12 +199,19 @@ class Queue:
         # lazily removed entries and per-entry state
         self.dead: set = set()       # seqs removed from the middle (expired), skipped by pop
         self.dead_bytes = 0
-        self.deadlines: list = []    # heap of (expires_at_ms, seq, message)
-        self.expiry: dict = {}       # seq -> expires_at_ms
+        self.deadlines: list = []    # heap of (expires_at_ms, seq) of in-memory entries (lazily cleaned)
+        self.expiry: dict = {}       # seq -> (expires_at_ms, message) of in-memory entries with a TTL
         self.delivery_counts: dict = {}   # seq -> times returned to the queue
         self.held_expiry: dict = {}  # seq -> expires_at_ms of delivered, unacked entries
-        self.pager = None            # paged-out messages (plain queues only)
-        self.paged = 0
+        self.pager = None            # paged-out ready messages
+        self.paged = 0               # how many (the pager's live count)
+        self.cap_count, self.cap_bytes = budget()   # the in-memory budget
+        self.spilled = SpillCount()  # stubs of this queue alive (in `returned` or unacked records)
+        self.returned_stubs = 0      # ... of them in `returned`, and their bytes
+        self.returned_stub_bytes = 0
+        self.unacked_avg = 0         # mean body size of its unacked deliveries (see Broker.examine_unacked)
+        self.ttl_due = None          # the deadline the engine's expiry timer has this queue down for
+        self.expires_due = None      # the same for x-expires
         # features, set by configure()
         self.policy = None
         self.operator_policy = None
@@ -193,60 +263,148 @@ class Queue:
     def message_bytes(self) -> int:
         return self.ready_bytes - self.dead_bytes + (self.pager.bytes if self.pager is not None else 0)
 
-    def push(self, msg) -> int:
+    def ram_count(self) -> int:
+        """Entries whose message is in memory (ready and returned, dead ones until they go)."""
+        return len(self.ready) + len(self.returned) - self.returned_stubs
+
+    def ram_bytes(self) -> int:
+        return self.ready_bytes - self.returned_stub_bytes
+
+    def paged_stats(self) -> tuple:
+        """(count, bytes, persistent count, persistent bytes) of the paged-out ready entries."""
+        p = self.pager
+        if p is None:
+            return 0, 0, 0, 0
+        return p.count, p.bytes, p.persistent, p.persistent_bytes
+
+    def push(self, msg, exp: int = 0) -> int:
+        """A new entry at the tail; `exp`: when it expires (ms since the epoch), 0 for never."""
         self.seq += 1
         self.published += 1
-        self._append(self.seq, msg)
+        self._append(self.seq, msg, exp)
         return self.seq
 
-    def _append(self, seq: int, msg):
+    def _append(self, seq: int, msg, exp: int = 0):
         """At the tail: in memory, or paged out once the queue is over its memory budget."""
-        if self.paged or (self.simple and PAGING["dir"] and (len(self.ready) >= PAGING["count"] or
-                                                            self.ready_bytes >= PAGING["bytes"])):
+        if self.paged or len(self.ready) >= self.cap_count or self.ready_bytes >= self.cap_bytes:
             if self.pager is None:
                 self.pager = Pager(PAGING["dir"])
-            self.pager.append(seq, msg)
+            self.pager.append(seq, msg, exp)
             self.paged += 1
         else:
             self.ready.append((seq, msg))
             self.ready_bytes += len(msg.body)
+            if exp:
+                self._timed(seq, msg, exp)
+
+    def _timed(self, seq: int, msg, exp: int):
+        """An in-memory entry expires at `exp`. The heap is cleaned lazily (an entry delivered
+        meanwhile leaves its (exp, seq) behind) and rebuilt when stale entries outnumber the live."""
+        self.expiry[seq] = (exp, msg)
+        dl = self.deadlines
+        heapq.heappush(dl, (exp, seq))
+        if len(dl) > 2 * len(self.expiry) + 1024:
+            self.deadlines = heap_compact(dl, self.expiry)
+
+    def take_expiry(self, seq: int):
+        """The deadline of an entry leaving the queue (None if it has none)."""
+        e = self.expiry.pop(seq, None)
+        return e[0] if e is not None else None
+
+    def _drop_pager(self):
+        if self.pager is not None:
+            self.pager.drop()
+            self.pager = None
+        self.paged = 0
+
+    def _took(self, got):
+        """Entries read back from the pager join the in-memory head, in order."""
+        ready = self.ready
+        n = 0
+        for seq, msg, exp in got:
+            ready.append((seq, msg))
+            n += len(msg.body)
+            if exp:
+                self._timed(seq, msg, exp)
+        self.ready_bytes += n
+
+    def _room(self) -> tuple:
+        """(count, bytes) a batch read back may bring: PAGING's batch, within the room the budget
+        leaves besides what is in memory, unacknowledged messages included (at least a few
+        entries, so that reading goes on in batches)."""
+        ram_unacked = self.unacked - (self.spilled.n - self.returned_stubs)
+        return (max(64, min(PAGING["batch"], self.cap_count - self.ram_count() - ram_unacked)),
+                max(64 * 1024, self.cap_bytes - self.ram_bytes() - ram_unacked * self.unacked_avg))
 
     def page_in(self):
         """Bring the next batch of paged-out messages back into memory."""
-        from .message import Message
-        got = self.pager.read(PAGING["batch"], Message.from_page)
-        self.paged -= len(got)
-        if got:
-            self.ready.extend(got)
-            self.ready_bytes += sum(len(m.body) for _, m in got)
-        if not self.paged:
-            self.pager.drop()
-            self.pager = None
+        n, b = self._room()
+        got = self.pager.read(n, b)
+        self._took(got)
+        self.paged = self.pager.count
+        if not got or not self.paged:     # (nothing readable though counted: never loop on it)
+            self._drop_pager()
+
+    def page_out(self, keep_count: int, keep_bytes: int) -> int:
+        """Page out the in-memory tail of `ready` (in front of what is already paged, so order
+        holds) until the queue holds at most keep_count entries and keep_bytes bytes in memory
+        (ram_count, ram_bytes). Returns how many went."""
+        ready = self.ready
+        dead = self.dead
+        out = []
+        while ready and (self.ram_count() > keep_count or self.ram_bytes() > keep_bytes):
+            seq, msg = ready.pop()
+            size = len(msg.body)
+            self.ready_bytes -= size
+            if dead and seq in dead:
+                dead.discard(seq)
+                self.dead_bytes -= size
+                continue
+            e = self.expiry.pop(seq, None)
+            out.append((seq, msg, e[0] if e is not None else 0))
+        if out:
+            out.reverse()
+            if self.pager is None:
+                self.pager = Pager(PAGING["dir"])
+            self.pager.prepend(out)
+            self.paged = self.pager.count
+        return len(out)
 
     def next_seq(self) -> int:
         self.seq += 1
         self.published += 1
         return self.seq
 
+    def _returned_pop(self):
+        seq, msg = heapq.heappop(self.returned)
+        if type(msg) is Spilled:
+            self.returned_stubs -= 1
+            self.returned_stub_bytes -= msg.size
+            self.ready_bytes -= msg.size
+        else:
+            self.ready_bytes -= len(msg.body)
+        return seq, msg
+
     def pop(self):
-        """(seq, message, redelivered) of the head, or None."""
+        """(seq, message, redelivered) of the head, or None. The message of a requeued entry may
+        be a Spilled stub (the engine reads it back before delivering it)."""
         dead = self.dead
         while True:
             if self.returned:
-                seq, msg = heapq.heappop(self.returned)
+                seq, msg = self._returned_pop()
                 red = True
             elif self.ready:
                 seq, msg = self.ready.popleft()
+                self.ready_bytes -= len(msg.body)
                 red = False
             elif self.paged:
                 self.page_in()
                 continue
             else:
                 return None
-            self.ready_bytes -= len(msg.body)
             if dead and seq in dead:
                 dead.discard(seq)
-                self.dead_bytes -= len(msg.body)
+                self.dead_bytes -= msg.size
                 continue
             return seq, msg, red
 
@@ -260,49 +418,119 @@ class Queue:
 
     def unpop(self, seq, msg, redelivered):
         if redelivered:
-            heapq.heappush(self.returned, (seq, msg))
+            self._returned_push(seq, msg)
         else:
             self.ready.appendleft((seq, msg))
-        self.ready_bytes += len(msg.body)
+            self.ready_bytes += len(msg.body)
 
-    def requeue(self, seq: int, msg):
+    def _returned_push(self, seq, msg):
         heapq.heappush(self.returned, (seq, msg))
-        self.ready_bytes += len(msg.body)
+        if type(msg) is Spilled:
+            self.returned_stubs += 1
+            self.returned_stub_bytes += msg.size
+            self.ready_bytes += msg.size
+        else:
+            self.ready_bytes += len(msg.body)
 
-    def restore(self, seq: int, msg, redelivered: bool):
+    def requeue(self, seq: int, msg, exp=None):
+        """A delivered entry comes back (to its place: before anything ready); `exp`: its deadline."""
+        self._returned_push(seq, msg)
+        if exp is not None:
+            self._timed(seq, msg, exp)
+
+    def restore(self, seq: int, msg, redelivered: bool, exp=None):
         """Put back an entry recovered from the store, in order."""
         if seq > self.seq:
             self.seq = seq
         if redelivered:
-            self.requeue(seq, msg)
+            self.requeue(seq, msg, exp)
         else:
-            self._append(seq, msg)
+            self._append(seq, msg, exp or 0)
 
     def remove(self, seq: int, msg):
         """Take an entry out from anywhere (expiry): it is skipped when it reaches the head."""
         self.dead.add(seq)
-        self.dead_bytes += len(msg.body)
+        self.dead_bytes += msg.size
 
-    def purge(self) -> list:
+    def trim_dead(self):
+        """Let go of dead entries at the heads of `ready` and `returned` (their memory with them)."""
         dead = self.dead
+        ready = self.ready
+        while dead and ready and ready[0][0] in dead:
+            seq, msg = ready.popleft()
+            self.ready_bytes -= len(msg.body)
+            dead.discard(seq)
+            self.dead_bytes -= len(msg.body)
+        while dead and self.returned and self._returned_head() in dead:
+            seq, msg = self._returned_pop()
+            dead.discard(seq)
+            self.dead_bytes -= msg.size
+
+    def _returned_head(self) -> int:
+        return self.returned[0][0]
+
+    def next_due(self):
+        """The earliest deadline of an entry still in the queue, in memory or paged (None: none)."""
+        dl = self.deadlines
+        ex = self.expiry
+        best = None
+        while dl:
+            e, s = dl[0]
+            v = ex.get(s)
+            if v is None or v[0] != e:
+                heapq.heappop(dl)
+                continue
+            best = e
+            break
         if self.pager is not None:
-            from .message import Message
-            while self.paged:
-                got = self.pager.read(PAGING["batch"], Message.from_page)
-                if not got:
-                    break
-                self.paged -= len(got)
-                self.ready.extend(got)
-            self.pager.drop()
-            self.pager = None
-            self.paged = 0
+            d = self.pager.due()
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def expire_due(self, now: int, budget: int) -> list:
+        """Take out entries whose deadline has passed, wherever they are: at most `budget` of them.
+        Returns [(seq, message or stub)] for the engine to dead-letter and forget."""
+        out = []
+        dl = self.deadlines
+        ex = self.expiry
+        while dl and len(out) < budget and dl[0][0] <= now:
+            e, s = heapq.heappop(dl)
+            v = ex.get(s)
+            if v is None or v[0] != e:
+                continue          # delivered or expired meanwhile
+            del ex[s]
+            self.remove(s, v[1])
+            out.append((s, v[1]))
+        if len(out) < budget and self.paged:
+            out += self._pager_expire(now, budget - len(out))
+        self.trim_dead()
+        return out
+
+    def _pager_expire(self, now, budget) -> list:
+        got = self.pager.expire(now, budget)
+        self.paged = self.pager.count
+        if not self.paged:
+            self._drop_pager()
+        return got
+
+    def purge(self) -> Purged:
+        dead = self.dead
         msgs = [m for s, m in self.returned if s not in dead] + [m for s, m in self.ready if s not in dead]
+        ids = ()
+        paged = self.paged
+        if self.pager is not None:
+            if self.durable and not self.deleted:
+                ids = self.pager.stored_ids()     # their store entries go; a deleted queue drops all
+            self._drop_pager()
         self.ready.clear()
         self._emptied()
-        return msgs
+        return Purged(msgs, paged, ids)
 
     def _emptied(self):
         self.returned = []
+        self.returned_stubs = 0
+        self.returned_stub_bytes = 0
         self.ready_bytes = 0
         self.dead.clear()
         self.dead_bytes = 0
@@ -310,11 +538,28 @@ class Queue:
         self.expiry.clear()
 
     def peek_all(self) -> list:
-        """(seq, message, redelivered) in delivery order, without taking anything."""
+        """(seq, message, redelivered) in delivery order, without taking anything: the in-memory
+        entries and up to PEEK_LIMIT paged-out ones (spilled messages read back)."""
         dead = self.dead
-        out = [(s, m, True) for s, m in sorted(self.returned) if s not in dead]
+        out = [(s, _load(m), True) for s, m in sorted(self.returned, key=_seq_key) if s not in dead]
         out += [(s, m, False) for s, m in self.ready if s not in dead]
-        return out
+        if self.pager is not None:
+            out += [(s, m, False) for s, m, _e in self.pager.peek(PEEK_LIMIT)]
+        return [e for e in out if e[1] is not None]
+
+    def contents(self) -> tuple:
+        """(persistent count, persistent bytes) of the ready entries, in memory and paged out: a
+        walk over the in-memory ones (at most the budget, and the requeued ones)."""
+        dead = self.dead
+        n = b = 0
+        for entries in (self.returned, self.ready):
+            for e in entries:
+                m = e[-1]
+                if m.scan.delivery_mode == 2 and e[-2] not in dead:
+                    n += 1
+                    b += m.size
+        _c, _b, pn, pb = self.paged_stats()
+        return n + pn, b + pb
 
     # -- consumers
     # Every consumer is in `consumers`. An active one is in `rotation` while it can take messages;
@@ -436,16 +681,26 @@ class Queue:
         return back, True
 
 
+def _seq_key(e):
+    return e[-2]
+
+
 class PriorityQueue(Queue):
     """x-max-priority: one FIFO per priority level; higher levels are served first.
 
     A requeued message goes back into its own level, ahead of that level's ready messages (at
     its original place), as in RabbitMQ: a newer message of a higher priority still comes
-    first. `returned` is one heap of (-level, seq, message) over all levels."""
+    first. `returned` is one heap of (-level, seq, message) over all levels.
+
+    Paging: the queue's budget covers all levels together; past it, each level pages on its own
+    (one pager per level, made when needed), so a level's order holds and a newer message of a
+    higher level still comes first, read back from that level's pager."""
 
     def __init__(self, *a, max_priority: int = 0, **kw):
         self.max_priority = max_priority
         self.levels = [deque() for _ in range(max_priority + 1)]
+        self.pagers = [None] * (max_priority + 1)
+        self.level_count = 0          # entries in memory in all levels
         super().__init__(*a, **kw)
 
     def _level(self, msg) -> int:
@@ -456,62 +711,191 @@ class PriorityQueue(Queue):
 
     @property
     def message_count(self) -> int:
-        return sum(len(lv) for lv in self.levels) + len(self.returned) - len(self.dead)
+        return self.level_count + len(self.returned) - len(self.dead) + self.paged
 
-    def push(self, msg) -> int:
-        self.seq += 1
-        self.levels[self._level(msg)].append((self.seq, msg))
-        self.ready_bytes += len(msg.body)
-        self.published += 1
-        return self.seq
+    @property
+    def message_bytes(self) -> int:
+        return self.ready_bytes - self.dead_bytes + sum(p.bytes for p in self.pagers if p is not None)
+
+    def ram_count(self) -> int:
+        return self.level_count + len(self.returned) - self.returned_stubs
+
+    def paged_stats(self) -> tuple:
+        out = [0, 0, 0, 0]
+        for p in self.pagers:
+            if p is not None:
+                out[0] += p.count
+                out[1] += p.bytes
+                out[2] += p.persistent
+                out[3] += p.persistent_bytes
+        return tuple(out)
+
+    def _recount(self):
+        self.paged = sum(p.count for p in self.pagers if p is not None)
+
+    def _append(self, seq: int, msg, exp: int = 0):
+        lvl = self._level(msg)
+        pg = self.pagers[lvl]
+        if pg is not None or self.level_count >= self.cap_count or self.ready_bytes >= self.cap_bytes:
+            if pg is None:
+                pg = self.pagers[lvl] = Pager(PAGING["dir"])
+            pg.append(seq, msg, exp)
+            self.paged += 1
+        else:
+            self.levels[lvl].append((seq, msg))
+            self.level_count += 1
+            self.ready_bytes += len(msg.body)
+            if exp:
+                self._timed(seq, msg, exp)
+
+    def _page_in(self, lvl: int):
+        pg = self.pagers[lvl]
+        n, b = self._room()
+        got = pg.read(n, b)
+        lv = self.levels[lvl]
+        for seq, msg, exp in got:
+            lv.append((seq, msg))
+            self.ready_bytes += len(msg.body)
+            if exp:
+                self._timed(seq, msg, exp)
+        self.level_count += len(got)
+        if not got or not pg.count:
+            pg.drop()
+            self.pagers[lvl] = None
+        self._recount()
+
+    def _drop_pager(self):
+        for p in self.pagers:
+            if p is not None:
+                p.drop()
+        self.pagers = [None] * len(self.levels)
+        self.paged = 0
+
+    def page_out(self, keep_count: int, keep_bytes: int) -> int:
+        """Page out the in-memory tails of the levels, lowest levels first."""
+        went = 0
+        dead = self.dead
+        for lvl, lv in enumerate(self.levels):
+            if self.ram_count() <= keep_count and self.ram_bytes() <= keep_bytes:
+                break
+            out = []
+            while lv and (self.ram_count() > keep_count or self.ram_bytes() > keep_bytes):
+                seq, msg = lv.pop()
+                self.level_count -= 1
+                size = len(msg.body)
+                self.ready_bytes -= size
+                if dead and seq in dead:
+                    dead.discard(seq)
+                    self.dead_bytes -= size
+                    continue
+                e = self.expiry.pop(seq, None)
+                out.append((seq, msg, e[0] if e is not None else 0))
+            if out:
+                out.reverse()
+                pg = self.pagers[lvl]
+                if pg is None:
+                    pg = self.pagers[lvl] = Pager(PAGING["dir"])
+                pg.prepend(out)
+                went += len(out)
+        self._recount()
+        return went
+
+    def _returned_pop(self):
+        _, seq, msg = heapq.heappop(self.returned)
+        if type(msg) is Spilled:
+            self.returned_stubs -= 1
+            self.returned_stub_bytes -= msg.size
+            self.ready_bytes -= msg.size
+        else:
+            self.ready_bytes -= len(msg.body)
+        return seq, msg
+
+    def _returned_push(self, seq, msg):
+        heapq.heappush(self.returned, (-self._level(msg), seq, msg))
+        if type(msg) is Spilled:
+            self.returned_stubs += 1
+            self.returned_stub_bytes += msg.size
+            self.ready_bytes += msg.size
+        else:
+            self.ready_bytes += len(msg.body)
+
+    def _returned_head(self) -> int:
+        return self.returned[0][1]
 
     def pop(self):
         dead = self.dead
         levels = self.levels
+        pagers = self.pagers
         while True:
             # the highest level with a ready message, above the best requeued one's level
             floor = -self.returned[0][0] if self.returned else -1
             for p in range(len(levels) - 1, floor, -1):
                 lv = levels[p]
+                if not lv and self.paged and pagers[p] is not None:
+                    self._page_in(p)
                 if lv:
                     seq, msg = lv.popleft()
+                    self.level_count -= 1
+                    self.ready_bytes -= len(msg.body)
                     red = False
                     break
             else:
                 if not self.returned:
                     return None
-                _, seq, msg = heapq.heappop(self.returned)
+                seq, msg = self._returned_pop()
                 red = True
-            self.ready_bytes -= len(msg.body)
             if dead and seq in dead:
                 dead.discard(seq)
-                self.dead_bytes -= len(msg.body)
+                self.dead_bytes -= msg.size
                 continue
             return seq, msg, red
 
     def unpop(self, seq, msg, redelivered):
         if redelivered:
-            heapq.heappush(self.returned, (-self._level(msg), seq, msg))
+            self._returned_push(seq, msg)
         else:
             self.levels[self._level(msg)].appendleft((seq, msg))
-        self.ready_bytes += len(msg.body)
-
-    def requeue(self, seq: int, msg):
-        heapq.heappush(self.returned, (-self._level(msg), seq, msg))
-        self.ready_bytes += len(msg.body)
-
-    def restore(self, seq: int, msg, redelivered: bool):
-        if seq > self.seq:
-            self.seq = seq
-        if redelivered:
-            self.requeue(seq, msg)
-        else:
-            self.levels[self._level(msg)].append((seq, msg))
+            self.level_count += 1
             self.ready_bytes += len(msg.body)
+
+    def trim_dead(self):
+        dead = self.dead
+        for lv in self.levels:
+            while dead and lv and lv[0][0] in dead:
+                seq, msg = lv.popleft()
+                self.level_count -= 1
+                self.ready_bytes -= len(msg.body)
+                dead.discard(seq)
+                self.dead_bytes -= len(msg.body)
+        while dead and self.returned and self._returned_head() in dead:
+            seq, msg = self._returned_pop()
+            dead.discard(seq)
+            self.dead_bytes -= msg.size
+
+    def next_due(self):
+        best = super().next_due()       # (the in-memory deadlines: a priority queue has no self.pager)
+        for pg in self.pagers:
+            if pg is not None:
+                d = pg.due()
+                if d is not None and (best is None or d < best):
+                    best = d
+        return best
+
+    def _pager_expire(self, now, budget) -> list:
+        out = []
+        for lvl, pg in enumerate(self.pagers):
+            if pg is None or len(out) >= budget:
+                continue
+            out += pg.expire(now, budget - len(out))
+            if not pg.count:
+                pg.drop()
+                self.pagers[lvl] = None
+        self._recount()
+        return out
 
     @property
     def ready(self):
-        # the ready entries of every level, highest priority first (for length limits and listing)
+        # the ready entries of every level, highest priority first (for listing)
         out = deque()
         for lv in reversed(self.levels):
             out.extend(lv)
@@ -521,28 +905,60 @@ class PriorityQueue(Queue):
     def ready(self, value):
         pass
 
-    def purge(self) -> list:
+    def purge(self) -> Purged:
         dead = self.dead
         msgs = [m for _, s, m in self.returned if s not in dead]
         for lv in reversed(self.levels):
             msgs += [m for s, m in lv if s not in dead]
             lv.clear()
+        self.level_count = 0
+        paged = self.paged
+        ids = []
+        if self.durable and not self.deleted:
+            for pg in self.pagers:
+                if pg is not None:
+                    ids += pg.stored_ids()
+        self._drop_pager()
         self._emptied()
-        return msgs
+        return Purged(msgs, paged, ids)
 
     def peek_all(self) -> list:
         dead = self.dead
         returned = sorted(self.returned, key=lambda e: (e[0], e[1]))
         out = []
         i = 0
+        budget = PEEK_LIMIT
         for p in range(len(self.levels) - 1, -1, -1):
             while i < len(returned) and -returned[i][0] == p:     # requeued ones first in a level
                 _, s, m = returned[i]
                 i += 1
                 if s not in dead:
-                    out.append((s, m, True))
+                    m = _load(m)
+                    if m is not None:
+                        out.append((s, m, True))
             out += [(s, m, False) for s, m in self.levels[p] if s not in dead]
+            pg = self.pagers[p]
+            if pg is not None and budget > 0:
+                got = pg.peek(budget)
+                budget -= len(got)
+                out += [(s, m, False) for s, m, _e in got]
         return out
+
+    def contents(self) -> tuple:
+        dead = self.dead
+        n = b = 0
+        for e in self.returned:
+            m = e[2]
+            if m.scan.delivery_mode == 2 and e[1] not in dead:
+                n += 1
+                b += m.size
+        for lv in self.levels:
+            for s, m in lv:
+                if m.scan.delivery_mode == 2 and s not in dead:
+                    n += 1
+                    b += m.size
+        _c, _b, pn, pb = self.paged_stats()
+        return n + pn, b + pb
 
     def drop_head_entry(self):
         """For drop-head overflow: the lowest-priority oldest entry goes first, as in RabbitMQ."""

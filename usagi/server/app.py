@@ -262,11 +262,15 @@ class Server:
         set again."""
         b = self.broker
         try:
-            if b.ttl_queues:
+            if b.ttl_queues or b.ttl_heap:
                 try:
                     b.expire(int(time.time() * 1000))
                 except Exception:
                     upkeep.failed("message TTL expiry", log)
+            try:
+                b.memory_tick()             # a bounded step of the memory accounting (core/alarms.py)
+            except Exception:
+                upkeep.failed("memory accounting", log)
             if len(b.delayed):
                 try:
                     b._release_delayed(int(time.time() * 1000))
@@ -546,6 +550,7 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
     if on_started is not None:
         on_started(server, started)
     await stop.wait()
+    stop_watchdog(loop)
     log.info("stopping: closing %d connections", len(server.conns))
     for s in started:
         try:
@@ -560,3 +565,34 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
 
 
 __all__ = ["Server", "serve", "E"]
+
+
+STOP_DEADLINE = 60.0     # a stop that has not completed by then ends the process (status 1)
+
+
+def stop_watchdog(loop, deadline: float = STOP_DEADLINE):
+    """Called when a stop begins: if the process is still there `deadline` seconds later, log the
+    tasks that are holding it up and exit (status 1). A stop always completes."""
+    import os
+    import threading
+    import traceback
+
+    def dump():
+        try:
+            for t in asyncio.all_tasks(loop):
+                stack = "".join(traceback.format_stack(t.get_stack(limit=6)[-1], limit=1)) if t.get_stack() else ""
+                log.error("still running at the stop deadline: %r %s", t, stack.strip())
+        except Exception:  # noqa: BLE001 - diagnostics only
+            pass
+
+    def watch():
+        time.sleep(deadline)
+        log.error("the stop did not complete within %.0f s; exiting now", deadline)
+        try:
+            loop.call_soon_threadsafe(dump)
+            time.sleep(1.0)
+        except RuntimeError:
+            pass
+        logging.shutdown()
+        os._exit(1)
+    threading.Thread(target=watch, name="stop-watchdog", daemon=True).start()

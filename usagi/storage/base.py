@@ -70,6 +70,18 @@ class Store:
     def mark_delivered(self, vhost: str, queue: str, seq: int):
         pass
 
+    def read_message(self, msg_id: int):
+        """(exchange, routing_key, props, body) of a message the store holds (recorded, being
+        written or written), or None. Called on the event loop for one message at a time, to read
+        back a message that left memory (the engine bounds how many per loop turn): a durable
+        store answers from what is pending or from an indexed read that no commit blocks."""
+        return None
+
+    def memory_bytes(self) -> int:
+        """About how much memory the store holds (its in-memory index, its cache, writes not yet
+        made), for the memory accounting."""
+        return 0
+
     def drop_queue_messages(self, vhost: str, queue: str):
         pass
 

@@ -417,6 +417,7 @@ class SQLiteStore(Store):
         self.position = (0, 0)         # (epoch, lsn)
         self.history: list = []        # [(epoch, first lsn)]
         self._reader = None            # a second connection for reads off the commit path
+        self._writing: dict = {}       # msg_id -> row of the messages taken for a write not yet done
 
     # ------------------------------------------------------------------ open / close
     def open(self) -> Recovered:
@@ -659,6 +660,33 @@ class SQLiteStore(Store):
             if idx is not None and seq in idx.by_seq:
                 self._marks.append(key)
 
+    def read_message(self, msg_id: int):
+        with self._lock:
+            row = self._new_msgs.get(msg_id) or self._writing.get(msg_id) or self._limbo.get(msg_id)
+        if row is not None:
+            return row[1], row[2], row[3], row[4]
+        if self.conn is None:
+            return None
+        r = self._read_conn().execute("SELECT exchange, routing_key, props, body FROM messages WHERE id = ?",
+                                      (msg_id,)).fetchone()
+        if r is None:
+            return None
+        return from_db(r[0]), from_db(r[1]), bytes(r[2]), bytes(r[3])
+
+    INDEX_ENTRY_BYTES = 150        # an entry of `_refs` or of a queue's `by_seq` (dict slot and ints)
+    CACHE_BYTES = 64 << 20         # PRAGMA cache_size of the writing connection
+
+    def memory_bytes(self) -> int:
+        entries = len(self._refs) + sum(len(idx.by_seq) for idx in list(self._queues.values()))
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            size = 0
+        with self._lock:
+            pending = list(self._new_msgs.values()) + list(self._writing.values())
+        return (self.INDEX_ENTRY_BYTES * entries + min(self.CACHE_BYTES, size) +
+                sum(200 + len(r[4]) for r in pending))
+
     def drop_queue_messages(self, vhost: str, queue: str):
         qk = (vhost, queue)
         with self._lock:
@@ -756,10 +784,14 @@ class SQLiteStore(Store):
         None when there is nothing. The caller writes it with `write_batch`, in take order."""
         with self._lock:
             batch = self._swap()
-        batches = (self._failed or []) + [batch]
-        self._failed = None
-        if not any(any(part) for b in batches for part in b):
-            return None
+            batches = (self._failed or []) + [batch]
+            self._failed = None
+            if not any(any(part) for b in batches for part in b):
+                return None
+            writing = self._writing
+            for b in batches:
+                for row in b[7]:
+                    writing[row[0]] = row      # read_message finds them until they are written
         return batches
 
     def write_batch(self, batches, position: tuple | None = None):
@@ -790,6 +822,11 @@ class SQLiteStore(Store):
             raise
         if position is not None:
             self._note_position(position)
+        with self._lock:
+            writing = self._writing
+            for b in batches:
+                for row in b[7]:
+                    writing.pop(row[0], None)
         self.commits += 1
 
     @staticmethod
