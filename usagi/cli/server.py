@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Prometheus metrics port (default 15692; env USAGI_METRICS_PORT)")
     p.add_argument("--management-max-body-size", type=_size, default=_env("MANAGEMENT_MAX_BODY_SIZE", "20000000"),
                    help="largest request body the management API reads, in bytes; a larger one is refused "
-                        "(400) before it is read (management.http.max_body_size; default 20000000; env "
+                        "(413) before it is read (management.http.max_body_size; default 20000000; env "
                         "USAGI_MANAGEMENT_MAX_BODY_SIZE)")
     p.add_argument("--no-management", action="store_true",
                    default=_env("NO_MANAGEMENT", "") not in ("", "0"),

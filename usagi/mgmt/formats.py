@@ -295,12 +295,6 @@ class View:
                 "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
                 "routing_key": rk, "arguments": jsonable(args), "properties_key": properties_key(rk, args)}
 
-    def bindings(self, v) -> list:
-        out = [self.binding(v.name, src, dest, rk, args) for src, dest, rk, args in self.broker.bindings_of(v)]
-        out.sort(key=lambda b: (b["source"], b["destination_type"], b["destination"], b["routing_key"],
-                                b["properties_key"]))
-        return out
-
     # ------------------------------------------------------------------ connections, channels, consumers
     def connection(self, c) -> dict:
         s = self.sampler
