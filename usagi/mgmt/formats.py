@@ -4,9 +4,8 @@ A `View` is made per request: it caches what is costly to gather more than once 
 unacknowledged messages per queue, gathered a slice at a time by `prepare`) and knows the node
 name and the rate sampler. Rendering one object costs a bounded amount (listings render them one
 per step, mgmt.slices); totals over every queue come from the sampler's last sample or from
-`queue_sums`, a slice at a time. Values that only
-have a meaning inside Erlang (reductions, garbage collection) keep their keys with zeros, so that
-tools reading them find what they expect.
+`queue_sums`, a slice at a time. Values that only have a meaning inside Erlang (reductions,
+garbage collection) keep their keys with zeros, so that tools reading them find what they expect.
 """
 from __future__ import annotations
 
