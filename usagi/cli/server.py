@@ -33,6 +33,13 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
 
 
+def _size(text: str) -> int:
+    v = _int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"not a non-negative integer: {v}")
+    return v
+
+
 def _port(text: str) -> int:
     v = _int(text)
     if not 0 <= v <= 65535:
@@ -56,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default 15672; env USAGI_MANAGEMENT_PORT)")
     p.add_argument("--metrics-port", type=_port, default=_env("METRICS_PORT", "15692"),
                    help="Prometheus metrics port (default 15692; env USAGI_METRICS_PORT)")
+    p.add_argument("--management-max-body-size", type=_size, default=_env("MANAGEMENT_MAX_BODY_SIZE", "20000000"),
+                   help="largest request body the management API reads, in bytes; a larger one is refused "
+                        "(413) before it is read (management.http.max_body_size; default 20000000; env "
+                        "USAGI_MANAGEMENT_MAX_BODY_SIZE)")
     p.add_argument("--no-management", action="store_true",
                    default=_env("NO_MANAGEMENT", "") not in ("", "0"),
                    help="do not start the management API and metrics listeners")
@@ -214,11 +225,9 @@ def main(argv=None) -> int:
     if not args.no_management and args.management_port != -1:
         try:
             from ..mgmt.service import management_service
-            if mgmt_tls_ctx is not None:
-                services.append(management_service(args.host or None, args.management_port, args.metrics_port,
-                                                   ssl_context=mgmt_tls_ctx))
-            else:
-                services.append(management_service(args.host or None, args.management_port, args.metrics_port))
+            services.append(management_service(args.host or None, args.management_port, args.metrics_port,
+                                               ssl_context=mgmt_tls_ctx,
+                                               max_body_size=args.management_max_body_size))
         except ImportError:
             pass
 

@@ -1,9 +1,11 @@
 """The JSON shapes of the management API, field for field as RabbitMQ 3.10/4.x emit them.
 
 A `View` is made per request: it caches what is costly to gather more than once (bytes of
-unacknowledged messages per queue) and knows the node name and the rate sampler. Values that only
-have a meaning inside Erlang (reductions, garbage collection) keep their keys with zeros, so that
-tools reading them find what they expect.
+unacknowledged messages per queue, gathered a slice at a time by `prepare`) and knows the node
+name and the rate sampler. Rendering one object costs a bounded amount (listings render them one
+per step, mgmt.slices); totals over every queue come from the sampler's last sample or from
+`queue_sums`, a slice at a time. Values that only have a meaning inside Erlang (reductions,
+garbage collection) keep their keys with zeros, so that tools reading them find what they expect.
 """
 from __future__ import annotations
 
@@ -31,30 +33,62 @@ CONTENTS_WALK_LIMIT = 50_000
 
 GC = {"fullsweep_after": 0, "max_heap_size": 0, "min_bin_vheap_size": 0, "min_heap_size": 0, "minor_gcs": 0}
 
-_NO_UNACKED = (0, 0, 0, 0, 0)
+NO_UNACKED = (0, 0, 0, 0, 0)
+
+
+def _add_unacked(acc: dict, u) -> None:
+    """Count one delivery awaiting an ack into acc: id(queue) -> [bytes, persistent count,
+    persistent bytes, in-memory count, in-memory bytes]. Persistent: delivery mode 2 in a durable
+    queue, as RabbitMQ counts it."""
+    e = acc.get(id(u.queue))
+    if e is None:
+        e = acc[id(u.queue)] = [0, 0, 0, 0, 0]
+    m = u.msg
+    n = m.size
+    e[0] += n
+    if u.queue.durable and m.scan.delivery_mode == 2:
+        e[1] += 1
+        e[2] += n
+    if type(m) is not Spilled:
+        e[3] += 1
+        e[4] += n
 
 
 def unacked_by_queue(broker) -> dict:
     """id(queue) -> [bytes, persistent count, persistent bytes, in-memory count, in-memory bytes]
-    of its deliveries awaiting an ack (a walk over every channel's records). Persistent: delivery
-    mode 2 in a durable queue, as RabbitMQ counts it."""
+    of its deliveries awaiting an ack (a walk over every channel's records)."""
     acc = {}
     for c in list(broker.connections):
         for ch in list(c.channels.values()):
             for u in list(ch.unacked.values()):
-                e = acc.get(id(u.queue))
-                if e is None:
-                    e = acc[id(u.queue)] = [0, 0, 0, 0, 0]
-                m = u.msg
-                n = m.size
-                e[0] += n
-                if u.queue.durable and m.scan.delivery_mode == 2:
-                    e[1] += 1
-                    e[2] += n
-                if type(m) is not Spilled:
-                    e[3] += 1
-                    e[4] += n
+                _add_unacked(acc, u)
     return acc
+
+
+async def unacked_by_queue_sliced(broker, pacer) -> dict:
+    """unacked_by_queue, a slice at a time (one delivery per step)."""
+    acc = {}
+    for c in list(broker.connections):
+        for ch in list(c.channels.values()):
+            for u in list(ch.unacked.values()):
+                _add_unacked(acc, u)
+                if pacer.due():
+                    await pacer.pause()
+    return acc
+
+
+async def queue_sums(vhosts, pacer) -> dict:
+    """Ready and unacknowledged messages, consumers and queues of some vhosts, a slice at a time."""
+    ready = unacked = consumers = queues = 0
+    for v in vhosts:
+        for q in list(v.queues.values()):
+            ready += q.message_count
+            unacked += q.unacked
+            consumers += len(q.consumers)
+            queues += 1
+            if pacer.due():
+                await pacer.pause()
+    return {"ready": ready, "unacked": unacked, "consumers": consumers, "queues": queues}
 
 
 def queue_memory(q, ua) -> dict:
@@ -95,12 +129,18 @@ class View:
         self._vhost_totals = None
 
     # ------------------------------------------------------------------ helpers
+    async def prepare(self, pacer) -> "View":
+        """Gather what rendering queues needs from every channel, a slice at a time."""
+        if self._unacked_bytes is None:
+            self._unacked_bytes = await unacked_by_queue_sliced(self.broker, pacer)
+        return self
+
     def _unacked(self, q) -> list:
         """[bytes, persistent count, persistent bytes, in-memory count, in-memory bytes] of the
         deliveries of `q` awaiting an ack."""
         if self._unacked_bytes is None:
             self._unacked_bytes = unacked_by_queue(self.broker)
-        return self._unacked_bytes.get(id(q), _NO_UNACKED)
+        return self._unacked_bytes.get(id(q), NO_UNACKED)
 
     def unacked_bytes(self, q) -> int:
         return self._unacked(q)[0]
@@ -253,12 +293,6 @@ class View:
         return {"source": source, "vhost": vhost, "destination": dest.name,
                 "destination_type": "queue" if isinstance(dest, Queue) else "exchange",
                 "routing_key": rk, "arguments": jsonable(args), "properties_key": properties_key(rk, args)}
-
-    def bindings(self, v) -> list:
-        out = [self.binding(v.name, src, dest, rk, args) for src, dest, rk, args in self.broker.bindings_of(v)]
-        out.sort(key=lambda b: (b["source"], b["destination_type"], b["destination"], b["routing_key"],
-                                b["properties_key"]))
-        return out
 
     # ------------------------------------------------------------------ connections, channels, consumers
     def connection(self, c) -> dict:
@@ -437,20 +471,17 @@ class View:
                  "port": str(p), "ssl_opts": []} for _proto, _h, p in self.m.http_listeners()
                 if _proto in ("http", "https")]
 
-    def overview(self, vhosts: list) -> dict:
+    def overview(self, vhosts: list, sums: dict, tot: dict) -> dict:
+        """GET /api/overview for a user shown `vhosts`; sums: queue_sums(vhosts), tot: the node's
+        totals (Sampler.totals_steps)."""
         s = self.sampler
         b = self.broker
-        tot = s.global_totals()
         names = {v.name for v in vhosts}
         all_vhosts = len(names) == len(b.vhosts)
-        if all_vhosts:
-            ready, unacked = tot["messages_ready"], tot["messages_unacknowledged"]
-        else:
-            ready = sum(q.message_count for v in vhosts for q in v.queues.values())
-            unacked = sum(q.unacked for v in vhosts for q in v.queues.values())
+        ready, unacked = sums["ready"], sums["unacked"]
         conns = [c for c in b.connections if not c.closed and (all_vhosts or c.vhost in names)]
         channels = sum(len(c.channels) for c in conns)
-        consumers = sum(len(q.consumers) for v in vhosts for q in v.queues.values())
+        consumers = sums["consumers"]
         g = s.global_rate
         return {
             "management_version": RABBITMQ_COMPAT_VERSION,
@@ -502,7 +533,7 @@ class View:
             ]),
             "object_totals": {"channels": channels, "connections": len(conns), "consumers": consumers,
                               "exchanges": sum(len(v.exchanges) for v in vhosts),
-                              "queues": sum(len(v.queues) for v in vhosts)},
+                              "queues": sums["queues"]},
             "statistics_db_event_queue": 0,
             "node": self.node,
             "listeners": self.listeners(),
@@ -575,7 +606,7 @@ class View:
                   "connection_created", "connection_closed", "channel_created", "channel_closed",
                   "queue_declared", "queue_created", "queue_deleted"):
             d.update(_stats(zero(k)))
-        tot = self.sampler.global_totals()
+        tot = self.sampler.totals()
         d["connection_created"] = tot["connection_created"]
         d["connection_closed"] = tot["connection_closed"]
         for k in ("io_read_avg_time", "io_seek_avg_time", "io_sync_avg_time", "io_write_avg_time"):

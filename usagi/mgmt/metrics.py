@@ -4,14 +4,17 @@
 labelled by vhost and queue, and `/metrics/detailed?family=...&vhost=...` the families RabbitMQ
 names `queue_coarse_metrics`, `queue_consumer_count`, `queue_metrics`, `exchange_names`,
 `exchange_bindings` and `vhost_status` with the `rabbitmq_detailed_` prefix.
+
+With 100,000 queues an exposition is ~10^5-10^6 lines: it is gathered, sorted and written a slice
+at a time (mgmt.slices), one queue or one line per step, and handed out as chunks.
 """
 from __future__ import annotations
 
 import platform
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
-from . import ops
-from .formats import _NO_UNACKED, queue_memory, unacked_by_queue
+from . import ops, slices
+from .formats import NO_UNACKED, queue_memory, unacked_by_queue_sliced
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -29,43 +32,67 @@ def _num(v) -> str:
 
 
 class Exposition:
-    def __init__(self):
+    LINES_PER_CHUNK = 5_000
+
+    def __init__(self, pacer: slices.Pacer):
         self.lines: list[str] = []
+        self.pacer = pacer
 
     def family(self, name: str, kind: str, help_: str, samples):
-        """samples: [(labels dict, value)]"""
+        """samples: [(labels dict, value)], a few (see family_sliced for one per object)"""
         self.lines.append(f"# TYPE {name} {kind}")
         self.lines.append(f"# HELP {name} {help_}")
         for labels, value in samples:
-            if labels:
-                lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
-                self.lines.append(f"{name}{{{lab}}} {_num(value)}")
-            else:
-                self.lines.append(f"{name} {_num(value)}")
+            self.lines.append(_line(name, labels, value))
 
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+    async def family_sliced(self, name: str, kind: str, help_: str, samples):
+        """A family with a sample per object: samples is an iterable of (labels dict, value)."""
+        self.lines.append(f"# TYPE {name} {kind}")
+        self.lines.append(f"# HELP {name} {help_}")
+        pacer = self.pacer
+        for labels, value in samples:
+            self.lines.append(_line(name, labels, value))
+            if pacer.due():
+                await pacer.pause()
+
+    async def chunks(self) -> list[bytes]:
+        out = []
+        lines, n = self.lines, self.LINES_PER_CHUNK
+        for start in range(0, len(lines), n):
+            out.append(("\n".join(lines[start:start + n]) + "\n").encode("utf-8"))
+            await self.pacer.tick()
+        return out
 
 
-def _queues(broker, vhosts=None):
+def _line(name, labels, value) -> str:
+    if labels:
+        lab = ",".join(f'{k}="{_esc(v)}"' for k, v in labels.items())
+        return f"{name}{{{lab}}} {_num(value)}"
+    return f"{name} {_num(value)}"
+
+
+async def _queues(broker, pacer, vhosts=None) -> list:
+    """(vhost, queue) of every queue, by vhost and queue name (sorted a slice at a time)."""
+    rows = []
     for vname, v in sorted(broker.vhosts.items()):
         if vhosts and vname not in vhosts:
             continue
-        for qname, q in sorted(v.queues.items()):
-            yield v, q
+        qs = await slices.sort(list(v.queues.values()), _by_name, pacer)
+        rows += [(v, q) for q in qs]
+        await pacer.tick()
+    return rows
 
 
-def _unacked_bytes(broker) -> dict:
-    """id(queue) -> its unacknowledged deliveries: see formats.unacked_by_queue."""
-    return unacked_by_queue(broker)
+def _by_name(obj):
+    return obj.name
 
 
 def _ub(ub, q) -> int:
-    return ub.get(id(q), _NO_UNACKED)[0]
+    return ub.get(id(q), NO_UNACKED)[0]
 
 
 def _mem(ub, q, key):
-    return queue_memory(q, ub.get(id(q), _NO_UNACKED))[key]
+    return queue_memory(q, ub.get(id(q), NO_UNACKED))[key]
 
 
 def _identity(m, ex: Exposition):
@@ -75,8 +102,8 @@ def _identity(m, ex: Exposition):
                  "rabbitmq_cluster_permanent_id": ops.cluster_id(b)}, 1)])
 
 
-def _queue_samples(broker, ub, vhosts, fn):
-    return [({"vhost": v.name, "queue": q.name}, fn(q, ub)) for v, q in _queues(broker, vhosts)]
+def _queue_samples(rows, ub, fn):
+    return (({"vhost": v.name, "queue": q.name}, fn(q, ub)) for v, q in rows)
 
 
 QUEUE_GAUGES = (
@@ -102,29 +129,37 @@ QUEUE_GAUGES = (
 ))
 
 
-def render_metrics(m) -> str:
+async def render_metrics(m, pacer: slices.Pacer) -> list[bytes]:
     """GET /metrics: aggregated across all objects, as rabbitmq_prometheus does by default."""
     b = m.broker
-    ex = Exposition()
+    ex = Exposition(pacer)
     conns = [c for c in b.connections if not c.closed]
     channels = sum(len(c.channels) for c in conns)
-    queues = list(_queues(b))
-    consumers = sum(len(q.consumers) for _v, q in queues)
+    ub = await unacked_by_queue_sliced(b, pacer)
+    sums = [0] * len(QUEUE_GAUGES)
+    n_queues = consumers = 0
+    for v in list(b.vhosts.values()):
+        for q in list(v.queues.values()):
+            n_queues += 1
+            consumers += len(q.consumers)
+            for i, (_name, _help, fn) in enumerate(QUEUE_GAUGES):
+                sums[i] += fn(q, ub)
+            if pacer.due():
+                await pacer.pause()
     publishers = sum(1 for c in conns for ch in c.channels.values() if ch.published)
-    ub = _unacked_bytes(b)
-    tot = m.sampler.global_totals()
+    tot = await pacer.drain(m.sampler.totals_steps())      # counters as of now, as RabbitMQ's
     st = b.stats
 
     ex.family("rabbitmq_connections", "gauge", "Connections currently open", [({}, len(conns))])
     ex.family("rabbitmq_channels", "gauge", "Channels currently open", [({}, channels)])
     ex.family("rabbitmq_consumers", "gauge", "Consumers currently connected", [({}, consumers)])
-    ex.family("rabbitmq_queues", "gauge", "Queues available", [({}, len(queues))])
+    ex.family("rabbitmq_queues", "gauge", "Queues available", [({}, n_queues)])
     ex.family("rabbitmq_connections_opened_total", "counter", "Total number of connections opened",
               [({}, tot["connection_created"])])
     ex.family("rabbitmq_connections_closed_total", "counter",
               "Total number of connections closed or terminated", [({}, tot["connection_closed"])])
-    for name, help_, fn in QUEUE_GAUGES:
-        ex.family("rabbitmq_" + name, "gauge", help_, [({}, sum(fn(q, ub) for _v, q in queues))])
+    for (name, help_, _fn), total in zip(QUEUE_GAUGES, sums):
+        ex.family("rabbitmq_" + name, "gauge", help_, [({}, total)])
 
     proto = {"protocol": "amqp091"}
     routed = max(st.get("publish", 0) - st.get("drop_unroutable", 0) - st.get("return_unroutable", 0), 0)
@@ -203,69 +238,76 @@ def render_metrics(m) -> str:
                  "prometheus_client_version": "4.11.0", "erlang_version": platform.python_version(),
                  "usagi_version": __version__}, 1)])
     _identity(m, ex)
-    return ex.text()
+    return await ex.chunks()
 
 
-def render_per_object(m) -> str:
+async def render_per_object(m, pacer: slices.Pacer) -> list[bytes]:
     """GET /metrics/per-object: the queue gauges labelled by vhost and queue."""
     b = m.broker
-    ex = Exposition()
-    ub = _unacked_bytes(b)
+    ex = Exposition(pacer)
+    ub = await unacked_by_queue_sliced(b, pacer)
+    rows = await _queues(b, pacer)
     for name, help_, fn in QUEUE_GAUGES:
-        ex.family("rabbitmq_" + name, "gauge", help_, _queue_samples(b, ub, None, fn))
+        await ex.family_sliced("rabbitmq_" + name, "gauge", help_, _queue_samples(rows, ub, fn))
     _identity(m, ex)
-    return ex.text()
+    return await ex.chunks()
 
 
 DETAILED_FAMILIES = ("queue_coarse_metrics", "queue_consumer_count", "queue_metrics", "exchange_names",
                      "exchange_bindings", "vhost_status")
 
 
-def render_detailed(m, families: list, vhosts: list) -> str:
+async def render_detailed(m, families: list, vhosts: list, pacer: slices.Pacer) -> list[bytes]:
     """GET /metrics/detailed?family=F&vhost=V (both repeatable)."""
     b = m.broker
-    ex = Exposition()
+    ex = Exposition(pacer)
     vset = set(vhosts) if vhosts else None
-    ub = _unacked_bytes(b) if "queue_metrics" in families else {}
+    ub = await unacked_by_queue_sliced(b, pacer) if "queue_metrics" in families else {}
+    per_queue = {"queue_coarse_metrics", "queue_consumer_count", "queue_metrics"} & set(families)
+    rows = await _queues(b, pacer, vset) if per_queue else []
     p = "rabbitmq_detailed_"
+    fam = ex.family_sliced
     if "queue_coarse_metrics" in families:
-        ex.family(p + "queue_messages_ready", "gauge", "Messages ready to be delivered to consumers",
-                  _queue_samples(b, ub, vset, lambda q, _u: q.message_count))
-        ex.family(p + "queue_messages_unacked", "gauge",
+        await fam(p + "queue_messages_ready", "gauge", "Messages ready to be delivered to consumers",
+                  _queue_samples(rows, ub, lambda q, _u: q.message_count))
+        await fam(p + "queue_messages_unacked", "gauge",
                   "Messages delivered to consumers but not yet acknowledged",
-                  _queue_samples(b, ub, vset, lambda q, _u: q.unacked))
-        ex.family(p + "queue_messages", "gauge", "Sum of ready and unacknowledged messages - total queue depth",
-                  _queue_samples(b, ub, vset, lambda q, _u: q.message_count + q.unacked))
-        ex.family(p + "queue_process_reductions_total", "counter",
-                  "Total number of queue process reductions", _queue_samples(b, ub, vset, lambda q, _u: 0))
+                  _queue_samples(rows, ub, lambda q, _u: q.unacked))
+        await fam(p + "queue_messages", "gauge", "Sum of ready and unacknowledged messages - total queue depth",
+                  _queue_samples(rows, ub, lambda q, _u: q.message_count + q.unacked))
+        await fam(p + "queue_process_reductions_total", "counter",
+                  "Total number of queue process reductions", _queue_samples(rows, ub, lambda q, _u: 0))
     if "queue_consumer_count" in families:
-        ex.family(p + "queue_consumers", "gauge", "Consumers on a queue",
-                  _queue_samples(b, ub, vset, lambda q, _u: len(q.consumers)))
+        await fam(p + "queue_consumers", "gauge", "Consumers on a queue",
+                  _queue_samples(rows, ub, lambda q, _u: len(q.consumers)))
     if "queue_metrics" in families:
-        ex.family(p + "queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
-                  _queue_samples(b, ub, vset, lambda q, _u: q.message_bytes))
-        ex.family(p + "queue_messages_unacked_bytes", "gauge", "Size in bytes of all unacknowledged messages",
-                  _queue_samples(b, ub, vset, lambda q, u: _ub(u, q)))
-        ex.family(p + "queue_messages_bytes", "gauge", "Size in bytes of ready and unacknowledged messages",
-                  _queue_samples(b, ub, vset, lambda q, u: q.message_bytes + _ub(u, q)))
+        await fam(p + "queue_messages_ready_bytes", "gauge", "Size in bytes of ready messages",
+                  _queue_samples(rows, ub, lambda q, _u: q.message_bytes))
+        await fam(p + "queue_messages_unacked_bytes", "gauge", "Size in bytes of all unacknowledged messages",
+                  _queue_samples(rows, ub, lambda q, u: _ub(u, q)))
+        await fam(p + "queue_messages_bytes", "gauge", "Size in bytes of ready and unacknowledged messages",
+                  _queue_samples(rows, ub, lambda q, u: q.message_bytes + _ub(u, q)))
         for name, help_, fn in QUEUE_GAUGES[7:]:
-            ex.family(p + name, "gauge", help_, _queue_samples(b, ub, vset, fn))
-        ex.family(p + "queue_messages_published_total", "counter", "Total number of messages published to queues",
-                  _queue_samples(b, ub, vset, lambda q, _u: q.published))
+            await fam(p + name, "gauge", help_, _queue_samples(rows, ub, fn))
+        await fam(p + "queue_messages_published_total", "counter", "Total number of messages published to queues",
+                  _queue_samples(rows, ub, lambda q, _u: q.published))
     if "exchange_names" in families or "exchange_bindings" in families:
-        xs = [(v, x) for vn, v in sorted(b.vhosts.items()) if not vset or vn in vset
-              for _n, x in sorted(v.exchanges.items())]
+        xs = []
+        for vn, v in sorted(b.vhosts.items()):
+            if not vset or vn in vset:
+                for x in await slices.sort(list(v.exchanges.values()), _by_name, pacer):
+                    xs.append((v, x))
         if "exchange_names" in families:
-            ex.family(p + "exchange_name", "gauge", "Enumerates exchanges without any additional info. "
+            await fam(p + "exchange_name", "gauge", "Enumerates exchanges without any additional info. "
                       "This value is cluster-wide. A cheaper alternative to `exchange_bindings`",
-                      [({"vhost": v.name, "exchange": x.name, "type": x.type}, 1) for v, x in xs])
+                      (({"vhost": v.name, "exchange": x.name, "type": x.type}, 1) for v, x in xs))
         if "exchange_bindings" in families:
-            ex.family(p + "exchange_bindings", "gauge", "Number of bindings for an exchange. This value is "
+            await fam(p + "exchange_bindings", "gauge", "Number of bindings for an exchange. This value is "
                       "cluster-wide.",
-                      [({"vhost": v.name, "exchange": x.name, "type": x.type}, len(x.bindings))
-                       for v, x in xs])
+                      (({"vhost": v.name, "exchange": x.name, "type": x.type}, len(x.bindings))
+                       for v, x in xs))
     if "vhost_status" in families:
         ex.family(p + "vhost_status", "gauge", "Whether a given vhost is running",
                   [({"vhost": vn}, 1) for vn in sorted(b.vhosts) if not vset or vn in vset])
     _identity(m, ex)
-    return ex.text()
+    return await ex.chunks()

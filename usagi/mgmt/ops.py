@@ -4,6 +4,9 @@ Everything here runs synchronously on the event loop, like the AMQP handlers. Mu
 the broker's own methods (declare, bind, delete, add_user, set_permissions...) so that durable
 state is written to the store; where the broker has no method (vhost metadata updates, user
 updates, policies) the store is told here in the same format the broker uses.
+
+What grows with what users made - a definitions import or export of 200,000 queues - is written as
+generators of bounded steps (one element each) that the API runs a slice at a time (mgmt.slices).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from ..model import patterns
 from ..model.queue import Queue
 from ..model.util import freeze
 from ..model.vhost import VHost
-from . import checks
+from . import checks, slices
 from .util import ApiError, bad_request, jsonable, key_missing
 
 HASHING_ALGORITHMS = checks.HASHING_ALGORITHMS
@@ -489,59 +492,103 @@ def exportable_queues(v) -> list:
     return [q for q in v.queues.values() if q.exclusive_owner is None]
 
 
-def export_definitions(broker, vhost_name: str | None = None) -> dict:
-    qdefs, xdefs, bdefs = [], [], []
-    vhosts = [broker.vhosts[vhost_name]] if vhost_name is not None else list(broker.vhosts.values())
+class Rows:
+    """A long list of a definitions export: objects, each made JSON by `render` when written."""
+    __slots__ = ("items", "render")
+
+    def __init__(self, items: list, render):
+        self.items = items
+        self.render = render
+
+
+def _by_name(obj):
+    return obj.name
+
+
+def _queue_definition(q, scoped: bool) -> dict:
+    d = {"name": q.name, "vhost": q.vhost, "durable": q.durable, "auto_delete": q.auto_delete,
+         "arguments": jsonable(q.arguments)}
+    if scoped:
+        del d["vhost"]
+    return d
+
+
+def _exchange_definition(x, scoped: bool) -> dict:
+    d = {"name": x.name, "vhost": x.vhost, "type": x.type, "durable": x.durable, "auto_delete": x.auto_delete,
+         "internal": x.internal, "arguments": jsonable(x.arguments)}
+    if scoped:
+        del d["vhost"]
+    return d
+
+
+def _binding_definition(row, scoped: bool) -> dict:
+    vname, src, dest, rk, args = row
+    d = {"source": src, "vhost": vname, "destination": dest.name,
+         "destination_type": "queue" if isinstance(dest, Queue) else "exchange", "routing_key": rk,
+         "arguments": jsonable(args)}
+    if scoped:
+        del d["vhost"]
+    return d
+
+
+async def export_parts(broker, vhost_name: str | None, pacer: slices.Pacer) -> list:
+    """A definitions export as (key, value) pairs in RabbitMQ's order, a value being JSON or Rows
+    (queues, exchanges, bindings, users, permissions: the lists that grow), gathered and sorted a
+    slice at a time."""
+    scoped = vhost_name is not None
+    vhosts = [broker.vhosts[vhost_name]] if scoped else list(broker.vhosts.values())
+    qrows, xrows, brows = [], [], []
     for v in vhosts:
-        qs = exportable_queues(v)
+        qs = await slices.sort(exportable_queues(v), _by_name, pacer)
+        qrows += qs
         names = {q.name for q in qs}
-        for q in sorted(qs, key=lambda q: q.name):
-            qdefs.append({"name": q.name, "vhost": v.name, "durable": q.durable,
-                          "auto_delete": q.auto_delete, "arguments": jsonable(q.arguments)})
-        for x in sorted(v.exchanges.values(), key=lambda x: x.name):
-            if not x.name or x.name.startswith("amq."):
+        xs = [x for x in list(v.exchanges.values()) if x.name and not x.name.startswith("amq.")]
+        xrows += await slices.sort(xs, _by_name, pacer)
+        for x in list(v.exchanges.values()):
+            if not x.name:
                 continue
-            xdefs.append({"name": x.name, "vhost": v.name, "type": x.type, "durable": x.durable,
-                          "auto_delete": x.auto_delete, "internal": x.internal,
-                          "arguments": jsonable(x.arguments)})
-        for src, dest, rk, args in broker.bindings_of(v):
-            if src == "":
-                continue
-            if isinstance(dest, Queue):
-                if dest.name not in names:
+            for b in list(x.bindings.values()):
+                dest = b.destination
+                if isinstance(dest, Queue):
+                    if dest.name not in names:
+                        continue
+                elif dest.name == "":
                     continue
-                dtype = "queue"
-            else:
-                if dest.name == "":
-                    continue
-                dtype = "exchange"
-            bdefs.append({"source": src, "vhost": v.name, "destination": dest.name,
-                          "destination_type": dtype, "routing_key": rk, "arguments": jsonable(args)})
+                brows.append((v.name, x.name, dest, b.routing_key, b.arguments))
+                if pacer.due():
+                    await pacer.pause()
     policies = [policy_json(p, vh, n) for (vh, n), p in sorted(broker.policies.items())
                 if vhost_name is None or vh == vhost_name]
     parameters = parameters_list(broker, vhost_name) + operator_policy_parameters(broker, vhost_name)
-    if vhost_name is not None:
-        for d in qdefs + xdefs + bdefs:
-            d.pop("vhost", None)
-        return {"rabbit_version": RABBITMQ_COMPAT_VERSION,
-                "parameters": parameters, "policies": policies,
-                "queues": qdefs, "exchanges": xdefs, "bindings": bdefs}
-    return {
-        "rabbit_version": RABBITMQ_COMPAT_VERSION,
-        "rabbitmq_version": RABBITMQ_COMPAT_VERSION,
-        "product_name": "RabbitMQ",
-        "product_version": RABBITMQ_COMPAT_VERSION,
-        "users": [user_json(u) for _n, u in sorted(broker.users.users.items())],
-        "vhosts": [vhost_definition(v) for _n, v in sorted(broker.vhosts.items())],
-        "permissions": [permission_json(p) for _k, p in sorted(broker.users.permissions.items())],
-        "topic_permissions": [dict(p) for _k, p in sorted(broker.users.topic_permissions.items())],
-        "parameters": parameters,
-        "global_parameters": global_parameters_list(broker),
-        "policies": policies,
-        "queues": qdefs,
-        "exchanges": xdefs,
-        "bindings": bdefs,
-    }
+    queues = Rows(qrows, lambda q: _queue_definition(q, scoped))
+    exchanges = Rows(xrows, lambda x: _exchange_definition(x, scoped))
+    bindings = Rows(brows, lambda row: _binding_definition(row, scoped))
+    if scoped:
+        return [("rabbit_version", RABBITMQ_COMPAT_VERSION), ("parameters", parameters), ("policies", policies),
+                ("queues", queues), ("exchanges", exchanges), ("bindings", bindings)]
+    users = await slices.sort(list(broker.users.users.values()), _by_name, pacer)
+    perms = await slices.sort(list(broker.users.permissions.items()), _first, pacer)
+    topic = await slices.sort(list(broker.users.topic_permissions.items()), _first, pacer)
+    return [
+        ("rabbit_version", RABBITMQ_COMPAT_VERSION),
+        ("rabbitmq_version", RABBITMQ_COMPAT_VERSION),
+        ("product_name", "RabbitMQ"),
+        ("product_version", RABBITMQ_COMPAT_VERSION),
+        ("users", Rows(users, user_json)),
+        ("vhosts", [vhost_definition(v) for _n, v in sorted(broker.vhosts.items())]),
+        ("permissions", Rows(perms, lambda kv: permission_json(kv[1]))),
+        ("topic_permissions", Rows(topic, lambda kv: dict(kv[1]))),
+        ("parameters", parameters),
+        ("global_parameters", global_parameters_list(broker)),
+        ("policies", policies),
+        ("queues", queues),
+        ("exchanges", exchanges),
+        ("bindings", bindings),
+    ]
+
+
+def _first(kv):
+    return kv[0]
 
 
 def operator_policy_parameters(broker, vhost: str | None = None) -> list:
@@ -603,9 +650,13 @@ def delete_parameter(broker, vhost: str, component: str, name: str) -> bool:
 # ---------------------------------------------------------------------------------------- definitions import
 # Every element of a definitions file is checked - types, ranges, regexes, references, and what
 # the engine would refuse (inequivalent redeclares, reserved names, queue limits) - before the
-# first one is applied, so a file that is refused changes nothing.
+# first one is applied, so a file that is refused changes nothing. Checking and applying are
+# generators of bounded steps, one element each (import_steps): the API runs them a slice at a time,
+# so a file of 200,000 queues never holds the loop. Other clients go on working between the
+# slices: what they change meanwhile is met when the element is applied, with the engine's own
+# checks (and an error, 400, naming the element, as for an element the checks refused).
 
-def _items(defs: dict, key: str) -> list:
+def _items(defs: dict, key: str):
     v = defs.get(key)
     if v is None:
         return []
@@ -614,6 +665,8 @@ def _items(defs: dict, key: str) -> list:
     for i, d in enumerate(v):
         if not isinstance(d, dict):
             raise bad_request(f"{key}[{i}] should be an object, actually was {checks.erl(d)}")
+        if not i % 1024:
+            yield
     return v
 
 
@@ -626,9 +679,10 @@ def _engine_error(e: ChannelError):
 
 
 class _Plan:
-    """The checked, normalised elements of a definitions file, in the order they are applied."""
+    """The checked, normalised elements of a definitions file, in the order they are applied:
+    `check(defs)` and then `apply()`, both generators of one element per step."""
 
-    def __init__(self, broker, defs: dict, vhost_name: str | None, acting_user: str | None):
+    def __init__(self, broker, vhost_name: str | None, acting_user: str | None):
         self.broker = broker
         self.scope = vhost_name
         self.acting_user = acting_user
@@ -640,26 +694,29 @@ class _Plan:
         self.user_names = set(broker.users.users)
         self.section = ""
         self.index = 0
-        if vhost_name is None:
-            self._each(defs, "users", self._user)
-            self._each(defs, "vhosts", self._vhost)
-            self._each(defs, "permissions", self._permission)
-            self._each(defs, "topic_permissions", self._topic_permission)
-        self._each(defs, "parameters", self._parameter)
-        if vhost_name is None:
-            self._each(defs, "global_parameters", self._global_parameter)
-        self._each(defs, "policies", self._policy)
         self.queue_defs: dict = {}           # (vhost, name) -> what the file says of it
         self.new_queues: dict = {}           # vhost -> count of queues the import creates
-        self._each(defs, "queues", self._queue)
         self.exchange_objs: dict = {}        # (vhost, name) -> exchange the import creates (unattached)
         self.exchange_defs: dict = {}
-        self._each(defs, "exchanges", self._exchange)
-        self._each(defs, "bindings", self._binding)
+
+    def check(self, defs: dict):
+        if self.scope is None:
+            yield from self._each(defs, "users", self._user)
+            yield from self._each(defs, "vhosts", self._vhost)
+            yield from self._each(defs, "permissions", self._permission)
+            yield from self._each(defs, "topic_permissions", self._topic_permission)
+        yield from self._each(defs, "parameters", self._parameter)
+        if self.scope is None:
+            yield from self._each(defs, "global_parameters", self._global_parameter)
+        yield from self._each(defs, "policies", self._policy)
+        yield from self._each(defs, "queues", self._queue)
+        yield from self._each(defs, "exchanges", self._exchange)
+        yield from self._each(defs, "bindings", self._binding)
         self._check_queue_limits()
 
     def _each(self, defs, section, check):
-        for i, d in enumerate(_items(defs, section)):
+        items = yield from _items(defs, section)
+        for i, d in enumerate(items):
             self.section, self.index = section, i
             try:
                 check(d)
@@ -667,6 +724,7 @@ class _Plan:
                 raise self._where(_engine_error(e)) from None
             except ApiError as e:
                 raise self._where(e) from None
+            yield
 
     def _where(self, e):
         if isinstance(e.reason, str) and self.section != "policies":     # those name the policy
@@ -846,44 +904,67 @@ class _Plan:
 
     # -- applying
     def apply(self):
+        """Apply the checked elements, one per step. Between steps other clients may have changed
+        what an element meets (deleted its vhost, declared its queue otherwise): the engine's own
+        checks then refuse it, and the error names it."""
         b = self.broker
-        for name, body in self.users:
-            put_user(b, name, body)
-        for name, body in self.vhosts:
-            put_vhost(b, name, body, self.acting_user)
-        for user, vhost, configure, write, read in self.permissions:
-            b.set_permissions(user, vhost, configure, write, read)
-        for user, vhost, exchange, write, read in self.topic_permissions:
-            b.set_topic_permission(user, vhost, exchange, write, read)
-        for vhost, component, name, value in self.parameters:
-            put_parameter(b, vhost, component, name, value)
-        for name, value in self.global_parameters:
-            b.set_global_parameter(name, value)
-        for vhost, name, body in self.policies:
-            put_policy(b, vhost, name, body)
-        for vhost, name, durable, auto_delete, args in self.queues:
-            b.declare_queue(b.vhosts[vhost], name, durable, False, auto_delete, args)
-        for vhost, name, type_, durable, auto_delete, internal, args in self.exchanges:
-            b.declare_exchange(b.vhosts[vhost], name, type_, durable, auto_delete, internal, args)
-        for vhost, src, dtype, dst, rk, args in self.bindings:
-            v = b.vhosts[vhost]
-            d = b.get_queue(v, dst, owner=False) if dtype == "queue" else b.get_exchange(v, dst)
-            b.bind(v, b.get_exchange(v, src), d, rk, args)
+        steps = ((self.users, lambda e: put_user(b, *e)),
+                 (self.vhosts, lambda e: put_vhost(b, e[0], e[1], self.acting_user)),
+                 (self.permissions, lambda e: b.set_permissions(*e)),
+                 (self.topic_permissions, lambda e: b.set_topic_permission(*e)),
+                 (self.parameters, lambda e: put_parameter(b, *e)),
+                 (self.global_parameters, lambda e: b.set_global_parameter(*e)),
+                 (self.policies, lambda e: put_policy(b, *e)),
+                 (self.queues, self._apply_queue),
+                 (self.exchanges, self._apply_exchange),
+                 (self.bindings, self._apply_binding))
+        for items, fn in steps:
+            for e in items:
+                try:
+                    fn(e)
+                except ChannelError as err:     # met something changed since the checks
+                    raise _engine_error(err) from None
+                yield
+
+    def _vhost_now(self, name: str):
+        v = self.broker.vhosts.get(name)
+        if v is None:
+            raise ChannelError(f"no vhost '{name}'", E.NOT_FOUND)
+        return v
+
+    def _apply_queue(self, e):
+        vhost, name, durable, auto_delete, args = e
+        self.broker.declare_queue(self._vhost_now(vhost), name, durable, False, auto_delete, args)
+
+    def _apply_exchange(self, e):
+        vhost, name, type_, durable, auto_delete, internal, args = e
+        self.broker.declare_exchange(self._vhost_now(vhost), name, type_, durable, auto_delete, internal, args)
+
+    def _apply_binding(self, e):
+        vhost, src, dtype, dst, rk, args = e
+        b = self.broker
+        v = self._vhost_now(vhost)
+        d = b.get_queue(v, dst, owner=False) if dtype == "queue" else b.get_exchange(v, dst)
+        b.bind(v, b.get_exchange(v, src), d, rk, args)
+
+
+def import_steps(broker, defs, vhost_name: str | None = None, acting_user: str | None = None):
+    """POST /api/definitions[/vhost] as a generator of bounded steps: check every element, then
+    apply them in RabbitMQ's order."""
+    if not isinstance(defs, dict):
+        raise bad_request("failed_to_parse_json")
+    plan = _Plan(broker, vhost_name, acting_user)
+    yield from plan.check(defs)
+    yield from plan.apply()
 
 
 def check_definitions(broker, defs, vhost_name: str | None = None) -> None:
     """Check a definitions file as an import would, changing nothing (400 if it is refused)."""
     if not isinstance(defs, dict):
         raise bad_request("failed_to_parse_json")
-    _Plan(broker, defs, vhost_name, None)
+    slices.run(_Plan(broker, vhost_name, None).check(defs))
 
 
 def import_definitions(broker, defs, vhost_name: str | None = None, acting_user: str | None = None) -> None:
-    """POST /api/definitions[/vhost]: check every element, then apply them in RabbitMQ's order."""
-    if not isinstance(defs, dict):
-        raise bad_request("failed_to_parse_json")
-    plan = _Plan(broker, defs, vhost_name, acting_user)
-    try:
-        plan.apply()
-    except ChannelError as e:       # not expected after the checks; reported as RabbitMQ would
-        raise _engine_error(e) from None
+    """An import in one go (few elements, or no loop to share): see import_steps."""
+    slices.run(import_steps(broker, defs, vhost_name, acting_user))

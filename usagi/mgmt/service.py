@@ -3,6 +3,11 @@
 The server composes it in with `management_service(host, management_port, metrics_port)`, which
 returns `svc(broker, server)`; awaiting that starts the listeners on the running loop and returns
 the running service (`stop()`, `describe()`). Port 0 picks a free port; -1 disables a listener.
+
+Request bodies are capped as RabbitMQ caps them (`management.http.max_body_size`, 20,000,000
+bytes by default; `usagi-server --management-max-body-size`): the cap is checked in api.dispatch,
+after the user's rights and before a byte of the body is read. A refused body is never read: the
+connection is closed after the answer (no lingering read of what the client goes on sending).
 """
 from __future__ import annotations
 
@@ -19,13 +24,29 @@ from aiohttp import web
 
 from ..core import upkeep
 from . import api, metrics, ops
+from .slices import Pacer
 from .stats import Sampler
 
 log = logging.getLogger("usagi.mgmt")
 
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_INTERVAL = 5.0      # RabbitMQ's collect_statistics_interval
+DEFAULT_MAX_BODY_SIZE = 20_000_000      # bytes: RabbitMQ's management.http.max_body_size default
 _actions: set = set()       # server actions (run_soon) still running
+
+
+def max_body_size_from_env() -> int:
+    """USAGI_MANAGEMENT_MAX_BODY_SIZE (bytes), else RabbitMQ's default."""
+    raw = os.environ.get("USAGI_MANAGEMENT_MAX_BODY_SIZE")
+    if raw:
+        try:
+            v = int(raw)
+            if v >= 0:
+                return v
+        except ValueError:
+            pass
+        log.warning("ignoring USAGI_MANAGEMENT_MAX_BODY_SIZE=%r: not a non-negative integer", raw)
+    return DEFAULT_MAX_BODY_SIZE
 
 
 def _interval() -> float:
@@ -50,8 +71,10 @@ def _sock_addr(site) -> tuple[str, int]:
 
 class ManagementService:
     def __init__(self, broker, server, host, management_port: int, metrics_port: int,
-                 sample_interval: float | None = None, ssl_context=None):
+                 sample_interval: float | None = None, ssl_context=None, max_body_size: int | None = None):
         self.broker = broker
+        self.max_body_size = max_body_size if max_body_size is not None else max_body_size_from_env()
+        self.import_lock = asyncio.Lock()   # definitions imports run one at a time (see api.py)
         self.ssl_context = ssl_context  # HTTPS for the management API (usagi-server --management-tls)
         self.server = server
         self.host = host
@@ -61,7 +84,7 @@ class ManagementService:
         self.sampler = Sampler(broker, sample_interval or _interval())
         self._runners: list = []
         self._listeners: list = []      # (protocol, host, port)
-        self._sample_handle = None
+        self._sample_task = None
         self._mem_limit = None
         self.contents_cache = weakref.WeakKeyDictionary()   # queue -> last walk of its contents
 
@@ -74,15 +97,15 @@ class ManagementService:
         except BaseException:
             await self.stop()
             raise
-        self.sampler.sample()
-        self._sample_handle = loop.call_later(self.sampler.interval, self._sample)
+        self._sample_task = loop.create_task(self._sampling())
         return self
 
     async def _start_listeners(self):
         if self.management_port is not None and self.management_port >= 0:
-            app = web.Application(client_max_size=512 * 1024 * 1024)
-            app.router.add_route("*", "/api", self._api)
-            app.router.add_route("*", "/api/{tail:.*}", self._api)
+            # the body cap is api.dispatch's; aiohttp's own applies to multipart uploads
+            app = web.Application(client_max_size=max(self.max_body_size, 1))
+            app.router.add_route("*", "/api", self._api, expect_handler=api.no_expect)
+            app.router.add_route("*", "/api/{tail:.*}", self._api, expect_handler=api.no_expect)
             app.router.add_route("GET", "/", self._index)
             app.router.add_route("GET", "/{path:.+}", self._static)
             await self._listen(app, self.management_port, "https" if self.ssl_context is not None else "http")
@@ -94,7 +117,9 @@ class ManagementService:
             await self._listen(app, self.metrics_port, "http/prometheus")
 
     async def _listen(self, app, port: int, protocol: str):
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # lingering_time=0: a body the handler did not read (a refused one) is not read after the
+        # answer either; the connection is closed instead
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=0)
         await runner.setup()
         self._runners.append(runner)
         site = web.TCPSite(runner, self.host, port, reuse_address=True,
@@ -108,9 +133,13 @@ class ManagementService:
         self._listeners.append((protocol, h, p))
 
     async def stop(self):
-        if self._sample_handle is not None:
-            self._sample_handle.cancel()
-            self._sample_handle = None
+        if self._sample_task is not None:
+            self._sample_task.cancel()
+            try:
+                await self._sample_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._sample_task = None
         for runner in reversed(self._runners):
             try:
                 await runner.cleanup()
@@ -125,14 +154,19 @@ class ManagementService:
             out.append(f"{what} listener on {h}:{p}" + (" (HTTPS)" if protocol == "https" else ""))
         return out
 
-    def _sample(self):
-        """The statistics timer: a failed sample is logged (rate-limited) and the timer runs on."""
-        try:
-            self.sampler.sample()
-        except Exception:  # never let the timer die
-            upkeep.failed("statistics sampling", log)
-        finally:
-            self._sample_handle = asyncio.get_running_loop().call_later(self.sampler.interval, self._sample)
+    async def _sampling(self):
+        """The statistics timer: a sample every interval, each taken a slice at a time. A failed
+        sample is logged (rate-limited) and the timer runs on."""
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                await self.sampler.sample_sliced(Pacer())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # never let the timer die
+                upkeep.failed("statistics sampling", log)
+            await asyncio.sleep(max(0.0, self.sampler.interval - (loop.time() - started)))
 
     # ------------------------------------------------------------------ node control
     def request_stop(self):
@@ -239,28 +273,34 @@ class ManagementService:
             raise web.HTTPNotFound()
         return web.FileResponse(target)
 
-    def _text(self, body: str) -> web.Response:
-        return web.Response(body=body.encode("utf-8"), headers={"Content-Type": metrics.CONTENT_TYPE})
+    @staticmethod
+    async def _text(request: web.Request, chunks: list) -> web.StreamResponse:
+        body = api.Body(request, base={"Content-Type": metrics.CONTENT_TYPE})
+        for chunk in chunks:
+            await body.write(chunk)
+        return await body.finish()
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        return self._text(metrics.render_metrics(self))
+        return await self._text(request, await metrics.render_metrics(self, Pacer()))
 
     async def _metrics_per_object(self, request: web.Request) -> web.StreamResponse:
-        return self._text(metrics.render_per_object(self))
+        return await self._text(request, await metrics.render_per_object(self, Pacer()))
 
     async def _metrics_detailed(self, request: web.Request) -> web.StreamResponse:
         q = request.rel_url.query
         families = [f for v in q.getall("family", []) for f in v.split(",") if f]
         vhosts = q.getall("vhost", [])
-        return self._text(metrics.render_detailed(self, families, vhosts))
+        return await self._text(request, await metrics.render_detailed(self, families, vhosts, Pacer()))
 
 
 def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None,
-                       ssl_context=None):
-    """The service the server starts: `await svc(broker, server)` returns the running service."""
+                       ssl_context=None, max_body_size: int | None = None):
+    """The service the server starts: `await svc(broker, server)` returns the running service.
+    `max_body_size` is the cap on request bodies in bytes (None: USAGI_MANAGEMENT_MAX_BODY_SIZE,
+    else RabbitMQ's 20,000,000)."""
     async def svc(broker, server):
         s = ManagementService(broker, server, host, management_port, metrics_port, sample_interval,
-                              ssl_context=ssl_context)
+                              ssl_context=ssl_context, max_body_size=max_body_size)
         await s.start()
         return s
     return svc

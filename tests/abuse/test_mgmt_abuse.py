@@ -1,0 +1,436 @@
+"""The management API under load whose size users control: listings and exports over tens of
+thousands of queues, a definitions import of as many, oversized, unauthenticated, mistyped and
+deeply nested request bodies. The API shares the event loop with every AMQP client: while each
+attack runs a bystander client measures its publish-to-delivery latency, which must stay low (a
+generous bound: a loop held for a whole listing gives seconds) on a connection still open.
+
+The body rules are RabbitMQ's where it has them (credentials and rights before the body, 415 for a
+definitions upload that is not JSON, 400 `not_json` / `failed_to_parse_json` for broken JSON);
+those tests also run against RabbitMQ with USAGI_TEST_MGMT_URL. The cap on a body is checked before
+it is read (413), where RabbitMQ reads up to its cap first."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import time
+import urllib.parse
+
+import pytest
+
+from abuseutil import assert_healthy
+from mgmtapi import MGMT_RE
+from rawamqp import RawConnection, frame_bytes, method_payload
+from support.bystander import Bystander
+from support.harness import wait_for
+
+pytestmark = pytest.mark.timeout(600)
+
+P99_MS = 250            # generous: before slicing, a listing of 100,000 queues held the loop 4.5 s
+N_QUEUES = int(os.environ.get("USAGI_TEST_MGMT_ABUSE_QUEUES", "25000"))
+GUEST = "Basic " + base64.b64encode(b"guest:guest").decode()
+
+
+# ------------------------------------------------------------------ HTTP over a raw socket
+
+class Http:
+    """Requests written by hand, so a test controls the headers and how much of a body is sent."""
+
+    def __init__(self, host: str, port: int, user: str = "guest", password: str = "guest"):
+        self.host, self.port = host, port
+        self.auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+    def connect(self, timeout: float = 120) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout=timeout)
+
+    def head(self, method: str, path: str, headers: dict, auth: bool = True) -> bytes:
+        h = {"Host": f"{self.host}:{self.port}"}
+        if auth:
+            h["Authorization"] = self.auth
+        h.update(headers)
+        return (f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
+                + "\r\n").encode()
+
+    def request(self, method: str, path: str, body: bytes | None = None, ctype="application/json",
+                auth: bool = True, timeout: float = 120):
+        headers = {"Connection": "close"}
+        if body is not None:
+            headers["Content-Length"] = str(len(body))
+            if ctype is not None:
+                headers["Content-Type"] = ctype
+        s = self.connect(timeout)
+        try:
+            s.sendall(self.head(method, path, headers, auth) + (body or b""))
+            return read_response(s)
+        finally:
+            s.close()
+
+    def json(self, method, path, body=None, **kw):
+        status, _h, data = self.request(method, path, json.dumps(body).encode() if body is not None else None,
+                                        **kw)
+        return status, (json.loads(data) if data else None)
+
+
+def read_response(s: socket.socket):
+    """(status, headers, body) of one response (Content-Length, chunked, or up to the close)."""
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        if not d:
+            raise AssertionError(f"connection closed before a response: {buf!r}")
+        buf += d
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        while len(rest) < n:
+            d = s.recv(1 << 20)
+            if not d:
+                break
+            rest += d
+        return status, headers, rest[:n]
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        out = bytearray()
+        while True:
+            while b"\r\n" not in rest:
+                rest += s.recv(1 << 20)
+            size_line, rest = rest.split(b"\r\n", 1)
+            size = int(size_line.split(b";")[0], 16)
+            while len(rest) < size + 2:
+                d = s.recv(1 << 20)
+                if not d:
+                    raise AssertionError("chunked answer cut short")
+                rest += d
+            out += rest[:size]
+            rest = rest[size + 2:]
+            if size == 0:
+                return status, headers, bytes(out)
+    while True:
+        d = s.recv(1 << 20)
+        if not d:
+            return status, headers, rest
+        rest += d
+
+
+def closed_by_peer(s: socket.socket, timeout: float = 5.0) -> bool:
+    s.settimeout(timeout)
+    try:
+        while True:
+            if not s.recv(65536):
+                return True
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except socket.timeout:
+        return False
+
+
+# ------------------------------------------------------------------ targets
+
+def _mgmt_http(srv) -> Http:
+    m = wait_for(lambda: MGMT_RE.search("".join(srv.lines)), message="management listener")
+    return Http("127.0.0.1", int(m.group(2)))
+
+
+@pytest.fixture
+def http_target(request):
+    """The management API these body tests talk to: RabbitMQ's with USAGI_TEST_MGMT_URL, else a
+    fresh Usagi server's."""
+    url = os.environ.get("USAGI_TEST_MGMT_URL")
+    if url:
+        p = urllib.parse.urlparse(url)
+        yield Http(p.hostname or "127.0.0.1", p.port or 15672, p.username or "guest", p.password or "guest")
+        return
+    from support.harness import ServerProcess
+    srv = ServerProcess().start()
+    try:
+        yield _mgmt_http(srv)
+        assert_healthy(srv)
+    finally:
+        srv.cleanup()
+
+
+def declare_queues(srv, names, durable=False):
+    c = RawConnection.opened(srv.host, srv.port)
+    c.open_channel(1)
+    for start in range(0, len(names), 2000):
+        part = names[start:start + 2000]
+        c.send_raw(b"".join(frame_bytes(1, 1, method_payload("queue.declare", queue=n, durable=durable))
+                            for n in part))
+        for _ in part:
+            c.expect_method("queue.declare-ok", timeout=60)
+    c.close_connection()
+
+
+def bind_queues(srv, names, exchange="amq.direct"):
+    c = RawConnection.opened(srv.host, srv.port)
+    c.open_channel(1)
+    for start in range(0, len(names), 2000):
+        part = names[start:start + 2000]
+        c.send_raw(b"".join(frame_bytes(1, 1, method_payload("queue.bind", queue=n, exchange=exchange,
+                                                             routing_key=n)) for n in part))
+        for _ in part:
+            c.expect_method("queue.bind-ok", timeout=60)
+    c.close_connection()
+
+
+def check_bystander(b: Bystander, what: str):
+    """The bystander's figures since its last reset. Call it before this process does anything that
+    holds its GIL for long (parsing a 40 MB answer): the bystander's thread would measure that."""
+    s = b.stats()
+    assert not s["closed"], f"{what}: the bystander's connection was lost: {s}"
+    assert s["count"] > 0, f"{what}: the bystander got nothing through: {s}"
+    assert s["lost"] == 0, f"{what}: the bystander lost messages: {s}"
+    assert s["p99_ms"] < P99_MS, f"{what}: bystander p99 {s['p99_ms']:.0f} ms: {s}"
+    return s
+
+
+# ------------------------------------------------------------------ many queues
+
+def test_listings_over_many_queues_keep_amqp_flowing(fresh_server):
+    srv = fresh_server()
+    names = [f"mq.{i:06d}" for i in range(N_QUEUES)]
+    declare_queues(srv, names)
+    bind_queues(srv, names[:N_QUEUES // 5])
+    http = _mgmt_http(srv)
+    listings = [
+        ("/api/queues", lambda d: len(d) == N_QUEUES + 1),     # and the bystander's
+        ("/api/queues/%2F?page=3&page_size=500&sort=name&sort_reverse=true",
+         lambda d: d["total_count"] == N_QUEUES + 1 and d["item_count"] == 500
+         and d["items"][0]["name"] == names[-1001]),
+        ("/api/queues?page=1&page_size=100&name=mq.0001&sort=messages",
+         lambda d: d["filtered_count"] == 100 and d["total_count"] == N_QUEUES + 1),
+        ("/api/queues?page=1&page_size=50&name=%5Emq%5C.00%5B0-4%5D&use_regex=true",
+         lambda d: d["filtered_count"] == 5000 and d["page_count"] == 100),
+        ("/api/queues?columns=name,messages", lambda d: len(d) == N_QUEUES + 1 and set(d[0]) == {"name", "messages"}),
+        ("/api/exchanges", lambda d: len(d) >= 7),
+        ("/api/bindings", lambda d: len(d) == N_QUEUES + 1 + N_QUEUES // 5),
+        ("/api/bindings/%2F?page=2&page_size=500", lambda d: d["item_count"] == 500),
+        ("/api/connections", lambda d: isinstance(d, list)),
+        ("/api/channels", lambda d: isinstance(d, list)),
+        ("/api/consumers", lambda d: isinstance(d, list) and len(d) >= 1),
+        ("/api/overview", lambda d: d["object_totals"]["queues"] == N_QUEUES + 1),
+        ("/api/definitions", lambda d: len(d["queues"]) == N_QUEUES and len(d["bindings"]) == N_QUEUES // 5),
+    ]
+    with Bystander(srv.host, srv.port) as b:
+        time.sleep(0.3)
+        for path, ok in listings:
+            b.reset()
+            status, _h, data = http.request("GET", path)
+            time.sleep(0.15)
+            check_bystander(b, f"GET {path}")       # before parsing here holds this process's GIL
+            assert status == 200, (path, status, data[:300])
+            assert ok(json.loads(data)), (path, data[:300])
+    assert_healthy(srv)
+
+
+def test_metrics_and_statistics_over_many_queues_keep_amqp_flowing(fresh_server):
+    srv = fresh_server(env={"USAGI_COLLECT_STATISTICS_INTERVAL": "500"})     # a sample every 0.5 s
+    declare_queues(srv, [f"mm.{i:06d}" for i in range(N_QUEUES)])
+    metrics_port = int(wait_for(lambda: __import__("re").search(r"Metrics listener on \S+:(\d+)",
+                                                                  "".join(srv.lines))).group(1))
+    prom = Http("127.0.0.1", metrics_port)
+    with Bystander(srv.host, srv.port) as b:
+        time.sleep(0.3)
+        b.reset()
+        time.sleep(3)                       # the sampler walks every queue a few times
+        check_bystander(b, "statistics sampling")
+        for path, needle in (("/metrics", b"rabbitmq_queues %d" % (N_QUEUES + 1)),
+                             ("/metrics/per-object", b'rabbitmq_queue_messages{vhost="/",queue="mm.000000"} 0'),
+                             ("/metrics/detailed?family=queue_coarse_metrics&family=queue_metrics",
+                              b'queue="mm.%06d"' % (N_QUEUES - 1))):
+            b.reset()
+            status, _h, data = prom.request("GET", path)
+            time.sleep(0.15)
+            check_bystander(b, f"GET {path}")
+            assert status == 200 and needle in data, (path, status, data[:300])
+    assert_healthy(srv)
+
+
+def test_import_of_many_queues_keeps_amqp_flowing(fresh_server):
+    srv = fresh_server()
+    http = _mgmt_http(srv)
+    defs = {"queues": [{"name": f"imp.{i:06d}", "vhost": "/", "durable": True, "auto_delete": False,
+                        "arguments": {"x-max-length": 10 + i % 7}} for i in range(N_QUEUES)],
+            "bindings": [{"source": "amq.topic", "vhost": "/", "destination": f"imp.{i:06d}",
+                          "destination_type": "queue", "routing_key": f"k.{i}", "arguments": {}}
+                         for i in range(0, N_QUEUES, 10)]}
+    body = json.dumps(defs).encode()
+    with Bystander(srv.host, srv.port) as b:
+        time.sleep(0.3)
+        b.reset()
+        status, _h, data = http.request("POST", "/api/definitions", body, timeout=300)
+        time.sleep(0.15)
+        check_bystander(b, "definitions import")
+        assert status == 204, (status, data)
+    status, page = http.json("GET", "/api/queues/%2F?page=1&page_size=1&name=imp.")
+    assert status == 200 and page["filtered_count"] == N_QUEUES, page
+    status, q = http.json("GET", f"/api/queues/%2F/imp.{N_QUEUES - 1:06d}")
+    assert q["durable"] is True and q["arguments"] == {"x-max-length": 10 + (N_QUEUES - 1) % 7}, q
+    # the import was durable before its 204: every queue is back after a restart
+    srv.stop()
+    srv.start()
+    http = _mgmt_http(srv)
+    status, page = http.json("GET", "/api/queues/%2F?page=1&page_size=1&name=imp.")
+    assert status == 200 and page["filtered_count"] == N_QUEUES, page
+    assert_healthy(srv)
+
+
+# ------------------------------------------------------------------ bodies
+
+def test_oversized_content_length_is_refused_before_the_body(fresh_server):
+    srv = fresh_server()
+    http = _mgmt_http(srv)
+    with Bystander(srv.host, srv.port) as b:
+        time.sleep(0.3)
+        b.reset()
+        socks = []
+        for path in ("/api/definitions", "/api/queues/%2F/big", "/api/definitions"):
+            s = http.connect(10)
+            s.sendall(http.head("POST" if "definitions" in path else "PUT", path,
+                                {"Content-Type": "application/json", "Content-Length": str(30_000_000)}))
+            socks.append(s)
+        for s in socks:             # answered though not a byte of the 30 MB was sent
+            status, _h, data = read_response(s)
+            assert status == 413, (status, data)
+            assert json.loads(data) == {"error": "payload_too_large",
+                                        "reason": "Exceeded HTTP request body size limit"}
+            assert closed_by_peer(s), "the connection stays open for a body that will not be read"
+            s.close()
+        time.sleep(0.5)
+        check_bystander(b, "oversized bodies")
+    assert http.json("GET", "/api/queues/%2F/big")[0] == 404
+    assert "exceeded maximum allowed payload size" in "".join(srv.lines)
+    assert_healthy(srv)
+
+
+def test_big_bodies_are_parsed_in_slices(fresh_server):
+    """Three bodies just under the cap at once, each some 19 MB of JSON to parse."""
+    srv = fresh_server()
+    http = _mgmt_http(srv)
+    pad = [{"k": i, "v": "x" * 40} for i in range(300_000)]
+    body = json.dumps({"durable": False, "padding": pad}).encode()
+    assert 15_000_000 < len(body) < 20_000_000
+    import threading
+    out = {}
+
+    def put(i):
+        out[i] = http.request("PUT", f"/api/queues/%2F/bigbody{i}", body)[0]
+    with Bystander(srv.host, srv.port) as b:
+        time.sleep(0.3)
+        b.reset()
+        ts = [threading.Thread(target=put, args=(i,)) for i in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(120)
+        check_bystander(b, "three big bodies")
+    assert out == {0: 201, 1: 201, 2: 201}, out
+    assert_healthy(srv)
+
+
+def test_body_cap_is_a_setting_and_holds_for_chunked_bodies(fresh_server):
+    srv = fresh_server(extra_args=["--management-max-body-size", "100000"])
+    http = _mgmt_http(srv)
+    small = json.dumps({"arguments": {"x-note": "a" * 50_000}}).encode()
+    status, _h, data = http.request("PUT", "/api/queues/%2F/capped-ok", small)
+    assert status == 201, (status, data)
+    big = json.dumps({"arguments": {"x-note": "a" * 150_000}}).encode()
+    status, _h, data = http.request("PUT", "/api/queues/%2F/capped-big", big)
+    assert status == 413, (status, data)
+    # chunked: refused once the cap is passed, while the client is still sending
+    s = http.connect(10)
+    s.sendall(http.head("PUT", "/api/queues/%2F/capped-chunked", {"Content-Type": "application/json",
+                                                                   "Transfer-Encoding": "chunked"}))
+    chunk = b"[" + b"1," * 10_000
+    sent = 0
+    try:
+        while sent < 200_000:
+            s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            sent += len(chunk)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    status, _h, data = read_response(s)
+    s.close()
+    assert status == 413, (status, data)
+    assert http.json("GET", "/api/queues/%2F/capped-chunked")[0] == 404
+    assert http.json("GET", "/api/queues/%2F/capped-big")[0] == 404
+    assert_healthy(srv)
+
+
+def test_credentials_are_checked_before_the_body(http_target):
+    # no credentials: 401 with the realm, and not a byte of the announced body read
+    for path, method in (("/api/definitions", "POST"), ("/api/queues/%2F/mgmtabuse-noauth", "PUT")):
+        s = http_target.connect(10)
+        s.sendall(http_target.head(method, path, {"Content-Type": "application/json",
+                                                  "Content-Length": str(30_000_000)}, auth=False))
+        s.settimeout(10)
+        status, headers, _data = read_response(s)
+        s.close()
+        assert status == 401, status
+        assert headers.get("www-authenticate") == 'Basic realm="RabbitMQ Management"'
+
+
+def test_rights_are_checked_before_the_body(fresh_server):
+    srv = fresh_server()
+    http = _mgmt_http(srv)
+    assert http.json("PUT", "/api/users/mgmtabuse-mon", {"password": "pw", "tags": "monitoring"})[0] == 201
+    mon = Http(http.host, http.port, "mgmtabuse-mon", "pw")
+    s = mon.connect(10)
+    s.sendall(mon.head("POST", "/api/definitions", {"Content-Type": "application/json",
+                                                    "Content-Length": str(30_000_000)}))
+    s.settimeout(10)
+    status, _h, data = read_response(s)
+    s.close()
+    assert status == 401 and json.loads(data)["error"] == "not_authorised", (status, data)
+    assert_healthy(srv)
+
+
+def test_definitions_upload_must_be_json(http_target):
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+        status, _h, data = http_target.request("POST", "/api/definitions", b"{}", ctype=ctype)
+        assert (status, data) == (415, b""), (ctype, status, data)
+    status, _h, data = http_target.request("POST", "/api/definitions", b"{}", ctype="application/json; charset=utf-8")
+    assert status == 204, (status, data)
+
+
+def test_queue_put_takes_any_content_type_as_rabbitmq(http_target):
+    name = f"mgmtabuse-ctype-{os.getpid()}"
+    try:
+        status, _h, data = http_target.request("PUT", f"/api/queues/%2F/{name}", b'{"durable":false}',
+                                               ctype="text/plain")
+        assert status == 201, (status, data)
+    finally:
+        http_target.request("DELETE", f"/api/queues/%2F/{name}")
+
+
+def test_broken_json_is_400_as_rabbitmq(http_target):
+    name = f"mgmtabuse-bad-{os.getpid()}"
+    status, data = http_target.request("PUT", f"/api/queues/%2F/{name}", b'{"durable":')[::2]
+    assert (status, json.loads(data)) == (400, {"error": "bad_request", "reason": "not_json"})
+    status, data = http_target.request("POST", "/api/definitions", b'{"queues":')[::2]
+    assert (status, json.loads(data)) == (400, {"error": "bad_request", "reason": "failed_to_parse_json"})
+    assert http_target.request("GET", f"/api/queues/%2F/{name}")[0] == 404
+
+
+def test_deeply_nested_json_is_refused(fresh_server):
+    srv = fresh_server()
+    http = _mgmt_http(srv)
+    for depth in (150, 100_000):
+        body = ('{"arguments":' + '{"a":' * depth + "1" + "}" * depth + "}").encode()
+        status, _h, data = http.request("PUT", "/api/queues/%2F/deep", body)
+        assert status == 400 and json.loads(data)["error"] == "bad_request", (depth, status, data[:200])
+        body = ("[" * depth + "]" * depth).encode()
+        status, _h, data = http.request("POST", "/api/definitions", body)
+        assert status == 400, (depth, status, data[:200])
+    assert http.json("GET", "/api/queues/%2F/deep")[0] == 404
+    # nesting within the bound is taken
+    body = ('{"arguments":{"x-n":' + '{"a":' * 50 + "1" + "}" * 50 + "}}").encode()
+    status, _h, data = http.request("PUT", "/api/queues/%2F/deep", body)
+    assert status == 201, (status, data)
+    assert_healthy(srv)
