@@ -53,6 +53,7 @@ from support.harness import MGMT_RE, ServerProcess, wait_for  # noqa: E402
 TARGET_P99_MS = 50.0
 ALARM_CLEAR_S = 10.0
 HEADER = b"AMQP\x00\x00\x09\x01"
+BAD_FRAME_END = b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x33\x00"     # a frame error: what follows is junk
 
 
 # ------------------------------------------------------------------------------- the bystander
@@ -498,19 +499,22 @@ def garbage(ctx):
     junk = os.urandom(256 * 1024)
     sent = [0]
 
-    def blaster():
+    def broken():
         c = ctx.amqp(channel=False)
-        c.sock.sendall(b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x33\x00")     # bad frame end
+        c.sock.sendall(BAD_FRAME_END)
         c.sock.settimeout(0.5)
+        return c
+
+    def blaster():
+        c = broken()
         while ctx.until_done():
             try:
                 sent[0] += c.sock.send(junk)
             except socket.timeout:
                 pass
             except OSError:
-                c = ctx.amqp(channel=False)
-                c.sock.sendall(b"\x01\x00\x00\x00\x00\x00\x04\x00\x0a\x00\x33\x00")
-                c.sock.settimeout(0.5)
+                c.close()
+                c = broken()
         c.close()
     n = 0
     with ctx.measuring():
@@ -647,6 +651,7 @@ def run_attack(name, a) -> dict:
         alive = srv.proc.poll() is None
         log = "".join(srv.lines)
         tracebacks = log.count("Traceback")
+        warnings = [ln.strip()[:200] for ln in srv.lines if "WARNING" in ln or "ERROR" in ln]
     finally:
         if finished:
             srv.stop()
@@ -657,7 +662,8 @@ def run_attack(name, a) -> dict:
         ctx.bystander.close()
     row = {"class": cls, "attack": name, "quick": a.quick, "bystander": ctx.stats, "attack_s": ctx.seconds,
            "total_s": round(time.monotonic() - t0, 1), "finished": finished, "server_alive": alive,
-           "server_tracebacks": tracebacks, "info": ctx.info, "error": out.get("error"),
+           "server_tracebacks": tracebacks,
+           "server_warnings": warnings[:5], "info": ctx.info, "error": out.get("error"),
            "loadavg": os.getloadavg()[0]}
     row["verdict"] = verdict(name, row)
     return row
