@@ -322,8 +322,8 @@ def poison(ctx):
     """Messages whose headers nest past the decode depth, carry unknown types, lying lengths or
     x-death of the wrong types: rejected, nacked and requeued, dead-lettered, expired (TTL 0)."""
     from test_poison import Client, poisons, props
-    c = ctx.amqp()
     from test_upkeep import pipeline, queue
+    c = ctx.amqp()
     pipeline(c, [queue("poison-dlq", {"x-max-length": 1000}),
                  queue("poison-q", {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "poison-dlq"}),
                  queue("poison-ttl", {"x-message-ttl": 0, "x-dead-letter-exchange": "",
@@ -357,8 +357,8 @@ def memory_alarm(ctx):
     """Publishers fill a queue held in memory until the memory alarm blocks them; the queue is
     deleted; time until the alarm clears and the publisher goes on."""
     from test_memory_alarm import Publisher
-    srv = ctx.srv
     import pika
+    srv = ctx.srv
     setup = pika.BlockingConnection(pika.URLParameters(srv.url()))
     setup.channel().queue_declare("flood")
     setup.close()
@@ -616,6 +616,8 @@ def verdict(name, row):
     if not row.get("finished"):
         return "FAIL (did not finish)"
     s = row.get("bystander") or {}
+    if not s:
+        return "no figures (the attack failed)" if row.get("error") else "no figures"
     if s.get("closed"):
         return "FAIL (bystander closed)"
     if name == "memory-alarm":
