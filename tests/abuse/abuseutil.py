@@ -6,6 +6,8 @@ import time
 
 import pika
 
+from rawamqp import FRAME_BODY, FRAME_HEADER, FRAME_METHOD, content_header_payload, frame_bytes, method_payload
+
 
 def rss(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
@@ -52,3 +54,21 @@ def assert_healthy(srv):
     log = "".join(srv.lines)
     for bad in ("Traceback", "internal error", "Exception in callback", "Fatal error"):
         assert bad not in log, f"server log has {bad!r}:\n{log[-4000:]}"
+
+
+def fill_expiring(conn, queue: str, n: int, deadline: float, body: bytes = b"0123456789abcdef",
+                  check=None) -> int:
+    """Publish n messages to `queue` on channel 1 of a raw connection, each with a per-message
+    expiration that makes it fall due at the wall-clock `deadline` (100 ms buckets), 1,000 a write;
+    `check()` is called every 50,000 (a round trip, to pace the fill). Returns n."""
+    head = frame_bytes(FRAME_METHOD, 1, method_payload("basic.publish", exchange="", routing_key=queue))
+    tail = frame_bytes(FRAME_BODY, 1, body)
+    sent = 0
+    while sent < n:
+        exp = max(1, int((deadline - time.time()) * 10 + 1) * 100)
+        one = head + frame_bytes(FRAME_HEADER, 1, content_header_payload(len(body), {"expiration": str(exp)})) + tail
+        conn.send_raw(one * 1000)
+        sent += 1000
+        if check is not None and sent % 50000 == 0:
+            check()
+    return sent

@@ -6,9 +6,8 @@ import time
 
 import pytest
 
-from abuseutil import assert_healthy
-from rawamqp import (FRAME_BODY, FRAME_HEADER, FRAME_METHOD, RawConnection, content_header_payload,
-                     frame_bytes, method_payload)
+from abuseutil import assert_healthy, fill_expiring
+from rawamqp import RawConnection
 from support.bystander import Bystander
 from support.harness import wait_for
 
@@ -32,19 +31,8 @@ def test_messages_expiring_together_do_not_stall_a_bystander(fresh_server, n, dl
     pub.call(1, "queue.declare", "queue.declare-ok", queue="dead")
     args = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"} if dlx else {}
     pub.call(1, "queue.declare", "queue.declare-ok", queue="mass", arguments=args)
-    body = b"0123456789abcdef"
-    head = frame_bytes(FRAME_METHOD, 1, method_payload("basic.publish", exchange="", routing_key="mass"))
-    tail = frame_bytes(FRAME_BODY, 1, body)
     deadline = time.time() + fill_s
-    sent = 0
-    while sent < n:
-        # per-message expiration so that all of them fall due at `deadline` (100 ms buckets)
-        exp = max(1, int((deadline - time.time()) * 10 + 1) * 100)
-        one = head + frame_bytes(FRAME_HEADER, 1, content_header_payload(len(body), {"expiration": str(exp)})) + tail
-        pub.send_raw(one * 1000)
-        sent += 1000
-        if sent % 50000 == 0:
-            declared(pub, "mass")
+    fill_expiring(pub, "mass", n, deadline, check=lambda: declared(pub, "mass"))
     assert declared(pub, "mass") == n
     assert time.time() < deadline - 3, "the fill took too long for this test to mean anything"
     with Bystander(srv.host, srv.port) as b:
