@@ -192,6 +192,20 @@ def test_cheap_patterns_are_not_throttled_by_expensive_ones():
     assert all(good.search("orders.%d" % i) for i in range(10000))
 
 
+def test_a_cheap_patterns_odd_slow_match_is_forgotten():
+    """Strikes (slow matches, as a busy machine gives a cheap pattern now and then) are forgotten
+    after a run of cheap matches: over many thousands they never add up to a throttled pattern."""
+    good = P.compile_pattern("^orders\\.(?#strikes)")
+    good.strikes = P.STRIKES - 1
+    for i in range(P.CHEAP_RUN):
+        assert good.search("orders.%d" % i)
+    assert good.strikes == 0 and not good.expensive
+    good.strikes = P.STRIKES - 1
+    for i in range(P.CHEAP_RUN // 2):
+        assert good.search("orders.%d" % i)
+    assert good.strikes == P.STRIKES - 1         # not yet: the run is not complete
+
+
 def test_an_operation_budget_skips_and_is_not_remembered():
     p = P.compile_pattern("^budgeted$")
     spent = P.Budget(0.0)

@@ -30,7 +30,8 @@ How the cost is bounded (the figures are from benchmarks/abuse_regex.py and from
    MIN_ALLOWANCE (0.5 ms) is left, an expensive pattern gets a QUICK_TRY (2 us, ~5 us with the
    timeout's overshoot): easy subjects still get their answer, the others no match. Cheap
    patterns are never throttled (and one that stays cheap for CHEAP_RUN matches in a row is
-   ordinary again). So however many slow patterns users write, together they take at most ~1% of
+   ordinary again; a pattern's strikes are forgotten after CHEAP_RUN cheap matches in a row, so
+   that on a busy machine the odd slow match of a cheap pattern does not add up over thousands). So however many slow patterns users write, together they take at most ~1% of
    the loop, plus ~3 ms for each new one.
 4. An operation that matches many patterns or many names (a policy lookup, a filtered listing)
    passes a Budget, a deadline for all its matches; a match it cuts short is *skipped*, which the
@@ -199,7 +200,13 @@ class Pattern:
                 if self.cheap_run >= CHEAP_RUN:     # it was the subjects: trust it again
                     self.expensive = False
                     self.strikes = 0
-        elif spent > EXPENSIVE:
+        elif spent <= EXPENSIVE:
+            if self.strikes:                        # strikes are forgotten after a run of cheap
+                self.cheap_run += 1                 # matches: a busy machine's occasional slow
+                if self.cheap_run >= CHEAP_RUN:     # match must not add up, over thousands of
+                    self.strikes = 0                # matches, to a cheap pattern throttled
+                    self.cheap_run = 0
+        else:
             # slow, or paused: another process had the CPU (this machine's clocks, the CPU-time
             # one too, jump by tens of microseconds under load), or a garbage collection ran as
             # the match object was made. Neither may turn an answer into no match or make a
@@ -214,6 +221,7 @@ class Pattern:
                 if least <= EXPENSIVE and result != SKIPPED:
                     break
             if least > EXPENSIVE:
+                self.cheap_run = 0
                 self.strikes += STRIKES if result == SKIPPED else 1
                 if self.strikes >= STRIKES:
                     self.expensive = True
