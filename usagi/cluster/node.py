@@ -39,6 +39,7 @@ from .replication import Leader, NotLeader, Replica
 log = logging.getLogger("usagi.cluster")
 
 EXIT_LEASE_LOST = 3
+TRUSTED_REFRESH = 0.5      # seconds between reads of the registry by the leader (one etcd range read)
 
 
 class _Applier:
@@ -124,6 +125,7 @@ class Node:
         self.server: Server | None = None
         self.exit_code = 0
         self._peer_ips: set = set()       # addresses of followers that authenticated (as leader)
+        self._known_ips: set = set()      # other nodes' addresses seen in the registry (kept)
 
     # ------------------------------------------------------------------ addresses
     def info(self) -> dict:
@@ -296,6 +298,10 @@ class Node:
             if cur is not None:
                 info, epoch = cur
                 self.leader_info, self.leader_epoch = info, epoch
+                if info.get("host") and info.get("host") != self.advertise:
+                    ip = _resolve(info["host"])     # if this node leads next, the old leader's
+                    if ip is not None:              # forwarded clients are trusted at once
+                        self._known_ips.add(ip)
             else:
                 self.leader_info = None
             key = (self.leader_info or {}).get("id"), self.leader_epoch
@@ -450,13 +456,16 @@ class Node:
         mine = self.advertise
         trusted = {_resolve(n.get("host")) for n in nodes if n.get("host") and n.get("host") != mine}
         trusted.discard(None)
-        trusted.update(self._peer_ips)
-        server.trusted_proxies.clear()          # (the set object stays: the leader adds to it)
-        server.trusted_proxies.update(trusted)
+        # Addresses are added, never dropped while this node leads: a node whose lease ended (the
+        # old leader, restarting as a follower) is out of the registry for a moment, and the
+        # clients it forwards meanwhile must not be refused. The set object stays (the leader
+        # adds to it as followers prove they know the secret).
+        self._known_ips |= trusted
+        server.trusted_proxies.update(self._known_ips)
 
     async def _trusted_loop(self, server, view):
         while True:
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(TRUSTED_REFRESH)
             await self._refresh_trusted(server, view)
 
 
@@ -465,13 +474,22 @@ def _ip_of(host: str):
     return _resolve(host)
 
 
+_resolved: dict = {}     # host name -> address: the registry names a handful of nodes
+
+
 def _resolve(host: str | None):
+    """The address a node's advertised host stands for, looked up once (the lookup blocks)."""
     if not host:
         return None
-    try:
-        return socket.getaddrinfo(host, None)[0][4][0]
-    except OSError:
-        return None
+    ip = _resolved.get(host)
+    if ip is None:
+        try:
+            ip = socket.getaddrinfo(host, None)[0][4][0]
+        except OSError:
+            return None
+        if len(_resolved) < 1024:
+            _resolved[host] = ip
+    return ip
 
 
 async def run_node(args, tls_ctx=None, mgmt_tls_ctx=None) -> int:
