@@ -605,6 +605,27 @@ def _page_params(r: Req) -> tuple:
 WRITE_AT = 1 << 16      # encoded items are handed to the answer in pieces of about this size
 
 
+async def write_items(body: Body, items, render, pacer: slices.Pacer, head: bytes = b"", tail: bytes = b""):
+    """`head`, the items rendered as JSON and separated by commas, `tail`: written in pieces of about
+    WRITE_AT bytes, one item per step of the pacer's slices."""
+    pieces, size = [head], len(head)
+    for i, o in enumerate(items):
+        piece = dumps(render(o))
+        if i:
+            pieces.append(b",")
+        pieces.append(piece)
+        size += len(piece)
+        if size >= WRITE_AT:
+            await body.write(b"".join(pieces))
+            pieces, size = [], 0
+        if pacer.due():
+            await pacer.pause()
+    pieces.append(tail)
+    data = b"".join(pieces)
+    if data:
+        await body.write(data)
+
+
 async def list_reply(r: Req, listing: Listing, body: Body):
     """Write a listing's JSON into `body`: its objects gathered, filtered by name (with a page),
     sorted, paginated, rendered, cut to `columns` and encoded one object per step, a slice at a
@@ -668,23 +689,7 @@ async def list_reply(r: Req, listing: Listing, body: Body):
         await body.write(b"[")
     cols = query.get("columns")
     wanted = [c for c in cols.split(",") if c] if cols else None
-    pieces, size = [], 0
-    for i, o in enumerate(objs):
-        it = as_json(o)
-        if wanted is not None:
-            it = _columns(it, wanted)
-        piece = dumps(it)
-        if i:
-            pieces.append(b",")
-        pieces.append(piece)
-        size += len(piece)
-        if size >= WRITE_AT:
-            await body.write(b"".join(pieces))
-            pieces, size = [], 0
-        if pacer.due():
-            await pacer.pause()
-    if pieces:
-        await body.write(b"".join(pieces))
+    await write_items(body, objs, as_json if wanted is None else (lambda o: _columns(as_json(o), wanted)), pacer)
     if paged:
         await body.write(b'],"page":%d,"page_count":%d,"page_size":%d,"total_count":%d}'
                          % (page, page_count, page_size, total))
@@ -1798,20 +1803,7 @@ async def _download(r: Req, vhost_name: str | None) -> web.StreamResponse:
         if not isinstance(value, ops.Rows):
             await body.write(dumps(value))
             continue
-        pieces, size = [b"["], 0
-        for j, o in enumerate(value.items):
-            piece = dumps(value.render(o))
-            if j:
-                pieces.append(b",")
-            pieces.append(piece)
-            size += len(piece)
-            if size >= WRITE_AT:
-                await body.write(b"".join(pieces))
-                pieces, size = [], 0
-            if pacer.due():
-                await pacer.pause()
-        pieces.append(b"]")
-        await body.write(b"".join(pieces))
+        await write_items(body, value.items, value.render, pacer, b"[", b"]")
     await body.write(b"}")
     return await body.finish()
 
