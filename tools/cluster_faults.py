@@ -4,6 +4,7 @@ consumers with manual acks on real clients (aio-pika), and faults one after anot
 
     python tools/cluster_faults.py --faults 200                 # every kind of fault, in turn
     python tools/cluster_faults.py --faults 50 --kinds kill-leader,pause-leader --ttl 5
+    python tools/cluster_faults.py --faults 210 --consumers 4 --rate 350    # a bounded backlog
 
 Kinds: kill-leader, kill-follower, pause-leader (SIGSTOP past the lease), term-leader (graceful),
 kill-etcd (one member of three), kill-etcd-leader. After the last fault everything is healed and
@@ -39,6 +40,9 @@ def main() -> int:
     p.add_argument("--publishers", type=int, default=3)
     p.add_argument("--consumers", type=int, default=2)
     p.add_argument("--window", type=int, default=50, help="unconfirmed publishes per publisher")
+    p.add_argument("--rate", type=float, default=None,
+                   help="publishes per second per publisher (default: as fast as confirms come); a rate the "
+                        "consumers keep up with holds the backlog a new leader loads down")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     p.add_argument("--keep-logs", default=None, help="copy the nodes' data and logs here at the end")
@@ -50,7 +54,7 @@ def main() -> int:
     c = Cluster(3, etcd_members=3, ttl=a.ttl).start()
     t0 = time.monotonic()
     try:
-        wl = Workload(c.urls(), publishers=a.publishers, consumers=a.consumers, window=a.window)
+        wl = Workload(c.urls(), publishers=a.publishers, consumers=a.consumers, window=a.window, rate=a.rate)
 
         async def go():
             await wl.setup()
