@@ -47,7 +47,7 @@ class Proc:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGINT)
             try:
-                self.p.wait(10)
+                self.p.wait(30)             # it closes its connection first (slow on a loaded machine)
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()

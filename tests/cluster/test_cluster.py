@@ -151,6 +151,9 @@ def test_bad_replication_peers_are_refused_and_harm_nobody(cluster):
                     pass
             except OSError:
                 pass
+    deadline = time.monotonic() + 10               # the leader logs it as it drops the peer
+    while "did not prove it knows the cluster secret" not in leader.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "did not prove it knows the cluster secret" in leader.log_text()
     # still serving, and the followers still in sync
     publish_confirmed(leader.url(), "bq", [b"ok"])
