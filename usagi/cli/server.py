@@ -250,7 +250,10 @@ def main(argv=None) -> int:
         return asyncio.run(serve(broker, args.host or None, args.port, started, services,
                                  tls_context=tls_ctx, tls_port=args.tls_port if tls_ctx is not None else None))
     except OSError as e:
-        log.error("cannot listen on port %s: %s", args.port, e)
+        if "listener on" in str(e):        # the management or metrics port: the text names it
+            log.error("cannot listen: %s", e)
+        else:
+            log.error("cannot listen on port %s: %s", args.port, e)
         return 1
     except KeyboardInterrupt:
         return 0
