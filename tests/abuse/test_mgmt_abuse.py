@@ -434,3 +434,78 @@ def test_deeply_nested_json_is_refused(fresh_server):
     status, _h, data = http.request("PUT", "/api/queues/%2F/deep", body)
     assert status == 201, (status, data)
     assert_healthy(srv)
+
+
+def test_numbers_out_of_a_doubles_range_are_not_json(http_target):
+    """1e999999 would become Infinity, which no JSON answer can carry: refused as RabbitMQ does."""
+    name = f"mgmtabuse-inf-{os.getpid()}"
+    for number in (b"1e999999", b"-1e400"):
+        status, _h, data = http_target.request("PUT", f"/api/global-parameters/{name}", b'{"value":' + number + b"}")
+        assert (status, json.loads(data)) == (400, {"error": "bad_request", "reason": "not_json"}), number
+    assert http_target.request("GET", f"/api/global-parameters/{name}")[0] == 404
+
+
+def test_columns_naming_a_value_and_a_path_inside_it(http_target):
+    status, _h, data = http_target.request("GET", "/api/vhosts?columns=name,name.a")
+    assert status == 200, data
+    assert all(isinstance(v, dict) for v in json.loads(data))
+
+
+@pytest.mark.parametrize("query", ["page=%201", "page=1&page_size=1_0", "page=1.0", "page=%2B%2B1"])
+def test_pagination_parameters_are_digits(http_target, query):
+    status, _h, data = http_target.request("GET", f"/api/queues?{query}")
+    assert status == 400, (query, status, data[:200])
+
+
+def test_a_broken_multipart_body_is_400(http_target):
+    for ctype, body in (("multipart/form-data", b"x"), ("multipart/form-data; boundary=XX", b"garbage"),
+                        ("multipart/form-data; boundary=XX",
+                         b'--XX\r\nContent-Disposition: form-data; name="file"\r\n\r\n{"vhosts":[]}')):
+        status, _h, data = http_target.request("POST", "/api/definitions", body, ctype=ctype)
+        assert status == 400, (ctype, body, status, data[:300])
+
+
+def test_bodies_that_build_millions_of_objects_are_refused(fresh_server):
+    """A body of 20 MB can describe millions of empty arrays: refused before it is parsed (at most
+    100,000 objects and arrays in a request, 4,000,000 in a definitions file), and an argument or
+    parameter value holds at most 65,536 values, so that no entity makes a later listing slow."""
+    srv = fresh_server()
+    http = _mgmt_http(srv)
+    with Bystander(srv.host, srv.port) as b:
+        time.sleep(0.3)
+        b.reset()
+        huge = b'{"arguments":{"x":[' + b"[]," * 3_000_000 + b"[]]}}"
+        status, _h, data = http.request("PUT", "/api/queues/%2F/huge", huge)
+        assert status == 400 and b"objects and arrays" in data, (status, data[:300])
+        status, _h, data = http.request("PUT", "/api/global-parameters/huge",
+                                        b'{"value":[' + b"[]," * 3_000_000 + b"[]]}")
+        assert status == 400, (status, data[:300])
+        many = b'{"arguments":{"x":[' + b"1," * 70_000 + b"1]}}"
+        status, _h, data = http.request("PUT", "/api/queues/%2F/huge", many)
+        assert status == 400 and b"more than 65536 values" in data, (status, data[:300])
+        time.sleep(0.3)
+        check_bystander(b, "bodies of millions of objects")
+    assert http.request("GET", "/api/queues/%2F/huge")[0] == 404
+    assert http.request("GET", "/api/global-parameters/huge")[0] == 404
+    status, _h, _d = http.request("PUT", "/api/queues/%2F/fine", b'{"arguments":{"x":[' + b"1," * 1000 + b"1]}}")
+    assert status == 201
+    assert_healthy(srv)
+
+
+def test_a_stalled_definitions_upload_holds_up_no_other_import(fresh_server):
+    srv = fresh_server()
+    http = _mgmt_http(srv)
+    s = http.connect()
+    try:
+        s.sendall(http.head("POST", "/api/definitions", {"Content-Type": "application/json",
+                                                          "Content-Length": "1000"}) + b'{"vhosts":')
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        status, _h, data = http.request("POST", "/api/definitions", b'{"queues":[{"name":"after-stall","vhost":"/"}]}',
+                                        timeout=20)
+        assert status == 204, (status, data)
+        assert time.monotonic() - t0 < 10
+    finally:
+        s.close()
+    assert http.request("GET", "/api/queues/%2F/after-stall")[0] == 200
+    assert_healthy(srv)

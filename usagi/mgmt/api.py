@@ -15,6 +15,7 @@ step, one import at a time, and answered after the commit that holds it.
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import inspect
@@ -240,6 +241,9 @@ delete = lambda p, a: R.add(p, "DELETE", a)  # noqa: E731
 
 # ---------------------------------------------------------------------------------------- request context
 
+BODY_TIMEOUT = 60.0     # seconds a request body may go without a byte arriving (then 408)
+
+
 class Req:
     def __init__(self, m, request: web.Request, params: dict, user):
         self.m = m
@@ -253,6 +257,7 @@ class Req:
         self.method = request.method
         self._view = None
         self.pacer = slices.Pacer()
+        self.bulk = False           # a definitions import: a bigger body may hold more
 
     @property
     def view(self) -> View:
@@ -273,14 +278,32 @@ class Req:
         ctype = request.headers.get("Content-Type", "")
         if ctype.lower().startswith("multipart/form-data"):
             try:
-                form = await request.post()
+                form = await asyncio.wait_for(request.post(), BODY_TIMEOUT)
             except web.HTTPRequestEntityTooLarge:
                 raise body_too_large(limit, None) from None
+            except asyncio.TimeoutError:
+                raise ApiError(408, "request_timeout", "the request body did not arrive in time") from None
+            except Exception as e:  # noqa: BLE001 - a broken form (boundary, charset, truncated)
+                self.body_error = ValueError(f"bad multipart body: {e}")
+                return
             f = form.get("file")
-            raw = f.file.read() if hasattr(f, "file") else (f.encode() if isinstance(f, str) else b"")
+            if hasattr(f, "file"):
+                raw = f.file.read()
+            elif isinstance(f, str):
+                raw = f.encode("utf-8", "surrogatepass")
+            else:
+                self.body_error = ValueError("no file in the form")
+                return
         else:
             buf = bytearray()
-            async for chunk in request.content.iter_any():
+            content = request.content
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(content.readany(), BODY_TIMEOUT)
+                except asyncio.TimeoutError:
+                    raise ApiError(408, "request_timeout", "the request body did not arrive in time") from None
+                if not chunk:
+                    break
                 buf += chunk
                 if len(buf) > limit:
                     raise body_too_large(limit, len(buf))
@@ -288,15 +311,16 @@ class Req:
         if not raw.strip():
             return
         try:
-            self.parsed = await slices.decode_json(raw, self.pacer)     # NaN and Infinity are not JSON
-        except slices.JSONTooDeep as e:
+            self.parsed = await slices.decode_json(     # NaN, Infinity and 1e999 are not JSON
+                raw, self.pacer, slices.MAX_CONTAINERS_BULK if self.bulk else slices.MAX_CONTAINERS)
+        except (slices.JSONTooDeep, slices.JSONTooLarge) as e:
             self.body_error = e
         except ValueError as e:          # not JSON, not UTF-8, or a lone \udXXX (no UTF-8 for it)
             self.body_error = e
 
     def json(self, error: str = "not_json"):
         if self.body_error is not None:
-            if isinstance(self.body_error, slices.JSONTooDeep):
+            if isinstance(self.body_error, (slices.JSONTooDeep, slices.JSONTooLarge)):
                 raise bad_request(str(self.body_error))
             raise bad_request(error)
         return self.parsed
@@ -497,9 +521,11 @@ async def dispatch(m, request: web.Request) -> web.StreamResponse:
                 return web.Response(status=415)
             if getattr(fn, "one_at_a_time", False):
                 # a definitions import: one at a time, each checked against what the one before it
-                # left; the next waits here, its body not read yet (a waiter holds no memory)
+                # left. The body is read first, so an upload that stalls holds up nobody else's
+                r.bulk = True
+                await r.load_body()
                 async with m.import_lock:
-                    result = await _write(m, r, fn)
+                    result = await _write(m, r, fn, loaded=True)
             else:
                 result = await _write(m, r, fn)
     except CommitFailed as e:
@@ -517,10 +543,10 @@ async def dispatch(m, request: web.Request) -> web.StreamResponse:
     return await render(r, result)
 
 
-async def _write(m, r: Req, fn):
+async def _write(m, r: Req, fn, loaded: bool = False):
     """A PUT, POST or DELETE: the body read and parsed, the operation run, and the answer held until
     the commit that holds what it wrote (a 2xx to a write promises it is durable)."""
-    if r.method in ("PUT", "POST"):
+    if r.method in ("PUT", "POST") and not loaded:
         await r.load_body()
     recorded = m.broker.store.recorded
     result = fn(r)
@@ -574,7 +600,10 @@ def _columns(it: dict, wanted: list) -> dict:
         cur = d
         parts = c.split(".")
         for p in parts[:-1]:
-            cur = cur.setdefault(p, {})
+            nxt = cur.get(p)
+            if not isinstance(nxt, dict):       # ("name,name.a": the later path wins)
+                nxt = cur[p] = {}
+            cur = nxt
         cur[parts[-1]] = v
     return d
 
@@ -592,11 +621,11 @@ def _sort_key(v):
 
 
 def _page_params(r: Req) -> tuple:
-    try:
-        page = int(r.query.get("page", "1"))
-        page_size = int(r.query.get("page_size", "100"))
-    except ValueError:
-        raise bad_request("Pagination parameters are invalid") from None
+    page, page_size = r.query.get("page", "1"), r.query.get("page_size", "100")
+    # integers as Erlang reads them ("+5" too); int() would also take " 1" and "1_0"
+    if not all(v.isascii() and v.removeprefix("+").isdigit() for v in (page, page_size)):
+        raise bad_request("Pagination parameters are invalid")
+    page, page_size = int(page), int(page_size)
     if page < 1 or page_size < 1 or page_size > 500:
         raise bad_request("Pagination parameters are invalid")
     return page, page_size

@@ -130,9 +130,31 @@ def regex(what: str, v, as_string: bool = False) -> str:
     return v
 
 
+MAX_VALUES = 65_536     # values in one argument table or parameter value: over AMQP a table is
+                        # bounded by the frame size (131,072 bytes hold ~26,000 values); from the
+                        # API it is bounded here, so that no one entity makes a listing's step long
+
+
+def bounded(what: str, v):
+    """Refuse a value holding more than MAX_VALUES values (its walk stops there)."""
+    stack = [v]
+    n = 0
+    while stack:
+        x = stack.pop()
+        n += 1
+        if n > MAX_VALUES:
+            raise bad_request(f"{what} holds more than {MAX_VALUES} values")
+        if isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, list):
+            stack.extend(x)
+    return v
+
+
 def no_nulls(v):
     """AMQP tables have no null (RabbitMQ: null_not_allowed) and no integer past 64 bits.
     Iterative: nesting costs no stack."""
+    bounded("arguments", v)
     stack = [v]
     while stack:
         x = stack.pop()
@@ -362,14 +384,14 @@ def parameter_value(component: str, pname: str, value):
         if not isinstance(value, dict):
             raise failed(f"operator_policy value should be a dictionary, actually was {erl(value)}")
         return policy_body(value, operator=True)
-    return value
+    return bounded("value", value)
 
 
 def global_parameter(pname, value):
     name("name", pname)
     if pname == "cluster_name":
         name("cluster_name", value, limit=None)
-    return value
+    return bounded("value", value)
 
 
 # ---------------------------------------------------------------------------------------- entities
