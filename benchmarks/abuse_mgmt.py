@@ -140,7 +140,7 @@ def attack_bodies(args):
     srv = ServerProcess().start()
     try:
         mport, _ = ports(srv)
-        pad = [{"k": i, "v": "x" * 40} for i in range(300_000)]
+        pad = [{"k": i, "v": "x" * 190} for i in range(90_000)]     # (at most 100,000 objects in a body)
         body = json.dumps({"durable": False, "padding": pad}).encode()
 
         def three(send_body: bool, size: int | None = None):
