@@ -22,8 +22,11 @@ class Proc:
     """A running example program whose output lines are collected as they come."""
 
     def __init__(self, args, cwd, env):
+        # Ctrl+C as from a terminal: a test run started in the background inherits SIGINT ignored,
+        # and a Python started with it ignored never raises KeyboardInterrupt
         self.p = subprocess.Popen([sys.executable, "-u", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True)
+                                  stderr=subprocess.STDOUT, text=True,
+                                  preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.lines: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -47,7 +50,11 @@ class Proc:
         if self.p.poll() is None:
             self.p.send_signal(signal.SIGINT)
             try:
-                self.p.wait(30)             # it closes its connection first (slow on a loaded machine)
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:   # as a user would, press Ctrl+C again
+                self.p.send_signal(signal.SIGINT)
+            try:
+                self.p.wait(20)
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()

@@ -27,8 +27,9 @@ How the cost is bounded (the figures are from benchmarks/abuse_regex.py and from
 3. A pattern seen to be expensive (three matches over EXPENSIVE, 20 us, or one out of budget) is
    matched from then on out of a shared allowance of ALLOWANCE_RATE (10 ms) per second, at most
    ALLOWANCE_BURST (10 ms) at once; its runs under EXPENSIVE are free. When less than
-   MIN_ALLOWANCE (0.5 ms) is left, an expensive pattern gets a QUICK_TRY (2 us, ~5 us with the
-   timeout's overshoot): easy subjects still get their answer, the others no match. Cheap
+   MIN_ALLOWANCE (0.5 ms) is left, an expensive pattern gets a QUICK_TRY (20 us, tried again when
+   the process was preempted meanwhile): easy subjects still get their answer, on a busy machine
+   too, the others no match. Cheap
    patterns are never throttled (and one that stays cheap for CHEAP_RUN matches in a row is
    ordinary again; a pattern's strikes are forgotten after CHEAP_RUN cheap matches in a row, so
    that on a busy machine the odd slow match of a cheap pattern does not add up over thousands). So however many slow patterns users write, together they take at most ~1% of
@@ -67,8 +68,8 @@ EXPENSIVE = 0.00002              # a match slower than this (10x an ordinary one
 ALLOWANCE_RATE = 0.010           # seconds of matching per second for expensive patterns
 ALLOWANCE_BURST = 0.010          # at most this much at once
 MIN_ALLOWANCE = 0.0005           # what must be left of it for an expensive pattern to run in full
-QUICK_TRY = 0.000002             # else the time it gets (a try costs ~5 us with the timeout's overshoot)
-QUICK_TRIES = 3                  # ... tried again when preempted, this many times at most
+QUICK_TRY = 0.00002              # else the time it gets: enough for an easy subject on a busy machine
+QUICK_TRIES = 5                  # ... tried again when preempted, this many times at most
 STRIKES = 3                      # slow matches (or one out of budget) that make a pattern expensive
 CHEAP_RUN = 100                  # cheap matches in a row that make it ordinary again
 
