@@ -283,6 +283,8 @@ class Req:
                 raise body_too_large(limit, None) from None
             except asyncio.TimeoutError:
                 raise ApiError(408, "request_timeout", "the request body did not arrive in time") from None
+            except ConnectionError as e:
+                raise ApiError(400, "bad_request", f"the request body was cut short: {e}") from None
             except Exception as e:  # noqa: BLE001 - a broken form (boundary, charset, truncated)
                 self.body_error = ValueError(f"bad multipart body: {e}")
                 return
@@ -302,6 +304,8 @@ class Req:
                     chunk = await asyncio.wait_for(content.readany(), BODY_TIMEOUT)
                 except asyncio.TimeoutError:
                     raise ApiError(408, "request_timeout", "the request body did not arrive in time") from None
+                except (ConnectionError, web.HTTPException) as e:   # the client went away mid-body
+                    raise ApiError(400, "bad_request", f"the request body was cut short: {e}") from None
                 if not chunk:
                     break
                 buf += chunk
