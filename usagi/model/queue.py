@@ -349,11 +349,24 @@ class Queue:
         """Page out the in-memory tail of `ready` (in front of what is already paged, so order
         holds) until the queue holds at most keep_count entries and keep_bytes bytes in memory
         (ram_count, ram_bytes). Returns how many went."""
-        ready = self.ready
+        out = self._take_tail(self.ready, keep_count, keep_bytes)
+        if out:
+            if self.pager is None:
+                self.pager = Pager(PAGING["dir"])
+            self.pager.prepend(out)
+            self.paged = self.pager.count
+        return len(out)
+
+    def _take_tail(self, dq, keep_count: int, keep_bytes: int, level: bool = False) -> list:
+        """Take entries off the tail of `dq` (ready entries; `level`: a priority level, counted in
+        level_count) until the queue holds at most keep_count entries and keep_bytes bytes in
+        memory: [(seq, msg, deadline or 0)] in queue order, without the dead ones (let go)."""
         dead = self.dead
         out = []
-        while ready and (self.ram_count() > keep_count or self.ram_bytes() > keep_bytes):
-            seq, msg = ready.pop()
+        while dq and (self.ram_count() > keep_count or self.ram_bytes() > keep_bytes):
+            seq, msg = dq.pop()
+            if level:
+                self.level_count -= 1
             size = len(msg.body)
             self.ready_bytes -= size
             if dead and seq in dead:
@@ -362,13 +375,8 @@ class Queue:
                 continue
             e = self.expiry.pop(seq, None)
             out.append((seq, msg, e[0] if e is not None else 0))
-        if out:
-            out.reverse()
-            if self.pager is None:
-                self.pager = Pager(PAGING["dir"])
-            self.pager.prepend(out)
-            self.paged = self.pager.count
-        return len(out)
+        out.reverse()
+        return out
 
     def next_seq(self) -> int:
         self.seq += 1
@@ -774,24 +782,11 @@ class PriorityQueue(Queue):
     def page_out(self, keep_count: int, keep_bytes: int) -> int:
         """Page out the in-memory tails of the levels, lowest levels first."""
         went = 0
-        dead = self.dead
         for lvl, lv in enumerate(self.levels):
             if self.ram_count() <= keep_count and self.ram_bytes() <= keep_bytes:
                 break
-            out = []
-            while lv and (self.ram_count() > keep_count or self.ram_bytes() > keep_bytes):
-                seq, msg = lv.pop()
-                self.level_count -= 1
-                size = len(msg.body)
-                self.ready_bytes -= size
-                if dead and seq in dead:
-                    dead.discard(seq)
-                    self.dead_bytes -= size
-                    continue
-                e = self.expiry.pop(seq, None)
-                out.append((seq, msg, e[0] if e is not None else 0))
+            out = self._take_tail(lv, keep_count, keep_bytes, level=True)
             if out:
-                out.reverse()
                 pg = self.pagers[lvl]
                 if pg is None:
                     pg = self.pagers[lvl] = Pager(PAGING["dir"])
