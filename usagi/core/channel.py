@@ -12,14 +12,12 @@ from ..amqp import errors as E
 from ..amqp import methods as M
 from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
-from ..amqp.frames import FRAME_OVERHEAD
 from ..model import deadletter as DL
 from ..model.message import Message
 from ..model.queue import PARKED_OWN
-from . import access
+from . import access, fastpath
 from .arguments import parse_expiration
-from .channel_common import (CLOSING, OPEN, _END, _FH, _H, _HHQ, _QB,
-                             _RETURN_HEAD, Unacked, _shortstr, _with_delivery_count)
+from .channel_common import (CLOSING, OPEN, _H, _HHQ, _RETURN_HEAD, _shortstr)
 
 from .handlers.basic import BasicHandlers
 from .handlers.channel import ChannelClassHandlers
@@ -30,7 +28,6 @@ from .replyto import ReplyToMixin
 
 log = logging.getLogger("usagi.channel")
 
-_SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
 
 
 class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandlers, TxHandlers,
@@ -46,6 +43,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         self.content_expected = False
         self.body_expected = False
         self._pub = None             # (exchange, routing_key, route bytes, mandatory)
+        self.pub_memo = None         # the last publish method seen on the hot path (fastpath._remember)
         self._props = b""
         self._size = 0
         self._got = 0
@@ -101,7 +99,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
     def on_publish(self, payload):
         if self.state == CLOSING:
             return
-        self._pub = _parse_publish(payload)
+        self._pub = fastpath.parse_publish(payload)
         self.content_expected = True
         self.conn.publishing = True
 
@@ -152,12 +150,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         else:
             self._parts.append(bytes(payload))
 
-    def fast_publish(self, payload, props, body):
-        """basic.publish with its header and body, all arrived together (the connection's hot path)."""
-        self.conn.publishing = True
-        self._pub = _parse_publish(payload)
-        self._props = props
-        self._complete(body)
+    # basic.publish with its header and body, all arrived together (the connection's hot path)
+    fast_publish = fastpath.publish
 
     def _complete(self, body: bytes):
         if not isinstance(self._pub, tuple):
@@ -173,17 +167,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             x = self._x_cache.get(exchange)
             if x is None or x.deleted:
                 x = self._publish_target(exchange)
-            cached = _SCANS.get(props)
-            if cached is None:
-                scan = P.scan(props)
-                special = (scan.user_id is not None or scan.expiration is not None or scan.reply_to is not None
-                           or (scan.headers_span is not None and (b"\x02CC" in props or b"\x03BCC" in props)))
-                if len(props) <= 96:
-                    if len(_SCANS) >= 4096:
-                        _SCANS.clear()
-                    _SCANS[props] = (scan, special)
-            else:
-                scan, special = cached
+            scan, special = fastpath.scan_props(props)
             if special:
                 if scan.expiration is not None:
                     self._check_expiration(scan.expiration)
@@ -268,39 +252,9 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         m = _RETURN_HEAD + _H.pack(code) + _shortstr(text) + msg.route
         self._write_content(m, msg)
 
-    def _write_content(self, method_payload: bytes, msg) -> int:
-        """Write a method frame with content (deliver, get-ok, return): the stored property and
-        body bytes pass through as received. Returns the bytes written."""
-        num = self.number
-        body = msg.body
-        props = msg.props
-        size = len(body)
-        conn = self.conn
-        chunk = conn.frame_max - FRAME_OVERHEAD
-        if 0 < size <= chunk:
-            # the common case: one write of one method, one header and one body frame
-            data = b"".join((_FH.pack(1, num, len(method_payload)), method_payload, _END,
-                             _FH.pack(2, num, 12 + len(props)), _HHQ.pack(60, 0, size), props, _END,
-                             _FH.pack(3, num, size), body, _END))
-            if conn.closed:
-                return 0
-            if not conn.out:
-                self.broker.want_flush(conn)
-            conn.out.append(data)
-            return len(data)
-        head = (_FH.pack(1, num, len(method_payload)), method_payload, _END,
-                _FH.pack(2, num, 12 + len(props)), _HHQ.pack(60, 0, size), props, _END)
-        if not size:
-            data = b"".join(head)
-            conn.write(data)
-            return len(data)
-        parts = list(head)
-        mv = memoryview(body)
-        for i in range(0, size, chunk):
-            piece = mv[i:i + chunk]
-            parts += (_FH.pack(3, num, len(piece)), piece, _END)
-        conn.write_parts(parts)
-        return size + len(props) + 64
+    # a method frame with content (deliver, get-ok, return): the stored property and body bytes
+    # pass through as received; returns the bytes written
+    _write_content = fastpath.write_content
 
     # ------------------------------------------------------------------ replies after the commit
     def _send(self, method):
@@ -431,26 +385,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             return False
         return True
 
-    def deliver(self, c, q, seq, msg, redelivered):
-        self.next_tag = tag = self.next_tag + 1
-        m = c.prefix + _QB.pack(tag, redelivered) + msg.route
-        if redelivered and q.delivery_counts and seq in q.delivery_counts:
-            self.conn.out_size += self._write_content(m, _with_delivery_count(msg, q.delivery_counts[seq]))
-        else:
-            self.conn.out_size += self._write_content(m, msg)
-        q.delivered += 1
-        self.delivered += 1
-        if c.no_ack:
-            if msg.stored or q.held_expiry or q.delivery_counts or q.kind == "stream":
-                self.broker.settle(q, seq, msg)
-            else:
-                q.acked += 1
-        else:
-            self.unacked[tag] = Unacked(tag, q, seq, msg, c)
-            c.unacked += 1
-            q.unacked += 1
-            if msg.stored and q.durable:
-                self.broker.store.mark_delivered(q.vhost, q.name, seq)
+    # a delivery to consumer c of this channel (the broker calls it; core/fastpath.py)
+    deliver = fastpath.deliver
 
     def kick(self):
         """Room may have appeared for this channel's consumers (see Broker.channel_room)."""
@@ -577,25 +513,6 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
 
     def reply(self, method):
         self.conn.send_method(self.number, method)
-
-
-def _parse_publish(payload) -> tuple:
-    """(exchange, routing key, the two as shortstrs, flag bits) of a basic.publish payload."""
-    try:
-        n = payload[6]
-        off = 7 + n
-        k = payload[off]
-        end = off + 1 + k
-        bits = payload[end]
-    except IndexError:
-        raise E.SyntaxError_("basic.publish method frame truncated", None, 60, 40) from None
-    try:
-        exchange = payload[7:off].decode() if n else ""
-        routing_key = payload[off + 1:end].decode() if k else ""
-    except UnicodeDecodeError:
-        exchange = payload[7:off].decode("utf-8", "surrogateescape")
-        routing_key = payload[off + 1:end].decode("utf-8", "surrogateescape")
-    return exchange, routing_key, bytes(payload[6:end]), bits
 
 
 def _build_handlers():

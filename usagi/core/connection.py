@@ -20,26 +20,18 @@ from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METH
                            HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
                            method_frame)
 from ..auth import sasl, x509
-from . import access, limits
+from . import access, fastpath, limits
 from .channel import Channel
+from .fastpath import TURN_SECONDS
 
 log = logging.getLogger("usagi.connection")
 
 _HH = struct.Struct(">HH")
-_FH = struct.Struct(">BHI")
-_HHQ = struct.Struct(">HHQ")
-_PUBLISH_HEAD = b"\x00\x3c\x00\x28"
-INPUT_BUDGET = 256      # frames handled per connection per loop turn before yielding to others
-THROTTLED_BUDGET = 24   # ... when its publishes queue up behind consumers that have a backlog
-TURN_SECONDS = 0.002    # ... and at most this much time: frames differ in cost (a publish to a
-#                         thousand queues, a declare under many policies), so a turn is also cut
-#                         by the clock, read every TIME_CHECK frames on the hot path, every frame
-#                         on the general one. Each connection's turn costs others at most this.
-TIME_CHECK = 16
 _ids = itertools.count(1)
 
 # states
 AWAIT_HEADER, AWAIT_START_OK, AWAIT_SECURE_OK, AWAIT_TUNE_OK, AWAIT_OPEN, OPEN, CLOSING, CLOSED = range(8)
+assert OPEN == fastpath.OPEN
 _STATE_NAMES = {AWAIT_HEADER: "starting", AWAIT_START_OK: "starting", AWAIT_SECURE_OK: "securing",
                 AWAIT_TUNE_OK: "tuning", AWAIT_OPEN: "opening", OPEN: "running", CLOSING: "closing",
                 CLOSED: "closed"}
@@ -182,7 +174,7 @@ class Connection:
                     if self.yielded:
                         self._yield_turn()
                     return
-            if self.state == OPEN and reader.error is None:
+            if self.state == OPEN and reader.error is None and self.fast_path:
                 data = self._fast(data)
                 if self.yielded or self.holder is not None:
                     reader._buf = data
@@ -265,67 +257,11 @@ class Connection:
                     self.held_frames = rest + (self.held_frames or [])
                 return
 
-    def _fast(self, data):
-        """The hot path: frames parsed in place, and a publish whose header and body frames came
-        in the same read handled in one go. Anything unusual (an incomplete or broken frame, a
-        state change) is left to the general reader: the bytes not consumed are returned."""
-        reader = self.reader
-        buf = reader._buf
-        if buf:
-            buf = buf + data
-            reader._buf = b""
-        else:
-            buf = data
-        n = len(buf)
-        off = 0
-        fmax = reader.frame_max
-        max_msg = self.broker.config.max_message_size
-        channels = self.channels
-        unpack = _FH.unpack_from
-        budget = INPUT_BUDGET
-        self.throttled = False
-        while n - off >= 7:
-            ftype, chnum, size = unpack(buf, off)
-            end = off + 7 + size
-            if size > fmax or end >= n or buf[end] != 206:
-                break
-            budget -= 1
-            if budget < 0 or (self.throttled and budget < INPUT_BUDGET - THROTTLED_BUDGET) or \
-                    (not budget % TIME_CHECK and perf_counter() - self.turn_start > TURN_SECONDS):
-                # enough for one turn: let other connections (consumers, their acks) run first
-                self.yielded = True
-                break
-            if ftype == 1 and buf[off + 7:off + 11] == _PUBLISH_HEAD:
-                ch = channels.get(chnum)
-                if ch is not None and not ch.state and not ch.content_expected and not ch.body_expected:
-                    hoff = end + 1
-                    if n - hoff >= 21 and buf[hoff] == 2:
-                        _t, hch, hsize = unpack(buf, hoff)
-                        hend = hoff + 7 + hsize
-                        if hch == chnum and 14 <= hsize <= fmax and hend < n and buf[hend] == 206:
-                            cls, _w, bsize = _HHQ.unpack_from(buf, hoff + 7)
-                            if cls == 60 and not _w and bsize <= max_msg:
-                                if bsize == 0:
-                                    ch.fast_publish(buf[off + 7:end], buf[hoff + 19:hend], b"")
-                                    off = hend + 1
-                                    continue
-                                boff = hend + 1
-                                if n - boff >= 7 and buf[boff] == 3:
-                                    _t, bch, bsz = unpack(buf, boff)
-                                    bend = boff + 7 + bsz
-                                    if bch == chnum and bsz == bsize and bsz <= fmax and bend < n \
-                                            and buf[bend] == 206:
-                                        ch.fast_publish(buf[off + 7:end], buf[hoff + 19:hend], buf[boff + 7:bend])
-                                        off = bend + 1
-                                        continue
-            if (ftype != 1 and ftype != 2 and ftype != 3 and ftype != 8) or (ftype == 1 and size < 4) \
-                    or (ftype == 8 and size):
-                break
-            self.handle_frames(((ftype, chnum, buf[off + 7:end]),))
-            off = end + 1
-            if self.state != OPEN or self.holder is not None:
-                break
-        return buf[off:] if off else buf
+    # The hot path (core/fastpath.py, compiled when it could be): frames parsed in place, and a
+    # publish whose header and body frames came in the same read handled in one go. Anything
+    # unusual is left to the general reader: the bytes not consumed are returned.
+    _fast = fastpath.fast_input
+    fast_path = True              # False: every frame goes through the reader and handle_frames
 
     def handle_frames(self, frames):
         channels = self.channels

@@ -22,7 +22,7 @@ from ..model.message import Message
 from ..model.paging import Spilled, dropped, spill
 from ..model.queue import PAGING, PARKED_CHANNEL, PARKED_GLOBAL, PARKED_OWN, Queue
 
-from . import upkeep
+from . import fastpath, upkeep
 from .arguments import MAX_EXPIRY, _q, _type_name
 
 log = logging.getLogger("usagi.broker")
@@ -99,20 +99,9 @@ class DeliveryMixin:
             self.dirty[id(q)] = q
         return True
 
-    def enqueue_plain(self, q: Queue, msg: Message) -> bool:
-        """A message with no TTL: straight to a consumer with room if the queue is empty (True),
-        else onto the queue (False). The publish hot path calls this directly for plain queues."""
-        if msg.scan.delivery_mode == 2 and q.durable and self.store.durable:
-            self.persist(q, msg)
-        if q.consumers and not q.ready and not q.returned and not q.paged:
-            c = self._pick_consumer(q)
-            if c is not None:
-                c.channel.deliver(c, q, q.next_seq(), msg, False)
-                return True
-        q.push(msg)
-        if q.consumers:
-            self.dirty[id(q)] = q
-        return False
+    # a message with no TTL: straight to a consumer with room if the queue is empty (True), else
+    # onto the queue (False); the publish hot path calls it directly for plain queues (fastpath.py)
+    enqueue_plain = fastpath.enqueue_plain
 
     def persist(self, q: Queue, msg: Message, expires: int | None = None):
         """Record a persistent message's entry in a durable queue (the seq it is about to get),
@@ -236,23 +225,9 @@ class DeliveryMixin:
             self.mark_dirty(q)
         upkeep.guard("deliveries", self.run_dirty, logger=log)
 
-    def _pick_consumer(self, q: Queue):
-        """The consumer to give q's next message to, or None: round-robin over the consumers with
-        room, highest priority first. One that comes round without room is parked (out of the
-        rotation until it has room, see Queue.park), so each is looked at once per time it fills
-        up, not once per message: O(1) amortised per delivery, whatever the number of consumers."""
-        if q.consumer_priorities:
-            return self._pick_by_priority(q)
-        ring = q.ring
-        while ring:
-            for c in ring:
-                break
-            if c.channel.can_deliver(c):
-                if len(ring) > 1:
-                    ring.move_to_end(c)
-                return c
-            self._park(q, c)
-        return None
+    # the consumer to give q's next message to, or None: round-robin over the consumers with room,
+    # highest priority first; O(1) amortised per delivery (fastpath.pick_consumer)
+    _pick_consumer = fastpath.pick_consumer
 
     def _pick_by_priority(self, q: Queue):
         rotation = q.rotation

@@ -35,6 +35,7 @@ class ExchangeHandlers:
         access.delete_exchange(b, self.user, self.vhost, name)
         b.delete_exchange(self.vhost, name, m.if_unused)
         self._x_cache.pop(name, None)
+        self.pub_memo = None
         if not m.nowait:
             self.reply_after_commit(M.ExchangeDeleteOk())
 

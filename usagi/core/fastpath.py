@@ -1,0 +1,398 @@
+"""The hot path of publish -> route -> deliver -> ack, in one module so that it can be compiled.
+
+Every message of a busy broker goes through these few functions, so they are written to do as
+little as possible per message: a connection's input is scanned for frames in place, a publish
+whose header and body came in the same read is handled in one go, a channel remembers the last
+publish it parsed, and a delivery is written as one byte string. Everything unusual (a frame that
+is incomplete or broken, a state change, a property that needs a check, a queue with features) is
+left to the general code, which these functions call.
+
+This module is plain Python and is the only source of these functions. When a C compiler is at
+hand, `pip install` also compiles it with Cython (setup.py); the variable annotations below give
+Cython C types and mean nothing to Python. `usagi.core.compiled` says which one runs
+(USAGI_PURE_PYTHON=1 forces this source). They are installed as methods of Connection, Channel and
+the engine (`Connection._fast`, `Channel.fast_publish`, `Channel.deliver`,
+`Broker.enqueue_plain`, ...), so both forms serve the same callers; tests/test_fastpath_diff.py
+feeds the same bytes through them and through the general path and compares what comes out.
+"""
+from __future__ import annotations
+
+import struct
+from time import perf_counter
+
+from ..amqp import errors as E
+from ..amqp import properties as P
+from ..amqp.errors import ChannelError
+from ..model.message import Message
+from .channel_common import _END, _FH, _QB, Unacked, _with_delivery_count
+
+try:
+    import cython
+except ImportError:            # Cython is needed only to compile this module, never to run it
+    class cython:              # noqa: N801 - stands in for the module when it is not installed
+        compiled = False
+
+INPUT_BUDGET = 256      # frames handled per connection per loop turn before yielding to others
+THROTTLED_BUDGET = 24   # ... when its publishes queue up behind consumers that have a backlog
+TURN_SECONDS = 0.002    # ... and at most this much time: frames differ in cost (a publish to a
+#                         thousand queues, a declare under many policies), so a turn is also cut
+#                         by the clock, read every TIME_CHECK frames on the hot path, every frame
+#                         on the general one. Each connection's turn costs others at most this.
+TIME_CHECK = 16
+OPEN = 5                # Connection.state when open (connection.py)
+
+_FH_unpack = _FH.unpack_from
+_HHQ_unpack = struct.Struct(">HHQ").unpack_from
+_QB_pack = _QB.pack
+_FH_pack = _FH.pack
+_MID_pack = struct.Struct(">BBHIHHQ").pack     # end of the method frame, then a content header's head
+_BODY_pack = struct.Struct(">BBHI").pack       # end of the header frame, then a body frame's head
+_PUBLISH_HEAD = b"\x00\x3c\x00\x28"
+_ACK_HEAD = b"\x00\x3c\x00\x50"
+_REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
+
+SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
+SCANS_MAX = 4096     # entries before the cache starts afresh
+SCAN_MAX_BYTES = 96  # longer property lists are scanned per message (they are rarely repeated)
+
+
+def scan_props(props):
+    """(Scan, whether the properties need a check at publish) of a content header's properties:
+    from the cache when a producer repeats them, as producers do."""
+    cached = SCANS.get(props)
+    if cached is not None:
+        return cached
+    scan = P.scan(props)
+    special = (scan.user_id is not None or scan.expiration is not None or scan.reply_to is not None
+               or (scan.headers_span is not None and (b"\x02CC" in props or b"\x03BCC" in props)))
+    cached = (scan, special)
+    if len(props) <= SCAN_MAX_BYTES:
+        if len(SCANS) >= SCANS_MAX:
+            SCANS.clear()
+        SCANS[props] = cached
+    return cached
+
+
+def parse_publish(payload) -> tuple:
+    """(exchange, routing key, the two as shortstrs, flag bits) of a basic.publish payload."""
+    try:
+        n = payload[6]
+        off = 7 + n
+        k = payload[off]
+        end = off + 1 + k
+        bits = payload[end]
+    except IndexError:
+        raise E.SyntaxError_("basic.publish method frame truncated", None, 60, 40) from None
+    try:
+        exchange = payload[7:off].decode() if n else ""
+        routing_key = payload[off + 1:end].decode() if k else ""
+    except UnicodeDecodeError:
+        exchange = payload[7:off].decode("utf-8", "surrogateescape")
+        routing_key = payload[off + 1:end].decode("utf-8", "surrogateescape")
+    return exchange, routing_key, bytes(payload[6:end]), bits
+
+
+# ---------------------------------------------------------------------------- input
+def fast_input(conn, data):
+    """Connection._fast: frames parsed in place, and a publish whose header and body frames came
+    in the same read handled in one go. Anything unusual (an incomplete or broken frame, a state
+    change) is left to the general reader: the bytes not consumed are returned."""
+    reader = conn.reader
+    buf = reader._buf
+    if buf:
+        buf = buf + data
+        reader._buf = b""
+    else:
+        buf = data
+    if type(buf) is not bytes:
+        buf = bytes(buf)
+    b: bytes = buf
+    n: cython.Py_ssize_t = len(b)
+    off: cython.Py_ssize_t = 0
+    end: cython.Py_ssize_t
+    hoff: cython.Py_ssize_t
+    hend: cython.Py_ssize_t
+    boff: cython.Py_ssize_t
+    bend: cython.Py_ssize_t
+    ftype: cython.int
+    chnum: cython.int
+    size: cython.Py_ssize_t
+    hsize: cython.Py_ssize_t
+    bsize: cython.Py_ssize_t
+    fmax: cython.Py_ssize_t = reader.frame_max
+    max_msg: cython.Py_ssize_t = conn.broker.config.max_message_size
+    budget: cython.int = INPUT_BUDGET
+    channels = conn.channels
+    conn.throttled = False
+    while n - off >= 7:
+        if cython.compiled:
+            ftype = b[off]
+            chnum = (b[off + 1] << 8) | b[off + 2]
+            size = (b[off + 3] << 24) | (b[off + 4] << 16) | (b[off + 5] << 8) | b[off + 6]
+        else:
+            ftype, chnum, size = _FH_unpack(b, off)
+        end = off + 7 + size
+        if size > fmax or end >= n or b[end] != 206:
+            break
+        budget -= 1
+        if budget < 0 or (conn.throttled and budget < INPUT_BUDGET - THROTTLED_BUDGET) or \
+                (not budget % TIME_CHECK and perf_counter() - conn.turn_start > TURN_SECONDS):
+            # enough for one turn: let other connections (consumers, their acks) run first
+            conn.yielded = True
+            break
+        if ftype == 1 and size >= 4 and b[off + 7] == 0 and b[off + 8] == 60 and b[off + 9] == 0:
+            mid = b[off + 10]
+            if mid == 40:                                   # basic.publish
+                ch = channels.get(chnum)
+                if ch is not None and not ch.state and not ch.content_expected and not ch.body_expected:
+                    hoff = end + 1
+                    if n - hoff >= 21 and b[hoff] == 2:
+                        if cython.compiled:
+                            hsize = (b[hoff + 3] << 24) | (b[hoff + 4] << 16) | (b[hoff + 5] << 8) | b[hoff + 6]
+                            ok = ((b[hoff + 1] << 8) | b[hoff + 2]) == chnum
+                        else:
+                            _t, hch, hsize = _FH_unpack(b, hoff)
+                            ok = hch == chnum
+                        hend = hoff + 7 + hsize
+                        if ok and 14 <= hsize <= fmax and hend < n and b[hend] == 206:
+                            cls, _w, bsize = _HHQ_unpack(b, hoff + 7)
+                            if cls == 60 and not _w and bsize <= max_msg:
+                                if bsize == 0:
+                                    publish(ch, b[off + 7:end], b[hoff + 19:hend], b"")
+                                    off = hend + 1
+                                    continue
+                                boff = hend + 1
+                                if n - boff >= 7 and b[boff] == 3:
+                                    if cython.compiled:
+                                        size = (b[boff + 3] << 24) | (b[boff + 4] << 16) | \
+                                            (b[boff + 5] << 8) | b[boff + 6]
+                                        ok = ((b[boff + 1] << 8) | b[boff + 2]) == chnum
+                                    else:
+                                        _t, bch, size = _FH_unpack(b, boff)
+                                        ok = bch == chnum
+                                    bend = boff + 7 + size
+                                    if ok and size == bsize and size <= fmax and bend < n and b[bend] == 206:
+                                        publish(ch, b[off + 7:end], b[hoff + 19:hend], b[boff + 7:bend])
+                                        off = bend + 1
+                                        continue
+            elif mid == 80 and size == 13:                  # basic.ack
+                ch = channels.get(chnum)
+                if ch is not None and not ch.state and not ch.content_expected and not ch.body_expected \
+                        and ch.held is None:
+                    tag = int.from_bytes(b[off + 11:off + 19], "big")
+                    ack(ch, tag, b[off + 19] & 1)
+                    off = end + 1
+                    continue
+        if (ftype != 1 and ftype != 2 and ftype != 3 and ftype != 8) or (ftype == 1 and size < 4) \
+                or (ftype == 8 and size):
+            break
+        conn.handle_frames(((ftype, chnum, b[off + 7:end]),))
+        off = end + 1
+        if conn.state != OPEN or conn.holder is not None:
+            break
+    return b[off:] if off else b
+
+
+def ack(ch, tag, multiple):
+    """basic.ack on the hot path (Channel.basic_ack, as Channel.handle calls it)."""
+    try:
+        items = ch._take(tag, multiple)
+    except ChannelError as e:
+        if not e.class_id:
+            e.class_id, e.method_id = 60, 80
+        ch.fail(e)
+        return
+    if ch.tx:
+        ch.tx_acks.append((items, None))
+    else:
+        ch._settle(items, None)
+
+
+# ---------------------------------------------------------------------------- publish
+def publish(ch, payload, props, body):
+    """Channel.fast_publish: basic.publish with its header and body, all arrived together. The
+    common case (a known exchange, properties that need no check, the default exchange to a plain
+    queue) is handled here; the rest by Channel._complete, as if the frames had come one by one."""
+    conn = ch.conn
+    conn.publishing = True
+    memo = ch.pub_memo
+    if memo is None or memo[0] != payload or memo[5].deleted:
+        memo = _remember(ch, payload)
+        if memo is None:
+            ch._pub = parse_publish(payload)
+            ch._props = props
+            ch._complete(body)
+            return
+    cached = SCANS.get(props)
+    if cached is None or cached[1]:
+        ch._pub = memo[1:5]
+        ch._props = props
+        ch._complete(body)
+        return
+    broker = ch.broker
+    x = memo[5]
+    if memo[7] and broker.users.topic_permissions:
+        ch._pub = memo[1:5]
+        ch._props = props
+        ch._complete(body)
+        return
+    scan = cached[0]
+    routing_key = memo[2]
+    msg = Message(memo[1], routing_key, props, body, scan, broker.next_msg_id, memo[3])
+    broker.next_msg_id += 1
+    bits = memo[4]
+    if ch.tx:
+        ch.tx_publishes.append((x, msg, bits & 1))
+        return
+    if not memo[6] or scan.headers_span is not None:
+        ch._route_publish(x, msg, bits & 1)
+        return
+    # the default exchange: the queue named by the routing key (Channel._route_publish)
+    x.publish_in += 1
+    q = ch.vhost.queues.get(routing_key)
+    ch.published += 1
+    stats = broker.stats
+    stats["publish"] += 1
+    rejected = False
+    if q is not None:
+        x.publish_out += 1
+        if q.simple:
+            if not enqueue_plain(broker, q, msg) and q.consumers:
+                # consumers are behind: let them catch up (credit flow, in effect)
+                conn.throttled = True
+        elif not broker.enqueue(q, msg):
+            rejected = True
+    elif bits & 1:
+        ch._send_return(msg, E.NO_ROUTE, "NO_ROUTE")
+        stats["return_unroutable"] += 1
+    else:
+        stats["drop_unroutable"] += 1
+    if ch.confirm:
+        ch.publish_seq += 1
+        if rejected:
+            ch.nacks_ready.append(ch.publish_seq)
+            ch.confirm_dirty = True
+        elif msg.stored:
+            # a persistent message in a durable queue: confirmed once the commit holding it is on disk
+            epoch = broker.wait_for_commit(ch)
+            ch.waiting.append((ch.publish_seq, epoch))
+        else:
+            ch.acks_ready.append(ch.publish_seq)
+            ch.confirm_dirty = True
+
+
+def _remember(ch, payload):
+    """The channel's memo of a publish method: (payload, exchange, routing key, route bytes, bits,
+    exchange object, to the default exchange and no reply-to, to a topic exchange); None when the
+    general path must see it (the exchange not yet looked up by this channel, or gone)."""
+    exchange, routing_key, route, bits = parse_publish(payload)
+    if bits & 2:
+        return None
+    x = ch._x_cache.get(exchange)
+    if x is None or x.deleted:
+        return None
+    memo = ch.pub_memo = (bytes(payload), exchange, routing_key, route, bits, x,
+                          not x.name and not routing_key.startswith(_REPLY_TO_PREFIX), x.TYPE == "topic")
+    return memo
+
+
+# ---------------------------------------------------------------------------- delivery
+def enqueue_plain(broker, q, msg) -> bool:
+    """A message with no TTL: straight to a consumer with room if the queue is empty (True),
+    else onto the queue (False). The publish hot path calls this directly for plain queues."""
+    if msg.scan.delivery_mode == 2 and q.durable and broker.store.durable:
+        broker.persist(q, msg)
+    if q.consumers and not q.ready and not q.returned and not q.paged:
+        c = pick_consumer(broker, q)
+        if c is not None:
+            deliver(c.channel, c, q, q.next_seq(), msg, False)
+            return True
+    q.push(msg)
+    if q.consumers:
+        broker.dirty[id(q)] = q
+    return False
+
+
+def pick_consumer(broker, q):
+    """The consumer to give q's next message to, or None: round-robin over the consumers with
+    room, highest priority first. One that comes round without room is parked (out of the
+    rotation until it has room, see Queue.park), so each is looked at once per time it fills
+    up, not once per message: O(1) amortised per delivery, whatever the number of consumers.
+    (The test for room is Channel.can_deliver's.)"""
+    if q.consumer_priorities:
+        return broker._pick_by_priority(q)
+    ring = q.ring
+    while ring:
+        for c in ring:
+            break
+        ch = c.channel
+        conn = ch.conn
+        if conn.writable and conn.out_size <= conn.out_limit and ch.flow_active and \
+                (c.no_ack or ((not c.prefetch or c.unacked < c.prefetch) and
+                              (not ch.global_prefetch or len(ch.unacked) < ch.global_prefetch))):
+            if len(ring) > 1:
+                ring.move_to_end(c)
+            return c
+        broker._park(q, c)
+    return None
+
+
+def deliver(ch, c, q, seq, msg, redelivered):
+    """Channel.deliver: basic.deliver with the message's content to consumer c of this channel."""
+    ch.next_tag = tag = ch.next_tag + 1
+    m = c.prefix + _QB_pack(tag, redelivered) + msg.route
+    conn = ch.conn
+    if redelivered and q.delivery_counts and seq in q.delivery_counts:
+        conn.out_size += write_content(ch, m, _with_delivery_count(msg, q.delivery_counts[seq]))
+    else:
+        conn.out_size += write_content(ch, m, msg)
+    q.delivered += 1
+    ch.delivered += 1
+    if c.no_ack:
+        if msg.stored or q.held_expiry or q.delivery_counts or q.kind == "stream":
+            ch.broker.settle(q, seq, msg)
+        else:
+            q.acked += 1
+    else:
+        ch.unacked[tag] = Unacked(tag, q, seq, msg, c)
+        c.unacked += 1
+        q.unacked += 1
+        if msg.stored and q.durable:
+            ch.broker.store.mark_delivered(q.vhost, q.name, seq)
+
+
+def write_content(ch, method_payload, msg):
+    """Channel._write_content: a method frame with content (deliver, get-ok, return); the stored
+    property and body bytes pass through as received. Returns the bytes written."""
+    num = ch.number
+    body = msg.body
+    props = msg.props
+    size: cython.Py_ssize_t = len(body)
+    conn = ch.conn
+    chunk: cython.Py_ssize_t = conn.frame_max - 8
+    if 0 < size <= chunk:
+        # the common case: one write of one method, one header and one body frame
+        data = b"".join((_FH_pack(1, num, len(method_payload)), method_payload,
+                         _MID_pack(206, 2, num, 12 + len(props), 60, 0, size), props,
+                         _BODY_pack(206, 3, num, size), body, _END))
+        if conn.closed:
+            return 0
+        out = conn.out
+        if not out:
+            ch.broker.want_flush(conn)
+        out.append(data)
+        return len(data)
+    head = (_FH_pack(1, num, len(method_payload)), method_payload,
+            _MID_pack(206, 2, num, 12 + len(props), 60, 0, size), props, _END)
+    if not size:
+        data = b"".join(head)
+        conn.write(data)
+        return len(data)
+    parts = list(head)
+    mv = memoryview(body)
+    for i in range(0, size, chunk):
+        piece = mv[i:i + chunk]
+        parts += (_FH_pack(3, num, len(piece)), piece, _END)
+    conn.write_parts(parts)
+    return size + len(props) + 64
+
