@@ -193,6 +193,10 @@ def main(argv=None) -> int:
             uvloop.install()
         except ImportError:
             pass
+    from ..core import hot
+    if hot.WARNING:
+        log.warning("%s", hot.WARNING)
+    log.info("hot path: %s", hot.DESCRIPTION)
     try:
         tls_ctx, mgmt_tls_ctx = tls_contexts(args)
     except Exception as e:

@@ -15,10 +15,11 @@ from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..model import deadletter as DL
 from ..model.message import Message
 from ..model.queue import PARKED_OWN
-from . import access, fastpath
+from . import access
 from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _H, _HHQ, _RETURN_HEAD, _shortstr)
 
+from .hot import fastpath
 from .handlers.basic import BasicHandlers
 from .handlers.channel import ChannelClassHandlers
 from .handlers.exchange import ExchangeHandlers

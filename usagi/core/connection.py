@@ -20,9 +20,10 @@ from ..amqp.frames import (FRAME_BODY, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METH
                            HEARTBEAT_FRAME, PROTOCOL_HEADER, BadProtocolHeader, FrameReader,
                            method_frame)
 from ..auth import sasl, x509
-from . import access, fastpath, limits
+from . import access, limits
 from .channel import Channel
 from .fastpath import TURN_SECONDS
+from .hot import fastpath
 
 log = logging.getLogger("usagi.connection")
 

@@ -22,8 +22,9 @@ from ..model.message import Message
 from ..model.paging import Spilled, dropped, spill
 from ..model.queue import PAGING, PARKED_CHANNEL, PARKED_GLOBAL, PARKED_OWN, Queue
 
-from . import fastpath, upkeep
+from . import upkeep
 from .arguments import MAX_EXPIRY, _q, _type_name
+from .hot import fastpath
 
 log = logging.getLogger("usagi.broker")
 

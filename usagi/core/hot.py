@@ -1,0 +1,47 @@
+"""Which form of the hot path runs: the compiled module or its pure-Python source.
+
+core/fastpath.py is the one source of the hot path. `pip install` compiles it (setup.py) into
+`usagi.core._fastpath` when Cython and a C compiler are at hand. This module picks that one when
+it is there, it was built from the fastpath.py beside it (the hash it carries matches), and
+USAGI_PURE_PYTHON is not set; else the pure-Python module, with a warning when a build exists but
+cannot be used. The server logs `DESCRIPTION` at start.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from . import fastpath as _source
+
+fastpath = _source
+COMPILED = False
+DESCRIPTION = "pure Python"
+WARNING = None           # why a compiled hot path exists but is not used (logged by the server)
+
+
+def _pick():
+    global fastpath, COMPILED, DESCRIPTION, WARNING
+    if os.environ.get("USAGI_PURE_PYTHON", "") not in ("", "0"):
+        DESCRIPTION = "pure Python (USAGI_PURE_PYTHON is set)"
+        return
+    try:
+        from . import _fastpath as built
+    except ImportError:
+        DESCRIPTION = "pure Python (no compiled module: it is built by pip install with Cython and a C compiler)"
+        return
+    try:
+        with open(_source.__file__, "rb") as f:
+            current = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        current = None           # installed without its source: the build is all there is
+    if current is not None and getattr(built, "SOURCE_SHA256", None) != current:
+        WARNING = ("the compiled hot path was built from another version of core/fastpath.py; running the "
+                   "source instead (reinstall to rebuild it)")
+        DESCRIPTION = "pure Python (the compiled module is stale)"
+        return
+    fastpath = built
+    COMPILED = True
+    DESCRIPTION = "compiled (Cython)"
+
+
+_pick()
