@@ -1,7 +1,7 @@
 """Build step of the package: compiles the hot path (usagi/core/fastpath.py) with Cython when it can.
 
 Everything else is declared in pyproject.toml. The compiled module is `usagi.core._fastpath`, made
-from a copy of fastpath.py that carries the source's hash, so that a tree whose fastpath.py changed
+from a copy of fastpath.py (with the C declarations of fastpath.pxd) that carries the source's hash, so that a tree whose fastpath.py changed
 after the build runs the source rather than a stale build (usagi/core/hot.py checks it). Without
 Cython or a C compiler, or with USAGI_PURE_PYTHON=1, nothing is compiled and the install goes on
 with the pure-Python module: a failed compilation is a warning, never a failed install.
@@ -35,8 +35,15 @@ def _extensions():
         with open(os.path.join(HERE, SOURCE), "rb") as f:
             src = f.read()
         digest = hashlib.sha256(src).hexdigest()
-        gen = os.path.join(HERE, "build", "cython")
+        # the copy sits in a package tree of its own, so that Cython names it usagi.core._fastpath
+        # and finds its .pxd beside it
+        root = os.path.join(HERE, "build", "cython")
+        gen = os.path.join(root, "usagi", "core")
         os.makedirs(gen, exist_ok=True)
+        for d in (os.path.join(root, "usagi"), gen):
+            init = os.path.join(d, "__init__.py")
+            if not os.path.exists(init):
+                open(init, "w").close()
         copy = os.path.join(gen, "_fastpath.py")
         text = src + b'\nSOURCE_SHA256 = "%s"\n' % digest.encode()
         old = None
@@ -46,9 +53,15 @@ def _extensions():
         if old != text:
             with open(copy, "wb") as f:
                 f.write(text)
+        with open(os.path.join(HERE, SOURCE[:-3] + ".pxd"), "rb") as f:
+            decl = f.read()
+        pxd = os.path.join(gen, "_fastpath.pxd")
+        if not os.path.exists(pxd) or open(pxd, "rb").read() != decl:
+            with open(pxd, "wb") as f:
+                f.write(decl)
         ext = Extension(MODULE, [os.path.relpath(copy, HERE)])
         return cythonize([ext], quiet=True, language_level=3,
-                         compiler_directives={"binding": True, "boundscheck": False, "wraparound": False})
+                         compiler_directives={"binding": True, "wraparound": False})
     except Exception as e:       # a Cython error must not fail the install
         _warn("the hot path could not be translated to C (%s)" % e)
         return []

@@ -31,7 +31,7 @@ log = logging.getLogger("usagi.channel")
 
 
 
-class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandlers, TxHandlers,
+class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandlers, TxHandlers,
               ReplyToMixin):
     def __init__(self, conn, number: int):
         self.conn = conn

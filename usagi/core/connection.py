@@ -38,7 +38,7 @@ _STATE_NAMES = {AWAIT_HEADER: "starting", AWAIT_START_OK: "starting", AWAIT_SECU
                 CLOSED: "closed"}
 
 
-class Connection:
+class Connection(fastpath.ConnectionState):
     def __init__(self, broker, transport, peer=("?", 0), local=("?", 0), tls=None):
         self.broker = broker
         self.transport = transport

@@ -51,6 +51,16 @@ _PUBLISH_HEAD = b"\x00\x3c\x00\x28"
 _ACK_HEAD = b"\x00\x3c\x00\x50"
 _REPLY_TO_PREFIX = "amq.rabbitmq.reply-to."
 
+class ConnectionState:
+    """What the hot path reads and writes of a connection (the base of core.connection.Connection).
+    Compiled, these are C fields (fastpath.pxd), read without a dictionary lookup; as pure Python
+    the class is empty and they are ordinary attributes."""
+
+
+class ChannelState:
+    """The same for a channel (the base of core.channel.Channel)."""
+
+
 SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
 SCANS_MAX = 4096     # entries before the cache starts afresh
 SCAN_MAX_BYTES = 96  # longer property lists are scanned per message (they are rarely repeated)
@@ -93,10 +103,11 @@ def parse_publish(payload) -> tuple:
 
 
 # ---------------------------------------------------------------------------- input
-def fast_input(conn, data):
+def fast_input(conn: ConnectionState, data):
     """Connection._fast: frames parsed in place, and a publish whose header and body frames came
     in the same read handled in one go. Anything unusual (an incomplete or broken frame, a state
     change) is left to the general reader: the bytes not consumed are returned."""
+    ch: ChannelState
     reader = conn.reader
     buf = reader._buf
     if buf:
@@ -128,7 +139,8 @@ def fast_input(conn, data):
         if cython.compiled:
             ftype = b[off]
             chnum = (b[off + 1] << 8) | b[off + 2]
-            size = (b[off + 3] << 24) | (b[off + 4] << 16) | (b[off + 5] << 8) | b[off + 6]
+            size = b[off + 3]            # widened before the shift: a size may use all 32 bits
+            size = (size << 24) | (b[off + 4] << 16) | (b[off + 5] << 8) | b[off + 6]
         else:
             ftype, chnum, size = _FH_unpack(b, off)
         end = off + 7 + size
@@ -148,7 +160,8 @@ def fast_input(conn, data):
                     hoff = end + 1
                     if n - hoff >= 21 and b[hoff] == 2:
                         if cython.compiled:
-                            hsize = (b[hoff + 3] << 24) | (b[hoff + 4] << 16) | (b[hoff + 5] << 8) | b[hoff + 6]
+                            hsize = b[hoff + 3]
+                            hsize = (hsize << 24) | (b[hoff + 4] << 16) | (b[hoff + 5] << 8) | b[hoff + 6]
                             ok = ((b[hoff + 1] << 8) | b[hoff + 2]) == chnum
                         else:
                             _t, hch, hsize = _FH_unpack(b, hoff)
@@ -164,8 +177,8 @@ def fast_input(conn, data):
                                 boff = hend + 1
                                 if n - boff >= 7 and b[boff] == 3:
                                     if cython.compiled:
-                                        size = (b[boff + 3] << 24) | (b[boff + 4] << 16) | \
-                                            (b[boff + 5] << 8) | b[boff + 6]
+                                        size = b[boff + 3]
+                                        size = (size << 24) | (b[boff + 4] << 16) | (b[boff + 5] << 8) | b[boff + 6]
                                         ok = ((b[boff + 1] << 8) | b[boff + 2]) == chnum
                                     else:
                                         _t, bch, size = _FH_unpack(b, boff)
@@ -193,7 +206,7 @@ def fast_input(conn, data):
     return b[off:] if off else b
 
 
-def ack(ch, tag, multiple):
+def ack(ch: ChannelState, tag, multiple):
     """basic.ack on the hot path (Channel.basic_ack, as Channel.handle calls it)."""
     try:
         items = ch._take(tag, multiple)
@@ -209,11 +222,12 @@ def ack(ch, tag, multiple):
 
 
 # ---------------------------------------------------------------------------- publish
-def publish(ch, payload, props, body):
+def publish(ch: ChannelState, payload, props, body):
     """Channel.fast_publish: basic.publish with its header and body, all arrived together. The
     common case (a known exchange, properties that need no check, the default exchange to a plain
     queue) is handled here; the rest by Channel._complete, as if the frames had come one by one."""
-    conn = ch.conn
+    conn: ConnectionState = ch.conn
+    memo: tuple
     conn.publishing = True
     memo = ch.pub_memo
     if memo is None or memo[0] != payload or memo[5].deleted:
@@ -281,7 +295,7 @@ def publish(ch, payload, props, body):
             ch.confirm_dirty = True
 
 
-def _remember(ch, payload):
+def _remember(ch: ChannelState, payload):
     """The channel's memo of a publish method: (payload, exchange, routing key, route bytes, bits,
     exchange object, to the default exchange and no reply-to, to a topic exchange); None when the
     general path must see it (the exchange not yet looked up by this channel, or gone)."""
@@ -305,7 +319,9 @@ def enqueue_plain(broker, q, msg) -> bool:
     if q.consumers and not q.ready and not q.returned and not q.paged:
         c = pick_consumer(broker, q)
         if c is not None:
-            deliver(c.channel, c, q, q.next_seq(), msg, False)
+            q.seq = seq = q.seq + 1          # Queue.next_seq
+            q.published += 1
+            deliver(c.channel, c, q, seq, msg, False)
             return True
     q.push(msg)
     if q.consumers:
@@ -321,6 +337,8 @@ def pick_consumer(broker, q):
     (The test for room is Channel.can_deliver's.)"""
     if q.consumer_priorities:
         return broker._pick_by_priority(q)
+    ch: ChannelState
+    conn: ConnectionState
     ring = q.ring
     while ring:
         for c in ring:
@@ -337,11 +355,11 @@ def pick_consumer(broker, q):
     return None
 
 
-def deliver(ch, c, q, seq, msg, redelivered):
+def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
     """Channel.deliver: basic.deliver with the message's content to consumer c of this channel."""
+    conn: ConnectionState = ch.conn
     ch.next_tag = tag = ch.next_tag + 1
     m = c.prefix + _QB_pack(tag, redelivered) + msg.route
-    conn = ch.conn
     if redelivered and q.delivery_counts and seq in q.delivery_counts:
         conn.out_size += write_content(ch, m, _with_delivery_count(msg, q.delivery_counts[seq]))
     else:
@@ -361,14 +379,14 @@ def deliver(ch, c, q, seq, msg, redelivered):
             ch.broker.store.mark_delivered(q.vhost, q.name, seq)
 
 
-def write_content(ch, method_payload, msg):
+def write_content(ch: ChannelState, method_payload, msg):
     """Channel._write_content: a method frame with content (deliver, get-ok, return); the stored
     property and body bytes pass through as received. Returns the bytes written."""
     num = ch.number
     body = msg.body
     props = msg.props
     size: cython.Py_ssize_t = len(body)
-    conn = ch.conn
+    conn: ConnectionState = ch.conn
     chunk: cython.Py_ssize_t = conn.frame_max - 8
     if 0 < size <= chunk:
         # the common case: one write of one method, one header and one body frame
