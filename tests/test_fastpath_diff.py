@@ -155,7 +155,8 @@ def deterministic(monkeypatch):
 # the hot path's entry points as the classes carry them (see core/fastpath.py)
 ENTRY_POINTS = ((Connection, "_fast", "fast_input"), (Channel, "fast_publish", "publish"),
                 (Channel, "deliver", "deliver"), (Channel, "_write_content", "write_content"),
-                (Broker, "enqueue_plain", "enqueue_plain"), (Broker, "_pick_consumer", "pick_consumer"))
+                (Broker, "enqueue_plain", "enqueue_plain"), (Broker, "_pick_consumer", "pick_consumer"),
+                (Channel, "_take", "take"), (Channel, "_settle", "settle_items"), (Broker, "settle", "settle"))
 
 FORMS = ["running"] + (["source"] if hot.COMPILED else [])
 

@@ -14,7 +14,6 @@ from ..amqp import properties as P
 from ..amqp.errors import AMQPError, ChannelError, ConnectionError_
 from ..model import deadletter as DL
 from ..model.message import Message
-from ..model.queue import PARKED_OWN
 from . import access
 from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _H, _HHQ, _RETURN_HEAD, _shortstr)
@@ -401,58 +400,10 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
                 self._send(M.BasicCancel(c.tag, True))
 
     # ------------------------------------------------------------------ acks
-    def _take(self, tag: int, multiple: bool) -> list:
-        unacked = self.unacked
-        if multiple:
-            if tag == 0:
-                items = list(unacked.values())
-                unacked.clear()
-                return items
-            if tag not in unacked:
-                raise ChannelError(f"unknown delivery tag {tag}", E.PRECONDITION_FAILED)
-            items = []
-            for t, u in unacked.items():      # tags are in delivery order
-                if t > tag:
-                    break
-                items.append(u)
-            for u in items:
-                del unacked[u.tag]
-            return items
-        u = unacked.pop(tag, None)
-        if u is None:
-            raise ChannelError(f"unknown delivery tag {tag}", E.PRECONDITION_FAILED)
-        return [u]
-
-    def _settle(self, items, requeue: bool | None):
-        """requeue=None: ack; True: back to the queue; False: discard (or dead-letter)."""
-        broker = self.broker
-        touched = {}
-        for u in items:
-            q = u.queue
-            c = u.consumer
-            if c is not None:
-                c.unacked -= 1
-                if c.parked == PARKED_OWN:
-                    broker.consumer_room(c)
-            q.unacked -= 1
-            if requeue is None:
-                broker.settle(q, u.seq, u.msg)
-            elif requeue:
-                broker.requeue(q, u.seq, u.msg)
-            else:
-                broker.reject(q, u.seq, u.msg)
-            touched[id(q)] = q
-        if requeue is None:
-            self.acked += len(items)
-            broker.stats["ack"] += len(items)
-        elif requeue:
-            for q in touched.values():
-                broker.check_returned(q)      # a burst of requeues may take a queue over its budget
-        if self.global_prefetch:
-            self.kick()
-        else:
-            for q in touched.values():
-                broker.mark_dirty(q)
+    # the unacknowledged deliveries an ack, nack or reject names, taken out; and what is done with
+    # them (requeue None: ack; True: back to the queue; False: discard or dead-letter)
+    _take = fastpath.take
+    _settle = fastpath.settle_items
 
     def requeue_all(self):
         items = list(self.unacked.values())

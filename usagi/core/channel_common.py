@@ -1,5 +1,5 @@
-"""What the channel and its method handlers share: pre-encoded frame pieces, channel states, the
-record of an unacknowledged delivery, and small encoders.
+"""What the channel and its method handlers share: pre-encoded frame pieces, channel states and
+small encoders (the record of an unacknowledged delivery, Unacked, is in fastpath.py).
 """
 from __future__ import annotations
 
@@ -24,17 +24,6 @@ OPEN, CLOSING = 0, 1
 def _shortstr(s: str) -> bytes:
     b = s.encode("utf-8", "surrogateescape")
     return bytes((len(b),)) + b
-
-
-class Unacked:
-    __slots__ = ("tag", "queue", "seq", "msg", "consumer")
-
-    def __init__(self, tag, queue, seq, msg, consumer):
-        self.tag = tag
-        self.queue = queue
-        self.seq = seq
-        self.msg = msg
-        self.consumer = consumer
 
 
 def _with_delivery_count(msg, count: int):

@@ -373,19 +373,8 @@ class DeliveryMixin:
         if q.expires is not None and not q.consumers:
             self.xexp_schedule(q)
 
-    def settle(self, q: Queue, seq: int, msg: Message):
-        """A delivery was acknowledged: the queue no longer holds the message."""
-        if q.kind == "stream":
-            q.acked += 1
-            self.mark_dirty(q)
-            return
-        if q.held_expiry:
-            q.held_expiry.pop(seq, None)
-        if q.delivery_counts:
-            q.delivery_counts.pop(seq, None)
-        if msg.stored and q.durable:
-            self.store.dequeue(q.vhost, q.name, seq, msg.id)
-        q.acked += 1
+    # a delivery was acknowledged: the queue no longer holds the message
+    settle = fastpath.settle
 
     def requeue(self, q: Queue, seq: int, msg: Message):
         if q.deleted:

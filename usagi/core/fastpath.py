@@ -24,7 +24,8 @@ from ..amqp import errors as E
 from ..amqp import properties as P
 from ..amqp.errors import ChannelError
 from ..model.message import Message
-from .channel_common import _END, _FH, _QB, Unacked, _with_delivery_count
+from ..model.queue import PARKED_OWN
+from .channel_common import _END, _FH, _QB, _with_delivery_count
 
 try:
     import cython
@@ -59,6 +60,19 @@ class ConnectionState:
 
 class ChannelState:
     """The same for a channel (the base of core.channel.Channel)."""
+
+
+class Unacked:
+    """A delivery waiting for its ack, in its channel's `unacked` (a C struct when compiled)."""
+
+    __slots__ = ("tag", "queue", "seq", "msg", "consumer")
+
+    def __init__(self, tag, queue, seq, msg, consumer):
+        self.tag = tag
+        self.queue = queue
+        self.seq = seq
+        self.msg = msg
+        self.consumer = consumer
 
 
 SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
@@ -209,7 +223,7 @@ def fast_input(conn: ConnectionState, data):
 def ack(ch: ChannelState, tag, multiple):
     """basic.ack on the hot path (Channel.basic_ack, as Channel.handle calls it)."""
     try:
-        items = ch._take(tag, multiple)
+        items = take(ch, tag, multiple)
     except ChannelError as e:
         if not e.class_id:
             e.class_id, e.method_id = 60, 80
@@ -218,7 +232,79 @@ def ack(ch: ChannelState, tag, multiple):
     if ch.tx:
         ch.tx_acks.append((items, None))
     else:
-        ch._settle(items, None)
+        settle_items(ch, items, None)
+
+
+def take(ch: ChannelState, tag, multiple) -> list:
+    """Channel._take: the unacknowledged deliveries an ack, nack or reject names, taken out."""
+    unacked: dict = ch.unacked
+    if multiple:
+        if tag == 0:
+            items = list(unacked.values())
+            unacked.clear()
+            return items
+        if tag not in unacked:
+            raise ChannelError(f"unknown delivery tag {tag}", E.PRECONDITION_FAILED)
+        items = []
+        for t, u in unacked.items():      # tags are in delivery order
+            if t > tag:
+                break
+            items.append(u)
+        for u in items:
+            del unacked[u.tag]
+        return items
+    u = unacked.pop(tag, None)
+    if u is None:
+        raise ChannelError(f"unknown delivery tag {tag}", E.PRECONDITION_FAILED)
+    return [u]
+
+
+def settle_items(ch: ChannelState, items, requeue):
+    """Channel._settle: requeue=None: ack; True: back to the queue; False: discard (or dead-letter)."""
+    u: Unacked
+    broker = ch.broker
+    touched = {}
+    for u in items:
+        q = u.queue
+        c = u.consumer
+        if c is not None:
+            c.unacked -= 1
+            if c.parked == PARKED_OWN:
+                broker.consumer_room(c)
+        q.unacked -= 1
+        if requeue is None:
+            settle(broker, q, u.seq, u.msg)
+        elif requeue:
+            broker.requeue(q, u.seq, u.msg)
+        else:
+            broker.reject(q, u.seq, u.msg)
+        touched[id(q)] = q
+    if requeue is None:
+        ch.acked += len(items)
+        broker.stats["ack"] += len(items)
+    elif requeue:
+        for q in touched.values():
+            broker.check_returned(q)      # a burst of requeues may take a queue over its budget
+    if ch.global_prefetch:
+        ch.kick()
+    else:
+        for q in touched.values():
+            broker.mark_dirty(q)
+
+
+def settle(broker, q, seq, msg):
+    """Broker.settle: a delivery was acknowledged, the queue no longer holds the message."""
+    if q.kind == "stream":
+        q.acked += 1
+        broker.mark_dirty(q)
+        return
+    if q.held_expiry:
+        q.held_expiry.pop(seq, None)
+    if q.delivery_counts:
+        q.delivery_counts.pop(seq, None)
+    if msg.stored and q.durable:
+        broker.store.dequeue(q.vhost, q.name, seq, msg.id)
+    q.acked += 1
 
 
 # ---------------------------------------------------------------------------- publish
@@ -358,17 +444,39 @@ def pick_consumer(broker, q):
 def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
     """Channel.deliver: basic.deliver with the message's content to consumer c of this channel."""
     conn: ConnectionState = ch.conn
+    size: cython.Py_ssize_t
     ch.next_tag = tag = ch.next_tag + 1
-    m = c.prefix + _QB_pack(tag, redelivered) + msg.route
     if redelivered and q.delivery_counts and seq in q.delivery_counts:
-        conn.out_size += write_content(ch, m, _with_delivery_count(msg, q.delivery_counts[seq]))
+        msg = _with_delivery_count(msg, q.delivery_counts[seq])
+        conn.out_size += write_content(ch, c.prefix + _QB_pack(tag, redelivered) + msg.route, msg)
     else:
-        conn.out_size += write_content(ch, m, msg)
+        body = msg.body
+        size = len(body)
+        if 0 < size <= conn.frame_max - 8 and not conn.closed:
+            # the common case, as write_content writes it: one method, one header and one body frame
+            num = ch.number
+            prefix = c.prefix
+            route = msg.route
+            props = msg.props
+            data = None
+            if cython.compiled:
+                data = _deliver_frames(num, prefix, tag, redelivered, route, props, body)  # noqa: F821 (.pxd)
+            if data is None:
+                data = b"".join((_FH_pack(1, num, len(prefix) + 9 + len(route)), prefix, _QB_pack(tag, redelivered),
+                                 route, _MID_pack(206, 2, num, 12 + len(props), 60, 0, size), props,
+                                 _BODY_pack(206, 3, num, size), body, _END))
+            out = conn.out
+            if not out:
+                ch.broker.want_flush(conn)
+            out.append(data)
+            conn.out_size += len(data)
+        else:
+            conn.out_size += write_content(ch, c.prefix + _QB_pack(tag, redelivered) + msg.route, msg)
     q.delivered += 1
     ch.delivered += 1
     if c.no_ack:
         if msg.stored or q.held_expiry or q.delivery_counts or q.kind == "stream":
-            ch.broker.settle(q, seq, msg)
+            settle(ch.broker, q, seq, msg)
         else:
             q.acked += 1
     else:

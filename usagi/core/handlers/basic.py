@@ -13,7 +13,8 @@ from ...amqp.errors import ChannelError, ConnectionError_
 from ...model.queue import Consumer
 from ...model.util import gen_name
 from .. import access
-from ..channel_common import (_DELIVER_HEAD, _GET_OK_HEAD, _Q, _REDELIVERED, Unacked, _shortstr, _with_delivery_count)
+from ..channel_common import (_DELIVER_HEAD, _GET_OK_HEAD, _Q, _REDELIVERED, _shortstr, _with_delivery_count)
+from ..hot import fastpath
 
 
 log = logging.getLogger("usagi.channel")
@@ -86,7 +87,7 @@ class BasicHandlers:
         if m.no_ack:
             b.settle(q, seq, msg)
         else:
-            self.unacked[tag] = Unacked(tag, q, seq, msg, None)
+            self.unacked[tag] = fastpath.Unacked(tag, q, seq, msg, None)
             q.unacked += 1
             if msg.stored and q.durable:
                 b.store.mark_delivered(q.vhost, q.name, seq)
