@@ -34,7 +34,9 @@ def _extensions():
     try:
         with open(os.path.join(HERE, SOURCE), "rb") as f:
             src = f.read()
-        digest = hashlib.sha256(src).hexdigest()
+        with open(os.path.join(HERE, SOURCE[:-3] + ".pxd"), "rb") as f:
+            decl = f.read()
+        digest = hashlib.sha256(src + decl).hexdigest()      # as usagi/core/hot.py computes it
         # the copy sits in a package tree of its own, so that Cython names it usagi.core._fastpath
         # and finds its .pxd beside it
         root = os.path.join(HERE, "build", "cython")
@@ -53,8 +55,6 @@ def _extensions():
         if old != text:
             with open(copy, "wb") as f:
                 f.write(text)
-        with open(os.path.join(HERE, SOURCE[:-3] + ".pxd"), "rb") as f:
-            decl = f.read()
         pxd = os.path.join(gen, "_fastpath.pxd")
         if not os.path.exists(pxd) or open(pxd, "rb").read() != decl:
             with open(pxd, "wb") as f:

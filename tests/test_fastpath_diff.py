@@ -333,3 +333,23 @@ def test_the_server_says_which_hot_path_runs(fresh_server):
     assert "pure Python (USAGI_PURE_PYTHON is set)" in pure
     running = said(fresh_server())         # the same environment as this test's: the same choice
     assert hot.DESCRIPTION in running
+
+
+@pytest.mark.skipif(not hot.COMPILED, reason="the hot path is not compiled here")
+def test_the_compiled_form_writes_what_its_source_writes(monkeypatch):
+    """The compiled module writes deliveries with a routine of its own (fastpath.pxd); the same
+    streams through the compiled module and through its source give the same bytes and state."""
+    rng = random.Random(7)
+    setup = setup_stream((1, 300))
+    setup += method_frame(300, M.BasicConsume(0, "dq3", "c3", False, True, False, False, {}).encode())
+    stream = pipelined() + b"".join(
+        publish(rng.choice((1, 300)), rng.choice(("dq1", "dq2", "dq3")), bytes(rng.randrange(256) for _ in range(n)),
+                props=rng.choice((b"\x00\x00", b"\x90\x00\x0atext/plain\x02")))
+        for n in (1, 2, 100, 5000, 131000, 0, 7))
+    chunks = [stream[:500], stream[500:]]
+    compiled = run(True, setup, chunks), run(False, setup, chunks)
+    for cls, attr, name in ENTRY_POINTS:
+        monkeypatch.setattr(cls, attr, getattr(source, name))
+    pure = run(True, setup, chunks), run(False, setup, chunks)
+    assert compiled == pure
+    assert compiled[0][0].count(b"\x00\x3c\x00\x3c") >= 8      # deliveries were written

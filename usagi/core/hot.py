@@ -2,9 +2,9 @@
 
 core/fastpath.py is the one source of the hot path. `pip install` compiles it (setup.py) into
 `usagi.core._fastpath` when Cython and a C compiler are at hand. This module picks that one when
-it is there, it was built from the fastpath.py beside it (the hash it carries matches), and
-USAGI_PURE_PYTHON is not set; else the pure-Python module, with a warning when a build exists but
-cannot be used. The server logs `DESCRIPTION` at start.
+it is there, it was built from the fastpath.py and fastpath.pxd beside it (the hash it carries
+matches), and USAGI_PURE_PYTHON is not set; else the pure-Python module, with a warning when a
+build exists but cannot be used. The server logs `DESCRIPTION` at start.
 """
 from __future__ import annotations
 
@@ -31,7 +31,10 @@ def _pick():
         return
     try:
         with open(_source.__file__, "rb") as f:
-            current = hashlib.sha256(f.read()).hexdigest()
+            src = f.read()
+        with open(_source.__file__[:-3] + ".pxd", "rb") as f:
+            decl = f.read()
+        current = hashlib.sha256(src + decl).hexdigest()     # as setup.py computes it
     except OSError:
         current = None           # installed without its source: the build is all there is
     if current is not None and getattr(built, "SOURCE_SHA256", None) != current:
