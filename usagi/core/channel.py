@@ -17,21 +17,19 @@ from ..model.message import Message
 from . import access
 from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _H, _HHQ, _RETURN_HEAD, _shortstr)
-
-from .hot import fastpath
 from .handlers.basic import BasicHandlers
 from .handlers.channel import ChannelClassHandlers
 from .handlers.exchange import ExchangeHandlers
 from .handlers.queue import QueueHandlers
 from .handlers.tx import TxHandlers
+from .hot import fastpath
 from .replyto import ReplyToMixin
 
 log = logging.getLogger("usagi.channel")
 
 
-
-class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandlers, TxHandlers,
-              ReplyToMixin):
+class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandlers,
+              TxHandlers, ReplyToMixin):
     def __init__(self, conn, number: int):
         self.conn = conn
         self.broker = conn.broker
