@@ -81,6 +81,8 @@ def _restore_stubs(broker, q, first, rows, now_ms: int) -> int:
     return n
 
 
+PROMOTED_HEAD = 10_000    # entries per queue a promoted leader reads in full; the rest wait in the store
+
 _PERSISTENT = Scan()
 _PERSISTENT.delivery_mode = 2             # what the store holds: persistent messages
 
@@ -242,9 +244,10 @@ def restore(broker, rec, redeliver_all: bool = False) -> dict:
         q = v.queues.get(qname) if v is not None else None
         if q is None:
             continue
-        # Past the queue's in-memory budget, an entry that comes back redelivered stays in the store:
-        # its record is a stub read back when it is delivered, so that a promoted leader serves
-        # after reading only what its queues keep in memory (with its index, not its bodies).
+        # Past the queue's in-memory budget (at most PROMOTED_HEAD), an entry that comes back
+        # redelivered stays in the store: its record is a stub read back when it is delivered, so
+        # that a promoted leader serves after reading the heads of its queues and the store's
+        # index, not every body.
         light = getattr(entries, "light", None)
         if not (redeliver_all and light is not None and stubs_ok and q.kind != "stream"):
             light = None
@@ -280,7 +283,7 @@ def restore(broker, rec, redeliver_all: bool = False) -> dict:
             # tick, dead-lettered if the queue says so
             broker.restore_entry(q, seq, msg, bool(redelivered) or redeliver_all, expires)
             count += 1
-            if light is not None and (q.ram_count() >= q.cap_count * 9 // 10 or
+            if light is not None and (q.ram_count() >= min(q.cap_count, PROMOTED_HEAD) * 9 // 10 or
                                       q.ram_bytes() >= q.cap_bytes * 9 // 10):
                 light()
                 light = True          # what follows comes without bodies
