@@ -1,6 +1,8 @@
 """Authentication, error shapes, the node-level endpoints and health checks."""
 from __future__ import annotations
 
+import gzip
+
 from mgmtutil import q
 
 
@@ -72,6 +74,11 @@ def test_error_shapes_and_methods(api):
     assert r.status == 405
     r = api.request("PUT", "/api/queues/%2F/q1", raw=b"{not json")
     assert r.status == 400 and r.json() == {"error": "bad_request", "reason": "not_json"}
+    # a compressed body is not inflated (a small body must not become a large one): not JSON
+    r = api.request("PUT", "/api/queues/%2F/q1", raw=gzip.compress(b'{"durable": true}'),
+                    headers={"Content-Encoding": "gzip"})
+    assert r.status == 400 and r.json() == {"error": "bad_request", "reason": "not_json"}
+    assert api.get("/api/queues/%2F/q1").status == 404
     r = api.request("OPTIONS", "/api/queues/%2F/q1")
     assert r.status == 200 and "PUT" in r.headers["Allow"] and "DELETE" in r.headers["Allow"]
     assert api.request("HEAD", "/api/whoami").status == 200
