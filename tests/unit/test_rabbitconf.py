@@ -291,3 +291,12 @@ def test_every_applied_key_has_a_translation():
             continue        # true is refused with a reason (tested above)
         s = conf(text)
         assert s.values or s.warnings or k.startswith(("auth_backends", "definitions.import_backend", "prometheus.path")), k
+
+
+def test_the_example_file_in_the_repository_is_valid():
+    import os
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    s = rc.load(os.path.join(root, "packaging", "rabbitmq.conf"))
+    assert s.warnings == []
+    assert s.get("amqp_listeners") == [(None, 5672)] and s.get("disk_free_limit") == 10 ** 9
+    assert s.get("log_file") == "/var/log/usagi/usagi.log" and s.get("log_console") is False

@@ -69,7 +69,7 @@ class RotatingFile(logging.handlers.RotatingFileHandler):
         finally:
             self.release()
 
-    def rotate(self):
+    def rotate_now(self):
         self.acquire()
         try:
             self.doRollover()
@@ -95,6 +95,25 @@ _handlers: list = []          # what setup() installed on the root logger
 _file: list = []              # the file handler, if any
 
 
+class _Levels(logging.Filter):
+    """An output's level, except for the categories given a level of their own (log.connection.level
+    = debug shows the connections' debug lines on every output that is on)."""
+
+    def __init__(self, level: int, categories: dict):
+        super().__init__()
+        self.level = level
+        self.categories = sorted(categories.items(), key=lambda kv: -len(kv[0]))   # most specific first
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.level > logging.CRITICAL:           # this output is off ("none")
+            return False
+        name = record.name
+        for prefix, level in self.categories:
+            if name == prefix or name.startswith(prefix + "."):
+                return record.levelno >= level
+        return record.levelno >= self.level
+
+
 def _formatter(kind: str) -> logging.Formatter:
     return JSONFormatter() if kind == "json" else logging.Formatter(PLAIN_FORMAT)
 
@@ -103,17 +122,18 @@ def setup(ls: LogSettings) -> None:
     """Install the outputs on the root logger (replacing those of an earlier call). Raises OSError
     when the file cannot be opened."""
     root = logging.getLogger()
+    categories = {(name or "usagi"): level_of(level) for name, level in ls.categories.items()}
     handlers = []
     if ls.file:
         os.makedirs(os.path.dirname(os.path.abspath(ls.file)), exist_ok=True)
         h = RotatingFile(ls.file, maxBytes=max(0, ls.rotation_size), backupCount=max(0, ls.rotation_count),
                          encoding="utf-8")
-        h.setLevel(level_of(ls.file_level))
+        h.addFilter(_Levels(level_of(ls.file_level), categories))
         h.setFormatter(_formatter(ls.file_format))
         handlers.append(h)
     if ls.console:
         h = logging.StreamHandler(sys.stdout if ls.console_stream == "stdout" else sys.stderr)
-        h.setLevel(level_of(ls.console_level))
+        h.addFilter(_Levels(level_of(ls.console_level), categories))
         h.setFormatter(_formatter(ls.console_format))
         handlers.append(h)
     for h in _handlers:
@@ -123,9 +143,9 @@ def setup(ls: LogSettings) -> None:
     _file[:] = [h for h in handlers if isinstance(h, RotatingFile)]
     for h in handlers:
         root.addHandler(h)
-    root.setLevel(min([h.level for h in handlers], default=logging.CRITICAL + 10))
-    for name, level in ls.categories.items():
-        logging.getLogger(name or "usagi").setLevel(level_of(level))
+    root.setLevel(min([f.level for h in handlers for f in h.filters], default=logging.CRITICAL + 10))
+    for name, level in categories.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def file_path() -> str | None:
@@ -137,7 +157,7 @@ def rotate() -> bool:
     """Rotate the log file now (rotation count 0: empty it). False when there is no log file."""
     if not _file:
         return False
-    _file[0].rotate()
+    _file[0].rotate_now()
     logging.getLogger("usagi").info("log file rotated on request")
     return True
 

@@ -71,9 +71,10 @@ def _read(path: str):
     return defs
 
 
-def load_at_boot(broker, path: str) -> dict:
-    """Apply the definitions at `path` (see the module's docstring) and commit them. Returns the
-    count of elements applied by section. Raises DefinitionsError."""
+def load_at_boot(broker, path: str, commit: bool = True) -> dict:
+    """Apply the definitions at `path` (see the module's docstring) and commit them (`commit`
+    False: leave them pending, for a cluster leader's first replicated batch). Returns the count
+    of elements applied by section. Raises DefinitionsError."""
     t0 = time.monotonic()
     counts = dict.fromkeys(SECTIONS, 0)
     files = definition_files(path)
@@ -85,13 +86,15 @@ def load_at_boot(broker, path: str) -> dict:
         try:
             ops.import_definitions(broker, defs, acting_user=ACTING_USER)
         except ApiError as e:
-            reason = e.reason if isinstance(e.reason, str) else str(e.reason)
+            reason = e.reason if isinstance(e.reason, str) else \
+                ": ".join(map(str, e.reason)) if isinstance(e.reason, list) else str(e.reason)
             raise DefinitionsError(f"{f}: definitions refused: {reason.strip()}") from None
         for section in SECTIONS:
             items = defs.get(section)
             if isinstance(items, list):
                 counts[section] += len(items)
-    broker.store.commit()
+    if commit:
+        broker.store.commit()
     log.info("Definitions applied from %s in %.2fs: %s", path, time.monotonic() - t0,
              ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items() if n) or "nothing")
     return counts

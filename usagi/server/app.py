@@ -349,7 +349,7 @@ class Server:
                         continue
                     # as RabbitMQ's handshake_timeout: counted from the accept, however slowly bytes trickle in
                     if conn.state < OPEN and conn.connected_at and time.time() - conn.connected_at > hs_timeout:
-                        log.warning("connection %s: handshake timeout", conn.name)
+                        conn.note_end("handshake timeout", logging.WARNING)
                         conn.transport.abort()
                         conn.connection_lost()
                         continue
