@@ -300,3 +300,13 @@ def test_the_example_file_in_the_repository_is_valid():
     assert s.warnings == []
     assert s.get("amqp_listeners") == [(None, 5672)] and s.get("disk_free_limit") == 10 ** 9
     assert s.get("log_file") == "/var/log/usagi/usagi.log" and s.get("log_console") is False
+
+
+def test_the_readme_example_is_valid():
+    import os
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    with open(os.path.join(root, "README.md")) as f:
+        block = re.search(r"```ini\n(.*?)```", f.read(), re.S).group(1)
+    s = conf(block, "README.md")
+    assert s.warnings == [] and s.get("tls_verify") == "require" and s.get("default_pass").endswith("# with a hash")
