@@ -127,7 +127,7 @@ def listeners(args, explicit: set) -> list:
                                              "port" in explicit)]
     if args.tls_cert:
         conf = args.amqps_listeners
-        if conf is None and args.config_used and "tls_port" not in explicit:
+        if conf is None and args.config_used and not {"tls_port", "tls_cert"} & explicit:
             conf = []                      # a file with certificates but no listeners.ssl: no TLS listener
         if conf == [] and "tls_port" not in explicit:
             tls = []

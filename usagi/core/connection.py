@@ -439,7 +439,7 @@ class Connection:
         if idx == M.ConnectionOpen.INDEX and st == AWAIT_OPEN:
             return self._open(m)
         if idx == M.ConnectionClose.INDEX:
-            self.note_end(f"closed by the client: {m.reply_code} '{m.reply_text}'")
+            self.note_end(f"closed by the client: {m.reply_code} {m.reply_text!r}")   # repr: one log line
             self.send_method(0, M.ConnectionCloseOk())
             self.flush()
             return self.finish_close()
