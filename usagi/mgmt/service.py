@@ -117,13 +117,15 @@ def _sock_addr(site) -> tuple[str, int]:
 
 class ManagementService:
     def __init__(self, broker, server, host, management_port: int, metrics_port: int,
-                 sample_interval: float | None = None, ssl_context=None, max_body_size: int | None = None):
+                 sample_interval: float | None = None, ssl_context=None, max_body_size: int | None = None,
+                 metrics_host=""):
         self.broker = broker
         self.max_body_size = max_body_size if max_body_size is not None else max_body_size_from_env()
         self.import_lock = asyncio.Lock()   # definitions imports run one at a time (see api.py)
         self.ssl_context = ssl_context  # HTTPS for the management API (usagi-server --management-tls)
         self.server = server
         self.host = host
+        self.metrics_host = host if metrics_host == "" else metrics_host    # prometheus.tcp.ip
         self.management_port = management_port
         self.metrics_port = metrics_port
         self.node = broker.config.node_name
@@ -189,21 +191,22 @@ class ManagementService:
             app.router.add_route("GET", "/metrics", self._metrics)
             app.router.add_route("GET", "/metrics/per-object", self._metrics_per_object)
             app.router.add_route("GET", "/metrics/detailed", self._metrics_detailed)
-            await self._listen(app, self.metrics_port, "http/prometheus")
+            await self._listen(app, self.metrics_port, "http/prometheus", self.metrics_host)
 
-    async def _listen(self, app, port: int, protocol: str):
+    async def _listen(self, app, port: int, protocol: str, host=""):
+        host = self.host if host == "" else host
         # lingering_time=0: a body the handler did not read (a refused one) is not read after the
         # answer either; the connection is closed instead
         runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=0)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.host, port, reuse_address=True,
+        site = web.TCPSite(runner, host, port, reuse_address=True,
                            ssl_context=self.ssl_context if protocol == "https" else None)
         try:
             await site.start()
         except OSError as e:
             what = "management" if protocol in ("http", "https") else "metrics"
-            raise OSError(e.errno, f"{what} listener on {self.host or '*'}:{port}: {e.strerror}") from None
+            raise OSError(e.errno, f"{what} listener on {host or '*'}:{port}: {e.strerror}") from None
         h, p = _sock_addr(site)
         self._listeners.append((protocol, h, p))
 
@@ -372,13 +375,13 @@ class ManagementService:
 
 
 def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None,
-                       ssl_context=None, max_body_size: int | None = None):
+                       ssl_context=None, max_body_size: int | None = None, metrics_host=""):
     """The service the server starts: `await svc(broker, server)` returns the running service.
     `max_body_size` is the cap on request bodies in bytes (None: USAGI_MANAGEMENT_MAX_BODY_SIZE,
-    else RabbitMQ's 20,000,000)."""
+    else RabbitMQ's 20,000,000); `metrics_host` the interface of the metrics listener ("": `host`'s)."""
     async def svc(broker, server):
         s = ManagementService(broker, server, host, management_port, metrics_port, sample_interval,
-                              ssl_context=ssl_context, max_body_size=max_body_size)
+                              ssl_context=ssl_context, max_body_size=max_body_size, metrics_host=metrics_host)
         await s.start()
         return s
     return svc
