@@ -63,15 +63,21 @@ function tagBadges(tags) {
 
 function patternCell(p) { return h('span', { class: 'mono', text: p }); }
 
+/* A <select> of the users, refreshed (the choice kept) on every update of its page. */
+async function fillUsers(sel) {
+  const names = (await api('GET', '/users?columns=name')).map((u) => u.name);
+  const cur = sel.value;
+  if (names.join('\n') === [...sel.options].map((o) => o.value).join('\n')) return;
+  replace(sel, names.map((n) => h('option', { value: n, text: n })));
+  if (names.includes(cur)) sel.value = cur;
+}
+
 // ------------------------------------------------------------------ permissions (user and vhost pages)
 /* The permissions of a user (fixed.user) or in a vhost (fixed.vhost): a table with Clear, and a
  * form to set one. */
 function PermissionsPanel(fixed) {
   const body = h('div', { class: 'panel-body flush' });
   const other = fixed.user !== undefined ? vhostSelect('perm-vhost') : select('perm-user', []);
-  if (fixed.vhost !== undefined) {
-    api('GET', '/users?columns=name').then((us) => replace(other, us.map((u) => h('option', { value: u.name, text: u.name })))).catch(() => {});
-  }
   const conf = input('perm-configure', { value: '.*' });
   const write = input('perm-write', { value: '.*' });
   const read = input('perm-read', { value: '.*' });
@@ -88,6 +94,7 @@ function PermissionsPanel(fixed) {
   const el = h('section', { class: 'panel', id: 'permissions-panel' }, h('h2', null, 'Permissions'), body,
     h('div', { class: 'panel-body bind-form' }, h('h3', { text: 'Set permission' }), f));
   async function update() {
+    if (fixed.vhost !== undefined) await fillUsers(other);
     const path = fixed.user !== undefined ? `/users/${seg(fixed.user)}/permissions` : `/vhosts/${seg(fixed.vhost)}/permissions`;
     const perms = await api('GET', path);
     replace(body, dataTable('permissions-table', [
@@ -107,9 +114,6 @@ function PermissionsPanel(fixed) {
 function TopicPermissionsPanel(fixed) {
   const body = h('div', { class: 'panel-body flush' });
   const other = fixed.user !== undefined ? vhostSelect('topic-vhost') : select('topic-user', []);
-  if (fixed.vhost !== undefined) {
-    api('GET', '/users?columns=name').then((us) => replace(other, us.map((u) => h('option', { value: u.name, text: u.name })))).catch(() => {});
-  }
   const exchange = select('topic-exchange', ['amq.topic']);
   function fillExchanges() {
     const vhost = fixed.vhost !== undefined ? fixed.vhost : other.value;
@@ -135,6 +139,7 @@ function TopicPermissionsPanel(fixed) {
   const el = h('section', { class: 'panel', id: 'topic-permissions-panel' }, h('h2', null, 'Topic permissions'), body,
     h('div', { class: 'panel-body bind-form' }, h('h3', { text: 'Set topic permission' }), f));
   async function update() {
+    if (fixed.vhost !== undefined) await fillUsers(other);
     const path = fixed.user !== undefined ? `/users/${seg(fixed.user)}/topic-permissions` : `/vhosts/${seg(fixed.vhost)}/topic-permissions`;
     const perms = await api('GET', path);
     replace(body, dataTable('topic-permissions-table', [
@@ -155,10 +160,10 @@ export function UsersView(main) {
   const denied = guard(main, 'users', 'Users');
   if (denied) return denied;
   const list = h('div', { class: 'panel-body flush' });
-  const name = input('user-name');
-  const pw = input('user-password', { type: 'password', autocomplete: 'new-password' });
-  const pw2 = input('user-password-confirm', { type: 'password', autocomplete: 'new-password' });
-  const tags = tagsInput('user-tags', 'management');
+  const name = input('new-user-name');
+  const pw = input('new-user-password', { type: 'password', autocomplete: 'new-password' });
+  const pw2 = input('new-user-password-confirm', { type: 'password', autocomplete: 'new-password' });
+  const tags = tagsInput('new-user-tags', 'management');
   const f = form('add-user-form', formGrid([
     ['Username', name], ['Password', pw], ['Password (again)', pw2, 'Leave both empty for a user who cannot log in with a password.'],
     ['Tags', tags.box],
@@ -468,10 +473,10 @@ export function LimitsView(main) {
   const vbody = h('div', { class: 'panel-body flush' });
   const ubody = h('div', { class: 'panel-body flush' });
   const admin = can.admin();
-  let uform = null;
+  let uform = null, userSelect = null;
   if (admin) {
-    const user = select('user-limit-user', []);
-    api('GET', '/users?columns=name').then((us) => replace(user, us.map((u) => h('option', { value: u.name, text: u.name })))).catch(() => {});
+    userSelect = select('user-limit-user', []);
+    const user = userSelect;
     const limit = select('user-limit-name', [['max-connections', 'max-connections'], ['max-channels', 'max-channels']]);
     const value = input('user-limit-value', { type: 'number', min: '-1', step: '1' });
     uform = form('user-limit-form', formGrid([['User', user], ['Limit', limit], ['Value', value, 'A negative value means no limit.']]), 'Set limit', async () => {
@@ -490,6 +495,7 @@ export function LimitsView(main) {
   async function update() {
     replace(vbody, vhostLimitsTable('limits-table', vhostLimitRows(await api('GET', '/vhost-limits')), true));
     if (admin) {
+      await fillUsers(userSelect);
       const rows = [];
       for (const l of await api('GET', '/user-limits')) for (const [k, v] of Object.entries(l.value || {}).sort()) rows.push({ user: l.user, name: k, value: v });
       replace(ubody, dataTable('user-limits-table', [
@@ -540,9 +546,16 @@ export function DefinitionsView(main) {
   if (denied) return denied;
   const exportVhost = h('select', { id: 'export-vhost' }, h('option', { value: '', text: 'All virtual hosts' }));
   const importVhost = h('select', { id: 'import-vhost' }, h('option', { value: '', text: 'All virtual hosts' }));
-  vhostNames(true).then((names) => {
-    for (const sel of [exportVhost, importVhost]) for (const n of names) sel.appendChild(h('option', { value: n, text: n }));
-  }).catch(() => {});
+  function fillVhosts() {
+    vhostNames(true).then((names) => {
+      for (const sel of [exportVhost, importVhost]) {
+        const cur = sel.value;
+        replace(sel, h('option', { value: '', text: 'All virtual hosts' }), names.map((n) => h('option', { value: n, text: n })));
+        if (names.includes(cur)) sel.value = cur;
+      }
+    }).catch(() => {});
+  }
+  fillVhosts();
   const output = h('textarea', { id: 'export-output', rows: 10, readonly: true, placeholder: 'The exported definitions appear here.' });
   const link = h('a', { id: 'export-download', class: 'btn', hidden: true, text: 'Save as file' });
   const exportForm = form('export-form', formGrid([['Virtual host', exportVhost]]), 'Export definitions', async () => {
@@ -569,7 +582,7 @@ export function DefinitionsView(main) {
     try { JSON.parse(text); } catch (e) { throw new Error('The definitions are not valid JSON: ' + e.message); }
     if (!await confirmBox('Import definitions', 'Import these definitions? Objects in them are created or replaced; nothing is deleted.', 'Import')) return '';
     await api('POST', importVhost.value ? `/definitions/${seg(importVhost.value)}` : '/definitions', text);
-    forgetVhosts();
+    fillVhosts();
     file.value = '';
     pasted.value = '';
     return 'Definitions imported.';
