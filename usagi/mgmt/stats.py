@@ -70,12 +70,14 @@ class _Series:
         self.trimmed = False    # points older than the history were dropped
 
     def add(self, t: float, values, ms: int | None = None):
-        if self.last is not None and self.last[1] != values:
+        last = self.last
+        changed = last is None or last[1] != values
+        if changed and last is not None:
             self.changed_at = time.time()
-        self.prev = self.last
+        self.prev = last
         self.last = (t, values)
-        if ms is not None:
-            self.record(ms, values)
+        if ms is not None and (changed or self.times is None):
+            self.record(ms, values)     # (unchanged: the last point, which holds these values, goes on)
 
     def record(self, ms: int, values):
         """A point of history at `ms` (wall clock): kept if the values changed since the last one;
