@@ -113,11 +113,11 @@ def test_dashboard_end_to_end(dash, browser, shots):
     # -- live rates: under load the cards show non-zero rates and the charts draw their lines
     with RateLoad(dash, "dash.rate"):
         wait(d, lambda d: all(rate_of(stat(d, k)) > 0 for k in ("publish_rate", "deliver_rate", "ack_rate")),
-             timeout=15, what="non-zero publish, deliver and ack rates")
+             timeout=30, what="non-zero publish, deliver and ack rates")
         wait(d, lambda d: d.execute_script(CANVAS_PIXELS_JS, "#chart-rates", *PUBLISH_RGB) > 40,
-             timeout=15, what="the publish line on the rates chart")
+             timeout=30, what="the publish line on the rates chart")
         wait(d, lambda d: d.execute_script(CANVAS_PIXELS_JS, "#chart-queued", *READY_RGB) > 40,
-             timeout=10, what="the ready line on the queued messages chart")
+             timeout=30, what="the ready line on the queued messages chart")
         img = screenshot(d, shots, "02-overview")
     assert_header(img, "overview")
     box = element_box(d, "#chart-rates")
