@@ -463,12 +463,12 @@ function MessagesPanel(vhost, name, onChange) {
         h('div', { id: 'peek-panel', class: 'subpanel' },
           h('h3', { text: 'Peek' }),
           h('div', { class: 'notice', text: 'Peeking reads messages without consuming them: nothing is taken, acknowledged or requeued, and no redelivered flag is set.' }),
-          h('div', { class: 'peek-bar', style: 'margin-top:12px' }, h('label', { for: 'peek-count', text: 'Messages' }), peekCount, peekButton, peekStatus)),
+          h('div', { class: 'peek-bar', style: 'margin-top:12px' }, h('label', { for: 'peek-count', text: 'Messages' }), peekCount, peekButton, peekStatus),
+          peekList),
         h('div', { id: 'get-panel', class: 'subpanel' },
           h('h3', { text: 'Get messages' }),
           h('div', { class: 'notice warn', text: 'Getting messages is a destructive action: the messages are taken from the queue and acknowledged, requeued (as redelivered) or rejected as the ack mode says.' }),
-          getForm)),
-      peekList, getList));
+          getForm, getList))));
 }
 
 // ------------------------------------------------------------------ bindings
