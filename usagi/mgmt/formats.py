@@ -125,15 +125,6 @@ def queue_memory(q, ua) -> dict:
     }
 
 
-def _stats(pairs) -> dict:
-    """{"k": v, "k_details": {"rate": r}} for (k, v, r) triples."""
-    out = {}
-    for k, v, r in pairs:
-        out[k] = v
-        out[k + "_details"] = {"rate": r}
-    return out
-
-
 def _figures(specs, window: Window | None, rate) -> dict:
     """{"k": v, "k_details": ...} for (k, v, series key) triples: the rate of the series key
     (`rate(key)`), or with a window its history as RabbitMQ gives it for a range; a series key of
