@@ -6,6 +6,9 @@ name and the rate sampler. Rendering one object costs a bounded amount (listings
 per step, mgmt.slices); totals over every queue come from the sampler's last sample or from
 `queue_sums`, a slice at a time. Values that only have a meaning inside Erlang (reductions,
 garbage collection) keep their keys with zeros, so that tools reading them find what they expect.
+When a request asks for history (`lengths_age`, `msg_rates_age`, ...: the view's `ranges`), each
+figure's `_details` hold RabbitMQ's `samples`, `avg_rate` and `avg` from the sampler's history
+(mgmt.stats), a bounded amount of work per figure (at most stats.MAX_RANGE + 1 instants).
 """
 from __future__ import annotations
 
