@@ -133,12 +133,14 @@ def _figures(specs, window: Window | None, rate) -> dict:
     (`rate(key)`), or with a window its history as RabbitMQ gives it for a range; a series key of
     None is a figure Usagi does not count (rate 0, the same value all along)."""
     out = {}
+    if window is None:
+        for k, v, sk in specs:
+            out[k] = v
+            out[k + "_details"] = {"rate": rate(sk) if sk else 0.0}
+        return out
     for k, v, sk in specs:
         out[k] = v
-        if window is not None:
-            out[k + "_details"] = window.details(sk) if sk else window.constant(v)
-        else:
-            out[k + "_details"] = {"rate": rate(sk) if sk else 0.0}
+        out[k + "_details"] = window.details(sk) if sk else window.constant(v)
     return out
 
 
@@ -222,8 +224,8 @@ class View:
                 excl = c.tag
                 break
         n_consumers = len(q.consumers)
-        live = queue_counters(q)
-        lengths = self.window("lengths", q, QUEUE_KEYS, live)
+        live = queue_counters(q) if self.ranges else None
+        lengths = self.window("lengths", q, QUEUE_KEYS, live) if live is not None else None
         counts = _figures([("messages", ready + unacked, "messages"), ("messages_ready", ready, "messages_ready"),
                            ("messages_unacknowledged", unacked, "messages_unacknowledged")],
                           lengths, lambda k: s.rate(q, k))
@@ -292,7 +294,7 @@ class View:
 
     def queue_message_stats(self, q, live=None) -> dict:
         s = self.sampler
-        w = self.window("msg_rates", q, QUEUE_KEYS, live or queue_counters(q))
+        w = self.window("msg_rates", q, QUEUE_KEYS, live or queue_counters(q)) if self.ranges else None
         return _figures([
             ("ack", q.acked, "ack"),
             ("deliver", q.delivered, "deliver_get"),
