@@ -5,7 +5,7 @@
  * consumers). Every action goes through the HTTP API, whose rules decide what is allowed. */
 import {
   h, append, clear, replace, setText, num, rateText, bytes, yesno, rate, jsonText, monoOrNone, xlabel, seg, xseg,
-  stateBadge, api, toast, confirmBox, act, refreshNow, pageHead, panel, foldPanel, kvTable, errorBox, dataTable,
+  stateBadge, api, confirmBox, act, refreshNow, pageHead, panel, foldPanel, kvTable, dataTable,
   input, select, formGrid, form, KeyValueEditor, vhostSelect, linkQueue, linkExchange, clock, dateTime, rangeQuery,
   can, S,
 } from './lib.js';

@@ -4,7 +4,7 @@
  * the listeners. */
 import {
   h, append, clear, replace, setText, num, rateText, bytes, duration, rate, api, can, pageHead, panel, kvTable,
-  rangeQuery, S,
+  rangeQuery,
 } from './lib.js';
 import { Chart, chartData, RATE_SERIES, QUEUED_SERIES, rangeHint } from './charts.js';
 
