@@ -32,8 +32,8 @@ from ..core import access
 from ..core.broker import CommitFailed
 from ..model import patterns
 from ..model.queue import Queue
-from . import checks, ops, slices
-from .formats import View, queue_sums
+from . import checks, ops, slices, stats
+from .formats import FEATURE_FLAGS, View, queue_sums
 from .util import (ApiError, bad_request, dumps, get_path, is_loopback, jsonable, not_authorised, not_found,
                    parse_bool, properties_key)
 
@@ -263,6 +263,17 @@ class Req:
     def view(self) -> View:
         if self._view is None:
             self._view = View(self.m)
+        return self._view
+
+    def ranged(self, ceil_lengths: bool = False, error: str = "bad_request") -> View:
+        """The view, with the history ranges the query asks for (lengths_age/_incr, msg_rates_*,
+        data_rates_*, node_stats_*), or 400 as RabbitMQ refuses a bad one (whose error name
+        depends on the resource: `error`)."""
+        try:
+            ranges = stats.parse_ranges(self.query, stats.wall_ms(), ceil_lengths)
+        except stats.RangeError as e:
+            raise ApiError(400, error, str(e)) from None
+        self._view = View(self.m, ranges)
         return self._view
 
     async def load_body(self):
@@ -791,6 +802,7 @@ API_INDEX = ("<!DOCTYPE html><html><head><title>RabbitMQ Management HTTP API</ti
 
 @get("overview", ANY)
 async def overview(r: Req):
+    r.ranged()
     vhosts = r.visible_vhosts()
     sums = await queue_sums(vhosts, r.pacer)
     return r.view.overview(vhosts, sums, await r.pacer.drain(r.m.sampler.totals_steps()))
@@ -813,7 +825,7 @@ def set_cluster_name(r: Req):
 
 @get("nodes", MONITOR)
 def nodes(r: Req):
-    items = [r.view.node_json()]
+    items = [r.ranged(True).node_json()]
     c = r.broker.cluster
     if c is not None:
         # the other nodes of a cluster, as far as the leader knows them (their figures are theirs)
@@ -830,6 +842,7 @@ def nodes(r: Req):
 
 @get("nodes/:node", MONITOR)
 def node(r: Req):
+    r.ranged(True)
     if r.p("node") != r.m.node:
         raise not_found()
     return r.view.node_json()
@@ -862,7 +875,7 @@ def whoami(r: Req):
 
 @get("feature-flags", ADMIN)
 def feature_flags(r: Req):
-    return []
+    return Listing(FEATURE_FLAGS, ("name",))
 
 
 # ---------------------------------------------------------------------------------------- health checks
@@ -969,12 +982,14 @@ def aliveness(r: Req):
 
 @get("vhosts", ANY)
 def vhosts(r: Req):
+    r.ranged(error="invalid_range_parameters")
     return Listing(r.visible_vhosts(), ("name",), render=r.view.vhost, fields=BY_NAME, name=_name)
 
 
 @get("vhosts/:vhost", ADMIN)
 def vhost_get(r: Req):
-    return r.view.vhost(r.vhost())
+    v = r.vhost()
+    return r.ranged().vhost(v)
 
 
 @put("vhosts/:vhost", ADMIN)
@@ -1039,12 +1054,14 @@ def _channels(r: Req, source) -> Listing:
 
 @get("vhosts/:vhost/connections", VHOST)
 def vhost_connections(r: Req):
+    r.ranged(True)
     v = r.vhost()
     return _connections(r, _visible_connections(r, v.name))
 
 
 @get("vhosts/:vhost/channels", VHOST)
 def vhost_channels(r: Req):
+    r.ranged()
     v = r.vhost()
     return _channels(r, _channels_of(_visible_connections(r, v.name)))
 
@@ -1173,6 +1190,16 @@ def topic_permission_delete(r: Req):
     return Reply(204)
 
 
+@delete("topic-permissions/:vhost/:user/:exchange", ADMIN)
+def topic_permission_delete_exchange(r: Req):
+    """The user's topic permission on one exchange; 404 when the user has none in the vhost (as
+    RabbitMQ, whose resource is the user's topic permissions in the vhost)."""
+    if not _topic_permissions(r):
+        raise not_found()
+    r.broker.clear_topic_permissions(r.p("user"), r.p("vhost"), r.p("exchange"))
+    return Reply(204)
+
+
 # ---------------------------------------------------------------------------------------- exchanges
 
 def _exchange(r: Req, v, key: str = "exchange"):
@@ -1193,17 +1220,20 @@ def _exchanges(r: Req, vhosts) -> Listing:
 
 @get("exchanges", ANY)
 def exchanges(r: Req):
+    r.ranged(error="invalid_range_parameters")
     return _exchanges(r, r.listed_vhosts())
 
 
 @get("exchanges/:vhost", VHOST)
 def exchanges_vhost(r: Req):
+    r.ranged(error="invalid_range_parameters")
     return _exchanges(r, [r.vhost()])
 
 
 @get("exchanges/:vhost/:exchange", VHOST)
 def exchange_get(r: Req):
-    return r.view.exchange(_exchange(r, r.vhost()), detail=True)
+    x = _exchange(r, r.vhost())
+    return r.ranged().exchange(x, detail=True)
 
 
 def _arguments(body: dict) -> dict:
@@ -1286,18 +1316,20 @@ def _queues(r: Req, vhosts) -> Listing:
 
 @get("queues", ANY)
 def queues(r: Req):
+    r.ranged(True, "invalid_range_parameters")
     return _queues(r, r.listed_vhosts())
 
 
 @get("queues/:vhost", VHOST)
 def queues_vhost(r: Req):
+    r.ranged(True, "invalid_range_parameters")
     return _queues(r, [r.vhost()])
 
 
 @get("queues/:vhost/:queue", VHOST)
 async def queue_get(r: Req):
     q = _queue(r, r.vhost())
-    await r.view.prepare(r.pacer)
+    await r.ranged(True).prepare(r.pacer)
     return r.view.queue(q, detail=True)
 
 
@@ -1536,11 +1568,13 @@ def _connection(r: Req):
 
 @get("connections", ANY)
 def connections(r: Req):
+    r.ranged(True)
     return _connections(r, _visible_connections(r))
 
 
 @get("connections/:connection", ANY)
 def connection_get(r: Req):
+    r.ranged(True)
     return r.view.connection(_connection(r))
 
 
@@ -1555,17 +1589,20 @@ def connection_delete(r: Req):
 
 @get("connections/:connection/channels", ANY)
 def connection_channels(r: Req):
+    r.ranged()
     c = _connection(r)
     return _channels(r, list(c.channels.values()))
 
 
 @get("channels", ANY)
 def channels(r: Req):
+    r.ranged()
     return _channels(r, _channels_of(_visible_connections(r)))
 
 
 @get("channels/:channel", ANY)
 def channel_get(r: Req):
+    r.ranged()
     name = r.p("channel")
     for c in _visible_connections(r):
         for ch in c.channels.values():

@@ -130,6 +130,7 @@ class ManagementService:
         self.metrics_port = metrics_port
         self.node = broker.config.node_name
         self.sampler = Sampler(broker, sample_interval or _interval())
+        self.sampler.node_probe = self.node_figures     # the node's own history (node_stats_* ranges)
         self._runners: list = []
         self._listeners: list = []      # (protocol, host, port)
         self._sample_task = None
@@ -320,6 +321,12 @@ class ManagementService:
             return shutil.disk_usage(self.data_dir() or os.getcwd()).free
         except OSError:
             return 0
+
+    def node_figures(self) -> dict:
+        """What the node panel charts: memory (as the alarm counts it), file descriptors, sockets,
+        free disk space."""
+        return {"mem_used": self.broker.memory_usage(), "fd_used": self.fds()[0],
+                "sockets_used": len(self.broker.connections), "proc_used": 1, "disk_free": self.disk_free()}
 
     @staticmethod
     def fds() -> tuple[int, int]:
