@@ -21,6 +21,7 @@ from ..storage import MemoryStore, Store
 
 from .admin import AdminMixin
 from .alarms import AlarmMixin
+from .counters import Counters
 from .deadlettering import DeadLetterMixin
 from .delivery import DeliveryMixin
 from .entities import EntitiesMixin
@@ -116,7 +117,11 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.parameters: dict = {}
         self.global_parameters: dict = {}
         self.stats = {"publish": 0, "deliver": 0, "ack": 0, "get": 0, "redeliver": 0,
-                      "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0}
+                      "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0,
+                      "channel_created": 0, "queue_declared": 0, "queue_created": 0, "queue_deleted": 0}
+        self.counters = Counters()         # logins, dead-lettered messages, message sizes (core/counters.py)
+        self.commit_stats = [0, 0.0, 0.0]  # store commits done: how many, their seconds, the last one's
+        self._commit_started = 0.0
         # confirm bookkeeping: channels waiting for a commit
         self.commit_epoch = 0              # the epoch now collecting writes
         self.committed_epoch = 0           # the last epoch known to be on disk
@@ -185,6 +190,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.commit_epoch += 1
         self.commit_waiters = []
         self.commit_in_flight = True
+        self._commit_started = time.perf_counter()
         return epoch, waiters
 
     def commit_done(self, epoch: int, waiters: list, error: Exception | None = None):
@@ -193,6 +199,11 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.commit_in_flight = False
         if error is None:
             self.committed_epoch = max(self.committed_epoch, epoch)
+            cs = self.commit_stats
+            took = max(0.0, time.perf_counter() - self._commit_started)
+            cs[0] += 1
+            cs[1] += took
+            cs[2] = took
         seen = set()
         for ch in waiters:
             if id(ch) in seen:
