@@ -76,8 +76,11 @@ class Config:
         self.write_high_water = 1024 * 1024          # stop deliveries to a connection past this
         self.write_hard_limit = 64 * 1024 * 1024     # stop reading from it past this
         self.data_dir = None
+        # the resource limits, read through Broker.disk_free_limit() and memory_limit() (core/alarms.py)
         self.disk_free_limit = 50 * 1000 * 1000      # bytes, as RabbitMQ's default
+        self.disk_free_limit_relative = 0.0          # a fraction of RAM instead, when > 0
         self.memory_high_watermark = 0.4             # fraction of RAM, as RabbitMQ's default
+        self.memory_high_watermark_absolute = 0      # bytes instead, when > 0
         self.quorum_delivery_limit = 20              # RabbitMQ 4.x default for quorum queues
         self.connection_max = None                   # node-wide connection limit (None: infinity)
         self.ssl_cert_login_from = "common_name"     # SASL EXTERNAL: common_name, distinguished_name,
@@ -117,7 +120,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.parameters: dict = {}
         self.global_parameters: dict = {}
         self.stats = {"publish": 0, "deliver": 0, "ack": 0, "get": 0, "redeliver": 0,
-                      "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0,
+                      "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0, "publish_confirm": 0,
                       "channel_created": 0, "queue_declared": 0, "queue_created": 0, "queue_deleted": 0}
         self.counters = Counters()         # logins, dead-lettered messages, message sizes (core/counters.py)
         self.commit_stats = [0, 0.0, 0.0]  # store commits done: how many, their seconds, the last one's

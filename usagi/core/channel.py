@@ -90,6 +90,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         self.confirmed = 0
         self.returned = 0            # unroutable: returned (mandatory) or dropped
         self.dropped = 0
+        self.redelivered = 0
         self.get_ack = 0             # basic.get: with manual acks, automatic acks, found nothing
         self.get_auto = 0
         self.get_empty = 0
@@ -270,6 +271,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             x.dropped += 1
         if self.confirm:
             self.publish_seq += 1
+            broker.stats["publish_confirm"] += 1
             if rejected:
                 self.nacks_ready.append(self.publish_seq)
                 self.confirm_dirty = True
@@ -461,6 +463,8 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             self.conn.out_size += self._write_content(m, msg)
         q.delivered += 1
         self.delivered += 1
+        if redelivered:
+            self.redelivered += 1
         if c.no_ack:
             q.delivered_auto += 1
             self.delivered_auto += 1

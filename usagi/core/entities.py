@@ -263,6 +263,7 @@ class EntitiesMixin:
         vhost = self.vhosts.get(q.vhost)
         if not q.deleted:
             self.stats["queue_deleted"] += 1
+            self.counters.retire_queue(q)       # its counts stay in the node's totals
         q.deleted = True
         for c in list(q.consumers):
             c.channel.consumer_cancelled_by_server(c)

@@ -149,12 +149,12 @@ class View:
         return self.sampler.rate(obj, key)
 
     # ------------------------------------------------------------------ queues
-    def queue_contents(self, q, detail: bool) -> tuple:
+    def queue_contents(self, q, detail: bool, limit: int = CONTENTS_WALK_LIMIT) -> tuple:
         """(persistent count, persistent bytes, head timestamp) of the ready messages: a walk over
         those in memory (paged-out ones are counted as they go out), so lists skip it for queues
-        with very many in memory and show what the last detailed look found."""
+        with more than `limit` in memory and show what the last detailed look found."""
         cache = self.m.contents_cache
-        if not detail and q.ram_count() > CONTENTS_WALK_LIMIT:
+        if not detail and q.ram_count() > limit:
             return cache.get(q, (0, 0, None))
         persistent = persistent_bytes = 0
         head_ts = None
@@ -569,7 +569,7 @@ class View:
             "db_dir": m.data_dir(),
             "disk_free": disk_free,
             "disk_free_alarm": "disk" in b.alarms,
-            "disk_free_limit": b.config.disk_free_limit,
+            "disk_free_limit": b.disk_free_limit(),
             "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
             "exchange_types": EXCHANGE_TYPES,
             "fd_total": fd_total,

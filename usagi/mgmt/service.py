@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import resource
-import shutil
 import signal
 import weakref
 from pathlib import Path
@@ -85,7 +84,6 @@ class ManagementService:
         self._runners: list = []
         self._listeners: list = []      # (protocol, host, port)
         self._sample_task = None
-        self._mem_limit = None
         self.contents_cache = weakref.WeakKeyDictionary()   # queue -> last walk of its contents
 
     # ------------------------------------------------------------------ lifecycle
@@ -114,6 +112,7 @@ class ManagementService:
             app.router.add_route("GET", "/metrics", self._metrics)
             app.router.add_route("GET", "/metrics/per-object", self._metrics_per_object)
             app.router.add_route("GET", "/metrics/detailed", self._metrics_detailed)
+            app.router.add_route("GET", "/metrics/memory-breakdown", self._metrics_memory_breakdown)
             await self._listen(app, self.metrics_port, "http/prometheus")
 
     async def _listen(self, app, port: int, protocol: str):
@@ -217,28 +216,13 @@ class ManagementService:
                 return p
         return None
 
-    def mem_limit(self) -> int:
-        if self._mem_limit is None:
-            total = 0
-            try:
-                with open("/proc/meminfo") as f:
-                    for line in f:
-                        if line.startswith("MemTotal:"):
-                            total = int(line.split()[1]) * 1024
-                            break
-            except OSError:
-                pass
-            self._mem_limit = int(total * 0.6) if total else 0     # vm_memory_high_watermark 0.6 (4.x)
-        return self._mem_limit
-
     def data_dir(self) -> str:
         return str(getattr(self.broker.store, "data_dir", "") or "")
 
     def disk_free(self) -> int:
-        try:
-            return shutil.disk_usage(self.data_dir() or os.getcwd()).free
-        except OSError:
-            return 0
+        """Free disk space where the broker writes: the figure its disk alarm compares (core/alarms.py)."""
+        free = self.broker.disk_free()
+        return free if free is not None else 0
 
     @staticmethod
     def fds() -> tuple[int, int]:
@@ -273,24 +257,30 @@ class ManagementService:
             raise web.HTTPNotFound()
         return web.FileResponse(target)
 
-    @staticmethod
-    async def _text(request: web.Request, chunks: list) -> web.StreamResponse:
+    async def _exposition(self, request: web.Request, render, *args) -> web.StreamResponse:
+        """A metrics answer written out as it is made (metrics.py), streamed once it passes
+        api.Body.STREAM_AT. A client that goes away ends the work."""
         body = api.Body(request, base={"Content-Type": metrics.CONTENT_TYPE})
-        for chunk in chunks:
-            await body.write(chunk)
-        return await body.finish()
+        try:
+            await render(self, *args, body.write, Pacer())
+            return await body.finish()
+        except (ConnectionResetError, ConnectionError):
+            raise web.HTTPBadRequest() from None
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        return await self._text(request, await metrics.render_metrics(self, Pacer()))
+        return await self._exposition(request, metrics.render_metrics)
 
     async def _metrics_per_object(self, request: web.Request) -> web.StreamResponse:
-        return await self._text(request, await metrics.render_per_object(self, Pacer()))
+        return await self._exposition(request, metrics.render_per_object)
 
     async def _metrics_detailed(self, request: web.Request) -> web.StreamResponse:
         q = request.rel_url.query
         families = [f for v in q.getall("family", []) for f in v.split(",") if f]
-        vhosts = q.getall("vhost", [])
-        return await self._text(request, await metrics.render_detailed(self, families, vhosts, Pacer()))
+        vhosts = q.getall("vhost", [])          # not split: a vhost name may hold a comma
+        return await self._exposition(request, metrics.render_detailed, families, vhosts)
+
+    async def _metrics_memory_breakdown(self, request: web.Request) -> web.StreamResponse:
+        return await self._exposition(request, metrics.render_memory_breakdown)
 
 
 def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None,
