@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import gc
 import platform
+from operator import add
 import resource
 import time
 
@@ -44,6 +45,7 @@ from .. import RABBITMQ_COMPAT_VERSION, __version__
 from ..core.counters import MSG_SIZE_BOUNDS, QUEUE_COUNTERS, QUEUE_TYPES
 from ..core.counters import SUM as SIZE_SUM
 from . import ops, slices
+from ..core.memory import QUEUE_BYTES
 from .formats import NO_UNACKED, View, queue_memory, unacked_by_queue_sliced
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -52,7 +54,9 @@ DETAILED_PREFIX = "rabbitmq_detailed_"
 CLUSTER_PREFIX = "rabbitmq_cluster_"
 CONTENTS_WALK = 4_096       # a queue's ready messages walked for its persistent count and head timestamp
 #                             (more: what the last look found, as /api/queues does)
+WALK_BUDGET = 1_000_000     # ... and at most this many in all per exposition
 CHUNK_LINES = 2_000         # lines encoded and written at a time
+CHECK_EVERY = 256           # lines made between two looks at the clock (~0.1 ms)
 
 
 # ---------------------------------------------------------------------------------------- text format
@@ -94,21 +98,26 @@ class Out:
         buf = self.buf
         buf.append(f"# TYPE {name} {kind}\n# HELP {name} {help_}\n")
         pacer = self.pacer
+        n = 0
         for lab, value in samples:
             if value is None:
                 continue
-            buf.append(f"{name}{{{lab}}} {_num(value)}\n" if lab else f"{name} {_num(value)}\n")
-            if len(buf) >= CHUNK_LINES:
-                await self.flush()
-            if pacer.due():
-                await pacer.pause()
+            v = str(value) if type(value) is int else _num(value)
+            buf.append(f"{name}{{{lab}}} {v}\n" if lab else f"{name} {v}\n")
+            n += 1
+            if n == CHECK_EVERY:
+                n = 0
+                if len(buf) >= CHUNK_LINES:
+                    await self.flush()
+                if pacer.due():
+                    await pacer.pause()
         if len(buf) >= CHUNK_LINES:
             await self.flush()
 
     async def flush(self):
         if self.buf:
             data = "".join(self.buf).encode("utf-8")
-            self.buf = []
+            self.buf.clear()            # in place: family() holds the list while it adds to it
             self.size += len(data)
             await self.write(data)
 
@@ -342,8 +351,10 @@ QUEUE_FIELDS = ("ready", "unacked", "messages", "reductions", "consumers", "cons
                 "consumer_utilisation", "memory", "messages_ram", "message_bytes_ram", "messages_ready_ram",
                 "messages_unacknowledged_ram", "messages_persistent", "message_bytes_persistent", "message_bytes",
                 "message_bytes_ready", "message_bytes_unacknowledged", "messages_paged_out",
-                "message_bytes_paged_out", "head_message_timestamp", "disk_reads", "disk_writes", "segments",
-                "get_ack", "get_auto", "deliver_ack", "deliver_auto", "redelivered", "acked", "get_empty")
+                "message_bytes_paged_out", "disk_reads", "disk_writes", "get_ack", "get_auto", "deliver_ack",
+                "deliver_auto", "redelivered", "acked", "get_empty",
+                "head_message_timestamp", "segments")     # these two may be undefined (None): last
+QUEUE_SUMMED = len(QUEUE_FIELDS) - 2
 RAFT_FIELDS = ("term", "snapshot_index", "last_applied", "commit_index", "last_written", "commit_latency")
 CHANNEL_FIELDS = ("consumer_count", "messages_unacknowledged", "messages_unconfirmed", "messages_uncommitted",
                   "acks_uncommitted", "prefetch_count", "global_prefetch_count", "published", "confirmed",
@@ -496,22 +507,25 @@ def _queue_label(q) -> str:
     return f'vhost="{_esc(q.vhost)}",queue="{_esc(q.name)}"'
 
 
-def queue_record(q, ua, view: View) -> tuple:
-    """A queue's values in QUEUE_FIELDS order; ua: its unacked figures (formats.unacked_by_queue)."""
+def queue_record(q, ua, view: View, walk: int = CONTENTS_WALK) -> tuple:
+    """A queue's values in QUEUE_FIELDS order; ua: its unacked figures (formats.unacked_by_queue);
+    its ready messages are walked if there are at most `walk` in memory (formats.queue_contents)."""
     ready, unacked = q.message_count, q.unacked
     n_consumers = len(q.consumers)
-    mem = queue_memory(q, ua)
-    persistent, persistent_bytes, head_ts = view.queue_contents(q, False, CONTENTS_WALK)
+    capacity = 1.0 if n_consumers else 0
     consume_auto = q.delivered_auto
-    consume_ack = q.delivered - consume_auto - q.get_ack - q.get_auto
+    deliveries = (q.get_ack, q.get_auto, max(q.delivered - consume_auto - q.get_ack - q.get_auto, 0),
+                  consume_auto, q.redelivered_count, max(q.acked - consume_auto - q.get_auto, 0), q.get_empty)
     segments = len(q.segs) if q.kind == "stream" else None
-    return (ready, unacked, ready + unacked, 0, n_consumers, 1.0 if n_consumers else 0,
-            1.0 if n_consumers else 0, mem["memory"], mem["messages_ram"], mem["ram_bytes"], mem["ready_ram"],
-            mem["unacked_ram"], persistent + ua[1], persistent_bytes + ua[2], q.message_bytes + ua[0],
-            q.message_bytes, ua[0], mem["paged_out"], mem["paged_out_bytes"],
-            head_ts if isinstance(head_ts, int) else None, 0, 0, segments,
-            q.get_ack, q.get_auto, max(consume_ack, 0), consume_auto, q.redelivered_count,
-            max(q.acked - consume_auto - q.get_auto, 0), q.get_empty)
+    if not ready and not unacked:           # most queues of a large broker: nothing to look at
+        return (0, 0, 0, 0, n_consumers, capacity, capacity, QUEUE_BYTES, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                0, 0) + deliveries + (None, segments)
+    mem = queue_memory(q, ua)
+    persistent, persistent_bytes, head_ts = view.queue_contents(q, False, walk)
+    return (ready, unacked, ready + unacked, 0, n_consumers, capacity, capacity, mem["memory"],
+            mem["messages_ram"], mem["ram_bytes"], mem["ready_ram"], mem["unacked_ram"], persistent + ua[1],
+            persistent_bytes + ua[2], q.message_bytes + ua[0], q.message_bytes, ua[0], mem["paged_out"],
+            mem["paged_out_bytes"], 0, 0) + deliveries + (head_ts if isinstance(head_ts, int) else None, segments)
 
 
 def raft_record(q, ready_unacked: int, latency: float) -> tuple:
@@ -540,7 +554,10 @@ class Scrape:
         self.pacer = pacer
         self.vhosts = set(vhosts) if vhosts else None
         self.view = View(m)
+        self.walk_left = WALK_BUDGET
         self._ua = None
+        self._queues: dict = {}
+        self._agg = None
 
     async def tick(self):
         if self.pacer.due():
@@ -557,40 +574,96 @@ class Scrape:
             self._ua = await unacked_by_queue_sliced(self.broker, self.pacer)
         return self._ua
 
-    async def queues(self, filtered: bool, sort: bool = True) -> list:
-        out = []
-        for v in self._vhost_list(filtered):
-            qs = list(v.queues.values())
-            if sort:
-                qs = await slices.sort(qs, _by_name, self.pacer)
-            out += qs
-            await self.tick()
+    async def queues(self, filtered: bool) -> list:
+        """The queues (of the vhosts asked for), by vhost and name."""
+        out = self._queues.get(filtered)
+        if out is None:
+            out = []
+            for v in self._vhost_list(filtered):
+                out += await slices.sort(list(v.queues.values()), _by_name, self.pacer)
+                await self.tick()
+            self._queues[filtered] = out
         return out
 
-    async def queue_records(self, filtered: bool, summed: bool = False) -> list:
-        """[(label, record)] of every queue (of the vhosts asked for), by vhost and name; summed:
-        [("", their sum)] (_sum_records), made without keeping them."""
+    def queue_record(self, q, ua: dict) -> tuple:
+        """queue_record, walking the queue's messages within CONTENTS_WALK and what is left of
+        WALK_BUDGET (past them: what the last look found)."""
+        limit = min(CONTENTS_WALK, self.walk_left)
+        if q.ram_count() <= limit:
+            self.walk_left -= q.ram_count()
+        return queue_record(q, ua.get(id(q), NO_UNACKED), self.view, limit)
+
+    async def queue_records(self, filtered: bool) -> list:
+        """[(label, record)] of every queue (of the vhosts asked for), by vhost and name."""
         ua = await self.unacked()
-        view = self.view
         out = []
-        acc = _Sum(QUEUE) if summed else None
-        for q in await self.queues(filtered, sort=not summed):
-            rec = queue_record(q, ua.get(id(q), NO_UNACKED), view)
-            if acc is not None:
-                acc.add(rec)
-            else:
-                out.append((_queue_label(q), rec))
-            await self.tick()
-        return [("", acc.total())] if acc is not None else out
+        pacer = self.pacer
+        for q in await self.queues(filtered):
+            out.append((_queue_label(q), self.queue_record(q, ua)))
+            if pacer.due():
+                await pacer.pause()
+        return out
+
+    async def queue_published(self, filtered: bool) -> list:
+        """[(label, (published,))] per queue, labelled queue_vhost and queue."""
+        out = []
+        pacer = self.pacer
+        for q in await self.queues(filtered):
+            out.append((f'queue_vhost="{_esc(q.vhost)}",queue="{_esc(q.name)}"', (q.published,)))
+            if pacer.due():
+                await pacer.pause()
+        return out
 
     async def raft_records(self, filtered: bool) -> list:
         latency = round(self.broker.commit_stats[2], 6)
         out = []
+        pacer = self.pacer
         for q in await self.queues(filtered):
             if q.kind == "quorum":
                 out.append((_queue_label(q), raft_record(q, q.message_count + q.unacked, latency)))
-            await self.tick()
+            if pacer.due():
+                await pacer.pause()
         return out
+
+    async def aggregate(self) -> dict:
+        """One walk over every queue for /metrics: the queue records summed, the Raft records
+        summed, QUEUE_COUNTERS by queue kind (deleted queues' included), queues and consumers."""
+        if self._agg is not None:
+            return self._agg
+        ua = await self.unacked()
+        qsum, rsum = [0] * QUEUE_SUMMED, _Sum(RAFT)
+        segments = None
+        by_kind = {k: list(v) for k, v in self.broker.counters.retired.items()}
+        names = QUEUE_COUNTERS
+        latency = round(self.broker.commit_stats[2], 6)
+        n_queues = consumers = 0
+        pacer = self.pacer
+        for v in self._vhost_list(False):
+            for q in list(v.queues.values()):
+                rec = self.queue_record(q, ua)
+                qsum = list(map(add, qsum, rec[:QUEUE_SUMMED]))
+                if rec[-1] is not None:
+                    segments = (segments or 0) + rec[-1]
+                if q.kind == "quorum":
+                    rsum.add(raft_record(q, q.message_count + q.unacked, latency))
+                t = by_kind.get(q.kind)
+                if t is None:
+                    t = by_kind[q.kind] = [0] * len(names)
+                for i, name in enumerate(names):
+                    t[i] += getattr(q, name)
+                n_queues += 1
+                consumers += len(q.consumers)
+                if pacer.due():
+                    await pacer.pause()
+        # a sum of head timestamps means nothing: left out, as RabbitMQ leaves it out
+        self._agg = {"queue": tuple(qsum) + (None, segments), "raft": rsum.total(),
+                     "by_kind": {k: dict(zip(names, t)) for k, t in by_kind.items()},
+                     "queues": n_queues, "consumers": consumers}
+        return self._agg
+
+    async def queue_totals(self) -> dict:
+        """QUEUE_COUNTERS summed by queue kind over live and deleted queues."""
+        return (await self.aggregate())["by_kind"]
 
     async def channel_records(self) -> list:
         out = []
@@ -624,28 +697,17 @@ class Scrape:
             out.append((f'protocol="{proto}"', (ok + failed, ok, failed)))
         return out
 
-    async def queue_totals(self) -> dict:
-        """QUEUE_COUNTERS summed by queue kind over live and deleted queues."""
-        tot = {k: list(v) for k, v in self.broker.counters.retired.items()}
-        names = QUEUE_COUNTERS
-        for v in self._vhost_list(False):
-            for q in list(v.queues.values()):
-                t = tot.get(q.kind)
-                if t is None:
-                    t = tot[q.kind] = [0] * len(names)
-                for i, name in enumerate(names):
-                    t[i] += getattr(q, name)
-                await self.tick()
-        return {k: dict(zip(names, v)) for k, v in tot.items()}
-
     async def object_totals(self) -> dict:
         b = self.broker
-        n_queues = consumers = 0
-        for v in self._vhost_list(False):
-            for q in list(v.queues.values()):
-                n_queues += 1
-                consumers += len(q.consumers)
-                await self.tick()
+        if self._agg is not None:
+            n_queues, consumers = self._agg["queues"], self._agg["consumers"]
+        else:
+            n_queues = consumers = 0
+            for v in self._vhost_list(False):
+                for q in list(v.queues.values()):
+                    n_queues += 1
+                    consumers += len(q.consumers)
+                    await self.tick()
         conns = [c for c in b.connections if not c.closed]
         return {"connections": len(conns), "channels": sum(len(c.channels) for c in conns),
                 "consumers": consumers, "queues": n_queues}
@@ -744,8 +806,7 @@ async def _groups(out: Out, scrape: Scrape, names, per_object: bool, prefix: str
                 elif kind == EXCHANGE:
                     records[key] = await scrape.exchange_records(False)
                 elif kind == CHANNEL_QUEUE_EXCHANGE:
-                    records[key] = [(f'queue_vhost="{_esc(q.vhost)}",queue="{_esc(q.name)}"', (q.published,))
-                                    for q in await scrape.queues(vf)]
+                    records[key] = await scrape.queue_published(vf)
                 else:                   # QUEUE_EXCHANGE: not counted per queue and exchange pair
                     records[key] = []
             else:
@@ -777,12 +838,12 @@ async def _aggregate(scrape: Scrape, kind: str, by_kind: dict | None) -> tuple:
     b = scrape.broker
     st = b.stats
     if kind == QUEUE:
-        rec = list((await scrape.queue_records(False, summed=True))[0][1])
+        rec = list((await scrape.aggregate())["queue"])
         for f in ("get_ack", "get_auto", "deliver_ack", "deliver_auto", "redelivered", "acked", "get_empty"):
             rec[_INDEX[QUEUE][f]] = by_kind[f]
         return tuple(rec)
     if kind == RAFT:
-        return _sum_records(await scrape.raft_records(False), RAFT)
+        return (await scrape.aggregate())["raft"]
     if kind == CHANNEL:
         rec = list(_sum_records(await scrape.channel_records(), CHANNEL))
         ix = _INDEX[CHANNEL]
@@ -809,8 +870,11 @@ async def _totals(out: Out, scrape: Scrape):
 
 async def _queue_info(out: Out, scrape: Scrape, prefix: str, filtered: bool):
     samples = []
+    pacer = scrape.pacer
     for q in await scrape.queues(filtered):
         samples.append((f'{_queue_label(q)},queue_type="{QUEUE_TYPES.get(q.kind, q.kind)}",membership="leader"', 1))
+        if pacer.due():
+            await pacer.pause()
     await out.family(prefix + "queue_info", "gauge",
                      "A metric with a constant '1' value and labels that provide some queue details", samples)
 
