@@ -258,14 +258,15 @@ class View:
 
     def queue_message_stats(self, q) -> dict:
         s = self.sampler
+        auto = q.delivered_auto
         return _stats([
-            ("ack", q.acked, s.rate(q, "ack")),
-            ("deliver", q.delivered, s.rate(q, "deliver_get")),
+            ("ack", max(q.acked - auto - q.get_auto, 0), s.rate(q, "ack")),
+            ("deliver", max(q.delivered - auto - q.get_ack - q.get_auto, 0), s.rate(q, "deliver_get")),
             ("deliver_get", q.delivered, s.rate(q, "deliver_get")),
-            ("deliver_no_ack", 0, 0.0),
-            ("get", 0, 0.0),
-            ("get_empty", 0, 0.0),
-            ("get_no_ack", 0, 0.0),
+            ("deliver_no_ack", auto, 0.0),
+            ("get", q.get_ack, 0.0),
+            ("get_empty", q.get_empty, 0.0),
+            ("get_no_ack", q.get_auto, 0.0),
             ("publish", q.published, s.rate(q, "publish")),
             ("redeliver", q.redelivered_count, s.rate(q, "redeliver")),
         ])
@@ -375,13 +376,16 @@ class View:
         pairs = []
         if ch.published or ch.confirm:
             confirmed = max(ch.publish_seq - len(ch.waiting), 0) if ch.confirm else 0
-            pairs += [("confirm", confirmed, 0.0), ("drop_unroutable", 0, 0.0),
-                      ("publish", ch.published, s.rate(ch, "publish")), ("return_unroutable", 0, 0.0)]
-        if ch.delivered or ch.consumers or ch.acked:
+            pairs += [("confirm", confirmed, 0.0), ("drop_unroutable", ch.dropped, 0.0),
+                      ("publish", ch.published, s.rate(ch, "publish")), ("return_unroutable", ch.returned, 0.0)]
+        gets = ch.get_ack + ch.get_auto
+        if ch.delivered or ch.consumers or ch.acked or gets or ch.get_empty:
             pairs += [("ack", ch.acked, s.rate(ch, "ack")),
-                      ("deliver", ch.delivered, s.rate(ch, "deliver_get")),
-                      ("deliver_get", ch.delivered, s.rate(ch, "deliver_get")), ("deliver_no_ack", 0, 0.0),
-                      ("get", 0, 0.0), ("get_empty", 0, 0.0), ("get_no_ack", 0, 0.0), ("redeliver", 0, 0.0)]
+                      ("deliver", ch.delivered - ch.delivered_auto, s.rate(ch, "deliver_get")),
+                      ("deliver_get", ch.delivered + gets, s.rate(ch, "deliver_get")),
+                      ("deliver_no_ack", ch.delivered_auto, 0.0), ("get", ch.get_ack, 0.0),
+                      ("get_empty", ch.get_empty, 0.0), ("get_no_ack", ch.get_auto, 0.0),
+                      ("redeliver", ch.redelivered, 0.0)]
         if pairs:
             d["message_stats"] = _stats(sorted(pairs))
         idle = s.idle_since(ch)

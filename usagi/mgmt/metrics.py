@@ -662,8 +662,23 @@ class Scrape:
         return self._agg
 
     async def queue_totals(self) -> dict:
-        """QUEUE_COUNTERS summed by queue kind over live and deleted queues."""
-        return (await self.aggregate())["by_kind"]
+        """QUEUE_COUNTERS summed by queue kind over live and deleted queues (aggregate() has them
+        when it ran; else a walk of their counters only)."""
+        if self._agg is not None:
+            return self._agg["by_kind"]
+        by_kind = {k: list(v) for k, v in self.broker.counters.retired.items()}
+        names = QUEUE_COUNTERS
+        pacer = self.pacer
+        for v in self._vhost_list(False):
+            for q in list(v.queues.values()):
+                t = by_kind.get(q.kind)
+                if t is None:
+                    t = by_kind[q.kind] = [0] * len(names)
+                for i, name in enumerate(names):
+                    t[i] += getattr(q, name)
+                if pacer.due():
+                    await pacer.pause()
+        return {k: dict(zip(names, t)) for k, t in by_kind.items()}
 
     async def channel_records(self) -> list:
         out = []
