@@ -95,6 +95,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
         self.get_auto = 0
         self.get_empty = 0
         self.broker.stats["channel_created"] += 1
+        self._sizes = self.broker.counters.sizes     # rabbitmq_message_size_bytes (core/counters.py)
 
     # ------------------------------------------------------------------ errors
     def fail(self, e: AMQPError):
@@ -244,7 +245,7 @@ class Channel(ChannelClassHandlers, ExchangeHandlers, QueueHandlers, BasicHandle
             queues = broker.route_publish(self.vhost, x, msg)
         self.published += 1
         broker.stats["publish"] += 1
-        sizes = broker.counters.sizes           # rabbitmq_message_size_bytes (core/counters.py)
+        sizes = self._sizes
         n = len(msg.body)
         sizes[_size_bucket(MSG_SIZE_BOUNDS, n)] += 1
         sizes[SIZE_SUM] += n

@@ -31,6 +31,9 @@ log = logging.getLogger("usagi.mgmt")
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_INTERVAL = 5.0      # RabbitMQ's collect_statistics_interval
 DEFAULT_MAX_BODY_SIZE = 20_000_000      # bytes: RabbitMQ's management.http.max_body_size default
+METRICS_AT_ONCE = 2           # metrics expositions made at the same time (see _exposition)
+METRICS_WAIT = 60.0           # seconds one waits for its turn
+METRICS_WRITE_TIMEOUT = 60.0  # seconds a client may read nothing of an exposition
 _actions: set = set()       # server actions (run_soon) still running
 
 
@@ -85,6 +88,8 @@ class ManagementService:
         self._listeners: list = []      # (protocol, host, port)
         self._sample_task = None
         self.contents_cache = weakref.WeakKeyDictionary()   # queue -> last walk of its contents
+        self._metrics_slots = None          # asyncio.Semaphore(METRICS_AT_ONCE), made on first use
+        self.scrape_telemetry: dict = {}    # endpoint -> (scrapes, bytes, seconds): telemetry_scrape_*
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> "ManagementService":
@@ -259,13 +264,28 @@ class ManagementService:
 
     async def _exposition(self, request: web.Request, render, *args) -> web.StreamResponse:
         """A metrics answer written out as it is made (metrics.py), streamed once it passes
-        api.Body.STREAM_AT. A client that goes away ends the work."""
-        body = api.Body(request, base={"Content-Type": metrics.CONTENT_TYPE})
+        api.Body.STREAM_AT. At most METRICS_AT_ONCE are made at a time (each may hold the records
+        of every queue while it writes them): another waits its turn, up to METRICS_WAIT seconds
+        (then 503). A client that goes away, or reads nothing for METRICS_WRITE_TIMEOUT seconds,
+        ends the work."""
+        slots = self._metrics_slots
+        if slots is None:
+            slots = self._metrics_slots = asyncio.Semaphore(METRICS_AT_ONCE)
         try:
-            await render(self, *args, body.write, Pacer())
+            await asyncio.wait_for(slots.acquire(), METRICS_WAIT)
+        except asyncio.TimeoutError:
+            return web.Response(status=503, text="metrics are busy: try again later\n")
+        try:
+            body = api.Body(request, base={"Content-Type": metrics.CONTENT_TYPE})
+
+            async def write(data: bytes):
+                await asyncio.wait_for(body.write(data), METRICS_WRITE_TIMEOUT)
+            await render(self, *args, write, Pacer())
             return await body.finish()
-        except (ConnectionResetError, ConnectionError):
+        except (ConnectionResetError, ConnectionError, asyncio.TimeoutError):
             raise web.HTTPBadRequest() from None
+        finally:
+            slots.release()
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
         return await self._exposition(request, metrics.render_metrics)
