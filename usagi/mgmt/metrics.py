@@ -100,11 +100,10 @@ class Out:
         pacer = self.pacer
         n = 0
         for lab, value in samples:
-            if value is None:
-                continue
-            v = str(value) if type(value) is int else _num(value)
-            buf.append(f"{name}{{{lab}}} {v}\n" if lab else f"{name} {v}\n")
             n += 1
+            if value is not None:
+                v = str(value) if type(value) is int else _num(value)
+                buf.append(f"{name}{{{lab}}} {v}\n" if lab else f"{name} {v}\n")
             if n == CHECK_EVERY:
                 n = 0
                 if len(buf) >= CHUNK_LINES:
@@ -604,15 +603,11 @@ class Scrape:
                 await pacer.pause()
         return out
 
-    async def queue_published(self, filtered: bool) -> list:
-        """[(label, (published,))] per queue, labelled queue_vhost and queue."""
-        out = []
-        pacer = self.pacer
-        for q in await self.queues(filtered):
-            out.append((f'queue_vhost="{_esc(q.vhost)}",queue="{_esc(q.name)}"', (q.published,)))
-            if pacer.due():
-                await pacer.pause()
-        return out
+    async def queue_published(self, filtered: bool):
+        """(label, (published,)) per queue, labelled queue_vhost and queue: made as they are
+        written (Out.family paces the work)."""
+        return ((f'queue_vhost="{_esc(q.vhost)}",queue="{_esc(q.name)}"', (q.published,))
+                for q in await self.queues(filtered))
 
     async def raft_records(self, filtered: bool) -> list:
         latency = round(self.broker.commit_stats[2], 6)
@@ -789,19 +784,26 @@ def _kind_deliveries(c: dict) -> dict:
 # ---------------------------------------------------------------------------------------- the families
 
 async def _groups(out: Out, scrape: Scrape, names, per_object: bool, prefix: str, node: dict | None = None):
-    """The families of the groups named, per object or aggregated."""
+    """The families of the groups named, per object or aggregated. The groups of one kind of object
+    are written one after the other, and the records of that kind dropped after them (a family's
+    place in an exposition means nothing)."""
     filtered = prefix == DETAILED_PREFIX
     records: dict = {}          # kind -> [(label, record)] (per object) or [("", sums)] (aggregated)
     by_kind = None
+    wanted = []
     for gname in names:
         g = GROUP_BY_NAME.get(gname)
-        if g is None:
-            continue
-        _name, kind, metrics = g
-        if gname == "queue_consumer_count" and "queue_metrics" in names:
-            continue            # a subset of queue_metrics (RabbitMQ leaves it out then too)
-        vf = filtered and gname in VHOST_FILTERED
-        key = (kind, vf)
+        if g is None or (gname == "queue_consumer_count" and "queue_metrics" in names):
+            continue            # (a subset of queue_metrics: RabbitMQ leaves it out then too)
+        wanted.append((gname, (g[1], filtered and gname in VHOST_FILTERED)))
+    first = {}
+    for i, (_gname, key) in enumerate(wanted):
+        first.setdefault(key, i)
+    wanted.sort(key=lambda gk: first[gk[1]])           # stable: the groups of a kind in their order
+    last = {key: i for i, (_gname, key) in enumerate(wanted)}
+    for pos, (gname, key) in enumerate(wanted):
+        _name, kind, metrics = GROUP_BY_NAME[gname]
+        vf = key[1]
         if key not in records:
             if kind == NODE:
                 records[key] = [("", node if node is not None else node_record(scrape.m))]
@@ -845,7 +847,8 @@ async def _groups(out: Out, scrape: Scrape, names, per_object: bool, prefix: str
                 i = idx[field]
                 samples = ((lab, r[i]) for lab, r in recs)
             await out.family(prefix + mname, mtype, help_, samples)
-
+        if last[key] == pos:
+            del records[key]
 
 async def _aggregate(scrape: Scrape, kind: str, by_kind: dict | None) -> tuple:
     """One record of a kind for /metrics: live objects summed, node-wide counters where RabbitMQ's
@@ -884,12 +887,8 @@ async def _totals(out: Out, scrape: Scrape):
 
 
 async def _queue_info(out: Out, scrape: Scrape, prefix: str, filtered: bool):
-    samples = []
-    pacer = scrape.pacer
-    for q in await scrape.queues(filtered):
-        samples.append((f'{_queue_label(q)},queue_type="{QUEUE_TYPES.get(q.kind, q.kind)}",membership="leader"', 1))
-        if pacer.due():
-            await pacer.pause()
+    samples = ((f'{_queue_label(q)},queue_type="{QUEUE_TYPES.get(q.kind, q.kind)}",membership="leader"', 1)
+               for q in await scrape.queues(filtered))         # made as they are written (Out paces)
     await out.family(prefix + "queue_info", "gauge",
                      "A metric with a constant '1' value and labels that provide some queue details", samples)
 
