@@ -3,12 +3,10 @@ keeps: login attempts by protocol, messages dead-lettered by reason, and the siz
 received (a histogram with RabbitMQ's buckets).
 
 They live on the broker (`Counters`, made once) so they survive the objects they count: a counter
-goes up, never down, as Prometheus expects. Counting here costs an increment or two per event; the
-one on the publish path (`observe_size`) is a C bisect and two list increments.
+goes up, never down, as Prometheus expects. Counting costs an increment or two per event; the one
+on the publish path (Channel._route_publish: `sizes`) is a C bisect and two list increments.
 """
 from __future__ import annotations
-
-from bisect import bisect_left
 
 # the upper bounds of rabbitmq_message_size_bytes's buckets (bytes), as RabbitMQ 4.1's, and +Inf
 MSG_SIZE_BOUNDS = (100, 1_000, 10_000, 100_000, 1_000_000, 10_000_000, 50_000_000, 100_000_000)
@@ -19,7 +17,6 @@ QUEUE_TYPES = {"classic": "rabbit_classic_queue", "quorum": "rabbit_quorum_queue
 # a queue's counters (model/queue.py) that node-wide totals sum, deleted queues' included
 QUEUE_COUNTERS = ("published", "delivered", "delivered_auto", "get_ack", "get_auto", "get_empty", "acked",
                   "redelivered_count")
-DEATH_REASONS = ("maxlen", "expired", "rejected", "delivery_limit")
 
 
 class Counters:
@@ -51,8 +48,3 @@ class Counters:
         key = (q.kind, strategy, reason)
         self.deaths[key] = self.deaths.get(key, 0) + n
 
-
-def observe_size(sizes: list, n: int):
-    """A message of n bytes received (Counters.sizes)."""
-    sizes[bisect_left(MSG_SIZE_BOUNDS, n)] += 1
-    sizes[SUM] += n
