@@ -339,20 +339,14 @@ def main(argv=None) -> int:
 def _limits(log, broker):
     """The resource limits the broker acts on, as RabbitMQ logs them at start."""
     from ..config.units import format_bytes
-    c = broker.config
+    from ..core.alarms import total_memory
     limit = broker.memory_limit()
     if limit:
         log.info("Memory high watermark set to %d MiB (%d bytes) of %d MiB (%d bytes) total", limit >> 20, limit,
-                 _total_memory() >> 20, _total_memory())
-    if c.data_dir and c.disk_free_limit:
-        log.info("Disk free limit set to %s", format_bytes(c.disk_free_limit))
-
-
-def _total_memory() -> int:
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return 0
+                 total_memory() >> 20, total_memory())
+    disk = broker.disk_free_limit()
+    if disk:
+        log.info("Disk free limit set to %s", format_bytes(disk))
 
 
 if __name__ == "__main__":

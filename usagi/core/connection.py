@@ -487,12 +487,14 @@ class Connection:
             log.warning("connection %s: user '%s' can only connect via localhost", self.name, username)
             # RabbitMQ's auth_fail: the reason goes to the log, the client gets the generic text
             return self._refuse_login(mech, username)
+        self.broker.counters.login("amqp091", True)     # rabbitmq_auth_attempts_* (failures: below)
         self.user = user
         c = self.broker.config
         self.send_method(0, M.ConnectionTune(c.channel_max, c.frame_max, c.heartbeat))
         self.state = AWAIT_TUNE_OK
 
     def _refuse_login(self, mech, username, text=None):
+        self.broker.counters.login("amqp091", False)
         if not limits.login_admit(self):
             # failed logins from this address are still waiting for their answer: this guess is
             # dropped unanswered (correct logins from the address are never held up)

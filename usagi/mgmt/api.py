@@ -485,6 +485,7 @@ def authenticate(m, request: web.Request):
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise ApiError(401, "", "", {"WWW-Authenticate": REALM}) from None
     user = m.broker.users.authenticate(username, password)
+    m.broker.counters.login("http", user is not None)     # rabbitmq_auth_attempts_*{protocol="http"}
     if user is None:
         log.warning("HTTP access denied: user '%s' - invalid credentials", username)
         # RabbitMQ 3.10 says "Login failed" here, 3.13+ "Not_Authorized"; usagictl reads the former

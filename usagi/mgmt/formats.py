@@ -180,12 +180,12 @@ class View:
         return self.sampler.rate(obj, key)
 
     # ------------------------------------------------------------------ queues
-    def queue_contents(self, q, detail: bool) -> tuple:
+    def queue_contents(self, q, detail: bool, limit: int = CONTENTS_WALK_LIMIT) -> tuple:
         """(persistent count, persistent bytes, head timestamp) of the ready messages: a walk over
         those in memory (paged-out ones are counted as they go out), so lists skip it for queues
-        with very many in memory and show what the last detailed look found."""
+        with more than `limit` in memory and show what the last detailed look found."""
         cache = self.m.contents_cache
-        if not detail and q.ram_count() > CONTENTS_WALK_LIMIT:
+        if not detail and q.ram_count() > limit:
             return cache.get(q, (0, 0, None))
         persistent = persistent_bytes = 0
         head_ts = None
@@ -295,14 +295,15 @@ class View:
     def queue_message_stats(self, q, live=None) -> dict:
         s = self.sampler
         w = self.window("msg_rates", q, QUEUE_KEYS, live or queue_counters(q)) if self.ranges else None
+        auto = q.delivered_auto
         return _figures([
-            ("ack", q.acked, "ack"),
-            ("deliver", q.delivered, "deliver_get"),
+            ("ack", max(q.acked - auto - q.get_auto, 0), "ack"),
+            ("deliver", max(q.delivered - auto - q.get_ack - q.get_auto, 0), "deliver_get"),
             ("deliver_get", q.delivered, "deliver_get"),
-            ("deliver_no_ack", 0, None),
-            ("get", 0, None),
-            ("get_empty", 0, None),
-            ("get_no_ack", 0, None),
+            ("deliver_no_ack", auto, None),
+            ("get", q.get_ack, None),
+            ("get_empty", q.get_empty, None),
+            ("get_no_ack", q.get_auto, None),
             ("publish", q.published, "publish"),
             ("redeliver", q.redelivered_count, "redeliver"),
         ], w, lambda k: s.rate(q, k))
@@ -424,12 +425,16 @@ class View:
         pairs = []
         if ch.published or ch.confirm:
             confirmed = max(ch.publish_seq - len(ch.waiting), 0) if ch.confirm else 0
-            pairs += [("confirm", confirmed, None), ("drop_unroutable", 0, None),
-                      ("publish", ch.published, "publish"), ("return_unroutable", 0, None)]
-        if ch.delivered or ch.consumers or ch.acked:
-            pairs += [("ack", ch.acked, "ack"), ("deliver", ch.delivered, "deliver_get"),
-                      ("deliver_get", ch.delivered, "deliver_get"), ("deliver_no_ack", 0, None),
-                      ("get", 0, None), ("get_empty", 0, None), ("get_no_ack", 0, None), ("redeliver", 0, None)]
+            pairs += [("confirm", confirmed, None), ("drop_unroutable", ch.dropped, None),
+                      ("publish", ch.published, "publish"), ("return_unroutable", ch.returned, None)]
+        gets = ch.get_ack + ch.get_auto
+        if ch.delivered or ch.consumers or ch.acked or gets or ch.get_empty:
+            pairs += [("ack", ch.acked, "ack"),
+                      ("deliver", ch.delivered - ch.delivered_auto, "deliver_get"),
+                      ("deliver_get", ch.delivered + gets, "deliver_get"),
+                      ("deliver_no_ack", ch.delivered_auto, None), ("get", ch.get_ack, None),
+                      ("get_empty", ch.get_empty, None), ("get_no_ack", ch.get_auto, None),
+                      ("redeliver", ch.redelivered, None)]
         if pairs:
             w = self.window("msg_rates", ch, CHANNEL_KEYS, channel_counters(ch))
             d["message_stats"] = _figures(sorted(pairs), w, lambda k: s.rate(ch, k))
@@ -639,7 +644,7 @@ class View:
             "db_dir": m.data_dir(),
             "disk_free": disk_free,
             "disk_free_alarm": "disk" in b.alarms,
-            "disk_free_limit": b.config.disk_free_limit,
+            "disk_free_limit": b.disk_free_limit(),
             "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
             "exchange_types": EXCHANGE_TYPES,
             "fd_total": fd_total,

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import os
 import resource
-import shutil
 import signal
 import time
 import weakref
@@ -34,6 +33,9 @@ log = logging.getLogger("usagi.mgmt")
 STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_INTERVAL = 5.0      # RabbitMQ's collect_statistics_interval
 DEFAULT_MAX_BODY_SIZE = 20_000_000      # bytes: RabbitMQ's management.http.max_body_size default
+METRICS_AT_ONCE = 2           # metrics expositions made at the same time (see _exposition)
+METRICS_WAIT = 60.0           # seconds one waits for its turn
+METRICS_WRITE_TIMEOUT = 60.0  # seconds a client may read nothing of an exposition
 _actions: set = set()       # server actions (run_soon) still running
 REQUEST_TIMEOUT = 120.0     # s a connection may hold without a request under way (RabbitMQ's
                             # management.tcp.idle_timeout and request_timeout defaults)
@@ -135,8 +137,9 @@ class ManagementService:
         self._listeners: list = []      # (protocol, host, port)
         self._sample_task = None
         self._sweep_task = None
-        self._mem_limit = None
         self.contents_cache = weakref.WeakKeyDictionary()   # queue -> last walk of its contents
+        self._metrics_slots = None          # asyncio.Semaphore(METRICS_AT_ONCE), made on first use
+        self.scrape_telemetry: dict = {}    # endpoint -> (scrapes, bytes, seconds): telemetry_scrape_*
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> "ManagementService":
@@ -192,6 +195,7 @@ class ManagementService:
             app.router.add_route("GET", "/metrics", self._metrics)
             app.router.add_route("GET", "/metrics/per-object", self._metrics_per_object)
             app.router.add_route("GET", "/metrics/detailed", self._metrics_detailed)
+            app.router.add_route("GET", "/metrics/memory-breakdown", self._metrics_memory_breakdown)
             await self._listen(app, self.metrics_port, "http/prometheus", self.metrics_host)
 
     async def _listen(self, app, port: int, protocol: str, host=""):
@@ -299,28 +303,13 @@ class ManagementService:
                 return p
         return None
 
-    def mem_limit(self) -> int:
-        if self._mem_limit is None:
-            total = 0
-            try:
-                with open("/proc/meminfo") as f:
-                    for line in f:
-                        if line.startswith("MemTotal:"):
-                            total = int(line.split()[1]) * 1024
-                            break
-            except OSError:
-                pass
-            self._mem_limit = int(total * 0.6) if total else 0     # vm_memory_high_watermark 0.6 (4.x)
-        return self._mem_limit
-
     def data_dir(self) -> str:
         return str(getattr(self.broker.store, "data_dir", "") or "")
 
     def disk_free(self) -> int:
-        try:
-            return shutil.disk_usage(self.data_dir() or os.getcwd()).free
-        except OSError:
-            return 0
+        """Free disk space where the broker writes: the figure its disk alarm compares (core/alarms.py)."""
+        free = self.broker.disk_free()
+        return free if free is not None else 0
 
     def node_figures(self) -> dict:
         """What the node panel charts: memory (as the alarm counts it), file descriptors, sockets,
@@ -361,24 +350,45 @@ class ManagementService:
             raise web.HTTPNotFound()
         return web.FileResponse(target)
 
-    @staticmethod
-    async def _text(request: web.Request, chunks: list) -> web.StreamResponse:
-        body = api.Body(request, base={"Content-Type": metrics.CONTENT_TYPE})
-        for chunk in chunks:
-            await body.write(chunk)
-        return await body.finish()
+    async def _exposition(self, request: web.Request, render, *args) -> web.StreamResponse:
+        """A metrics answer written out as it is made (metrics.py), streamed once it passes
+        api.Body.STREAM_AT. At most METRICS_AT_ONCE are made at a time (each may hold the records
+        of every queue while it writes them): another waits its turn, up to METRICS_WAIT seconds
+        (then 503). A client that goes away, or reads nothing for METRICS_WRITE_TIMEOUT seconds,
+        ends the work."""
+        slots = self._metrics_slots
+        if slots is None:
+            slots = self._metrics_slots = asyncio.Semaphore(METRICS_AT_ONCE)
+        try:
+            await asyncio.wait_for(slots.acquire(), METRICS_WAIT)
+        except asyncio.TimeoutError:
+            return web.Response(status=503, text="metrics are busy: try again later\n")
+        try:
+            body = api.Body(request, base={"Content-Type": metrics.CONTENT_TYPE})
+
+            async def write(data: bytes):
+                await asyncio.wait_for(body.write(data), METRICS_WRITE_TIMEOUT)
+            await render(self, *args, write, Pacer())
+            return await body.finish()
+        except (ConnectionResetError, ConnectionError, asyncio.TimeoutError):
+            raise web.HTTPBadRequest() from None
+        finally:
+            slots.release()
 
     async def _metrics(self, request: web.Request) -> web.StreamResponse:
-        return await self._text(request, await metrics.render_metrics(self, Pacer()))
+        return await self._exposition(request, metrics.render_metrics)
 
     async def _metrics_per_object(self, request: web.Request) -> web.StreamResponse:
-        return await self._text(request, await metrics.render_per_object(self, Pacer()))
+        return await self._exposition(request, metrics.render_per_object)
 
     async def _metrics_detailed(self, request: web.Request) -> web.StreamResponse:
         q = request.rel_url.query
         families = [f for v in q.getall("family", []) for f in v.split(",") if f]
-        vhosts = q.getall("vhost", [])
-        return await self._text(request, await metrics.render_detailed(self, families, vhosts, Pacer()))
+        vhosts = q.getall("vhost", [])          # not split: a vhost name may hold a comma
+        return await self._exposition(request, metrics.render_detailed, families, vhosts)
+
+    async def _metrics_memory_breakdown(self, request: web.Request) -> web.StreamResponse:
+        return await self._exposition(request, metrics.render_memory_breakdown)
 
 
 def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None,

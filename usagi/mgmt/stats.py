@@ -275,7 +275,7 @@ def connection_counters(c) -> tuple:
 
 
 def channel_counters(ch) -> tuple:
-    return (ch.published, ch.delivered, ch.acked)
+    return (ch.published, ch.delivered + ch.get_ack + ch.get_auto, ch.acked)
 
 
 def _next_connection_id() -> int | None:

@@ -229,8 +229,12 @@ class Queue:
         self.consumer_priorities = False
         # statistics
         self.published = 0
-        self.delivered = 0
-        self.acked = 0
+        self.delivered = 0           # by basic.consume and basic.get, of which:
+        self.delivered_auto = 0      # ... by basic.consume with automatic acks
+        self.get_ack = 0             # ... by basic.get with manual acks
+        self.get_auto = 0            # ... by basic.get with automatic acks
+        self.get_empty = 0           # basic.get that found it empty
+        self.acked = 0               # settled: acked by a consumer, or delivered with automatic acks
         self.redelivered_count = 0
         self.configure(self.arguments)
 

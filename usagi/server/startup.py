@@ -20,12 +20,8 @@ def apply_limit_options(cfg, args):
     cfg.ssl_cert_login_san_type = args.tls_cert_login_san_type
     cfg.ssl_cert_login_san_index = args.tls_cert_login_san_index
     if args.vm_memory_high_watermark_absolute > 0:
-        # the alarm compares RSS with a fraction of RAM: express the absolute limit as that fraction
-        try:
-            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            cfg.memory_high_watermark = args.vm_memory_high_watermark_absolute / total
-        except (ValueError, OSError):
-            pass
+        # kept as set: Broker.memory_limit() gives it, to the alarm and to what reports it
+        cfg.memory_high_watermark_absolute = args.vm_memory_high_watermark_absolute
 
 
 
