@@ -280,3 +280,36 @@ def test_process_that_cannot_start_says_why():
     with pytest.raises(BrokerStartError) as e:
         start_broker("process", args=["--frame-max", "10"])
     assert "frame-max" in str(e.value)
+
+
+def publish_and_get(url: str, size: int):
+    """Publish `size` bytes and get them back; the reply code if the broker refuses them."""
+    conn = pika_connection(url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("tk.sized")
+        ch.basic_publish("", "tk.sized", b"x" * size)
+        try:
+            method, _p, body = ch.basic_get("tk.sized", auto_ack=True)
+            return len(body)
+        except pika.exceptions.ChannelClosedByBroker as e:
+            return e.reply_code
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def test_configuration_files(tmp_path, monkeypatch):
+    """A configuration file applies when the options name it (in a process), never one the
+    environment names for the machine's own broker."""
+    conf = tmp_path / "rabbitmq.conf"
+    conf.write_text("max_message_size = 1000\n")
+    monkeypatch.setenv("RABBITMQ_CONFIG_FILE", str(conf))
+    monkeypatch.setenv("USAGI_CONFIG_FILE", str(conf))
+    for mode in MODES:
+        with start_broker(mode, management=False) as b:
+            assert publish_and_get(b.url, 1001) == 1001
+    with start_broker("process", management=False, args=["--config", str(conf)]) as b:
+        assert publish_and_get(b.url, 1001) == 406
+    with pytest.raises(ValueError, match="mode='process'"):
+        start_broker("thread", args=["--config", str(conf)])

@@ -20,9 +20,11 @@ such as ["--heartbeat", "0", "--max-message-size", "1048576"]; the USAGI_* envir
 apply as they do to usagi-server.
 
 In a thread, the broker is built by usagi-server's own start-up code and runs on an event loop of
-its own; it honours the options that configure the broker and its management API (not TLS, cluster
-or logging options: run those in a process). A stop asked for through the management API
-(`usagictl stop`) stops that broker, never the program that started it.
+its own; it honours the options that configure the broker and its management API (not TLS, cluster,
+logging options or a configuration file: run those in a process). A configuration file is read only
+when `args` names one (`--config FILE`): USAGI_CONFIG_FILE and RABBITMQ_CONFIG_FILE, meant for the
+machine's own broker, are left out. A stop asked for through the management API (`usagictl stop`)
+stops that broker, never the program that started it.
 
 pytest users get the fixture `usagi_broker` from the plugin in usagi.testing.pytest_plugin, which
 pytest loads on its own once this package is installed.
@@ -139,6 +141,8 @@ class UsagiBroker:
         if self._runner is not None:
             raise RuntimeError("the broker is already started")
         options = _parse(self.argv())
+        if self.mode == "thread" and any(a == "--config" or a.startswith("--config=") for a in self.args):
+            raise ValueError("a configuration file (--config) is read by a broker in a process: mode='process'")
         runner = _InThread(options) if self.mode == "thread" else _InProcess(self.argv(), options)
         self.port, mgmt = runner.start(timeout)
         self.management_port, self._management_scheme = mgmt if mgmt else (None, "http")
@@ -342,9 +346,9 @@ class _InProcess:
 def _child_env() -> dict:
     """The child runs the Usagi this process imported: from a source tree that is not installed,
     its directory goes on PYTHONPATH (never a site-packages directory, which would come before the
-    standard library there)."""
+    standard library there). It reads no configuration file its options do not name."""
     import site
-    env = dict(os.environ)
+    env = {k: v for k, v in os.environ.items() if k not in ("USAGI_CONFIG_FILE", "RABBITMQ_CONFIG_FILE")}
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     installed = set(site.getsitepackages() + [site.getusersitepackages()])
     if root not in installed:
