@@ -256,7 +256,12 @@ class ManagementService:
 
     # ------------------------------------------------------------------ node control
     def request_stop(self):
-        """Stop the whole server as SIGTERM does, once the current response has gone out."""
+        """Stop the whole server as SIGTERM does, once the current response has gone out (a broker
+        embedded in another program stops itself only: Server.on_stop_requested)."""
+        hook = getattr(self.server, "on_stop_requested", None)
+        if hook is not None:
+            asyncio.get_running_loop().call_later(0.1, hook)
+            return
         asyncio.get_running_loop().call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
 
     def run_soon(self, fn):

@@ -221,6 +221,7 @@ class Server:
         self.listeners: list = []        # (proto, host, port)
         self.conns: set = set()
         self.close_timeout = 3.0
+        self.stop_close_wait = 2.0       # how long a stop waits for clients to answer connection.close
         self.commit_running = False
         self.commit_interval = 0.2       # background commit of persistent messages not waiting on confirms
         self.backoff = CommitBackoff()
@@ -238,6 +239,9 @@ class Server:
         self.trusted_proxies: set = set()
         self.last_tick = time.monotonic()
         self.commit_started = None       # monotonic time the running commit began
+        # a stop asked for through the management API (usagictl stop): None sends SIGTERM to the
+        # process; a broker embedded in another program (usagi.testing) stops only itself
+        self.on_stop_requested = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -468,7 +472,7 @@ class Server:
         b = self.broker
         b.shutdown_connections(f"broker forced connection closure with reason '{reason}'")
         b.flush_output()
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + self.stop_close_wait
         while any(not c.closed for c in self.conns) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for c in list(self.conns):
@@ -532,6 +536,33 @@ def _wake(fut):
         fut.set_result(None)
 
 
+async def start_server(broker: Broker, host, port, extra_services=(), tls_context=None, tls_port=None,
+                       listeners=None):
+    """Listen and start the services (the management API) on the running loop: (Server, running
+    services), to be stopped with stop_server. If a service cannot start (its port is taken), what
+    was started is stopped again before the error is raised. `listeners`: see Server."""
+    server = await Server(broker, host, port, tls_context=tls_context, tls_port=tls_port,
+                          listeners=listeners).start()
+    started = []
+    try:
+        for svc in extra_services:
+            started.append(await svc(broker, server))
+    except BaseException:
+        await stop_server(server, started)
+        raise
+    return server, started
+
+
+async def stop_server(server: Server, services) -> bool:
+    """Stop the services, then the server (see Server.stop): False if some writes were not made."""
+    for s in services:
+        try:
+            await s.stop()
+        except Exception:  # pragma: no cover
+            pass
+    return await server.stop()
+
+
 async def serve(broker: Broker, host, port, on_started=None, extra_services=(), tls_context=None,
                 tls_port=None, listeners=None, on_stopping=None):
     """Run until SIGINT/SIGTERM. Returns the exit code. `listeners`: see Server; `on_stopping` is
@@ -545,11 +576,8 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 2, 2_500)
-    server = await Server(broker, host, port, tls_context=tls_context, tls_port=tls_port,
-                          listeners=listeners).start()
-    started = []
-    for svc in extra_services:
-        started.append(await svc(broker, server))
+    server, started = await start_server(broker, host, port, extra_services, tls_context=tls_context,
+                                         tls_port=tls_port, listeners=listeners)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -564,19 +592,14 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
     if on_stopping is not None:
         on_stopping()
     log.info("stopping: closing %d connections", len(server.conns))
-    for s in started:
-        try:
-            await s.stop()
-        except Exception:  # pragma: no cover
-            pass
-    if not await server.stop():
+    if not await stop_server(server, started):
         log.error("Usagi %s stopped; some writes were not made (see above)", __version__)
         return 1
     log.info("Usagi %s stopped", __version__)
     return 0
 
 
-__all__ = ["Server", "serve", "E"]
+__all__ = ["Server", "serve", "start_server", "stop_server", "E"]
 
 
 STOP_DEADLINE = 60.0     # a stop that has not completed by then ends the process (status 1)

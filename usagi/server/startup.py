@@ -52,17 +52,25 @@ def lock_data_dir(path: str):
     _lock_file = f
 
 
+_memory_paging_dir = None      # the private temp dir of in-memory brokers: one per process
+
+
 def setup_paging(data_dir):
-    """Long queues page messages out to DATA_DIR/paging (a private temp dir when in memory)."""
+    """Long queues page messages out to DATA_DIR/paging (when in memory: a private temp dir, removed
+    at exit and shared by all the in-memory brokers of the process (usagi.testing starts several);
+    page files have names unique in the process)."""
     import shutil
     import tempfile
     from ..model.queue import PAGING
+    global _memory_paging_dir
     if data_dir:
         path = os.path.join(data_dir, "paging")
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
+    elif _memory_paging_dir is not None and os.path.isdir(_memory_paging_dir):
+        path = _memory_paging_dir
     else:
-        path = tempfile.mkdtemp(prefix="usagi-paging-")
+        path = _memory_paging_dir = tempfile.mkdtemp(prefix="usagi-paging-")
         import atexit
         atexit.register(shutil.rmtree, path, True)
     PAGING["dir"] = path
