@@ -598,7 +598,7 @@ def test_argument_validation(args, message):
 def test_unreachable_broker():
     r = run_ctl("http://guest:guest@127.0.0.1:1", "list_users")
     assert r.returncode == 69
-    assert r.stdout == "Listing users ...\n"
+    assert r.stdout == ""           # as rabbitmqctl: the node is asked whether its app runs first
     assert r.stderr.startswith("Error: unable to perform an operation on the management API at "
                                "http://127.0.0.1:1/")
     r = run_ctl(None, "-q", "list_vhosts", env={"USAGI_URL": "http://127.0.0.1:1"})

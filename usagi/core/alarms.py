@@ -98,6 +98,26 @@ class AlarmMixin:
             except OSError:
                 pass
 
+    def set_disk_free_limit(self, limit: int):
+        """Change the free disk space limit at run time (rabbitmqctl set_disk_free_limit), in bytes;
+        0 or less: never alarm. Checked at once; not stored (a restart takes the configured one)."""
+        self.config.disk_free_limit = max(0, int(limit))
+        log.info("disk free limit set to %d bytes", self.config.disk_free_limit)
+        if self.config.disk_free_limit:
+            self.check_resources()
+        else:
+            self.set_alarm("disk", False)
+
+    def set_memory_high_watermark(self, fraction: float):
+        """Change the memory high watermark at run time (rabbitmqctl set_vm_memory_high_watermark), as
+        a fraction of RAM (an absolute limit is expressed as one, as at start-up; 0: no limit, as
+        memory_limit reads it). Evaluated at the end of the next accounting pass (about a second);
+        not stored."""
+        self.config.memory_high_watermark = float(fraction)
+        log.info("memory high watermark set to %s of RAM (%d bytes)", fraction, self.memory_limit())
+        if self._account is not None:
+            self._account.started = 0.0       # a pass now rather than at its interval
+
     # ------------------------------------------------------------------ memory
     def memory_limit(self) -> int:
         """The memory high watermark in bytes (0: none)."""

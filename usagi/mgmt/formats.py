@@ -17,7 +17,7 @@ from .. import RABBITMQ_COMPAT_VERSION, __version__
 from ..core.memory import MESSAGE_BYTES, QUEUE_BYTES, UNACKED_BYTES
 from ..model.paging import STUB_BYTES, Spilled
 from ..model.queue import ENTRY_BYTES, UNLIMITED, Queue
-from . import ops
+from . import nodectl, ops
 from .util import iso_time, jsonable, properties_key
 
 PROTOCOL = "AMQP 0-9-1"
@@ -574,7 +574,7 @@ class View:
             "exchange_types": EXCHANGE_TYPES,
             "fd_total": fd_total,
             "fd_used": fd_used,
-            "log_files": ["<stderr>"],
+            "log_files": nodectl.log_locations() or ["<stderr>"],
             "mem_alarm": "memory" in b.alarms,
             "mem_calculation_strategy": "allocated",
             "mem_limit": mem_limit,
