@@ -6,11 +6,8 @@ rabbitmqctl 3.10 prints (banners, tab-separated tables, ``--formatter json``), w
 same exit codes (64 usage, 65 data error, 67 no such user, 69 unavailable, 70 software
 error, 75 timeout).
 
-Where the broker is: ``--url URL``, else the environment variable ``USAGI_URL``, else
-``http://guest:guest@localhost:15672``. The URL's user and password are sent with HTTP
-basic authentication; a path after the port is kept as a prefix (for a proxy).
-``-n/--node`` and ``-l/--longnames`` are accepted and ignored: the node is the one behind
-the URL, and banners name the node that ``GET /api/overview`` reports.
+Where the broker is, and what a command needs of the node's app: see common.py (shared with
+usagi-diagnostics). Banners name the node that ``GET /api/nodes`` (or ``/api/overview``) reports.
 
 Management API endpoints used (all as in RabbitMQ's management plugin):
 
@@ -32,10 +29,21 @@ Management API endpoints used (all as in RabbitMQ's management plugin):
   GET/POST /api/definitions                               export_definitions, import_definitions
   GET/PUT/DELETE /api/vhost-limits[/{vhost}[/{name}]]     set/clear/list_vhost_limits
   GET/PUT/DELETE /api/user-limits[/{user}[/{name}]]       set/clear/list_user_limits
+  GET    /api/nodes                                       the app's state (every command but node control)
+  GET    /api/vhosts/{vhost}/topic-permissions,
+         /api/users/{user}/topic-permissions              list_topic_permissions, list_user_topic_permissions
+  PUT/DELETE /api/topic-permissions/{vhost}/{user}[/{exchange}]   set/clear_topic_permissions
+  GET    /api/parameters; PUT/DELETE /api/parameters/{component}/{vhost}/{name}
+                                                          list/set/clear_parameter
+  GET    /api/global-parameters; PUT/DELETE /api/global-parameters/{name}
+                                                          list/set/clear_global_parameter
+  GET/PUT/DELETE /api/operator-policies/{vhost}[/{name}]  list/set/clear_operator_policy
+  GET    /api/feature-flags; PUT /api/feature-flags/{name}/enable   list_feature_flags, enable_feature_flag
+  PUT    /api/cluster-name                                set_cluster_name
 
 Usagi-specific endpoints (RabbitMQ's management API has no equivalent; rabbitmqctl does
-these over Erlang distribution). Each takes an empty POST body and answers 204 (or 200)
-once the action has been accepted:
+these over Erlang distribution; administrator tag). Node control takes an empty POST body and
+answers 204 once the action has been accepted:
 
   POST /api/usagi/stop        stop: stop the broker and exit the server process
                               (rabbitmqctl stop). usagictl then waits, up to --timeout,
@@ -43,16 +51,31 @@ once the action has been accepted:
   POST /api/usagi/stop_app    stop_app: stop the AMQP side (close client connections and
                               listeners) but keep the process and the management API up.
                               While stopped, GET /api/nodes/{node} reports "running": false.
-  POST /api/usagi/start_app   start_app: start the AMQP side again.
+  POST /api/usagi/start_app   start_app: start the AMQP side again. stop_app and start_app
+                              return once GET /api/nodes says the app has stopped or started.
+  POST /api/usagi/reset, /api/usagi/force_reset
+                              reset, force_reset (the app must be stopped): delete every vhost,
+                              queue, message, user, permission, policy and parameter, then
+                              create the default vhost and user again (as the next start
+                              would); 204 once durable. Only the default user can log in after.
+  GET  /api/usagi/environment environment: the node's settings under RabbitMQ's names
+  PUT  /api/usagi/vm_memory_high_watermark  {"relative": f} | {"absolute": bytes}
+  PUT  /api/usagi/disk_free_limit           {"absolute": bytes} | {"mem_relative": f}
+  PUT  /api/usagi/log_level                 {"level": "debug" | ... | "none"}
+  POST /api/usagi/rotate_logs               {"rotated": [files]}
+  GET  /api/usagi/log_tail?lines=N          {"file": ..., "lines": [...]} (usagi-diagnostics)
+  GET  /api/usagi/queues/{vhost}            each queue's pid (list_queues pid)
 
 await_startup polls GET /api/nodes/{node} until it answers with "running": true.
-Against a broker without these endpoints (RabbitMQ), stop/stop_app/start_app fail with
-exit code 69 and a message that says so.
+Against a broker without these endpoints (RabbitMQ), these commands fail with exit code 69
+and a message that says so (rotate_logs with RabbitMQ's own: it rotates nothing), and
+list_queues leaves the pid column blank.
 
 Other differences from rabbitmqctl, all forced by the HTTP API: connection and channel
 "pid" columns show the connection/channel name that the API uses (and close_connection
 takes that name); ``close_connection`` on an unknown name succeeds as rabbitmqctl does for
-an unknown pid.
+an unknown pid. set_vm_memory_high_watermark absolute 0 (or less) is refused (rabbitmqctl fails
+with a stack trace). trace_on/trace_off are not offered: Usagi has no message tracing.
 """
 from __future__ import annotations
 
@@ -431,7 +454,10 @@ def cmd_ping(ctx):
     if r is None or not r.ok:
         raise CtlError(f"Failed to connect and authenticate to {node} in {timeout_ms} ms",
                        EX_UNAVAILABLE)
-    ctx.print("Ping succeeded")
+    if ctx.json:
+        ctx.print_json({"message": "Ping succeeded"})
+    else:
+        ctx.print("Ping succeeded")
 
 
 # ---- users
@@ -1700,7 +1726,10 @@ def cmd_report(ctx):
 
     sub("status")
     sub("cluster_status")
-    sub("environment")
+    try:
+        sub("environment")
+    except CtlError:
+        pass                    # a management API without Usagi's endpoints (RabbitMQ's)
     sub("list_connections", CONNECTION_COLUMNS_REPORT)
     sub("list_channels", CHANNEL_COLUMNS_REPORT)
     for v in ctx.api.get("/api/vhosts").data or []:

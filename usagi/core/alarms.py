@@ -67,6 +67,7 @@ class AlarmMixin:
     _mem_rss = 0
     _last_trim = 0.0
     _gap_after_trim = 0       # RSS minus the figure after the last trim (what trimming could not give back)
+    memory_watermark_setting = None   # as last set at run time: {"relative": f} or {"absolute": bytes}
 
     # ------------------------------------------------------------------ resource alarms
     def alarm_reason(self) -> str:
@@ -108,12 +109,13 @@ class AlarmMixin:
         else:
             self.set_alarm("disk", False)
 
-    def set_memory_high_watermark(self, fraction: float):
+    def set_memory_high_watermark(self, fraction: float, absolute: int | None = None):
         """Change the memory high watermark at run time (rabbitmqctl set_vm_memory_high_watermark), as
         a fraction of RAM (an absolute limit is expressed as one, as at start-up; 0: no limit, as
         memory_limit reads it). Evaluated at the end of the next accounting pass (about a second);
         not stored."""
         self.config.memory_high_watermark = float(fraction)
+        self.memory_watermark_setting = {"absolute": absolute} if absolute else {"relative": float(fraction)}
         log.info("memory high watermark set to %s of RAM (%d bytes)", fraction, self.memory_limit())
         if self._account is not None:
             self._account.started = 0.0       # a pass now rather than at its interval

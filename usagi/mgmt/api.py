@@ -2029,7 +2029,9 @@ def usagi_set_memory_watermark(r: Req):
         total = nodectl.total_ram()
         if not total:
             raise bad_request("the node cannot tell its total memory: give a relative watermark")
-        fraction = _number(body, "absolute", 1, integer=True) / total
+        absolute = _number(body, "absolute", 1, integer=True)
+        r.broker.set_memory_high_watermark(absolute / total, absolute)
+        return Reply(204)
     else:
         raise bad_request("[{key_missing,relative}]")
     r.broker.set_memory_high_watermark(fraction)

@@ -215,7 +215,7 @@ def environment(m) -> dict:
         "ssl_listeners": amqps,
         "tcp_listeners": amqp,
         "vm_memory_calculation_strategy": "allocated",
-        "vm_memory_high_watermark": {"relative": frac} if frac else {"relative": 1.0},
+        "vm_memory_high_watermark": b.memory_watermark_setting or {"relative": frac},
     }
     usagi = {"version": __version__, "rabbitmq_compatible_version": RABBITMQ_COMPAT_VERSION,
              "python": f"{platform.python_implementation()} {platform.python_version()}",
