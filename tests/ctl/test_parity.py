@@ -940,3 +940,15 @@ def test_report(mgmt):
         assert banner in out, banner
     if mgmt.is_usagi:
         assert f"Application environment of node {node} ..." in out
+
+
+def test_shutdown(mgmt):
+    usagi_only(mgmt)
+    node = mgmt.node()
+    pid = mgmt.server.proc.pid
+    r = mgmt.ctl("shutdown")
+    assert (r.returncode, lines(r.stdout), r.stderr) == (0, [
+        f"Shutting down RabbitMQ node {node} running at PID {pid}", f"Waiting for PID {pid} to terminate",
+        f"RabbitMQ node {node} running at PID {pid} successfully shut down"], "")
+    assert mgmt.server.proc.wait(20) is not None
+    mgmt.cleanups.clear()
