@@ -956,3 +956,26 @@ def test_shutdown(mgmt):
         f"RabbitMQ node {node} running at PID {pid} successfully shut down"], "")
     assert mgmt.server.proc.wait(20) is not None
     mgmt.cleanups.clear()
+
+
+def test_list_queues_exclusive_owner_and_consumer(mgmt):
+    """owner_pid and exclusive_consumer_pid name the connection and channel that list_connections
+    and list_channels show (their pid columns)."""
+    usagi_only(mgmt)
+    v = mgmt.vhost()
+    conn = pika.BlockingConnection(pika.URLParameters(mgmt.amqp(v)))
+    try:
+        ch = conn.channel()
+        ch.queue_declare("ex", exclusive=True)
+        ch.basic_consume("ex", lambda *a: None, exclusive=True, consumer_tag="only-me")
+        conn.process_data_events(0.2)
+        r = mgmt.ctl("list_queues", "-p", v, "-s", "name", "owner_pid", "exclusive", "exclusive_consumer_pid",
+                     "exclusive_consumer_tag")
+        name, owner, exclusive, consumer_pid, tag = lines(r.stdout)[0].split("\t")
+        channels = [l.split("\t") for l in lines(mgmt.ctl("list_channels", "-s", "pid", "connection", "vhost").stdout)]
+        mine = [c for c in channels if c[2] == v]
+        assert len(mine) == 1
+        assert (name, exclusive, tag) == ("ex", "true", "only-me")
+        assert (consumer_pid, owner) == (mine[0][0], mine[0][1])
+    finally:
+        conn.close()

@@ -812,18 +812,20 @@ def _queue_row(qd: dict) -> dict:
 
 
 def _add_pids(ctx, vhost: str, rows: list):
-    """Each queue's pid, where the node says (GET /api/usagi/queues/{vhost}: RabbitMQ's management
-    API has none)."""
+    """Each queue's pid and exclusive consumer's channel, where the node says (GET
+    /api/usagi/queues/{vhost}: RabbitMQ's management API has neither)."""
     try:
         r = ctx.api.request("GET", f"/api/usagi/queues/{q(vhost)}")
     except (Unreachable, TimedOut):
         return
     if not r.ok or not isinstance(r.data, list):
         return
-    pids = {p.get("name"): p.get("pid", "") for p in r.data if isinstance(p, dict)}
+    facts = {p.get("name"): p for p in r.data if isinstance(p, dict)}
     for row in rows:
-        if not row.get("pid"):
-            row["pid"] = pids.get(row.get("name"), "")
+        f = facts.get(row.get("name")) or {}
+        for key in ("pid", "exclusive_consumer_pid"):
+            if not row.get(key):
+                row[key] = f.get(key, "")
 
 
 @command("list_queues", "monitoring", "Lists queues and their properties",
@@ -842,7 +844,7 @@ def cmd_list_queues(ctx):
     elif "online" in ctx.opts and "offline" not in ctx.opts:
         queues = [x for x in queues if x.get("state") != "down"]
     rows = [_queue_row(x) for x in queues]
-    if rows and "pid" in cols:
+    if rows and ("pid" in cols or "exclusive_consumer_pid" in cols):
         _add_pids(ctx, vhost, rows)
     ctx.table(cols, rows)
 

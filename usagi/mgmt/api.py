@@ -2095,9 +2095,12 @@ def usagi_log_level(r: Req):
 @get("usagi/queues/:vhost", VHOST)
 def usagi_queue_pids(r: Req):
     """What rabbitmqctl list_queues shows of a queue and RabbitMQ's management API does not: its
-    pid (nodectl.queue_pid)."""
+    pid (nodectl.queue_pid) and its exclusive consumer's channel."""
     v = r.vhost()
     node, started = r.m.node, r.broker.started_at
-    return Listing(_queues_of([v]), render=lambda q: {"name": q.name, "vhost": q.vhost,
-                                                        "pid": nodectl.queue_pid(node, started, q)},
-                   fields=BY_VHOST_AND_NAME, name=_name)
+
+    def render(q):
+        excl = next((c for c in q.consumers if c.exclusive), None)
+        return {"name": q.name, "vhost": q.vhost, "pid": nodectl.queue_pid(node, started, q),
+                "exclusive_consumer_pid": r.view.channel_name(excl.channel) if excl is not None else ""}
+    return Listing(_queues_of([v]), render=render, fields=BY_VHOST_AND_NAME, name=_name)
