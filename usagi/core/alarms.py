@@ -73,16 +73,19 @@ class AlarmMixin:
     def alarm_reason(self) -> str:
         return "low on disk" if "disk" in self.alarms else "low on memory"
 
-    def set_alarm(self, name: str, active: bool):
-        """A memory or disk alarm: block publishers (connection.blocked, stop reading) until it clears."""
+    def set_alarm(self, name: str, active: bool, figures: str = ""):
+        """A memory or disk alarm: block publishers (connection.blocked, stop reading) until it clears.
+        `figures` (what was measured against what limit) goes into the log lines."""
+        detail = f" ({figures})" if figures else ""
         if active and name not in self.alarms:
             self.alarms.add(name)
-            log.warning("%s resource limit alarm set; publishers will be blocked until it clears", name)
+            log.warning("%s resource limit alarm set on node %s%s; publishers will be blocked until it clears",
+                        name, self.config.node_name, detail)
             for conn in list(self.connections):
                 conn.set_blocked(True, self.alarm_reason())
         elif not active and name in self.alarms:
             self.alarms.discard(name)
-            log.warning("%s resource limit alarm cleared", name)
+            log.warning("%s resource limit alarm cleared on node %s%s", name, self.config.node_name, detail)
             if not self.alarms:
                 for conn in list(self.connections):
                     conn.alarm_cleared()
@@ -95,7 +98,12 @@ class AlarmMixin:
             try:
                 import shutil
                 free = shutil.disk_usage(c.data_dir).free
-                self.set_alarm("disk", free < c.disk_free_limit)
+                low = free < c.disk_free_limit
+                if low != ("disk" in self.alarms):
+                    # RabbitMQ's line, then the alarm's
+                    log.info("Free disk space is %s. Free bytes: %d. Limit: %d",
+                             "insufficient" if low else "sufficient", free, c.disk_free_limit)
+                self.set_alarm("disk", low, f"free disk space {free} bytes, limit {c.disk_free_limit} bytes")
             except OSError:
                 pass
 
@@ -186,6 +194,8 @@ class AlarmMixin:
         if limit:
             over = used > limit or (r > limit * RSS_MARGIN and held >= limit // 4)
             if over != ("memory" in self.alarms):
+                log.info("vm_memory_high_watermark %s. Memory used:%d allowed:%d", "set" if over else "clear",
+                         used, limit)
                 log.info("memory: %d bytes held (%d counted with the interpreter's %d), RSS %d, limit %d",
                          held, used, self._mem_base, r, limit)
-            self.set_alarm("memory", over)
+            self.set_alarm("memory", over, f"memory used {used} bytes, limit {limit} bytes, RSS {r} bytes")

@@ -69,6 +69,9 @@ class Config:
         self.default_user = "guest"
         self.default_pass = "guest"
         self.default_vhost = "/"
+        self.default_user_tags = ("administrator",)
+        self.default_permissions = (".*", ".*", ".*")   # configure, write, read
+        self.auth_mechanisms = None                  # SASL mechanisms offered (None: all Usagi has)
         self.handshake_timeout = 10.0
         self.consumer_timeout = 30 * 60.0
         self.node_name = f"usagi@{socket.gethostname()}"
@@ -129,14 +132,22 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.cluster = None                # cluster mode: the leader's view of the cluster (status())
 
     # ------------------------------------------------------------------ setup
-    def bootstrap(self):
-        """Default vhost and user on first start, as RabbitMQ creates them."""
+    def bootstrap(self, seed: bool = True):
+        """Default vhost and user on first start, as RabbitMQ creates them; not when definitions
+        are loaded at start (`seed` False), which then say what exists, as with RabbitMQ."""
         c = self.config
         if not self.vhosts:
-            self.add_vhost(c.default_vhost)
+            if not seed:
+                log.info("Will not seed default virtual host and user: have definitions to load...")
+                return
+            log.info("Will seed default virtual host and user...")
+            self.add_vhost(c.default_vhost, "Default virtual host")
             if c.default_user not in self.users.users:
-                self.add_user(c.default_user, c.default_pass, ["administrator"])
-                self.set_permissions(c.default_user, c.default_vhost, ".*", ".*", ".*")
+                self.add_user(c.default_user, c.default_pass, list(c.default_user_tags))
+                self.set_permissions(c.default_user, c.default_vhost, *c.default_permissions)
+                log.info("Created user '%s' with tags [%s] and permissions '%s', '%s', '%s' (configure, "
+                         "write, read) in vhost '%s'", c.default_user, ", ".join(c.default_user_tags),
+                         *c.default_permissions, c.default_vhost)
 
     def vhost(self, name: str) -> VHost:
         v = self.vhosts.get(name)
@@ -218,8 +229,13 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
 
     # ------------------------------------------------------------------ connections
     def sasl_mechanisms(self, conn) -> tuple:
-        """Mechanisms offered in connection.start: EXTERNAL too where client certificates are verified."""
-        return x509.mechanisms(conn.tls)
+        """Mechanisms offered in connection.start: EXTERNAL too where client certificates are verified;
+        only those of auth_mechanisms when it is set."""
+        offered = x509.mechanisms(conn.tls)
+        allowed = self.config.auth_mechanisms
+        if allowed is not None:
+            offered = tuple(m for m in offered if m in allowed)
+        return offered
 
     def connection_opened(self, conn):
         self.connections.add(conn)

@@ -275,6 +275,11 @@ class Req:
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
+        if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("identity", ""):
+            # RabbitMQ reads the bytes as they come: a compressed body is not JSON. Not inflated
+            # here either, so that a small body cannot become a large one.
+            self.body_error = ValueError("a compressed body is not JSON")
+            return
         ctype = request.headers.get("Content-Type", "")
         if ctype.lower().startswith("multipart/form-data"):
             try:

@@ -17,10 +17,12 @@ import os
 import resource
 import shutil
 import signal
+import time
 import weakref
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..core import upkeep
 from . import api, metrics, ops
@@ -33,6 +35,37 @@ STATIC_DIR = Path(__file__).with_name("static")
 DEFAULT_INTERVAL = 5.0      # RabbitMQ's collect_statistics_interval
 DEFAULT_MAX_BODY_SIZE = 20_000_000      # bytes: RabbitMQ's management.http.max_body_size default
 _actions: set = set()       # server actions (run_soon) still running
+REQUEST_TIMEOUT = 120.0     # s a connection may hold without a request under way (RabbitMQ's
+                            # management.tcp.idle_timeout and request_timeout defaults)
+SWEEP_INTERVAL = 10.0       # s between two looks at the connections (cost: one step per connection)
+BAD_REQUEST_LOG_INTERVAL = 10.0   # s: malformed requests are logged once per interval, one line
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a traceback for every request it cannot parse: a client could fill the log.
+    Those are summed up here in one line per BAD_REQUEST_LOG_INTERVAL (the client got its 400)."""
+
+    def __init__(self):
+        super().__init__()
+        self.last = 0.0
+        self.count = 0
+
+    def filter(self, record):
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        self.count += 1
+        now = time.monotonic()
+        if now - self.last >= BAD_REQUEST_LOG_INTERVAL:
+            self.last = now
+            what = str(getattr(exc, "message", "") or type(exc).__name__).splitlines()[0][:120]
+            log.info("management: %d malformed HTTP request(s) refused with 400 (latest: %r)", self.count, what)
+            self.count = 0
+        return False
+
+
+_malformed = _MalformedRequests()
+logging.getLogger("aiohttp.server").addFilter(_malformed)
 
 
 def max_body_size_from_env() -> int:
@@ -47,6 +80,19 @@ def max_body_size_from_env() -> int:
             pass
         log.warning("ignoring USAGI_MANAGEMENT_MAX_BODY_SIZE=%r: not a non-negative integer", raw)
     return DEFAULT_MAX_BODY_SIZE
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw:
+        try:
+            v = float(raw)
+            if v > 0:
+                return v
+        except ValueError:
+            pass
+        log.warning("ignoring %s=%r: not a positive number of seconds", name, raw)
+    return default
 
 
 def _interval() -> float:
@@ -71,13 +117,15 @@ def _sock_addr(site) -> tuple[str, int]:
 
 class ManagementService:
     def __init__(self, broker, server, host, management_port: int, metrics_port: int,
-                 sample_interval: float | None = None, ssl_context=None, max_body_size: int | None = None):
+                 sample_interval: float | None = None, ssl_context=None, max_body_size: int | None = None,
+                 metrics_host=""):
         self.broker = broker
         self.max_body_size = max_body_size if max_body_size is not None else max_body_size_from_env()
         self.import_lock = asyncio.Lock()   # definitions imports run one at a time (see api.py)
         self.ssl_context = ssl_context  # HTTPS for the management API (usagi-server --management-tls)
         self.server = server
         self.host = host
+        self.metrics_host = host if metrics_host == "" else metrics_host    # prometheus.tcp.ip
         self.management_port = management_port
         self.metrics_port = metrics_port
         self.node = broker.config.node_name
@@ -85,6 +133,7 @@ class ManagementService:
         self._runners: list = []
         self._listeners: list = []      # (protocol, host, port)
         self._sample_task = None
+        self._sweep_task = None
         self._mem_limit = None
         self.contents_cache = weakref.WeakKeyDictionary()   # queue -> last walk of its contents
 
@@ -98,7 +147,35 @@ class ManagementService:
             await self.stop()
             raise
         self._sample_task = loop.create_task(self._sampling())
+        self._sweep_task = loop.create_task(self._sweep_idle())
         return self
+
+    async def _sweep_idle(self):
+        """Close connections that hold no request under way for REQUEST_TIMEOUT: headers that never
+        end, a client that never sends one. Survives its own failures (logged)."""
+        loop = asyncio.get_running_loop()
+        seen: dict = {}         # handler -> (requests it had handled, since when)
+        timeout = _seconds_from_env("USAGI_MANAGEMENT_REQUEST_TIMEOUT", REQUEST_TIMEOUT)
+        while True:
+            await asyncio.sleep(min(SWEEP_INTERVAL, timeout / 4))
+            try:
+                now = loop.time()
+                live = {}
+                for runner in list(self._runners):
+                    server = runner.server
+                    for h in list(getattr(server, "connections", ()) if server is not None else ()):
+                        if getattr(h, "_request_in_progress", True):
+                            continue
+                        n = getattr(h, "_request_count", None)
+                        was = seen.get(h)
+                        since = was[1] if was is not None and was[0] == n else now
+                        if now - since >= timeout:
+                            h.force_close()
+                            continue
+                        live[h] = (n, since)
+                seen = live
+            except Exception:
+                upkeep.failed("closing idle management connections", log)
 
     async def _start_listeners(self):
         if self.management_port is not None and self.management_port >= 0:
@@ -114,25 +191,29 @@ class ManagementService:
             app.router.add_route("GET", "/metrics", self._metrics)
             app.router.add_route("GET", "/metrics/per-object", self._metrics_per_object)
             app.router.add_route("GET", "/metrics/detailed", self._metrics_detailed)
-            await self._listen(app, self.metrics_port, "http/prometheus")
+            await self._listen(app, self.metrics_port, "http/prometheus", self.metrics_host)
 
-    async def _listen(self, app, port: int, protocol: str):
+    async def _listen(self, app, port: int, protocol: str, host=""):
+        host = self.host if host == "" else host
         # lingering_time=0: a body the handler did not read (a refused one) is not read after the
         # answer either; the connection is closed instead
         runner = web.AppRunner(app, access_log=None, handle_signals=False, lingering_time=0)
         await runner.setup()
         self._runners.append(runner)
-        site = web.TCPSite(runner, self.host, port, reuse_address=True,
+        site = web.TCPSite(runner, host, port, reuse_address=True,
                            ssl_context=self.ssl_context if protocol == "https" else None)
         try:
             await site.start()
         except OSError as e:
             what = "management" if protocol in ("http", "https") else "metrics"
-            raise OSError(e.errno, f"{what} listener on {self.host or '*'}:{port}: {e.strerror}") from None
+            raise OSError(e.errno, f"{what} listener on {host or '*'}:{port}: {e.strerror}") from None
         h, p = _sock_addr(site)
         self._listeners.append((protocol, h, p))
 
     async def stop(self):
+        if self._sweep_task is not None:
+            self._sweep_task.cancel()
+            self._sweep_task = None
         if self._sample_task is not None:
             self._sample_task.cancel()
             try:
@@ -294,13 +375,13 @@ class ManagementService:
 
 
 def management_service(host, management_port: int, metrics_port: int, sample_interval: float | None = None,
-                       ssl_context=None, max_body_size: int | None = None):
+                       ssl_context=None, max_body_size: int | None = None, metrics_host=""):
     """The service the server starts: `await svc(broker, server)` returns the running service.
     `max_body_size` is the cap on request bodies in bytes (None: USAGI_MANAGEMENT_MAX_BODY_SIZE,
-    else RabbitMQ's 20,000,000)."""
+    else RabbitMQ's 20,000,000); `metrics_host` the interface of the metrics listener ("": `host`'s)."""
     async def svc(broker, server):
         s = ManagementService(broker, server, host, management_port, metrics_port, sample_interval,
-                              ssl_context=ssl_context, max_body_size=max_body_size)
+                              ssl_context=ssl_context, max_body_size=max_body_size, metrics_host=metrics_host)
         await s.start()
         return s
     return svc

@@ -455,6 +455,27 @@ class Queue:
         else:
             self._append(seq, msg, exp or 0)
 
+    def restore_stubs(self, entries: list):
+        """Put back, redelivered, (seq, Spilled stub, expires or None) entries recovered after
+        every entry restored so far (their seqs ascending and above all of them): appended in
+        bulk, the heap of returned entries stays a heap. Plain queues only (a priority queue's
+        returned entries carry their level: `restore` one by one)."""
+        if not entries:
+            return
+        ret = self.returned
+        size = 0
+        for seq, stub, exp in entries:
+            ret.append((seq, stub))
+            size += stub.size
+            if exp is not None:
+                self._timed(seq, stub, exp)
+        self.returned_stubs += len(entries)
+        self.returned_stub_bytes += size
+        self.ready_bytes += size
+        last = entries[-1][0]
+        if last > self.seq:
+            self.seq = last
+
     def remove(self, seq: int, msg):
         """Take an entry out from anywhere (expiry): it is skipped when it reaches the head."""
         self.dead.add(seq)

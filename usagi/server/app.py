@@ -200,12 +200,22 @@ def _addr(a):
 
 
 class Server:
-    def __init__(self, broker: Broker, host=None, port: int = 5672, tls_context=None, tls_port=None):
+    def __init__(self, broker: Broker, host=None, port: int = 5672, tls_context=None, tls_port=None,
+                 listeners=None):
         self.broker = broker
         self.host = host
         self.port = port
         self.tls_context = tls_context
         self.tls_port = tls_port
+        # what to listen on: (proto, host or None for all interfaces, port), proto "amqp" or "amqps"
+        # (rabbitmq.conf's listeners.tcp.* and listeners.ssl.*); by default AMQP on host:port, and
+        # AMQPS on host:tls_port when there is a TLS context
+        if listeners is None:
+            listeners = [("amqp", host, port)]
+            if tls_context is not None and tls_port is not None:
+                listeners.append(("amqps", host, tls_port))
+        self.specs = list(listeners)
+        self.bound: list = []            # (proto, host asked for, port bound): what start_app listens on again
         self.loop: asyncio.AbstractEventLoop | None = None
         self.servers: list = []
         self.listeners: list = []        # (proto, host, port)
@@ -237,20 +247,13 @@ class Server:
         b.on_commit_needed = self._schedule_commit
         b.on_commit_barrier = self.commit_barrier
         b.on_defer = self.loop.call_soon
-        factory = lambda: AMQPProtocol(self)  # noqa: E731
-        srv = await self.loop.create_server(factory, self.host, self.port, reuse_address=True, backlog=1024)
-        self.servers.append(srv)
-        for sock in srv.sockets:
-            h, p = sock.getsockname()[:2]
-            self.listeners.append(("amqp", h, p))
-        if self.tls_context is not None and self.tls_port is not None:
-            tsrv = await self.loop.create_server(factory, self.host, self.tls_port, ssl=self.tls_context,
-                                                 reuse_address=True, backlog=1024,
-                                                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-            self.servers.append(tsrv)
-            for sock in tsrv.sockets:
+        for proto, host, port in self.specs:
+            srv = await self._listen(proto, host, port)
+            for sock in srv.sockets:
                 h, p = sock.getsockname()[:2]
-                self.listeners.append(("amqps", h, p))
+                self.listeners.append((proto, h, p))
+                if (proto, host, p) not in self.bound:
+                    self.bound.append((proto, host, p))
         limits.attach(b, self.loop.call_later)
         self._tick_handle = self.loop.call_later(1.0, self._tick)
         self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
@@ -301,16 +304,17 @@ class Server:
         """rabbitmqctl start_app: listen again on the same ports."""
         if not self.app_stopped:
             return
-        factory = lambda: AMQPProtocol(self)  # noqa: E731
-        ports = sorted({(proto, p) for proto, _h, p in self.listeners})
-        for proto, port in ports:
-            kw = {"ssl": self.tls_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} \
-                if proto == "amqps" else {}
-            srv = await self.loop.create_server(factory, self.host, port, reuse_address=True,
-                                                backlog=1024, **kw)
-            self.servers.append(srv)
+        for proto, host, port in self.bound:
+            await self._listen(proto, host, port)
         self.app_stopped = False
         log.info("AMQP listeners started again (start_app)")
+
+    async def _listen(self, proto: str, host, port: int):
+        factory = lambda: AMQPProtocol(self)  # noqa: E731
+        kw = {"ssl": self.tls_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} if proto == "amqps" else {}
+        srv = await self.loop.create_server(factory, host, port, reuse_address=True, backlog=1024, **kw)
+        self.servers.append(srv)
+        return srv
 
     @property
     def amqp_port(self) -> int:
@@ -345,7 +349,7 @@ class Server:
                         continue
                     # as RabbitMQ's handshake_timeout: counted from the accept, however slowly bytes trickle in
                     if conn.state < OPEN and conn.connected_at and time.time() - conn.connected_at > hs_timeout:
-                        log.warning("connection %s: handshake timeout", conn.name)
+                        conn.note_end("handshake timeout", logging.WARNING)
                         conn.transport.abort()
                         conn.connection_lost()
                         continue
@@ -529,8 +533,9 @@ def _wake(fut):
 
 
 async def serve(broker: Broker, host, port, on_started=None, extra_services=(), tls_context=None,
-                tls_port=None):
-    """Run until SIGINT/SIGTERM. Returns the exit code."""
+                tls_port=None, listeners=None, on_stopping=None):
+    """Run until SIGINT/SIGTERM. Returns the exit code. `listeners`: see Server; `on_stopping` is
+    called when a stop begins."""
     # Messages and frames make no reference cycles: collect cycles rarely, so that the collector
     # does not pause deliveries (it shows in tail latency), and leave start-up objects out of it.
     # The middle generation is collected every 2 young collections (at most ~100,000 survivors, some
@@ -540,7 +545,8 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 2, 2_500)
-    server = await Server(broker, host, port, tls_context=tls_context, tls_port=tls_port).start()
+    server = await Server(broker, host, port, tls_context=tls_context, tls_port=tls_port,
+                          listeners=listeners).start()
     started = []
     for svc in extra_services:
         started.append(await svc(broker, server))
@@ -555,6 +561,8 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
         on_started(server, started)
     await stop.wait()
     stop_watchdog(loop)
+    if on_stopping is not None:
+        on_stopping()
     log.info("stopping: closing %d connections", len(server.conns))
     for s in started:
         try:

@@ -178,6 +178,13 @@ def broker_config(args):
                  max_message_size=args.max_message_size, default_user=args.default_user,
                  default_pass=args.default_pass, disk_free_limit=args.disk_free_limit,
                  memory_high_watermark=args.vm_memory_high_watermark)
+    # what a configuration file may also set (rabbitmq.conf; see cli/serverconf.py)
+    for name, attr in (("default_vhost", "default_vhost"), ("default_user_tags", "default_user_tags"),
+                       ("default_permissions", "default_permissions"), ("loopback_users", "loopback_users"),
+                       ("auth_mechanisms", "auth_mechanisms")):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, attr, tuple(value) if isinstance(value, (list, tuple)) else value)
     if getattr(args, "node_name", None):
         cfg.node_name = args.node_name
     apply_limit_options(cfg, args)
@@ -210,7 +217,7 @@ def build_broker(args, store, ident, store_file, redeliver_all: bool = False):
         import_delayed_db(args.data_dir, store)
         broker.delayed = DelayedMessages(store)
     counts = restore(broker, rec, redeliver_all=redeliver_all)
-    broker.bootstrap()
+    broker.bootstrap(seed=not getattr(args, "load_definitions", None))
     return broker, counts
 
 
