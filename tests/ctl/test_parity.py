@@ -782,11 +782,11 @@ def test_set_log_level(mgmt):
 
 @pytest.fixture
 def logging_server(fresh_server, tmp_path):
-    """A Usagi server that writes a log file (see logging_site/sitecustomize.py), and its file."""
+    """A Usagi server that writes a log file (log.file in its configuration file), and that file."""
     log_file = str(tmp_path / "usagi.log")
-    root = os.path.dirname(os.path.dirname(HERE))
-    server = fresh_server(env={"PYTHONPATH": os.pathsep.join([root, os.path.join(HERE, "logging_site")]),
-                               "USAGI_TEST_LOG_FILE": log_file})
+    conf = tmp_path / "rabbitmq.conf"
+    conf.write_text(f"log.file = {log_file}\nlog.file.rotation.count = 3\n", encoding="utf-8")
+    server = fresh_server(extra_args=["--config", str(conf)])
     where = _wait_for_mgmt(server)
     assert where is not None
     return f"http://guest:guest@{where[0]}:{where[1]}", log_file
@@ -817,6 +817,17 @@ def test_log_tail_location_rotate(logging_server):
     assert "rotated" in fresh and "AMQP listener" not in fresh      # the new file has only what came after
     r = run_diag(url, "log_tail", "-q", "-N", "1")
     assert "log files rotated" in r.stdout
+
+    # set_log_level changes what the outputs write
+    quiet, loud = unique("ctl-quiet"), unique("ctl-loud")
+    assert run_ctl(url, "set_log_level", "warning").returncode == 0
+    assert "{log_levels,warning}" in run_ctl(url, "environment").stdout
+    assert run_ctl(url, "add_vhost", quiet).returncode == 0          # logged at info level
+    assert run_ctl(url, "set_log_level", "info").returncode == 0
+    assert run_ctl(url, "add_vhost", loud).returncode == 0
+    with open(log_file, encoding="utf-8") as f:
+        text = f.read()
+    assert f"vhost '{loud}' added" in text and f"vhost '{quiet}' added" not in text
 
 
 def test_no_log_file(mgmt):

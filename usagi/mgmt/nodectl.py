@@ -5,8 +5,8 @@ limit at run time, to reset it, to rotate or read its log, to change its log lev
 queue's process; its CLI tools do these over Erlang distribution. usagictl and usagi-diagnostics
 are HTTP clients, so api.py offers these under /api/usagi/ (administrator tag), and this module
 holds what they do that is not the engine's: the node's settings shown under RabbitMQ's names, the
-log files the process writes (whatever configured them: any logging.FileHandler on the root or the
-`usagi` logger), and the memory figures in the shape of GET /api/nodes/{node}/memory.
+log file (log.file, config/logs.py, and any other file a logging.FileHandler on the root or the
+`usagi` logger writes), and the memory figures in the shape of GET /api/nodes/{node}/memory.
 
 Costs are bounded: a log tail reads at most TAIL_MAX_BYTES from the end of the file, and at most
 TAIL_MAX_LINES lines; the rest is a walk over a handful of logging handlers or settings.
@@ -22,6 +22,7 @@ import sys
 import weakref
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
+from ..config import logs
 
 TAIL_MAX_LINES = 10_000
 TAIL_MAX_BYTES = 4 << 20          # a tail reads no more than this from the end of the log file
@@ -42,8 +43,10 @@ def _handlers() -> list:
 
 
 def log_files() -> list[str]:
-    """The files the node logs to (absolute paths), in the order the handlers were added."""
-    out = []
+    """The files the node logs to (absolute paths): its log file (log.file) first, then any other a
+    file handler writes."""
+    first = logs.file_path()
+    out = [first] if first else []
     for h in _handlers():
         path = getattr(h, "baseFilename", None)
         if isinstance(path, str) and path not in out:
@@ -67,11 +70,14 @@ def log_locations() -> list[str]:
 def rotate_logs() -> list[str]:
     """Rotate the node's log files: a rotating handler rolls over; a plain file handler closes its
     file and opens the path again (so that a file moved away by logrotate is let go of). Returns
-    the files rotated."""
+    the files rotated. The log file (log.file) rotates as its settings say (config/logs.py)."""
     done = []
+    first = logs.file_path()
+    if first and logs.rotate():
+        done.append(first)
     for h in _handlers():
         path = getattr(h, "baseFilename", None)
-        if not isinstance(path, str):
+        if not isinstance(path, str) or path in done:
             continue
         h.acquire()
         try:
@@ -113,15 +119,18 @@ def tail(path: str, lines: int) -> list[str]:
 
 
 def set_log_level(level: str):
-    value = LEVELS[level]
-    logging.getLogger().setLevel(value)
-    ul = logging.getLogger("usagi")
-    if ul.level != logging.NOTSET:
-        ul.setLevel(value)
+    """Every output's level (config/logs.py); where logging was set up otherwise, the root logger's."""
+    if logs.level() is not None:
+        logs.set_level(level)
+    else:
+        logging.getLogger().setLevel(LEVELS[level])
 
 
 def log_level() -> str:
-    value = logging.getLogger("usagi").getEffectiveLevel()
+    configured = logs.level()
+    if configured is not None:
+        return configured
+    value = logging.getLogger().getEffectiveLevel()
     for name, v in LEVELS.items():
         if v == value:
             return name
