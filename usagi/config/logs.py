@@ -169,3 +169,24 @@ def reopen() -> bool:
     _file[0].reopen()
     logging.getLogger("usagi").info("log file reopened")
     return True
+
+
+def set_level(name: str) -> None:
+    """Set every output's level at run time (rabbitmqctl set_log_level): the console's and the
+    file's; the levels given to categories stay. Raises KeyError for an unknown level name."""
+    value = level_of(name)
+    for h in _handlers:
+        for f in h.filters:
+            if isinstance(f, _Levels):
+                f.level = value
+    levels = [f.level for h in _handlers for f in h.filters if isinstance(f, _Levels)]
+    logging.getLogger().setLevel(min(levels + [value]))
+
+
+def level() -> str | None:
+    """The outputs' level (the lowest, by name), or None before setup()."""
+    levels = [f.level for h in _handlers for f in h.filters if isinstance(f, _Levels)]
+    if not levels:
+        return None
+    low = min(levels)
+    return next((n for n, v in LEVELS.items() if v == low), logging.getLevelName(low).lower())

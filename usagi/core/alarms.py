@@ -101,6 +101,7 @@ class AlarmMixin:
     _mem_rss = 0
     _last_trim = 0.0
     _gap_after_trim = 0       # RSS minus the figure after the last trim (what trimming could not give back)
+    memory_watermark_setting = None   # as last set at run time: {"relative": f} or {"absolute": bytes}
 
     # ------------------------------------------------------------------ resource alarms
     def alarm_reason(self) -> str:
@@ -174,9 +175,11 @@ class AlarmMixin:
         c = self.config
         if absolute is not None:
             c.memory_high_watermark_absolute = int(absolute)
+            self.memory_watermark_setting = {"absolute": int(absolute)}
         else:
             c.memory_high_watermark_absolute = 0
             c.memory_high_watermark = float(relative or 0)
+            self.memory_watermark_setting = {"relative": float(relative or 0)}
         if self._account is not None and self._account.figures is not None:
             self._memory_pass_done()
 

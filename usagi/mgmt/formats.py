@@ -20,7 +20,7 @@ from .. import RABBITMQ_COMPAT_VERSION, __version__
 from ..core.memory import MESSAGE_BYTES, QUEUE_BYTES, UNACKED_BYTES
 from ..model.paging import STUB_BYTES, Spilled
 from ..model.queue import ENTRY_BYTES, UNLIMITED, Queue
-from . import ops
+from . import nodectl, ops
 from .stats import (CHANNEL_KEYS, CONNECTION_KEYS, EXCHANGE_KEYS, QUEUE_KEYS, VHOST_INDEX, Window,
                     channel_counters, connection_counters, exchange_counters, queue_counters)
 from .util import iso_time, jsonable, properties_key
@@ -36,17 +36,6 @@ EXCHANGE_TYPES = [
 
 # GET /api/feature-flags: RabbitMQ's feature flags whose behaviour Usagi has, all enabled (flags
 # for what Usagi does not do, such as mirroring, are not listed rather than shown as disabled)
-FEATURE_FLAGS = [
-    {"name": name, "desc": desc, "doc_url": "", "state": "enabled", "stability": "stable", "provided_by": "usagi"}
-    for name, desc in (
-        ("drop_unroutable_metric", "Unroutable messages dropped by the broker are counted in statistics"),
-        ("implicit_default_bindings", "The default exchange's bindings are implicit, one per queue, never stored"),
-        ("quorum_queue", "Queues may be declared with x-queue-type quorum"),
-        ("stream_queue", "Queues may be declared with x-queue-type stream"),
-        ("user_limits", "Users may be limited in connections and channels"),
-        ("virtual_host_metadata", "Virtual hosts carry a description, tags and a default queue type"),
-    )]
-
 CONTENTS_WALK_LIMIT = 50_000
 
 GC = {"fullsweep_after": 0, "max_heap_size": 0, "min_bin_vheap_size": 0, "min_heap_size": 0, "minor_gcs": 0}
@@ -649,7 +638,7 @@ class View:
             "exchange_types": EXCHANGE_TYPES,
             "fd_total": fd_total,
             "fd_used": fd_used,
-            "log_files": ["<stderr>"],
+            "log_files": nodectl.log_locations() or ["<stderr>"],
             "mem_alarm": "memory" in b.alarms,
             "mem_calculation_strategy": "allocated",
             "mem_limit": mem_limit,
