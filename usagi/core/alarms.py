@@ -128,6 +128,10 @@ class AlarmMixin:
     def check_resources(self):
         """Free disk space where the broker writes against its limit (memory: see memory_tick)."""
         limit = self.disk_free_limit()
+        if not limit:
+            if "disk" in self.alarms:             # the limit was lifted
+                self.set_alarm("disk", False)
+            return
         if limit:
             free = self.disk_free()
             if free is not None:
@@ -189,6 +193,7 @@ class AlarmMixin:
         c = self.config
         if relative is not None:
             c.disk_free_limit_relative = float(relative)
+            c.disk_free_limit = 0           # a relative limit of 0: none
         else:
             c.disk_free_limit_relative = 0.0
             c.disk_free_limit = int(absolute or 0)

@@ -34,8 +34,6 @@ EXCHANGE_TYPES = [
     {"name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": True},
 ]
 
-# GET /api/feature-flags: RabbitMQ's feature flags whose behaviour Usagi has, all enabled (flags
-# for what Usagi does not do, such as mirroring, are not listed rather than shown as disabled)
 CONTENTS_WALK_LIMIT = 50_000
 
 GC = {"fullsweep_after": 0, "max_heap_size": 0, "min_bin_vheap_size": 0, "min_heap_size": 0, "minor_gcs": 0}
