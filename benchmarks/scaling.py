@@ -665,6 +665,8 @@ def values(curve, x, res):
     for k in ("cons_rate", "pub_rate", "drain_rate"):
         if res.get(k) is not None:
             v[k] = res[k]
+    if res.get("backlog_at_end_of_window") is not None:
+        v["backlog"] = res["backlog_at_end_of_window"]
     cpu = res.get("cpu") or {}
     for k in ("broker_pct", "loadgen_pct", "other_pct"):
         if cpu.get(k) is not None:
@@ -775,6 +777,8 @@ def table(records):
             head += ["broker CPU % U / R", "consumed msg/s U / R"]
         else:
             head += ["%s U / R" % cpu_label, "Usagi cost vs first point"]
+        if curve != "latency":
+            head += ["backlog at end of window U / R"]
         head += ["pairs", "other CPU % U / R", "errors, loss or skipped"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
@@ -797,6 +801,9 @@ def table(records):
                 if cu is not None and base is None:
                     base = cu
                 row.append("%.2fx" % (cu / base) if cu is not None and base else "-")
+            if curve != "latency":
+                row.append("%s / %s" % (fmt(med([v.get("backlog") for v in cell["usagi"]])),
+                                        fmt(med([v.get("backlog") for v in cell["rabbitmq"]]))))
             row.append(str(len(cell["pairs"])))
             row.append("%s / %s" % (fmt(med([v.get("other_pct") for v in cell["usagi"]])),
                                     fmt(med([v.get("other_pct") for v in cell["rabbitmq"]]))))
@@ -838,11 +845,13 @@ def plots(records, prefix):
         lat = curve == "latency"
         has_pairs = any(cells[x]["pairs"] for x in xs)
         panels = (["main"] if lat else ["m%d" % i for i in range(len(mets))]) + (["ratio"] if has_pairs else []) + ["cpu"]
-        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels) + 0.8), sharex=True,
+        height = 2.6 * len(panels) + 1.0
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, height), sharex=True,
                                  gridspec_kw={"height_ratios": [3 if p.startswith("m") or p == "main" else 2
                                                                 for p in panels]})
-        fig.suptitle(spec["title"], fontsize=13)
-        fig.text(0.5, 0.955 if len(panels) > 3 else 0.94, subtitle(records, curve), ha="center", fontsize=8, color="#555")
+        fig.text(0.5, 1 - 0.25 / height, spec["title"], ha="center", va="center", fontsize=13)
+        fig.text(0.5, 1 - 0.52 / height, subtitle(records, curve), ha="center", va="center", fontsize=8,
+                 color="#555")
         styles = ["-", "--", ":"]
         for i, p in enumerate(panels):
             ax = axes[i]
@@ -867,18 +876,25 @@ def plots(records, prefix):
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8, ncol=2 if lat else 1)
             elif p == "ratio":
-                for j, (k, label, higher) in enumerate(mets):
+                rmets = mets[:1] if curve == "size" else mets      # MB/s ratio = msg/s ratio
+                for j, (k, label, higher) in enumerate(rmets):
                     pts = [(x, ratio_of(cells[x], k)) for x in xs]
                     pts = [(x, y) for x, y in pts if y is not None]
                     if pts:
                         ax.plot([x for x, _ in pts], [y for _, y in pts], styles[j % 3], marker="s", color="#444",
-                                label=label if len(mets) > 1 else None)
+                                label=label if len(rmets) > 1 else None)
                 ax.axhline(1.0, color="#999", linewidth=1)
                 better = "higher: Usagi ahead" if mets[0][2] else "lower: Usagi ahead"
                 ax.set_ylabel("Usagi / RabbitMQ\n(%s)" % better)
-                if len(mets) > 1:
+                if len(rmets) > 1:
                     ax.legend(fontsize=8)
-                ax.set_ylim(bottom=0, top=max([1.2] + [ratio_of(cells[x], k) or 0 for x in xs for k, _l, _h in mets]) * 1.1)
+                rs = [ratio_of(cells[x], k) for x in xs for k, _l, _h in rmets]
+                rs = [r for r in rs if r]
+                if rs and max(rs + [1]) / min(rs + [1]) > 10:
+                    ax.set_yscale("log")
+                    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: "%g" % v))
+                else:
+                    ax.set_ylim(bottom=0, top=max([1.2] + rs) * 1.1)
             else:
                 key = "cpu_us_kb" if curve == "size" else ("broker_pct" if lat else "cpu_us")
                 for b in ("usagi", "rabbitmq"):
@@ -899,10 +915,10 @@ def plots(records, prefix):
         elif spec["xscale"] == "log" and len(xs) > 1 and max(xs) / max(min(xs), 1) >= 20:
             ax.set_xscale("log")
         ax.set_xticks(xs)
-        ax.xaxis.set_major_formatter(si)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: _bytes(v)) if curve == "size" else si)
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _p: ""))
         ax.set_xlabel(spec["xlabel"])
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.7 / height))
         path = "%s-%s.png" % (prefix, curve)
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -931,11 +947,18 @@ def subtitle(records, curve):
 def _si(v):
     if v == 0:
         return "0"
-    for div, suf in ((1 << 20, "Mi"), (1000000, "M"), (1000, "k")):
-        if abs(v) >= div and (div not in (1 << 20,) or v % (1 << 20) == 0):
+    for div, suf in ((1000000, "M"), (1000, "k")):
+        if abs(v) >= div:
             q = v / div
             return ("%d" % q if q == int(q) else "%.1f" % q) + suf
     return "%g" % v
+
+
+def _bytes(v):
+    for div, suf in ((1 << 20, " MiB"), (1 << 10, " KiB")):
+        if v >= div and v % div == 0:
+            return "%d%s" % (v // div, suf)
+    return "%d B" % v
 
 
 def _yscale(ax, vals, force_log=False):
