@@ -114,6 +114,8 @@ METRICS = {
 DELIVER = (60 << 16) | 60
 CLOSES = {(10 << 16) | 50: "connection.close", (20 << 16) | 40: "channel.close"}
 CLOSE_OK = (10 << 16) | 51
+ACK = (60 << 16) | 80
+NACK = (60 << 16) | 120
 _I = struct.Struct(">I")
 _Q = struct.Struct(">Q")
 _HDR = struct.Struct(">BHI")
@@ -225,38 +227,87 @@ GO, STOP_PUB, STOP_CONS = range(3)
 
 
 class _Pub:
-    __slots__ = ("c", "L", "batch", "off", "base")
+    """One publishing connection with confirms: `sent` messages written whole, `low` the highest
+    tag below which all are confirmed, `extra` tags confirmed above it."""
+    __slots__ = ("c", "L", "batch", "out", "off", "sent", "low", "extra", "nacked", "writing")
 
     def __init__(self, c, msg, batch_bytes):
         self.c = c
         self.L = len(msg)
         self.batch = memoryview(msg * max(1, batch_bytes // self.L))
+        self.out = None        # the slice of batch being written
         self.off = 0
-        self.base = 0
+        self.sent = 0
+        self.low = 0
+        self.extra = set()
+        self.nacked = 0
+        self.writing = True
 
-    def sent(self):
-        return self.base + self.off // self.L
+    def confirmed(self):
+        return self.low + len(self.extra)
+
+    def handle(self, buf):
+        """Take the acks and nacks off the complete frames in buf; raise on a close."""
+        pos, end = 0, len(buf)
+        while end - pos >= 7:
+            t, _ch, n = _HDR.unpack_from(buf, pos)
+            nxt = pos + n + 8
+            if nxt > end:
+                break
+            if t == 1:
+                cm = _I.unpack_from(buf, pos + 7)[0]
+                if cm in (ACK, NACK):
+                    tag = _Q.unpack_from(buf, pos + 11)[0]
+                    before = self.confirmed()
+                    if buf[pos + 19] & 1:
+                        if tag > self.low:
+                            self.extra = {x for x in self.extra if x > tag}
+                            self.low = tag
+                    elif tag > self.low:
+                        self.extra.add(tag)
+                    while self.low + 1 in self.extra:
+                        self.extra.discard(self.low + 1)
+                        self.low += 1
+                    if cm == NACK:
+                        self.nacked += self.confirmed() - before
+                elif cm in CLOSES:
+                    raise C.AMQPFail("publisher: %s: %s" % (CLOSES[cm], C._close_text(bytes(buf[pos + 7:nxt - 1]))))
+            pos = nxt
+        del buf[:pos]
 
 
-def _pub_worker(slot, addr, targets, size, batch_bytes, counters, ctl, errq):
-    """Publishers: one connection per (exchange, routing key), each writing a pre-encoded batch
-    whenever its socket is writable, until told to stop."""
+def _pub_worker(slot, addr, targets, size, window, batch_bytes, counters, ctl, errq):
+    """Publishers: one connection per (exchange, routing key), in confirm mode, each writing a
+    pre-encoded batch whenever its socket is writable and it has fewer than `window` messages
+    unconfirmed (which bounds what sits in socket buffers, so that stopping is quick and the
+    count exact), until told to stop; then each waits for its last confirms.  The count
+    reported is of confirmed messages."""
     k = slot * 4
     conns = []
     try:
         conns = connect_many(addr, len(targets))
+        lockstep(conns, lambda c: C.mframe(1, 85, 10, b"\x00"), 85, 11)
         sel = selectors.DefaultSelector()
         pubs = []
+        both = selectors.EVENT_READ | selectors.EVENT_WRITE
         for c, (ex, rk) in zip(conns, targets):
             p = _Pub(c, encode_publish(ex, rk, size, c.frame_max), batch_bytes)
             c.sock.setblocking(False)
-            sel.register(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, p)
+            sel.register(c.sock, both, p)
             pubs.append(p)
         counters[k + K_READY] = 1
         while not ctl[GO]:
             time.sleep(0.005)
         last = 0.0
-        while not ctl[STOP_PUB]:
+        stopping = False
+        deadline = None
+        while True:
+            if not stopping and ctl[STOP_PUB]:
+                stopping = True
+                deadline = time.monotonic() + 120
+            if stopping and (all(p.out is None and p.confirmed() >= p.sent for p in pubs) or
+                             time.monotonic() > deadline):
+                break
             for key, mask in sel.select(0.05):
                 p = key.data
                 if mask & selectors.EVENT_READ:
@@ -264,34 +315,41 @@ def _pub_worker(slot, addr, targets, size, batch_bytes, counters, ctl, errq):
                     if not d:
                         raise C.AMQPFail("publisher: connection closed by the broker")
                     p.c.buf += d
-                    scan_closes(p.c.buf)
-                if mask & selectors.EVENT_WRITE:
-                    try:
-                        p.off += p.c.sock.send(p.batch[p.off:])
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    if p.off == len(p.batch):
-                        p.base += len(p.batch) // p.L
+                    p.handle(p.c.buf)
+                if p.out is None and not stopping:
+                    room = window - (p.sent - p.confirmed())
+                    if room > 0:
+                        p.out = p.batch[:min(room, len(p.batch) // p.L) * p.L]
                         p.off = 0
+                if p.out is not None and mask & selectors.EVENT_WRITE:
+                    try:
+                        p.off += p.c.sock.send(p.out[p.off:])
+                    except (BlockingIOError, InterruptedError):
+                        pass
+                    if p.off == len(p.out):
+                        p.sent += len(p.out) // p.L
+                        p.out = None
+                    elif stopping and p.off % p.L == 0:   # stop at a message boundary
+                        p.sent += p.off // p.L
+                        p.out = None
+                want = both if p.out is not None or (not stopping and p.sent - p.confirmed() < window) \
+                    else selectors.EVENT_READ
+                if want != p.writing:
+                    sel.modify(p.c.sock, want, p)
+                    p.writing = want
             now = time.monotonic()
             if now - last > 0.05:
-                counters[k + K_COUNT] = sum(p.sent() for p in pubs)
+                counters[k + K_COUNT] = sum(p.confirmed() for p in pubs)
                 last = now
-        # finish the message under way on each connection, so that the broker sees whole messages
         sel.close()
-        for p in pubs:
-            p.c.sock.setblocking(True)
-            rest = (-p.off) % p.L
-            if rest:
-                p.c.sock.sendall(p.batch[p.off:p.off + rest])
-                p.off += rest
-        counters[k + K_COUNT] = sum(p.sent() for p in pubs)
-        # a synchronous method on each channel: its reply means every publish before it was routed
-        # (without it a broker may drop what a closing channel has not handled yet)
+        counters[k + K_COUNT] = sum(p.confirmed() for p in pubs)
+        nacked = sum(p.nacked for p in pubs)
+        unconfirmed = sum(p.sent - p.confirmed() for p in pubs)
         for c in conns:
-            c.sock.settimeout(120)
-        lockstep(conns, lambda c: C.mframe(1, 60, 10, struct.pack(">IHB", 0, 0, 0)), 60, 11)
+            c.sock.setblocking(True)
         close_many(conns)
+        if nacked or unconfirmed:
+            raise C.AMQPFail("%d messages nacked, %d unconfirmed 120 s after the stop" % (nacked, unconfirmed))
     except Exception as e:  # noqa: BLE001 - reported to the parent
         counters[k + K_ERR] = 1
         errq.put("publisher worker %d: %s: %s" % (slot, type(e).__name__, e))
@@ -442,10 +500,14 @@ def mux_run(a, tgt, *, queues, publish_to, consume_from, size, declare=True, del
     """Publishers (one connection per routing key in publish_to) and consumers (one connection
     per queue in consume_from) for --warmup + --duration s, then the publishers stop (and with
     drain_window the consumers go on alone for another --duration s: the drain rate), then the
-    consumers.  Loss check: backlog + published = consumed + what is left in the queues, which
-    are then deleted.  The backlog built up by unpaced publishers is not drained: a broker that
-    ingests faster than it delivers would otherwise spend minutes on it."""
-    res = {"driver": "mux", "queues": len(queues), "publishers": len(publish_to),
+    consumers.  Publishers run in confirm mode with at most --in-flight unconfirmed messages
+    over all of them: without that, a thousand connections' socket buffers hold millions of
+    messages the broker has yet to read when the window ends.  Loss check: backlog + confirmed =
+    consumed + what is left in the queues, which are then deleted.  A queue that grew during the
+    window is not drained: a broker that ingests faster than it delivers would spend minutes on
+    it."""
+    window = max(10, a.in_flight // max(1, len(publish_to)))
+    res = {"driver": "mux", "queues": len(queues), "publishers": len(publish_to), "confirm_window": window,
            "consumers": len(consume_from), "size": size, "backlog_at_start": backlog, "errors": []}
     addr = (tgt.host, tgt.port, tgt.user, tgt.password, tgt.vhost)
     ctl_conn = tgt.raw()
@@ -486,7 +548,7 @@ def mux_run(a, tgt, *, queues, publish_to, consume_from, size, declare=True, del
         for g in pgroups:
             s = len(pslots) + len(cslots)
             pslots.append(s)
-            procs.append(ctx.Process(target=_pub_worker, args=(s, addr, g, size, 65536, counters, ctl, errq),
+            procs.append(ctx.Process(target=_pub_worker, args=(s, addr, g, size, window, 65536, counters, ctl, errq),
                                      daemon=True))
         for p in procs:
             p.start()
@@ -508,8 +570,7 @@ def mux_run(a, tgt, *, queues, publish_to, consume_from, size, declare=True, del
             res["pub_rate"] = round((p1 - p0) / win)
             res["cons_rate"] = round((c1 - c0) / win)
             res["backlog_at_end_of_window"] = backlog + p1 - c1
-        # publishers stop; each waits for a reply to a synchronous method, so that what it counted
-        # as published has been routed (a broker may still be reading a backlog from its sockets)
+        # publishers stop and wait for their last confirms: what they count is what was routed
         ctl[STOP_PUB] = 1
         wait_flag(pslots, K_DONE, a.setup_timeout)
         res["stop_s"] = round(time.monotonic() - end, 2) if not res["errors"] and "cpu" in res else None
@@ -1020,6 +1081,9 @@ def main(argv=None):
     ap.add_argument("--consumers-publishers", type=int, default=2, help="publishers of the consumers curve")
     ap.add_argument("--mux-procs", type=int, default=1,
                     help="processes per role (publishers, consumers) of the multiplexed driver")
+    ap.add_argument("--in-flight", type=int, default=20000,
+                    help="unconfirmed messages over all publishers of the multiplexed driver (each has a confirm "
+                         "window of max(10, this / publishers)); default 20,000")
     ap.add_argument("--setup-timeout", type=float, default=300.0, help="s for all clients of a point to connect")
     ap.add_argument("--settle", type=float, default=1.0, help="s before reading RSS after filling a queue")
     ap.add_argument("--wait-quiet", type=float, default=0, metavar="PCT",
