@@ -738,11 +738,13 @@ def values(curve, x, res):
     for k in ("p50_us", "p99_us", "p999_us"):
         if lat.get(k) is not None:
             v[k] = lat[k]
-    rate = v.get("cons_rate")
-    if v.get("broker_pct") and rate:
-        v["cpu_us"] = v["broker_pct"] * 1e4 / rate                 # broker CPU µs per delivery
+    # broker CPU per message in or out (a publish taken, a delivery made): a consumer starved by
+    # its publishers does not make the cost look higher than it is
+    ops = (v.get("pub_rate") or 0) + (v.get("cons_rate") or 0)
+    if v.get("broker_pct") and ops:
+        v["cpu_us"] = v["broker_pct"] * 1e4 / ops
         if curve == "size":
-            v["cpu_us_kb"] = v["cpu_us"] / (x / 1000.0)            # ... per 1,000 bytes delivered
+            v["cpu_us_kb"] = v["cpu_us"] / (x / 1000.0)            # ... per 1,000 bytes in or out
     return v
 
 
@@ -799,7 +801,8 @@ def ratio_of(cell, key):
 
 def growth_notes(curve, cells):
     """Where Usagi's broker CPU per unit of work grew 1.5x or more above its value at the
-    curve's first point (the cost growing faster than linearly with the work)."""
+    curve's first point (the cost growing faster than linearly with the work), and where a
+    broker's consumers took less than half of what was published (its queues grew)."""
     key = "cpu_us_kb" if curve == "size" else "cpu_us"
     xs = sorted(cells)
     base = None
@@ -815,8 +818,18 @@ def growth_notes(curve, cells):
             continue   # CPU per message falls with the rate (batching) until saturation
         if v >= 1.5 * base[1]:
             notes.append("Usagi's broker CPU per %s at %s = %s is %.1fx its value at %s (%s vs %s µs)" % (
-                "1,000 bytes" if curve == "size" else "delivery", curve, fmtx(x), v / base[1], fmtx(base[0]),
-                fmt(v), fmt(base[1])))
+                "1,000 bytes in or out" if curve == "size" else "message in or out", curve, fmtx(x), v / base[1],
+                fmtx(base[0]), fmt(v), fmt(base[1])))
+    if curve != "latency":
+        for x in xs:
+            for b in ("usagi", "rabbitmq"):
+                pub = med([u.get("pub_rate") for u in cells[x][b]])
+                con = med([u.get("cons_rate") for u in cells[x][b]])
+                want = (pub or 0) * (x if curve == "fanout" else 1)
+                if pub and con is not None and con < 0.5 * want:
+                    notes.append("%s at %s = %s: the consumers took %.1f%% of what was published (%s in, %s out "
+                                 "a second); the queue grew" % (LABELS[b], curve, fmtx(x), 100 * con / want,
+                                                                fmt(pub), fmt(con)))
     return notes
 
 
@@ -833,13 +846,13 @@ def table(records):
         for _k, label, _h in mets:
             head += ["%s Usagi" % label, "RabbitMQ", "U/R"]
         cpu_key = "cpu_us_kb" if curve == "size" else "cpu_us"
-        cpu_label = "broker CPU µs per 1,000 B" if curve == "size" else "broker CPU µs per delivery"
+        cpu_label = "broker CPU µs per 1,000 B in or out" if curve == "size" else "broker CPU µs per message in or out"
         if curve == "latency":
             head += ["broker CPU % U / R", "consumed msg/s U / R"]
         else:
             head += ["%s U / R" % cpu_label, "Usagi cost vs first point"]
         if curve != "latency":
-            head += ["backlog at end of window U / R"]
+            head += ["published msg/s U / R", "backlog at end of window U / R"]
         head += ["pairs", "other CPU % U / R", "errors, loss or skipped"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "---|" * len(head))
@@ -863,6 +876,8 @@ def table(records):
                     base = cu
                 row.append("%.2fx" % (cu / base) if cu is not None and base else "-")
             if curve != "latency":
+                row.append("%s / %s" % (fmt(med([v.get("pub_rate") for v in cell["usagi"]])),
+                                        fmt(med([v.get("pub_rate") for v in cell["rabbitmq"]]))))
                 row.append("%s / %s" % (fmt(med([v.get("backlog") for v in cell["usagi"]])),
                                         fmt(med([v.get("backlog") for v in cell["rabbitmq"]]))))
             row.append(str(len(cell["pairs"])))
@@ -964,8 +979,9 @@ def plots(records, prefix):
                     if pts:
                         ax.plot([x for x, _ in pts], [y for _, y in pts], "-", marker="o", color=COLORS[b],
                                 label=LABELS[b])
-                ax.set_ylabel({"cpu_us_kb": "broker CPU µs\nper 1,000 B", "broker_pct": "broker CPU %\n(100 = one core)",
-                               "cpu_us": "broker CPU µs\nper delivery"}[key])
+                ax.set_ylabel({"cpu_us_kb": "broker CPU µs per\n1,000 B in or out",
+                               "broker_pct": "broker CPU %\n(100 = one core)",
+                               "cpu_us": "broker CPU µs per\nmessage in or out"}[key])
                 _yscale(ax, [v.get(key) for x in xs for b in ("usagi", "rabbitmq") for v in cells[x][b]])
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8)
