@@ -933,22 +933,23 @@ def plots(records, prefix):
             ax = axes[i]
             if p == "main" or p.startswith("m"):
                 sel = mets if p == "main" else [mets[int(p[1:])]]
+                log = _want_log([v.get(k) for x in xs for b in ("usagi", "rabbitmq") for v in cells[x][b]
+                                 for k, _l, _h in sel], force_log=lat)
                 for j, (k, label, _h) in enumerate(sel):
                     for b in ("usagi", "rabbitmq"):
                         pts = [(x, med([v.get(k) for v in cells[x][b]])) for x in xs]
-                        pts = [(x, y) for x, y in pts if y is not None]
+                        pts = [(x, y) for x, y in pts if y is not None and (y > 0 or not log)]
                         if not pts:
                             continue
                         name = LABELS[b] + (" " + label.split(" ")[0] if lat else "")
                         ax.plot([x for x, _ in pts], [y for _, y in pts], styles[j % 3] if lat else "-",
                                 marker="o", color=COLORS[b], label=name)
-                        dots = [(x, v.get(k)) for x in xs for v in cells[x][b] if v.get(k) is not None]
+                        dots = [(x, v.get(k)) for x in xs for v in cells[x][b]
+                                if v.get(k) is not None and (v.get(k) > 0 or not log)]
                         ax.scatter([x for x, _ in dots], [y for _, y in dots], s=10, color=COLORS[b], alpha=0.35)
                 ylab = "latency (µs)" if lat else sel[0][1]
                 ax.set_ylabel(ylab)
-                _yscale(ax, [v.get(k) for x in xs for b in ("usagi", "rabbitmq") for v in cells[x][b] for k, _l, _h in sel],
-                        force_log=lat)
-                ax.yaxis.set_major_formatter(si)
+                _yaxis(ax, log)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8, ncol=2 if lat else 1)
             elif p == "ratio":
@@ -969,26 +970,29 @@ def plots(records, prefix):
                 if rs and max(rs + [1]) / min(rs + [1]) > 10:
                     ax.set_yscale("log")
                     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: "%g" % v))
+                    ax.yaxis.set_minor_formatter(FuncFormatter(_minor_25(lambda v: "%g" % v)))
                 else:
                     ax.set_ylim(bottom=0, top=max([1.2] + rs) * 1.1)
             else:
                 key = "cpu_us_kb" if curve == "size" else ("broker_pct" if lat else "cpu_us")
+                log = _want_log([v.get(key) for x in xs for b in ("usagi", "rabbitmq") for v in cells[x][b]])
                 for b in ("usagi", "rabbitmq"):
                     pts = [(x, med([v.get(key) for v in cells[x][b]])) for x in xs]
-                    pts = [(x, y) for x, y in pts if y is not None]
+                    pts = [(x, y) for x, y in pts if y is not None and (y > 0 or not log)]
                     if pts:
                         ax.plot([x for x, _ in pts], [y for _, y in pts], "-", marker="o", color=COLORS[b],
                                 label=LABELS[b])
                 ax.set_ylabel({"cpu_us_kb": "broker CPU µs per\n1,000 B in or out",
                                "broker_pct": "broker CPU %\n(100 = one core)",
                                "cpu_us": "broker CPU µs per\nmessage in or out"}[key])
-                _yscale(ax, [v.get(key) for x in xs for b in ("usagi", "rabbitmq") for v in cells[x][b]])
+                _yaxis(ax, log)
                 if ax.get_legend_handles_labels()[0]:
                     ax.legend(fontsize=8)
             ax.grid(True, which="major", alpha=0.3)
         ax = axes[-1]
         if spec["xscale"] == "symlog":
             ax.set_xscale("symlog", linthresh=max(1, min([x for x in xs if x > 0] or [1])))
+            ax.set_xlim(left=min(xs), right=max(xs) * 1.5)
         elif spec["xscale"] == "log" and len(xs) > 1 and max(xs) / max(min(xs), 1) >= 20:
             ax.set_xscale("log")
         ax.set_xticks(xs)
@@ -1038,12 +1042,25 @@ def _bytes(v):
     return "%d B" % v
 
 
-def _yscale(ax, vals, force_log=False):
-    vals = [v for v in vals if v]
-    if vals and (force_log or max(vals) / min(vals) >= 20):
+def _want_log(vals, force_log=False):
+    """A log axis when the positive values span more than a factor of 20."""
+    vals = [v for v in vals if v and v > 0]
+    return bool(vals) and (force_log or max(vals) / min(vals) >= 20)
+
+
+def _minor_25(fmt):
+    """Minor tick labels on a log axis: only at 2 and 5 times a power of ten."""
+    return lambda v, _p: fmt(v) if ("%g" % v).replace("0", "").replace(".", "")[:1] in ("2", "5") else ""
+
+
+def _yaxis(ax, log):
+    from matplotlib.ticker import FuncFormatter
+    if log:
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_25(_si)))
     else:
         ax.set_ylim(bottom=0)
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _p: _si(v)))
 
 
 # ------------------------------------------------------------------ main
