@@ -252,6 +252,67 @@ def test_metrics_and_statistics_over_many_queues_keep_amqp_flowing(fresh_server)
     assert_healthy(srv)
 
 
+def _scrape_streamed(port: int, path: str, abandon_after: int | None = None) -> tuple:
+    """GET a metrics path, reading the answer as it comes and keeping only its size and last
+    bytes; with abandon_after, the connection is dropped once that many bytes came."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=300)
+    try:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        size, tail, head = 0, b"", b""
+        while True:
+            d = s.recv(1 << 20)
+            if not d:
+                return head[:12], size, tail
+            if not head:
+                head = d[:100]
+            size += len(d)
+            tail = (tail + d)[-4096:]
+            if abandon_after is not None and size >= abandon_after:
+                return head[:12], size, tail
+    finally:
+        s.close()
+
+
+def test_concurrent_and_abandoned_per_object_scrapes_keep_amqp_flowing(fresh_server):
+    """/metrics/per-object over N_QUEUES queues (some 2 KB of text per queue), three at once and
+    one dropped after its first megabytes, while a bystander measures its latency: each exposition
+    is made a slice at a time and written out as it is made, so neither the loop nor memory holds
+    one whole; the dropped one stops its work."""
+    import threading
+    srv = fresh_server()
+    declare_queues(srv, [f"po.{i:06d}" for i in range(N_QUEUES)])
+    port = int(wait_for(lambda: __import__("re").search(r"Metrics listener on \S+:(\d+)",
+                                                       "".join(srv.lines))).group(1))
+    from abuseutil import rss
+    before = rss(srv.proc.pid)
+    results = []
+
+    def scrape(abandon=None):
+        results.append(_scrape_streamed(port, "/metrics/per-object", abandon))
+
+    with Bystander(srv.host, srv.port) as b:
+        time.sleep(0.3)
+        b.reset()
+        threads = [threading.Thread(target=scrape) for _ in range(3)]
+        threads.append(threading.Thread(target=scrape, args=(2 << 20,)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(600)
+        time.sleep(0.15)
+        check_bystander(b, "concurrent /metrics/per-object")
+    full = [r for r in results if r[1] > 4 << 20]
+    assert len(full) == 3, [(r[0], r[1]) for r in results]
+    for head, size, tail in full:
+        assert head == b"HTTP/1.1 200", head
+        assert size > N_QUEUES * 1000, size
+        assert b"rabbitmq_identity_info{" in tail or b"telemetry_scrape" in tail, tail[-300:]
+    # three expositions went out, two at a time; the server's memory grew by less than one of them
+    grown = rss(srv.proc.pid) - before
+    assert grown < min(r[1] for r in full), (grown, [r[1] for r in full])
+    assert_healthy(srv)
+
+
 def test_import_of_many_queues_keeps_amqp_flowing(fresh_server):
     srv = fresh_server()
     http = _mgmt_http(srv)

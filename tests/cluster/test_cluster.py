@@ -88,6 +88,45 @@ def test_confirmed_messages_survive_a_leader_kill_and_the_node_rejoins(cluster):
     assert "joined" in leader.log_text()
 
 
+def test_a_backlog_past_the_memory_budget_comes_back_in_order_after_a_leader_kill():
+    """A promoted leader keeps only its queues' in-memory budget of messages in memory and leaves
+    the rest in its store (read back as they are delivered): every message comes back, in order,
+    redelivered, with its body; priorities and deadlines hold for the ones left in the store."""
+    need_etcd()
+    c = Cluster(3, env={"USAGI_QUEUE_MEMORY_MESSAGES": "40"}).start()
+    try:
+        c.wait_isr(3)
+        leader = c.leader()
+        plain = [b"p%04d" % i for i in range(700)]
+        publish_confirmed(leader.url(), "deep", plain)
+        conn = pika.BlockingConnection(pika.URLParameters(leader.url()))
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.queue_declare("deep-prio", durable=True, arguments={"x-max-priority": 5})
+        for i in range(300):
+            ch.basic_publish("", "deep-prio", b"q%04d" % i, pika.BasicProperties(delivery_mode=2, priority=i % 3))
+        ch.queue_declare("deep-ttl", durable=True, arguments={"x-message-ttl": 4000})
+        for i in range(200):
+            ch.basic_publish("", "deep-ttl", b"t%04d" % i, pika.BasicProperties(delivery_mode=2))
+        conn.close()
+        leader.kill()
+        new = c.wait_leader(20, not_node=leader)
+        got = drain(new.url(), "deep", len(plain))
+        assert [b for b, _r in got] == plain
+        assert all(r for _b, r in got)
+        got = drain(new.url(), "deep-prio", 300)
+        want = sorted((b"q%04d" % i for i in range(300)), key=lambda b: -(int(b[1:]) % 3))
+        assert [b for b, _r in got] == want
+        time.sleep(4.5)           # past the TTL: nothing is left, wherever it was kept
+        conn = pika.BlockingConnection(pika.URLParameters(new.url()))
+        try:
+            assert conn.channel().queue_declare("deep-ttl", passive=True).method.message_count == 0
+        finally:
+            conn.close()
+    finally:
+        c.cleanup()
+
+
 def test_graceful_stop_hands_over_at_once(cluster):
     cluster.wait_isr(3)
     leader = cluster.leader()

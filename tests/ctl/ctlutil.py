@@ -5,6 +5,7 @@ import base64
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ def unique(prefix: str = "ctl") -> str:
 
 
 def run_ctl(url: str | None, *args: str, input: str | None = None, timeout: float = 90,
-            env: dict | None = None) -> subprocess.CompletedProcess:
+            env: dict | None = None, module: str = "usagi.cli.ctl") -> subprocess.CompletedProcess:
     e = dict(os.environ)
     e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
     e.pop("USAGI_URL", None)
@@ -34,8 +35,46 @@ def run_ctl(url: str | None, *args: str, input: str | None = None, timeout: floa
     e["NO_COLOR"] = "1"
     if env:
         e.update(env)
-    return subprocess.run([sys.executable, "-m", "usagi.cli.ctl", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
                           text=True, input=input, timeout=timeout, env=e, cwd=ROOT)
+
+
+def run_diag(url: str | None, *args: str, **kw) -> subprocess.CompletedProcess:
+    """usagi-diagnostics, as run_ctl runs usagictl."""
+    return run_ctl(url, *args, module="usagi.cli.diagnostics", **kw)
+
+
+# rabbitmqctl itself, for tests that compare with it: USAGI_TEST_RABBITMQCTL is the command that runs
+# it against the node behind USAGI_TEST_MGMT_URL, e.g. "rabbitmqctl -n rabbit@localhost" or, as root
+# on a machine where the node runs as user rabbitmq,
+# "runuser -u rabbitmq -- env HOME=/var/lib/rabbitmq rabbitmqctl -n rabbit@localhost".
+# rabbitmq-diagnostics is the same command with rabbitmq-diagnostics in rabbitmqctl's place.
+RABBITMQCTL = os.environ.get("USAGI_TEST_RABBITMQCTL")
+ANSI_RE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def run_rabbitmqctl(*args: str, tool: str = "rabbitmqctl", timeout: float = 90) -> subprocess.CompletedProcess:
+    """rabbitmqctl (or rabbitmq-diagnostics) with `args`; its output as usagictl (usagi-diagnostics)
+    would print it: no colours, no node option among the arguments it echoes, our tool's name in its
+    usage lines."""
+    cmd = shlex.split(RABBITMQCTL)
+    i = next(i for i, c in enumerate(cmd) if c.endswith("rabbitmqctl"))
+    extra = cmd[i + 1:]
+    if tool != "rabbitmqctl":
+        cmd[i] = cmd[i][:-len("rabbitmqctl")] + tool
+    p = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout, cwd="/tmp",
+                       env=dict(os.environ, LANG="C.UTF-8", LC_ALL="C.UTF-8"))
+    ours = "usagictl" if tool == "rabbitmqctl" else "usagi-diagnostics"
+
+    def clean(text: str) -> str:
+        text = ANSI_RE.sub("", text)
+        if extra:
+            text = text.replace("\t" + " ".join(extra) + " ", "\t")
+        text = text.replace(f"{tool} [--node", f"{ours} [--node")
+        return text.replace("Start it with 'rabbitmqctl ", "Start it with 'usagictl ").replace(
+            "Stop it with 'rabbitmqctl ", "Stop it with 'usagictl ")
+
+    return subprocess.CompletedProcess(p.args, p.returncode, clean(p.stdout), clean(p.stderr))
 
 
 @dataclass
@@ -51,6 +90,12 @@ class Mgmt:
 
     def ctl(self, *args: str, **kw) -> subprocess.CompletedProcess:
         return run_ctl(self.url, *args, **kw)
+
+    def diag(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return run_diag(self.url, *args, **kw)
+
+    def node(self) -> str:
+        return self.api("GET", "/api/overview")[1]["node"]
 
     def api(self, method: str, path: str, body=None):
         """Direct management API call, for setup and cleanup. Returns (status, json-or-None)."""

@@ -2,158 +2,24 @@
 selenium): log in, check the overview's numbers and live charts, the object tables, peek at a
 queue's messages without consuming them, publish through the form, purge, delete, log out.
 
-Screenshots are written to a temporary directory (USAGI_DASHBOARD_SHOTS=DIR keeps them somewhere
-else) and checked: the right size, not blank, the header and the chart lines drawn where expected.
+Screenshots are written to dashutil.SHOTS_DIR ($TMPDIR/usagi-dashboard-shots, or USAGI_DASHBOARD_SHOTS)
+and checked: the right size, not blank, the header and the chart lines drawn where expected.
 """
 from __future__ import annotations
 
-import io
-import os
-import shutil
-import tempfile
 import threading
 import time
 
 import pytest
+from dashutil import (AVAILABLE, PUBLISH_RGB, READY_RGB, WHY, CANVAS_PIXELS_JS, assert_header, click,
+                      element_box, rate_of, region_count, screenshot, stat, text, wait)
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
-if not (CHROMIUM and CHROMEDRIVER):
-    pytest.skip("headless Chromium is not installed: apt-get install -y chromium chromium-driver",
-                allow_module_level=True)
-pytest.importorskip("selenium", reason="needs selenium (pip install selenium)")
-pytest.importorskip("PIL", reason="needs Pillow to check screenshots (pip install pillow)")
+if not AVAILABLE:
+    pytest.skip(WHY, allow_module_level=True)
 pika = pytest.importorskip("pika")
 
-from PIL import Image  # noqa: E402
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
-
-WIDTH, HEIGHT = 1400, 1000
-HEADER_RGB = (0x17, 0x20, 0x2F)       # --header in style.css
-PUBLISH_RGB = (0xE8, 0x59, 0x0C)      # the publish series (RATE_SERIES[0] in app.js)
-READY_RGB = (0x7C, 0x3A, 0xED)        # the ready series (QUEUED_SERIES[0])
-
-# counts the canvas pixels of one series colour (the lines are drawn opaque, 2 px wide)
-CANVAS_PIXELS_JS = """
-const [sel, r, g, b] = arguments;
-const c = document.querySelector(sel);
-if (!c || !c.width || !c.height) return -1;
-const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-let n = 0;
-for (let i = 0; i < d.length; i += 4)
-  if (d[i + 3] > 200 && Math.abs(d[i] - r) < 24 && Math.abs(d[i + 1] - g) < 24 && Math.abs(d[i + 2] - b) < 24) n++;
-return n;
-"""
-
-
-# ---------------------------------------------------------------------------------------- helpers
-
-@pytest.fixture
-def browser():
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-              f"--window-size={WIDTH},{HEIGHT}", "--force-device-scale-factor=1",
-              "--hide-scrollbars", "--disable-extensions", "--no-first-run", "--lang=en-US"):
-        opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(20)
-    yield driver
-    driver.quit()
-
-
-@pytest.fixture
-def shots():
-    keep = os.environ.get("USAGI_DASHBOARD_SHOTS")
-    if keep:
-        os.makedirs(keep, exist_ok=True)
-        yield keep
-        return
-    d = tempfile.mkdtemp(prefix="usagi-dashboard-")
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def wait(driver, cond, timeout=10.0, what="condition"):
-    last = [None]
-
-    def check(d):
-        try:
-            last[0] = cond(d)
-        except Exception as e:  # stale elements while the page re-renders: try again
-            last[0] = e
-            return False
-        return last[0]
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.1).until(check)
-    except Exception:
-        raise AssertionError(f"timed out waiting for {what} (last: {last[0]!r})") from None
-
-
-def text(driver, css) -> str:
-    return driver.find_element(By.CSS_SELECTOR, css).text.strip()
-
-
-def click(driver, css):
-    """Click an element after scrolling it to the middle of the window (clear of the sticky header)."""
-    el = driver.find_element(By.CSS_SELECTOR, css)
-    driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", el)
-    el.click()
-
-
-def stat(driver, key) -> str:
-    return text(driver, f'.stat[data-stat="{key}"] .value')
-
-
-def rate_of(s: str) -> float:
-    try:
-        return float(s.replace(",", "").removesuffix("/s"))
-    except ValueError:
-        return 0.0
-
-
-def close(rgb, want, tol=24) -> bool:
-    return all(abs(a - b) < tol for a, b in zip(rgb, want))
-
-
-def screenshot(driver, shots, name) -> Image.Image:
-    """A viewport screenshot, saved as PNG and checked: full size, and not one flat colour."""
-    png = driver.get_screenshot_as_png()
-    path = os.path.join(shots, name + ".png")
-    with open(path, "wb") as f:
-        f.write(png)
-    assert png[:8] == b"\x89PNG\r\n\x1a\n", name
-    img = Image.open(io.BytesIO(png)).convert("RGB")
-    vw, vh = driver.execute_script("return [window.innerWidth, window.innerHeight]")
-    assert img.size == (vw, vh) and vw >= WIDTH - 20 and vh >= HEIGHT - 200, (name, img.size, vw, vh)
-    colours = img.getcolors(maxcolors=1 << 20) or []
-    assert len(colours) > 40, f"{name}: only {len(colours)} colours, the page looks blank"
-    top_share = max(c for c, _ in colours) / (img.size[0] * img.size[1])
-    assert top_share < 0.92, f"{name}: one colour covers {top_share:.0%} of the screenshot"
-    return img
-
-
-def region_count(img: Image.Image, box, rgb, tol=24) -> int:
-    """Pixels of colour `rgb` inside box (left, top, right, bottom) of a screenshot."""
-    crop = img.crop(tuple(int(v) for v in box))
-    return sum(n for n, c in crop.getcolors(maxcolors=1 << 22) if close(c, rgb, tol))
-
-
-def element_box(driver, css):
-    return driver.execute_script(
-        "const r = document.querySelector(arguments[0]).getBoundingClientRect();"
-        "return [r.left, r.top, r.right, r.bottom];", css)
-
-
-def assert_header(img: Image.Image, name: str):
-    """The dark top bar spans the page width at the top; the page below it is light."""
-    for x in (5, img.size[0] // 2, img.size[0] - 5):
-        assert close(img.getpixel((x, 4)), HEADER_RGB, 10), (name, x, img.getpixel((x, 4)))
-    assert sum(img.getpixel((img.size[0] - 3, 120))) > 600, (name, "the page body should be light")
+from selenium.webdriver.support.ui import Select  # noqa: E402
 
 
 class RateLoad:
@@ -247,11 +113,11 @@ def test_dashboard_end_to_end(dash, browser, shots):
     # -- live rates: under load the cards show non-zero rates and the charts draw their lines
     with RateLoad(dash, "dash.rate"):
         wait(d, lambda d: all(rate_of(stat(d, k)) > 0 for k in ("publish_rate", "deliver_rate", "ack_rate")),
-             timeout=15, what="non-zero publish, deliver and ack rates")
+             timeout=30, what="non-zero publish, deliver and ack rates")
         wait(d, lambda d: d.execute_script(CANVAS_PIXELS_JS, "#chart-rates", *PUBLISH_RGB) > 40,
-             timeout=15, what="the publish line on the rates chart")
+             timeout=30, what="the publish line on the rates chart")
         wait(d, lambda d: d.execute_script(CANVAS_PIXELS_JS, "#chart-queued", *READY_RGB) > 40,
-             timeout=10, what="the ready line on the queued messages chart")
+             timeout=30, what="the ready line on the queued messages chart")
         img = screenshot(d, shots, "02-overview")
     assert_header(img, "overview")
     box = element_box(d, "#chart-rates")

@@ -1,7 +1,12 @@
 """Authentication, error shapes, the node-level endpoints and health checks."""
 from __future__ import annotations
 
+import gzip
+import socket
+import time
+
 from mgmtutil import q
+from support.harness import wait_for
 
 
 def test_listeners_are_logged_on_their_own_free_ports(mgmt):
@@ -72,6 +77,11 @@ def test_error_shapes_and_methods(api):
     assert r.status == 405
     r = api.request("PUT", "/api/queues/%2F/q1", raw=b"{not json")
     assert r.status == 400 and r.json() == {"error": "bad_request", "reason": "not_json"}
+    # a compressed body is not inflated (a small body must not become a large one): not JSON
+    r = api.request("PUT", "/api/queues/%2F/q1", raw=gzip.compress(b'{"durable": true}'),
+                    headers={"Content-Encoding": "gzip"})
+    assert r.status == 400 and r.json() == {"error": "bad_request", "reason": "not_json"}
+    assert api.get("/api/queues/%2F/q1").status == 404
     r = api.request("OPTIONS", "/api/queues/%2F/q1")
     assert r.status == 200 and "PUT" in r.headers["Allow"] and "DELETE" in r.headers["Allow"]
     assert api.request("HEAD", "/api/whoami").status == 200
@@ -144,3 +154,28 @@ def test_usagi_node_control(api, mgmt):
     assert api.as_user("mgr", "p").post("/api/usagi/stop").status == 401
     assert api.post("/api/usagi/stop").status == 204
     assert mgmt.server.proc.wait(20) == 0
+
+
+def test_malformed_and_unfinished_requests(start_mgmt):
+    """A request that cannot be parsed gets 400 and one log line, not a traceback each; a
+    connection whose request never completes is closed after the request timeout."""
+    m = start_mgmt(env={"USAGI_MANAGEMENT_REQUEST_TIMEOUT": "2"}, extra_args=["--in-memory"])
+
+    def exchange(data: bytes) -> bytes:
+        with socket.create_connection((m.host, m.port), timeout=10) as s:
+            s.sendall(data)
+            return s.recv(200)
+
+    for _ in range(20):
+        assert exchange(b"GET /api/overview HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 20000 + b"\r\n\r\n"
+                        ).startswith(b"HTTP/1.0 400")
+        assert exchange(b"GARBAGE \x00\x01\r\n\r\n").startswith(b"HTTP/1.0 400")
+    wait_for(lambda: "malformed HTTP request" in "".join(m.server.lines), 5, message="a log line")
+    assert "Traceback" not in "".join(m.server.lines)
+    slow = socket.create_connection((m.host, m.port), timeout=10)
+    slow.sendall(b"GET /api/overview HTTP/1.1\r\nHost")          # and nothing more
+    t0 = time.monotonic()
+    assert slow.recv(100) == b""            # closed by the server
+    assert time.monotonic() - t0 < 9
+    slow.close()
+    assert m.api.get("/api/overview").status == 200

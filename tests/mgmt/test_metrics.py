@@ -27,7 +27,11 @@ def parse(text: str) -> dict:
         m = _LINE.match(line)
         assert m, f"bad exposition line: {line!r}"
         name, labels, value = m.groups()
-        assert name in types, f"sample before its TYPE line: {line!r}"
+        family = name
+        for suffix in ("_bucket", "_sum", "_count"):
+            if name.endswith(suffix) and types.get(name[:-len(suffix)]) in ("histogram", "summary"):
+                family = name[:-len(suffix)]
+        assert family in types, f"sample before its TYPE line: {line!r}"
         lab = frozenset(_LABEL.findall(labels or ""))
         out[(name, lab)] = float(value)
     try:   # the reference parser, when it is installed, must agree
@@ -71,8 +75,9 @@ def test_core_families(api, mgmt):
     assert value(s, "rabbitmq_global_messages_received_total", protocol="amqp091") == 5
     assert value(s, "rabbitmq_global_messages_routed_total", protocol="amqp091") == 4
     assert value(s, "rabbitmq_global_messages_unroutable_dropped_total", protocol="amqp091") == 1
-    assert value(s, "rabbitmq_global_messages_delivered_total", protocol="amqp091") == 1
-    assert value(s, "rabbitmq_global_messages_acknowledged_total", protocol="amqp091") == 0
+    classic = {"protocol": "amqp091", "queue_type": "rabbit_classic_queue"}
+    assert value(s, "rabbitmq_global_messages_delivered_total", **classic) == 1
+    assert value(s, "rabbitmq_global_messages_acknowledged_total", **classic) == 0
     assert value(s, "rabbitmq_process_resident_memory_bytes") > 1_000_000
     assert value(s, "rabbitmq_process_open_fds") > 0
     assert value(s, "rabbitmq_disk_space_available_bytes") > 0
@@ -82,7 +87,7 @@ def test_core_families(api, mgmt):
 
     ch2.basic_ack(got[0])
     s = wait_until(lambda: (lambda s: s if value(
-        s, "rabbitmq_global_messages_acknowledged_total", protocol="amqp091") == 1 else None)(
+        s, "rabbitmq_global_messages_acknowledged_total", **classic) == 1 else None)(
         parse(mgmt.metrics())), 5)
     assert value(s, "rabbitmq_queue_messages_unacked") == 0
 
@@ -106,8 +111,8 @@ def test_per_queue_metrics(api, mgmt):
     s = parse(mgmt.metrics("/metrics/detailed?family=queue_metrics,vhost_status,exchange_names&vhost=other"))
     assert value(s, "rabbitmq_detailed_queue_messages_ready_bytes", vhost="other", queue="b") == 5
     assert ("rabbitmq_detailed_queue_messages_ready_bytes", frozenset({("vhost", "/"), ("queue", "a")})) not in s
-    assert value(s, "rabbitmq_detailed_vhost_status", vhost="other") == 1
-    assert value(s, "rabbitmq_detailed_exchange_name", vhost="other", exchange="amq.topic", type="topic") == 1
+    assert value(s, "rabbitmq_cluster_vhost_status", vhost="other") == 1
+    assert value(s, "rabbitmq_cluster_exchange_name", vhost="other", exchange="amq.topic", type="topic") == 1
 
     s = parse(mgmt.metrics("/metrics/per-object"))
     assert value(s, "rabbitmq_queue_messages_ready", vhost="/", queue="a") == 2
@@ -119,3 +124,51 @@ def test_label_values_are_escaped(api, mgmt):
     text = mgmt.metrics("/metrics/per-object")
     assert 'queue="we\\"ird\\\\name"' in text
     assert value(parse(text), "rabbitmq_queue_messages", vhost="/", queue='we\\"ird\\\\name') == 0
+
+
+def test_delivery_counts_agree_between_api_and_metrics(api, mgmt):
+    """basic.get with and without acks and on an empty queue, deliveries with automatic and manual
+    acks, an ack and a redelivery: /api/queues, /api/channels and the per-object metrics count the
+    same."""
+    conn = mgmt.pika()
+    ch = conn.channel()
+    ch.queue_declare("dc")
+    ch.queue_declare("dc.empty")
+    for i in range(6):
+        ch.basic_publish("", "dc", b"m%d" % i)
+    m, _p, _b = ch.basic_get("dc", auto_ack=False)          # get (manual ack), acked below
+    ch.basic_get("dc", auto_ack=True)                        # get_no_ack
+    assert ch.basic_get("dc.empty") == (None, None, None)     # get_empty
+    ch.basic_ack(m.delivery_tag)
+    manual, auto = conn.channel(), conn.channel()
+    got = []
+    manual.basic_qos(prefetch_count=1)
+    manual.basic_consume("dc", lambda c, m, p, b: got.append(m))
+    wait_until(lambda: (conn.process_data_events(0.05), got)[1], 5)
+    manual.basic_nack(got[0].delivery_tag, requeue=True)     # redelivered next
+    wait_until(lambda: (conn.process_data_events(0.05), len(got) >= 2)[1], 5)
+    manual.basic_cancel(manual.consumer_tags[0])
+    auto.basic_consume("dc", lambda c, m, p, b: got.append(m), auto_ack=True)
+    wait_until(lambda: (conn.process_data_events(0.05), len(got) >= 5)[1], 5)
+    manual.basic_ack(got[1].delivery_tag)
+
+    def settled():
+        conn.process_data_events(0.05)
+        q = api.get("/api/queues/%2F/dc").json()
+        return q if q.get("messages") == 0 else None
+    q = wait_until(settled, 5)
+    ms = q["message_stats"]
+    assert (ms["get"], ms["get_no_ack"], ms["deliver_no_ack"]) == (1, 1, 3), ms
+    assert ms["deliver"] == 2 and ms["deliver_get"] == 7 and ms["ack"] == 2 and ms["redeliver"] == 1, ms
+    assert api.get("/api/queues/%2F/dc.empty").json()["message_stats"]["get_empty"] == 1
+    s = parse(mgmt.metrics("/metrics/per-object"))
+    for name, want in (("rabbitmq_queue_get_ack_total", 1), ("rabbitmq_queue_get_total", 1),
+                       ("rabbitmq_queue_messages_delivered_ack_total", 2),
+                       ("rabbitmq_queue_messages_delivered_total", 3),
+                       ("rabbitmq_queue_messages_redelivered_total", 1), ("rabbitmq_queue_messages_acked_total", 2)):
+        assert value(s, name, vhost="/", queue="dc") == want, name
+    assert value(s, "rabbitmq_queue_get_empty_total", vhost="/", queue="dc.empty") == 1
+    chans = {c["number"]: c.get("message_stats", {}) for c in api.get("/api/channels").json()}
+    assert chans[1]["get"] == 1 and chans[1]["get_no_ack"] == 1 and chans[1]["get_empty"] == 1, chans[1]
+    assert chans[auto.channel_number]["deliver_no_ack"] == 3, chans
+    assert chans[manual.channel_number]["deliver"] == 2 and chans[manual.channel_number]["redeliver"] == 1

@@ -13,7 +13,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 
-LISTENER_RE = re.compile(r"AMQP listener on (\S+):(\d+)")
+LISTENER_RE = re.compile(r"AMQPS? listener on (\S+):(\d+)")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -61,7 +61,9 @@ class ServerProcess:
     """Runs `python -m usagi.cli.server` on port 0 and learns the port from its startup log."""
 
     def __init__(self, data_dir: str | None = None, extra_args: list[str] | None = None,
-                 env: dict | None = None):
+                 env: dict | None = None, defaults: bool = True):
+        # defaults=False: only --data-dir and extra_args (listeners and ports from a config file)
+        self.defaults = defaults
         self.own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="usagi-test-")
         self.extra_args = extra_args or []
@@ -80,6 +82,8 @@ class ServerProcess:
         cmd = [sys.executable, "-m", "usagi.cli.server", "--host", "127.0.0.1", "--port", "0",
                "--data-dir", self.data_dir, "--management-port", "0", "--metrics-port", "0",
                *self.extra_args]
+        if not self.defaults:
+            cmd = [sys.executable, "-m", "usagi.cli.server", "--data-dir", self.data_dir, *self.extra_args]
         self.lines = []
         self._ready.clear()
         self.port = None

@@ -206,10 +206,24 @@ def test_a_cheap_patterns_odd_slow_match_is_forgotten():
 
 
 def test_an_operation_budget_skips_and_is_not_remembered():
-    p = P.compile_pattern("^budgeted$")
+    p = P.compile_pattern("^budget+ed$")
     spent = P.Budget(0.0)
     assert p.test("budgeted", spent) == P.SKIPPED
     assert p.test("budgeted", P.Budget(1.0)) == P.MATCH
+
+
+def test_linear_patterns_are_answered_without_a_clock():
+    """`.*` and literal text (anchored or not) cannot backtrack: they are answered even with no
+    time left, so that a starved process never refuses what they grant."""
+    spent = P.Budget(0.0)
+    for src, subject, want in ((".*", "anything", P.MATCH), ("^.*$", "", P.MATCH), ("^amq\\.gen", "amq.gen-x", P.MATCH),
+                               ("^amq\\.gen", "amqXgen", P.NOMATCH), ("abc", "xabcx", P.MATCH),
+                               ("^abc$", "abcd", P.NOMATCH), ("^$", "", P.MATCH)):
+        p = P.compile_pattern(src)
+        assert p.linear, src
+        assert p.test(subject, spent) == want, (src, subject)
+    for src in ("a.c", ".*x", "(a*)*$", "a+", "foo|bar", "\\d", "[ab]"):
+        assert not P.compile_pattern(src).linear, src
 
 
 def test_out_of_budget_is_logged_once_per_pattern(caplog):

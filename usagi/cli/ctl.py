@@ -6,11 +6,8 @@ rabbitmqctl 3.10 prints (banners, tab-separated tables, ``--formatter json``), w
 same exit codes (64 usage, 65 data error, 67 no such user, 69 unavailable, 70 software
 error, 75 timeout).
 
-Where the broker is: ``--url URL``, else the environment variable ``USAGI_URL``, else
-``http://guest:guest@localhost:15672``. The URL's user and password are sent with HTTP
-basic authentication; a path after the port is kept as a prefix (for a proxy).
-``-n/--node`` and ``-l/--longnames`` are accepted and ignored: the node is the one behind
-the URL, and banners name the node that ``GET /api/overview`` reports.
+Where the broker is, and what a command needs of the node's app: see common.py (shared with
+usagi-diagnostics). Banners name the node that ``GET /api/nodes`` (or ``/api/overview``) reports.
 
 Management API endpoints used (all as in RabbitMQ's management plugin):
 
@@ -32,10 +29,21 @@ Management API endpoints used (all as in RabbitMQ's management plugin):
   GET/POST /api/definitions                               export_definitions, import_definitions
   GET/PUT/DELETE /api/vhost-limits[/{vhost}[/{name}]]     set/clear/list_vhost_limits
   GET/PUT/DELETE /api/user-limits[/{user}[/{name}]]       set/clear/list_user_limits
+  GET    /api/nodes                                       the app's state (every command but node control)
+  GET    /api/vhosts/{vhost}/topic-permissions,
+         /api/users/{user}/topic-permissions              list_topic_permissions, list_user_topic_permissions
+  PUT/DELETE /api/topic-permissions/{vhost}/{user}[/{exchange}]   set/clear_topic_permissions
+  GET    /api/parameters; PUT/DELETE /api/parameters/{component}/{vhost}/{name}
+                                                          list/set/clear_parameter
+  GET    /api/global-parameters; PUT/DELETE /api/global-parameters/{name}
+                                                          list/set/clear_global_parameter
+  GET/PUT/DELETE /api/operator-policies/{vhost}[/{name}]  list/set/clear_operator_policy
+  GET    /api/feature-flags; PUT /api/feature-flags/{name}/enable   list_feature_flags, enable_feature_flag
+  PUT    /api/cluster-name                                set_cluster_name
 
 Usagi-specific endpoints (RabbitMQ's management API has no equivalent; rabbitmqctl does
-these over Erlang distribution). Each takes an empty POST body and answers 204 (or 200)
-once the action has been accepted:
+these over Erlang distribution; administrator tag). Node control takes an empty POST body and
+answers 204 once the action has been accepted:
 
   POST /api/usagi/stop        stop: stop the broker and exit the server process
                               (rabbitmqctl stop). usagictl then waits, up to --timeout,
@@ -43,370 +51,60 @@ once the action has been accepted:
   POST /api/usagi/stop_app    stop_app: stop the AMQP side (close client connections and
                               listeners) but keep the process and the management API up.
                               While stopped, GET /api/nodes/{node} reports "running": false.
-  POST /api/usagi/start_app   start_app: start the AMQP side again.
+  POST /api/usagi/start_app   start_app: start the AMQP side again. stop_app and start_app
+                              return once GET /api/nodes says the app has stopped or started.
+  POST /api/usagi/reset, /api/usagi/force_reset
+                              reset, force_reset (the app must be stopped): delete every vhost,
+                              queue, message, user, permission, policy and parameter, then
+                              create the default vhost and user again (as the next start
+                              would); 204 once durable. Only the default user can log in after.
+  GET  /api/usagi/environment environment: the node's settings under RabbitMQ's names
+  PUT  /api/usagi/vm_memory_high_watermark  {"relative": f} | {"absolute": bytes}
+  PUT  /api/usagi/disk_free_limit           {"absolute": bytes} | {"mem_relative": f}
+  PUT  /api/usagi/log_level                 {"level": "debug" | ... | "none"}
+  POST /api/usagi/rotate_logs               {"rotated": [files]}
+  GET  /api/usagi/log_tail?lines=N          {"file": ..., "lines": [...]} (usagi-diagnostics)
+  GET  /api/usagi/queues/{vhost}            each queue's pid (list_queues pid)
 
 await_startup polls GET /api/nodes/{node} until it answers with "running": true.
-Against a broker without these endpoints (RabbitMQ), stop/stop_app/start_app fail with
-exit code 69 and a message that says so.
+Against a broker without these endpoints (RabbitMQ), these commands fail with exit code 69
+and a message that says so (rotate_logs with RabbitMQ's own: it rotates nothing), and
+list_queues leaves the pid column blank.
 
 Other differences from rabbitmqctl, all forced by the HTTP API: connection and channel
 "pid" columns show the connection/channel name that the API uses (and close_connection
 takes that name); ``close_connection`` on an unknown name succeeds as rabbitmqctl does for
-an unknown pid.
+an unknown pid. set_vm_memory_high_watermark absolute 0 (or less) is refused (rabbitmqctl fails
+with a stack trace). trace_on/trace_off are not offered: Usagi has no message tracing.
 """
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
+import re
 import sys
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
-PROG = "usagictl"
-DEFAULT_URL = "http://guest:guest@localhost:15672"
+from .common import (CTL, EX_DATAERR, EX_NOUSER, EX_SOFTWARE, EX_TEMPFAIL, EX_UNAVAILABLE, EX_USAGE,
+                     STOPPED, Api, CtlError, Ctx, TimedOut, Tool, Unreachable, ValidationError, bold, compact,
+                     erlang_term, general_options, listener_interface, listener_line, listener_purpose,
+                     listeners, q, select_columns)
 
-EX_OK = 0
-EX_USAGE = 64
-EX_DATAERR = 65
-EX_NOUSER = 67
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
-EX_TEMPFAIL = 75
-
-
-# --------------------------------------------------------------------------- errors
-
-class CtlError(Exception):
-    """A command failed: printed to stderr as rabbitmqctl does ("Error:" then the reason)."""
-
-    def __init__(self, message: str, code: int = EX_SOFTWARE, prefix: bool = True):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-        self.prefix = prefix
-
-
-class ValidationError(Exception):
-    """Bad arguments: "Error (argument validation): ..." plus the command's usage."""
-
-    def __init__(self, message: str, code: int = EX_USAGE):
-        super().__init__(message)
-        self.message = message
-        self.code = code
-
-
-class Unreachable(Exception):
-    pass
-
-
-class TimedOut(Exception):
-    pass
-
-
-# --------------------------------------------------------------------------- HTTP client
-
-class Response:
-    def __init__(self, status: int, body: bytes):
-        self.status = status
-        self.body = body
-        try:
-            self.data = json.loads(body.decode("utf-8")) if body else None
-        except (ValueError, UnicodeDecodeError):
-            self.data = None
-
-    @property
-    def ok(self) -> bool:
-        return 200 <= self.status < 300
-
-    @property
-    def reason(self) -> str:
-        d = self.data
-        if isinstance(d, dict):
-            r = d.get("reason", d.get("error"))
-            if isinstance(r, list):
-                r = "{" + ", ".join(_erl_term(x) for x in r) + "}"
-            if r is not None:
-                return html.unescape(str(r))
-        text = self.body.decode("utf-8", "replace").strip()
-        return text or f"HTTP {self.status}"
-
-
-def _erl_term(x) -> str:
-    return f'"{x}"' if isinstance(x, str) and not x.isidentifier() else str(x)
-
-
-class Api:
-    def __init__(self, url: str, timeout: float):
-        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValidationError(f"Bad argument: invalid management URL {url!r}", EX_USAGE)
-        self.user = urllib.parse.unquote(parts.username) if parts.username is not None else "guest"
-        self.password = urllib.parse.unquote(parts.password) if parts.password is not None else "guest"
-        host = parts.hostname
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        self.base = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
-        self.display = f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}/"
-        self.timeout = timeout
-        self._overview = None
-
-    def request(self, method: str, path: str, body=None, headers: dict | None = None,
-                auth: tuple[str, str] | None = None, timeout: float | None = None) -> Response:
-        data = None
-        hdrs = {}
-        if body is not None:
-            data = body if isinstance(body, bytes) else json.dumps(body).encode("utf-8")
-            hdrs["Content-Type"] = "application/json"
-        elif method in ("POST", "PUT"):
-            data = b""
-        user, password = auth or (self.user, self.password)
-        token = base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
-        hdrs["Authorization"] = "Basic " + token
-        if headers:
-            hdrs.update(headers)
-        req = urllib.request.Request(self.base + path, data=data, headers=hdrs, method=method)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                return Response(resp.status, resp.read())
-        except urllib.error.HTTPError as e:
-            try:
-                payload = e.read()
-            except Exception:
-                payload = b""
-            return Response(e.code, payload)
-        except TimeoutError as e:
-            raise TimedOut(str(e)) from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError) or "timed out" in str(e.reason):
-                raise TimedOut(str(e.reason)) from None
-            raise Unreachable(str(e.reason)) from None
-        except (ConnectionError, OSError) as e:
-            raise Unreachable(str(e)) from None
-
-    def call(self, method: str, path: str, body=None, allow=(), **kw) -> Response:
-        """Like request(), but authentication failures and unexpected errors raise CtlError."""
-        r = self.request(method, path, body, **kw)
-        if r.ok or r.status in allow:
-            return r
-        if r.status in (401, 403) and "auth" not in kw:
-            hint = ("check the user name and password in --url or USAGI_URL" if r.status == 401
-                    and "login failed" in r.reason.lower() else
-                    "this command needs a user with the administrator tag")
-            raise CtlError(f"Error: the management API at {self.display} refused user "
-                           f"'{self.user}' ({r.status}: {r.reason}): {hint}.",
-                           EX_UNAVAILABLE, prefix=False)
-        raise CtlError(r.reason, EX_SOFTWARE)
-
-    def get(self, path: str, allow=()) -> Response:
-        return self.call("GET", path, allow=allow)
-
-    def overview(self) -> dict:
-        if self._overview is None:
-            self._overview = self.get("/api/overview").data or {}
-        return self._overview
-
-    def node(self) -> str:
-        return str(self.overview().get("node") or "rabbit@localhost")
-
-
-def q(s: str) -> str:
-    return urllib.parse.quote(s, safe="")
-
-
-# --------------------------------------------------------------------------- value formatting
-
-def _inner(v) -> str:
-    """A value inside a list or argument table, as rabbitmqctl's table formatter shows it."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "undefined"
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)
-    if isinstance(v, dict):
-        return "[" + ",".join(f"{{{json.dumps(k, ensure_ascii=False)},{_inner(x)}}}" for k, x in v.items()) + "]"
-    if isinstance(v, list):
-        return "[" + ",".join(_inner(x) for x in v) + "]"
-    return str(v)
-
-
-def table_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return ""
-    if isinstance(v, str):
-        return v
-    if isinstance(v, dict):
-        return "[" + ",".join(f"{{{json.dumps(k, ensure_ascii=False)},{_inner(x)}}}" for k, x in v.items()) + "]"
-    if isinstance(v, list):
-        return "[" + ", ".join(x if isinstance(x, str) else _inner(x) for x in v) + "]"
-    return str(v)
-
-
-def _amqp_type(v) -> str:
-    if isinstance(v, bool):
-        return "bool"
-    if isinstance(v, int):
-        return "signedint" if -2 ** 31 <= v < 2 ** 31 else "long"
-    if isinstance(v, float):
-        return "double"
-    if isinstance(v, dict):
-        return "table"
-    if isinstance(v, list):
-        return "array"
-    if v is None:
-        return "void"
-    return "longstr"
-
-
-def json_arguments(d) -> list:
-    if not isinstance(d, dict):
-        return d if d is not None else []
-    return [[k, _amqp_type(v), json_arguments(v) if isinstance(v, dict) else v] for k, v in d.items()]
-
-
-def json_host(v):
-    if isinstance(v, str) and v.count(".") == 3 and all(p.isdigit() for p in v.split(".")):
-        return [int(p) for p in v.split(".")]
-    return v
-
-
-def json_value(key: str, v):
-    if key in ("arguments", "client_properties"):
-        return json_arguments(v)
-    if key in ("peer_host", "host"):
-        return json_host(v)
-    return v
-
-
-def compact(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, sort_keys=True)
-
-
-# --------------------------------------------------------------------------- commands
+PROG = CTL
 
 SECTIONS = [
     ("help", "Help"), ("nodes", "Nodes"), ("cluster", "Cluster"), ("users", "Users"),
     ("access", "Access Control"),
-    ("monitoring", "Monitoring, observability and health checks"), ("policies", "Policies"),
-    ("vhosts", "Virtual hosts"), ("definitions", "Definitions"), ("operations", "Operations"),
+    ("monitoring", "Monitoring, observability and health checks"), ("parameters", "Parameters"),
+    ("policies", "Policies"), ("vhosts", "Virtual hosts"), ("configuration", "Configuration and Environment"),
+    ("definitions", "Definitions"), ("feature_flags", "Feature flags"), ("operations", "Operations"),
     ("queues", "Queues"),
 ]
 
-COMMON = "[--node <node>] [--longnames] [--quiet]"
-
-# Options every command accepts (rabbitmqctl's general options and usagictl's --url).
-GLOBAL_OPTS = {"node", "quiet", "silent", "timeout", "longnames", "formatter", "vhost", "url",
-               "help", "no-table-headers", "erlang-cookie"}
-# Options that take a value (whatever the command).
-VALUE_OPTS = {"node", "timeout", "formatter", "vhost", "url", "description", "tags",
-              "default-queue-type", "priority", "apply-to", "format", "limit",
-              "per-connection-delay", "user", "unit", "erlang-cookie"}
-SHORT = {"n": "node", "q": "quiet", "s": "silent", "t": "timeout", "l": "longnames", "p": "vhost",
-         "?": "help"}
-# Short options that exist only for some commands.
-CMD_SHORT = {"delete_queue": {"e": "if-empty", "u": "if-unused"}}
-
-
-class Command:
-    def __init__(self, name, section, descr, usage, nargs, handler, options=(), columns=None,
-                 default_columns=None, help_args=()):
-        self.name = name
-        self.section = section
-        self.descr = descr
-        self.usage_tail = usage
-        self.min_args, self.max_args = nargs
-        self.handler = handler
-        self.options = set(options)
-        self.columns = columns
-        self.default_columns = default_columns
-        self.help_args = help_args
-
-    @property
-    def usage(self) -> str:
-        return f"{PROG} {COMMON} {self.name}" + (f" {self.usage_tail}" if self.usage_tail else "")
-
-
-COMMANDS: dict[str, Command] = {}
-
-
-def command(name, section, descr, usage="", nargs=(0, 0), options=(), columns=None,
-            default_columns=None, help_args=()):
-    def deco(fn):
-        COMMANDS[name] = Command(name, section, descr, usage, nargs, fn, options, columns,
-                                 default_columns, help_args)
-        return fn
-    return deco
-
-
-class Ctx:
-    """What a command handler gets: parsed options, the API client and output helpers."""
-
-    def __init__(self, cmd: Command, args: list[str], opts: dict, api: Api, out, err):
-        self.cmd = cmd
-        self.args = args
-        self.opts = opts
-        self.api = api
-        self.out = out
-        self.err = err
-        self.formatter = opts.get("formatter", "table")
-        self.silent = "silent" in opts
-        self.quiet = "quiet" in opts or self.silent or self.formatter == "json"
-        self.headers = not (self.silent or "no-table-headers" in opts)
-
-    @property
-    def vhost(self) -> str:
-        return self.opts.get("vhost", "/")
-
-    def banner(self, text: str):
-        if not self.quiet:
-            self.out.write(text + "\n")
-
-    def print(self, text: str = ""):
-        self.out.write(text + "\n")
-
-    def table(self, columns: list[str], rows: list[dict], empty_line: bool = False,
-              empty_json: str = "[\n]"):
-        """rows are dicts keyed by column, values as the API gives them."""
-        if self.formatter == "json":
-            if not rows:
-                self.out.write(empty_json + "\n")
-                return
-            self.out.write("[\n")
-            for i, r in enumerate(rows):
-                obj = {c: json_value(c, r.get(c)) for c in columns}
-                self.out.write(("," if i else "") + json.dumps(obj, separators=(",", ":"),
-                                                               ensure_ascii=False) + "\n")
-            self.out.write("]\n")
-            return
-        sep = "," if self.formatter == "csv" else "\t"
-        if not rows:
-            if empty_line:
-                self.out.write("\n")
-            return
-        if self.headers:
-            self.out.write(sep.join(columns) + "\n")
-        for r in rows:
-            self.out.write(sep.join(table_value(r.get(c)) for c in columns) + "\n")
-
-
-def select_columns(ctx: Ctx) -> list[str]:
-    cmd = ctx.cmd
-    if not ctx.args:
-        return list(cmd.default_columns)
-    cols = []
-    for a in ctx.args:
-        cols.extend(c.strip() for c in a.split(",") if c.strip())
-    bad = [c for c in cols if c not in cmd.columns]
-    if bad:
-        raise ValidationError(f"Info key(s) {','.join(bad)} are not supported")
-    return cols
+TOOL = Tool(PROG, SECTIONS, general_options())
+COMMANDS = TOOL.commands
+command = TOOL.command
 
 
 def _user_must_exist(api: Api, user: str, code=EX_NOUSER, message=None) -> dict:
@@ -436,7 +134,7 @@ def _parse_json_arg(text: str, code=EX_UNAVAILABLE):
 
 # ---- nodes
 
-@command("version", "help", "Displays CLI tools version")
+@command("version", "help", "Displays CLI tools version", app=None)
 def cmd_version(ctx):
     from .. import __version__
     ctx.print(__version__)
@@ -452,12 +150,9 @@ def cmd_status(ctx):
     n = api.get(f"/api/nodes/{q(node)}", allow=(404,)).data or {}
     vhosts = api.get("/api/vhosts", allow=(404,)).data or []
     totals = ov.get("object_totals") or {}
-    listeners = ov.get("listeners") or []
-    alarms = []
-    if n.get("mem_alarm"):
-        alarms.append("memory")
-    if n.get("disk_free_alarm"):
-        alarms.append("free disk space")
+    lsn = listeners(api)
+    alarms = node_alarms(n, node)
+    watermark = _watermark_setting(api)
     unit = ctx.opts.get("unit", "gb").lower()
     div = {"b": 1, "bytes": 1, "kb": 1e3, "kib": 1024, "mb": 1e6, "mib": 1024 ** 2,
            "gb": 1e9, "gib": 1024 ** 3}.get(unit, 1e9)
@@ -472,19 +167,19 @@ def cmd_status(ctx):
             "enabled_plugin_file": n.get("enabled_plugins_file"),
             "active_plugins": n.get("enabled_plugins") or [],
             "data_directory": n.get("db_dir"), "config_files": n.get("config_files") or [],
-            "log_files": n.get("log_files") or [], "alarms": alarms,
+            "log_files": n.get("log_files") or [],
+            "alarms": [{"node": node, "resource": r, "type": "resource_limit"} for r in node_alarm_resources(n)],
             "memory": {"total": {"rss": n.get("mem_used")}},
             "vm_memory_calculation_strategy": n.get("mem_calculation_strategy"),
             "vm_memory_high_watermark_limit": n.get("mem_limit"),
+            "vm_memory_high_watermark_setting": watermark,
             "file_descriptors": {"total_used": n.get("fd_used"), "total_limit": n.get("fd_total"),
                                  "sockets_used": n.get("sockets_used"),
                                  "sockets_limit": n.get("sockets_total")},
             "disk_free_limit": n.get("disk_free_limit"), "disk_free": n.get("disk_free"),
             "totals": {"connection_count": totals.get("connections"),
                        "queue_count": totals.get("queues"), "virtual_host_count": len(vhosts)},
-            "listeners": [{"interface": l.get("ip_address"), "node": l.get("node"),
-                           "port": l.get("port"), "protocol": l.get("protocol"),
-                           "purpose": _purpose(l.get("protocol"))} for l in listeners],
+            "listeners": lsn,
         }
         ctx.print(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
         return
@@ -513,13 +208,14 @@ def cmd_status(ctx):
     lines += ["", "Log file(s)", ""]
     lines += [f" * {f}" for f in (n.get("log_files") or [])]
     lines += ["", "Alarms", ""]
-    lines += [f" * {a}" for a in alarms] or ["(none)"]
+    lines += alarms or ["(none)"]
     mem_used = n.get("mem_used") or 0
     mem_limit = n.get("mem_limit") or 0
     lines += ["", "Memory", "",
               f"Total memory used: {_units(mem_used, div)} {unit}",
               f"Calculation strategy: {n.get('mem_calculation_strategy', '')}",
-              f"Memory high watermark setting: computed to: {_units(mem_limit, div)} {unit}",
+              f"Memory high watermark setting: {_watermark_text(watermark, div, unit)}computed to: "
+              f"{_units(mem_limit, div)} {unit}",
               "", "File Descriptors", "",
               f"Total: {n.get('fd_used', '')}, limit: {n.get('fd_total', '')}",
               f"Sockets: {n.get('sockets_used', '')}, limit: {n.get('sockets_total', '')}",
@@ -531,11 +227,49 @@ def cmd_status(ctx):
               f"Queue count: {totals.get('queues', 0)}",
               f"Virtual host count: {len(vhosts)}",
               "", "Listeners", ""]
-    for l in listeners:
-        lines.append(f"Interface: {l.get('ip_address')}, port: {l.get('port')}, protocol: "
-                     f"{l.get('protocol')}, purpose: {_purpose(l.get('protocol'))}")
+    lines += [listener_line(l) for l in lsn]
     for line in lines:
         ctx.print(bold(line) if line in _STATUS_HEADINGS else line)
+
+
+def node_alarm_resources(n: dict) -> list[str]:
+    """The resource alarms in effect on a node (GET /api/nodes/{node}), in rabbitmqctl's order."""
+    return (["disk"] if n.get("disk_free_alarm") else []) + (["memory"] if n.get("mem_alarm") else [])
+
+
+ALARM_TEXT = {"disk": "Free disk space alarm on node {}", "disk space": "Free disk space alarm on node {}",
+              "memory": "Memory alarm on node {}"}
+
+
+def alarm_text(resource: str, node: str) -> str:
+    return ALARM_TEXT.get(resource, resource + " alarm on node {}").format(node)
+
+
+def node_alarms(n: dict, node: str) -> list[str]:
+    return [alarm_text(r, node) for r in node_alarm_resources(n)]
+
+
+def _watermark_setting(api: Api):
+    """The node's vm_memory_high_watermark setting ({"relative": f} or {"absolute": n}) where it says
+    (GET /api/usagi/environment); None elsewhere."""
+    try:
+        r = api.request("GET", "/api/usagi/environment")
+    except (Unreachable, TimedOut):
+        return None
+    if not r.ok or not isinstance(r.data, dict):
+        return None
+    w = (r.data.get("rabbit") or {}).get("vm_memory_high_watermark")
+    return w if isinstance(w, (dict, int, float)) else None
+
+
+def _watermark_text(w, div, unit) -> str:
+    if isinstance(w, dict) and "absolute" in w:
+        return f"{_units(w['absolute'], div)} {unit}, "
+    if isinstance(w, dict) and "relative" in w:
+        return f"{w['relative']} of available memory, "
+    if isinstance(w, (int, float)) and not isinstance(w, bool):
+        return f"{w} of available memory, "
+    return ""
 
 
 @command("cluster_status", "cluster", "Displays all the nodes in the cluster grouped by node type, together "
@@ -559,7 +293,7 @@ def cmd_cluster_status(ctx):
             alarms.append(f"Node {n.get('name')} reported an alarm: memory")
         if n.get("disk_free_alarm"):
             alarms.append(f"Node {n.get('name')} reported an alarm: free disk space")
-    listeners = ov.get("listeners") or []
+    all_listeners = sorted(ov.get("listeners") or [], key=lambda l: str(l.get("port")))
     if ctx.formatter == "json":
         obj = {"cluster_name": c.get("cluster_name"), "disk_nodes": names, "ram_nodes": [],
                "running_nodes": running,
@@ -567,13 +301,13 @@ def cmd_cluster_status(ctx):
                                         "usagi_version": n.get("version")} for n in c.get("nodes", [])},
                "maintenance_status": {n: "not under maintenance" for n in names},
                "alarms": alarms, "partitions": {},
-               "listeners": {l.get("node"): [] for l in listeners},
+               "listeners": {l.get("node"): [] for l in all_listeners},
                "leader": c.get("leader"), "epoch": c.get("epoch"), "in_sync": c.get("isr"),
                "nodes": c.get("nodes")}
-        for l in listeners:
+        for l in all_listeners:
             obj["listeners"].setdefault(l.get("node"), []).append(
-                {"interface": l.get("ip_address"), "port": l.get("port"), "protocol": l.get("protocol"),
-                 "purpose": _purpose(l.get("protocol"))})
+                {"interface": listener_interface(l.get("ip_address")), "port": l.get("port"), "protocol": l.get("protocol"),
+                 "purpose": listener_purpose(l.get("protocol"))})
         ctx.print(json.dumps(obj, separators=(",", ":"), ensure_ascii=False))
         return
     lines = ["Basics", "", f"Cluster name: {c.get('cluster_name', '')}", "", "Disk Nodes", ""]
@@ -589,9 +323,9 @@ def cmd_cluster_status(ctx):
     lines += ["", "Alarms", ""]
     lines += alarms or ["(none)"]
     lines += ["", "Network Partitions", "", "(none)", "", "Listeners", ""]
-    for l in listeners:
-        lines.append(f"Node: {l.get('node')}, interface: {l.get('ip_address')}, port: {l.get('port')}, "
-                     f"protocol: {l.get('protocol')}, purpose: {_purpose(l.get('protocol'))}")
+    for l in all_listeners:
+        lines.append(f"Node: {l.get('node')}, interface: {listener_interface(l.get('ip_address'))}, port: {l.get('port')}, "
+                     f"protocol: {l.get('protocol')}, purpose: {listener_purpose(l.get('protocol'))}")
     if c.get("leader"):
         lines += ["", "Leader and replication", ""]
         for n in c.get("nodes", []):
@@ -609,13 +343,6 @@ _CLUSTER_HEADINGS = {"Basics", "Disk Nodes", "Running Nodes", "Versions", "Maint
 
 _STATUS_HEADINGS = {"Runtime", "Plugins", "Data directory", "Config files", "Log file(s)", "Alarms",
                     "Memory", "File Descriptors", "Free Disk Space", "Totals", "Listeners"}
-
-
-def _purpose(proto) -> str:
-    return {"amqp": "AMQP 0-9-1 and AMQP 1.0", "amqp/ssl": "AMQP 0-9-1 and AMQP 1.0 over TLS",
-            "http": "HTTP API", "https": "HTTP API over TLS",
-            "clustering": "inter-node and CLI tool communication",
-            "http/prometheus": "Prometheus exporter API over HTTP"}.get(proto or "", proto or "")
 
 
 def _units(v, div) -> str:
@@ -647,7 +374,7 @@ def _usagi_post(ctx, action: str):
 
 @command("stop", "nodes", "Stops RabbitMQ and its runtime (Erlang VM). Requires a local node pid "
          "file path to monitor progress.", "[--idempotent] [<pidfile>]", nargs=(0, 1),
-         options=("idempotent",))
+         options=("idempotent",), app=None)
 def cmd_stop(ctx):
     try:
         node = ctx.api.node()
@@ -666,20 +393,26 @@ def cmd_stop(ctx):
         time.sleep(0.1)
 
 
-@command("stop_app", "nodes", "Stops the RabbitMQ application, leaving the runtime (Erlang VM) running")
+@command("stop_app", "nodes", "Stops the RabbitMQ application, leaving the runtime (Erlang VM) running",
+         app=None)
 def cmd_stop_app(ctx):
     ctx.banner(f"Stopping rabbit application on node {ctx.api.node()} ...")
     _usagi_post(ctx, "stop_app")
+    _wait_app(ctx, False)
+    ctx.ok()
 
 
-@command("start_app", "nodes", "Starts the RabbitMQ application but leaves the runtime (Erlang VM) running")
+@command("start_app", "nodes", "Starts the RabbitMQ application but leaves the runtime (Erlang VM) running",
+         app=None)
 def cmd_start_app(ctx):
     ctx.banner(f"Starting node {ctx.api.node()} ...")
     _usagi_post(ctx, "start_app")
+    _wait_app(ctx, True)
+    ctx.ok()
 
 
 @command("await_startup", "nodes", "Waits for the RabbitMQ application to start on the target node",
-         "[--timeout <timeout>]")
+         "[--timeout <timeout>]", app=None)
 def cmd_await_startup(ctx):
     timeout = float(ctx.opts.get("timeout", 300))
     deadline = time.monotonic() + timeout
@@ -707,7 +440,7 @@ def cmd_await_startup(ctx):
 
 
 @command("ping", "monitoring", "Checks that the node OS process is up, registered with EPMD and CLI "
-         "tools can authenticate with it", "[--timeout <timeout>]")
+         "tools can authenticate with it", "[--timeout <timeout>]", app=None)
 def cmd_ping(ctx):
     timeout_ms = int(float(ctx.opts.get("timeout", 60)) * 1000)
     try:
@@ -721,7 +454,10 @@ def cmd_ping(ctx):
     if r is None or not r.ok:
         raise CtlError(f"Failed to connect and authenticate to {node} in {timeout_ms} ms",
                        EX_UNAVAILABLE)
-    ctx.print("Ping succeeded")
+    if ctx.json:
+        ctx.print_json({"message": "Ping succeeded"})
+    else:
+        ctx.print("Ping succeeded")
 
 
 # ---- users
@@ -1059,17 +795,37 @@ def _queue_row(qd: dict) -> dict:
     row["exclusive_consumer_tag"] = qd.get("exclusive_consumer_tag") or ecd.get("consumer_tag", "")
     row["pid"] = qd.get("pid", "")
     node = qd.get("node", "")
-    row.setdefault("leader", qd.get("leader", node))
-    row.setdefault("members", qd.get("members", [node] if node else []))
-    row.setdefault("online", qd.get("online", [node] if node else []))
+    replicated = qd.get("type") in ("quorum", "stream")
+    # leader, members and online are a replicated queue's; rabbitmqctl leaves them blank for a
+    # classic queue, and its disk reads and writes blank for the others
+    row.setdefault("leader", qd.get("leader", node) if replicated else "")
+    row.setdefault("members", qd.get("members", [node] if node else []) if replicated else "")
+    row.setdefault("online", qd.get("online", [node] if node else []) if replicated else "")
     row.setdefault("slave_pids", "")
     row.setdefault("synchronised_slave_pids", "")
     if row.get("policy") is None:
         row["policy"] = ""
     bs = qd.get("backing_queue_status") or {}
-    row.setdefault("disk_reads", bs.get("disk_reads", 0))
-    row.setdefault("disk_writes", bs.get("disk_writes", 0))
+    row.setdefault("disk_reads", "" if replicated else bs.get("disk_reads", 0))
+    row.setdefault("disk_writes", "" if replicated else bs.get("disk_writes", 0))
     return row
+
+
+def _add_pids(ctx, vhost: str, rows: list):
+    """Each queue's pid and exclusive consumer's channel, where the node says (GET
+    /api/usagi/queues/{vhost}: RabbitMQ's management API has neither)."""
+    try:
+        r = ctx.api.request("GET", f"/api/usagi/queues/{q(vhost)}")
+    except (Unreachable, TimedOut):
+        return
+    if not r.ok or not isinstance(r.data, list):
+        return
+    facts = {p.get("name"): p for p in r.data if isinstance(p, dict)}
+    for row in rows:
+        f = facts.get(row.get("name")) or {}
+        for key in ("pid", "exclusive_consumer_pid"):
+            if not row.get(key):
+                row[key] = f.get(key, "")
 
 
 @command("list_queues", "monitoring", "Lists queues and their properties",
@@ -1087,7 +843,10 @@ def cmd_list_queues(ctx):
         queues = [x for x in queues if x.get("state") == "down"]
     elif "online" in ctx.opts and "offline" not in ctx.opts:
         queues = [x for x in queues if x.get("state") != "down"]
-    ctx.table(cols, [_queue_row(x) for x in queues])
+    rows = [_queue_row(x) for x in queues]
+    if rows and ("pid" in cols or "exclusive_consumer_pid" in cols):
+        _add_pids(ctx, vhost, rows)
+    ctx.table(cols, rows)
 
 
 EXCHANGE_COLUMNS = ["arguments", "auto_delete", "durable", "internal", "name", "policy", "type"]
@@ -1266,7 +1025,7 @@ def cmd_purge_queue(ctx):
 
 @command("delete_queue", "queues", "Deletes a queue",
          "<queue_name> [--if-empty|-e] [--if-unused|-u] [--timeout <timeout>]", nargs=(1, 1),
-         options=("if-empty", "if-unused"))
+         options=("if-empty", "if-unused"), shorts={"e": "if-empty", "u": "if-unused"})
 def cmd_delete_queue(ctx):
     name = ctx.args[0]
     vhost = ctx.vhost
@@ -1346,14 +1105,9 @@ def cmd_list_policies(ctx):
     vhost = ctx.vhost
     ctx.banner(f'Listing policies for vhost "{vhost}" ...')
     r = ctx.api.get(f"/api/policies/{q(vhost)}", allow=(404,))
-    rows = []
-    for p in (r.data or []) if r.ok else []:
-        row = dict(p)
-        row["definition"] = json.dumps(p.get("definition") or {}, separators=(",", ":"),
-                                       ensure_ascii=False)
-        rows.append(row)
-    ctx.table(["vhost", "name", "pattern", "apply-to", "definition", "priority"], rows,
-              empty_line=True, empty_json="[]")
+    if r.status == 404 or not _vhost_exists(ctx.api, vhost):
+        raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR, prefix=False)
+    ctx.table(POLICY_COLUMNS, _policy_rows(r.data), empty_line=True, empty_json="[]")
 
 
 # ---- definitions
@@ -1411,233 +1165,625 @@ def cmd_import_definitions(ctx):
                "some time.")
 
 
+# ---- node settings and state (Usagi endpoints under /api/usagi/)
+
+def _usagi(ctx, method: str, action: str, body=None, what: str | None = None):
+    """A Usagi-specific endpoint; against a management API without it (RabbitMQ's), exit code 69 and
+    a message that says so."""
+    path = f"/api/usagi/{action}"
+    r = ctx.api.request(method, path, body)
+    if r.ok:
+        return r
+    if r.status in (404, 405) and not (isinstance(r.data, dict) and r.data.get("reason") not in
+                                       (None, "Not Found", "Object Not Found")):
+        what = what or ctx.cmd.name
+        raise CtlError(f"{what} is not supported by the management API at {ctx.api.display} "
+                       f"({method} {path} answered {r.status}); {PROG} can run {what} only against Usagi "
+                       f"nodes", EX_UNAVAILABLE)
+    if r.status in (401, 403):
+        raise CtlError(f"the management API refused {method} {path} for user '{ctx.api.user}' "
+                       f"({r.status}: {r.reason})", EX_UNAVAILABLE)
+    raise CtlError(r.reason.rstrip("\n"), EX_UNAVAILABLE if r.status in (400, 409, 501) else EX_SOFTWARE)
+
+
+def _wait_app(ctx, running: bool):
+    """stop_app and start_app return once the node says the app has stopped or started (the API
+    answers before it acts), as rabbitmqctl's return once it has."""
+    deadline = time.monotonic() + float(ctx.opts.get("timeout", 60))
+    while time.monotonic() < deadline:
+        state = ctx.api.app_running()
+        if state is None or state == running:
+            return
+        time.sleep(0.05)
+    raise CtlError(f"the node behind {ctx.api.display} did not {'start' if running else 'stop'} its app "
+                   f"within {ctx.opts.get('timeout', 60)} seconds", EX_TEMPFAIL)
+
+
+@command("reset", "nodes", "Instructs a RabbitMQ node to leave the cluster and return to its virgin state",
+         app=STOPPED)
+def cmd_reset(ctx):
+    ctx.banner(f"Resetting node {ctx.api.node()} ...")
+    _usagi(ctx, "POST", "reset")
+    ctx.ok()
+
+
+@command("force_reset", "cluster", "Forcefully returns a RabbitMQ node to its virgin state", app=STOPPED)
+def cmd_force_reset(ctx):
+    ctx.banner(f"Forcefully resetting node {ctx.api.node()} ...")
+    _usagi(ctx, "POST", "force_reset")
+    ctx.ok()
+
+
+@command("rotate_logs", "nodes", "Rotates the node's log files (Usagi); does nothing on RabbitMQ [deprecated]")
+def cmd_rotate_logs(ctx):
+    r = ctx.api.request("POST", "/api/usagi/rotate_logs")
+    if r.status in (404, 405):
+        raise CtlError("This command does not rotate logs anymore [deprecated]", EX_UNAVAILABLE)
+    if not r.ok:
+        _usagi(ctx, "POST", "rotate_logs")
+    files = (r.data or {}).get("rotated") or []
+    if not files:
+        raise CtlError(f"node {ctx.api.node()} logs to standard output or error only: it has no log file "
+                       f"to rotate", EX_UNAVAILABLE)
+    ctx.banner(f"Rotating logs for node {ctx.api.node()} ...")
+    ctx.ok()
+
+
+MEMORY_UNITS = {"": 1, "k": 1024, "kiB": 1024, "M": 1024 ** 2, "MiB": 1024 ** 2, "G": 1024 ** 3,
+                "GiB": 1024 ** 3, "kB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3}
+_INT = re.compile(r"([+-]?\d+)(.*)\Z", re.S)
+_FLOAT = re.compile(r"[+-]?\d+(\.\d+)?([eE][+-]?\d+)?\Z")
+
+
+def parse_size(text: str) -> int | None:
+    """An absolute size as rabbitmqctl reads one: an integer with one of MEMORY_UNITS (k, M, G are
+    powers of 2; kB, MB, GB of 10). None if it is not one."""
+    m = _INT.match(text)
+    if m is None or m.group(2) not in MEMORY_UNITS:
+        return None
+    n = int(m.group(1))
+    if n < 0 and m.group(2):
+        return None
+    return n * MEMORY_UNITS[m.group(2)]
+
+
+def _fraction(text: str) -> float | None:
+    return float(text) if _FLOAT.match(text) else None
+
+
+def _validate_watermark(ctx):
+    a = ctx.args
+    if a[0] == "absolute":
+        if len(a) < 2:
+            raise ValidationError("not enough arguments.")
+        if len(a) > 2:
+            raise ValidationError("too many arguments.")
+        m = _INT.match(a[1])
+        if m is None:
+            raise ValidationError("Bad argument.", EX_DATAERR)
+        if m.group(2).startswith("."):
+            raise ValidationError("Bad argument: The threshold should be an integer.", EX_DATAERR)
+        if m.group(2) not in MEMORY_UNITS:
+            raise ValidationError("Bad argument: Invalid units.", EX_DATAERR)
+        if int(m.group(1)) <= 0:
+            raise ValidationError("Bad argument: The threshold should be a positive integer.", EX_DATAERR)
+        return
+    if len(a) > 1:
+        raise ValidationError("too many arguments.")
+    f = _fraction(a[0])
+    if f is None:
+        raise ValidationError("Bad argument.", EX_DATAERR)
+    if not 0.0 <= f <= 1.0:
+        raise ValidationError("Bad argument: The threshold should be a fraction between 0.0 and 1.0", EX_DATAERR)
+
+
+@command("set_vm_memory_high_watermark", "configuration", "Sets the vm_memory_high_watermark setting",
+         "<fraction> | absolute <value>", nargs=(1, 2), validate=_validate_watermark,
+         extra_help=(("<fraction>", "New limit as a fraction of total memory reported by the OS"),
+                     ("absolute <value>", "New limit as an absolute value with units, e.g. 1GB")))
+def cmd_set_vm_memory_high_watermark(ctx):
+    a = ctx.args
+    node = ctx.api.node()
+    if a[0] == "absolute":
+        ctx.banner(f"Setting memory threshold on {node} to {a[1]} bytes ...")
+        body = {"absolute": parse_size(a[1])}
+    else:
+        ctx.banner(f"Setting memory threshold on {node} to {a[0]} ...")
+        body = {"relative": _fraction(a[0])}
+    _usagi(ctx, "PUT", "vm_memory_high_watermark", body)
+    ctx.ok()
+
+
+def _validate_disk_limit(ctx):
+    a = ctx.args
+    if a[0] == "mem_relative":
+        if len(a) < 2:
+            raise ValidationError("not enough arguments.")
+        if len(a) > 2:
+            raise ValidationError("too many arguments.")
+        f = _fraction(a[1])
+        if f is None or f < 0:
+            raise ValidationError("Bad argument.", EX_DATAERR)
+        return
+    if len(a) > 1:
+        raise ValidationError("too many arguments.")
+    if parse_size(a[0]) is None:
+        raise ValidationError("Bad argument.", EX_DATAERR)
+
+
+@command("set_disk_free_limit", "configuration", "Sets the disk_free_limit setting",
+         "<disk_limit> | mem_relative <fraction>", nargs=(1, 2), validate=_validate_disk_limit,
+         extra_help=(("<disk_limit>", "New limit as an absolute value with units, e.g. 1GB"),
+                     ("mem_relative <fraction>", "New limit as a fraction of total memory reported by the OS")))
+def cmd_set_disk_free_limit(ctx):
+    a = ctx.args
+    node = ctx.api.node()
+    if a[0] == "mem_relative":
+        ctx.banner(f"Setting disk free limit on {node} to {a[1]} times the total RAM ...")
+        body = {"mem_relative": _fraction(a[1])}
+    else:
+        ctx.banner(f"Setting disk free limit on {node} to {a[0]} bytes ...")
+        body = {"absolute": parse_size(a[0])}
+    _usagi(ctx, "PUT", "disk_free_limit", body)
+    ctx.ok()
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical", "none")
+
+
+@command("set_log_level", "configuration", "Sets log level in the running node", "<log_level>", nargs=(1, 1))
+def cmd_set_log_level(ctx):
+    level = ctx.args[0]
+    if level not in LOG_LEVELS:
+        raise CtlError(f"level {level} is not supported. Try one of {', '.join(LOG_LEVELS)}", EX_UNAVAILABLE)
+    ctx.banner(f'Setting log level to "{level}" ...')
+    _usagi(ctx, "PUT", "log_level", {"level": level})
+    ctx.ok()
+
+
+@command("environment", "configuration", "Displays the name and value of each variable in the application "
+         "environment for each running application", app=None)
+def cmd_environment(ctx):
+    ctx.banner(f"Application environment of node {ctx.api.node()} ...")
+    env = _usagi(ctx, "GET", "environment").data or {}
+    if ctx.json:
+        ctx.print(compact(env))
+        return
+    ctx.print(erlang_term({app: dict(sorted((env[app] or {}).items())) if isinstance(env[app], dict)
+                           else env[app] for app in sorted(env)}))
+
+
+@command("hash_password", "users", "Hashes a plaintext password", "<cleartext_password>", nargs=(0, 1),
+         app=None)
+def cmd_hash_password(ctx):
+    from ..auth.passwords import hash_password
+    if ctx.args:
+        password = ctx.args[0]
+        if password == "":
+            raise ValidationError("Bad argument: password cannot be an empty string", EX_DATAERR)
+        ctx.banner(f"Will hash password {password}")
+    else:
+        ctx.banner("Will hash provided password")
+        if sys.stdin.isatty():
+            import getpass
+            password = getpass.getpass("Password: ")
+        else:
+            password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise ValidationError("not enough arguments.")
+    ctx.print(hash_password(password))
+
+
+@command("set_cluster_name", "configuration", "Sets the cluster name", "<name>", nargs=(1, 1))
+def cmd_set_cluster_name(ctx):
+    name = ctx.args[0]
+    ctx.banner(f"Setting cluster name to {name} ...")
+    r = ctx.api.call("PUT", "/api/cluster-name", {"name": name}, allow=(400,))
+    if not r.ok:
+        raise CtlError(r.reason, EX_UNAVAILABLE)
+    ctx.ok()
+
+
+@command("shutdown", "nodes", "Stops RabbitMQ and its runtime (Erlang VM). Monitors progress for local nodes. "
+         "Does not require a PID file path.", "[--wait] [--timeout <timeout>]", options=("wait", "no-wait"),
+         app=None)
+def cmd_shutdown(ctx):
+    node = ctx.api.node()
+    pid = ctx.api.node_info().get("os_pid", "")
+    ctx.banner(f"Shutting down RabbitMQ node {node} running at PID {pid}")
+    _usagi(ctx, "POST", "stop", what="shutdown")
+    if "no-wait" in ctx.opts:
+        return
+    ctx.banner(f"Waiting for PID {pid} to terminate")
+    deadline = time.monotonic() + float(ctx.opts.get("timeout", 60))
+    while time.monotonic() < deadline:
+        try:
+            ctx.api.request("GET", "/api/overview", timeout=2)
+        except (Unreachable, TimedOut):
+            ctx.banner(f"RabbitMQ node {node} running at PID {pid} successfully shut down")
+            return
+        time.sleep(0.1)
+    raise CtlError(f"node {node} did not stop within {ctx.opts.get('timeout', 60)} seconds", EX_TEMPFAIL)
+
+
+# ---- topic permissions
+
+TOPIC_PERMISSION_COLUMNS = ["user", "exchange", "write", "read"]
+
+
+@command("list_topic_permissions", "access", "Lists topic permissions in a virtual host",
+         "[--vhost <vhost>] [--no-table-headers] [--timeout <timeout>]")
+def cmd_list_topic_permissions(ctx):
+    vhost = ctx.vhost
+    ctx.banner(f'Listing topic permissions for vhost "{vhost}" ...')
+    r = ctx.api.get(f"/api/vhosts/{q(vhost)}/topic-permissions", allow=(404,))
+    if r.status == 404:
+        raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR, prefix=False)
+    ctx.table(TOPIC_PERMISSION_COLUMNS, r.data or [], empty_line=True, empty_json="[]")
+
+
+@command("list_user_topic_permissions", "access", "Lists user topic permissions",
+         "[--no-table-headers] <username> [--timeout <timeout>]", nargs=(1, 1))
+def cmd_list_user_topic_permissions(ctx):
+    user = ctx.args[0]
+    ctx.banner(f'Listing topic permissions for user "{user}" ...')
+    r = ctx.api.get(f"/api/users/{q(user)}/topic-permissions", allow=(404,))
+    if r.status == 404:
+        raise CtlError(f'{{:no_such_user, "{user}"}}', EX_UNAVAILABLE)
+    ctx.headers = False          # rabbitmqctl prints this table without its header row
+    ctx.table(["vhost", "exchange", "write", "read"], r.data or [], empty_line=True, empty_json="[]")
+
+
+@command("set_topic_permissions", "access", "Sets user topic permissions for an exchange",
+         "[--vhost <vhost>] <username> <exchange> <write> <read>", nargs=(4, 4))
+def cmd_set_topic_permissions(ctx):
+    user, exchange, write, read = ctx.args
+    vhost = ctx.vhost
+    ctx.banner(f'Setting topic permissions on "{exchange}" for user "{user}" in vhost "{vhost}" ...')
+    r = ctx.api.call("PUT", f"/api/topic-permissions/{q(vhost)}/{q(user)}",
+                     {"exchange": exchange, "write": write, "read": read}, allow=(400, 404))
+    if not r.ok:
+        _user_and_vhost_must_exist(ctx, user, vhost)
+        raise CtlError(r.reason, EX_UNAVAILABLE)
+    ctx.ok()
+
+
+def _user_and_vhost_must_exist(ctx, user, vhost):
+    if ctx.api.get(f"/api/users/{q(user)}", allow=(404,)).status == 404:
+        raise CtlError(f"User {user} does not exist", EX_NOUSER)
+    if not _vhost_exists(ctx.api, vhost):
+        raise CtlError(f"Virtual host {vhost} does not exist", EX_UNAVAILABLE)
+
+
+@command("clear_topic_permissions", "access", "Clears user topic permissions for a vhost or exchange",
+         "[--vhost <vhost>] <username> [<exchange>]", nargs=(1, 2))
+def cmd_clear_topic_permissions(ctx):
+    user = ctx.args[0]
+    vhost = ctx.vhost
+    if len(ctx.args) > 1:
+        exchange = ctx.args[1]
+        ctx.banner(f'Clearing topic permissions on "{exchange}" for user "{user}" in vhost "{vhost}" ...')
+        path = f"/api/topic-permissions/{q(vhost)}/{q(user)}/{q(exchange)}"
+    else:
+        ctx.banner(f'Clearing topic permissions for user "{user}" in vhost "{vhost}" ...')
+        path = f"/api/topic-permissions/{q(vhost)}/{q(user)}"
+    r = ctx.api.call("DELETE", path, allow=(400, 404))
+    if not r.ok:
+        # none to clear is fine, unless the user or the vhost is missing
+        _user_and_vhost_must_exist(ctx, user, vhost)
+        if r.status != 404:
+            raise CtlError(r.reason, EX_UNAVAILABLE)
+    ctx.ok()
+
+
+# ---- runtime parameters
+
+def _json_text(v) -> str:
+    return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
+
+
+@command("list_parameters", "parameters", "Lists runtime parameters for a virtual host",
+         "[--vhost <vhost>] [--no-table-headers] [--timeout <timeout>]")
+def cmd_list_parameters(ctx):
+    vhost = ctx.vhost
+    ctx.banner(f'Listing runtime parameters for vhost "{vhost}" ...')
+    if not _vhost_exists(ctx.api, vhost):
+        raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR, prefix=False)
+    rows = [{"component": p.get("component"), "name": p.get("name"), "value": _json_text(p.get("value"))}
+            for p in ctx.api.get("/api/parameters").data or [] if p.get("vhost") == vhost]
+    ctx.table(["component", "name", "value"], rows, empty_line=True, empty_json="[]")
+
+
+@command("set_parameter", "parameters", "Sets a runtime parameter.",
+         "[--vhost <vhost>] <component_name> <name> <value>", nargs=(3, 3))
+def cmd_set_parameter(ctx):
+    component, name, value = ctx.args
+    vhost = ctx.vhost
+    ctx.banner(f'Setting runtime parameter "{name}" for component "{component}" to "{value}" in vhost '
+               f'"{vhost}" ...')
+    v = _parse_json_arg(value)
+    r = ctx.api.call("PUT", f"/api/parameters/{q(component)}/{q(vhost)}/{q(name)}",
+                     {"vhost": vhost, "component": component, "name": name, "value": v}, allow=(400, 404))
+    if r.status == 404:
+        raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR, prefix=False)
+    if not r.ok:
+        raise CtlError(r.reason.rstrip("\n"), EX_UNAVAILABLE)
+    ctx.ok()
+
+
+@command("clear_parameter", "parameters", "Clears a runtime parameter.",
+         "[--vhost <vhost>] <component_name> <name>", nargs=(2, 2))
+def cmd_clear_parameter(ctx):
+    component, name = ctx.args
+    vhost = ctx.vhost
+    ctx.banner(f'Clearing runtime parameter "{name}" for component "{component}" on vhost "{vhost}" ...')
+    r = ctx.api.call("DELETE", f"/api/parameters/{q(component)}/{q(vhost)}/{q(name)}", allow=(400, 404))
+    if r.status == 404:
+        raise CtlError("Parameter does not exist", EX_UNAVAILABLE)
+    if not r.ok:
+        raise CtlError(r.reason.rstrip("\n"), EX_UNAVAILABLE)
+    ctx.ok()
+
+
+@command("list_global_parameters", "parameters", "Lists global runtime parameters",
+         "[--no-table-headers] [--timeout <timeout>]")
+def cmd_list_global_parameters(ctx):
+    ctx.banner("Listing global runtime parameters ...")
+    rows = [{"name": p.get("name"), "value": _json_text(p.get("value"))}
+            for p in ctx.api.get("/api/global-parameters").data or []]
+    ctx.table(["name", "value"], rows, empty_line=True, empty_json="[]")
+
+
+@command("set_global_parameter", "parameters", "Sets a runtime parameter.", "<name> <value>", nargs=(2, 2))
+def cmd_set_global_parameter(ctx):
+    name, value = ctx.args
+    ctx.banner(f'Setting global runtime parameter "{name}" to "{value}" ...')
+    v = _parse_json_arg(value)
+    r = ctx.api.call("PUT", f"/api/global-parameters/{q(name)}", {"name": name, "value": v}, allow=(400,))
+    if not r.ok:
+        raise CtlError(r.reason.rstrip("\n"), EX_UNAVAILABLE)
+    ctx.ok()
+
+
+@command("clear_global_parameter", "parameters", "Clears a global runtime parameter", "<name>", nargs=(1, 1))
+def cmd_clear_global_parameter(ctx):
+    name = ctx.args[0]
+    ctx.banner(f'Clearing global runtime parameter "{name}" ...')
+    r = ctx.api.call("DELETE", f"/api/global-parameters/{q(name)}", allow=(404,))
+    if r.status == 404:
+        raise CtlError("Parameter does not exist", EX_UNAVAILABLE)
+    ctx.ok()
+
+
+# ---- operator policies
+
+POLICY_COLUMNS = ["vhost", "name", "pattern", "apply-to", "definition", "priority"]
+
+
+def _policy_rows(data) -> list:
+    rows = []
+    for p in data or []:
+        row = dict(p)
+        row["definition"] = _json_text(p.get("definition") or {})
+        rows.append(row)
+    return rows
+
+
+@command("set_operator_policy", "policies", "Sets an operator policy that overrides a subset of arguments in "
+         "user policies", "[--vhost <vhost>] [--priority <priority>] [--apply-to <apply-to>] <name> <pattern> "
+         "<definition>", nargs=(3, 3), options=("priority", "apply-to"))
+def cmd_set_operator_policy(ctx):
+    name, pattern, definition = ctx.args
+    vhost = ctx.vhost
+    try:
+        priority = int(ctx.opts.get("priority", 0))
+    except ValueError:
+        raise ValidationError(f"Bad argument: priority must be an integer, got "
+                              f"{ctx.opts.get('priority')!r}", EX_USAGE) from None
+    apply_to = ctx.opts.get("apply-to", "all")
+    ctx.banner(f'Setting operator policy override "{name}" for pattern "{pattern}" to "{definition}" with '
+               f'priority "{priority}" for vhost "{vhost}" ...')
+    defn = _parse_json_arg(definition)
+    r = ctx.api.call("PUT", f"/api/operator-policies/{q(vhost)}/{q(name)}",
+                     {"pattern": pattern, "definition": defn, "priority": priority, "apply-to": apply_to},
+                     allow=(400, 404))
+    if r.status == 404:
+        raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR, prefix=False)
+    if not r.ok:
+        raise CtlError(r.reason.rstrip("\n"), EX_UNAVAILABLE)
+    ctx.ok()
+
+
+@command("clear_operator_policy", "policies", "Clears an operator policy", "[--vhost <vhost>] <name>",
+         nargs=(1, 1))
+def cmd_clear_operator_policy(ctx):
+    name = ctx.args[0]
+    vhost = ctx.vhost
+    ctx.banner(f'Clearing operator policy "{name}" on vhost "{vhost}" ...')
+    r = ctx.api.call("DELETE", f"/api/operator-policies/{q(vhost)}/{q(name)}", allow=(404,))
+    if r.status == 404:
+        raise CtlError("Parameter does not exist", EX_UNAVAILABLE)
+    ctx.ok()
+
+
+@command("list_operator_policies", "policies", "Lists operator policy overrides for a virtual host",
+         "[--vhost <vhost>] [--no-table-headers] [--timeout <timeout>]")
+def cmd_list_operator_policies(ctx):
+    vhost = ctx.vhost
+    ctx.banner(f'Listing operator policy overrides for vhost "{vhost}" ...')
+    r = ctx.api.get(f"/api/operator-policies/{q(vhost)}", allow=(404,))
+    if r.status == 404 or not _vhost_exists(ctx.api, vhost):
+        raise CtlError(f"Virtual host '{vhost}' does not exist", EX_DATAERR, prefix=False)
+    ctx.table(POLICY_COLUMNS, _policy_rows(r.data), empty_line=True, empty_json="[]")
+
+
+# ---- virtual hosts
+
+@command("set_vhost_tags", "vhosts", "Sets virtual host tags", "<vhost> <tag> [...]", nargs=(1, None))
+def cmd_set_vhost_tags(ctx):
+    vhost, tags = ctx.args[0], ctx.args[1:]
+    ctx.banner(f'Setting tags for virtual host "{vhost}" to [{", ".join(tags)}] ...')
+    r = ctx.api.get(f"/api/vhosts/{q(vhost)}", allow=(404,))
+    if r.status == 404:
+        raise CtlError(f'Virtual host "{vhost}" does not exist', EX_DATAERR)
+    v = r.data or {}
+    body = {"tags": ",".join(tags), "description": v.get("description", "")}
+    if v.get("default_queue_type"):
+        body["default_queue_type"] = v["default_queue_type"]
+    ctx.api.call("PUT", f"/api/vhosts/{q(vhost)}", body)
+    ctx.ok()
+
+
+# ---- monitoring
+
+@command("list_unresponsive_queues", "monitoring", "Tests queues to respond within timeout. Lists those which "
+         "did not respond", "[--local] [--queue-timeout <milliseconds>] [<column> ...] [--no-table-headers] "
+         "[--timeout <timeout>]", nargs=(0, None), options=("local", "queue-timeout"),
+         columns=["arguments", "auto_delete", "durable", "name", "pid", "recoverable_slaves"],
+         default_columns=["name"])
+def cmd_list_unresponsive_queues(ctx):
+    """A queue that does not answer is one its node reports in another state than running (the node
+    answers for its queues: Usagi's always answer)."""
+    cols = select_columns(ctx)
+    vhost = ctx.vhost
+    ctx.banner(f"Listing unresponsive queues for vhost {vhost} ...")
+    r = ctx.api.get(f"/api/queues/{q(vhost)}", allow=(404,))
+    rows = [_queue_row(x) for x in ((r.data or []) if r.ok else [])
+            if x.get("state") not in (None, "running", "idle", "flow")]
+    if rows and "pid" in cols:
+        _add_pids(ctx, vhost, rows)
+    for row in rows:
+        row.setdefault("recoverable_slaves", "")
+    ctx.table(cols, rows)
+
+
+FEATURE_FLAG_COLUMNS = ["desc", "doc_url", "name", "provided_by", "stability", "state"]
+
+
+def _feature_flags(ctx) -> list:
+    return sorted(ctx.api.get("/api/feature-flags").data or [], key=lambda f: f.get("name", ""))
+
+
+@command("list_feature_flags", "feature_flags", "Lists feature flags", "[<column> ...] [--timeout <timeout>]",
+         nargs=(0, None), columns=FEATURE_FLAG_COLUMNS, default_columns=["name", "state"])
+def cmd_list_feature_flags(ctx):
+    cols = select_columns(ctx)
+    ctx.banner("Listing feature flags ...")
+    ctx.table(cols, _feature_flags(ctx))
+
+
+@command("enable_feature_flag", "feature_flags", "Enables a feature flag or all supported feature flags on the "
+         "target node", "<all> | <feature_flag>", nargs=(1, 1))
+def cmd_enable_feature_flag(ctx):
+    name = ctx.args[0]
+    ctx.banner("Enabling all feature flags ..." if name == "all" else f'Enabling feature flag "{name}" ...')
+    flags = _feature_flags(ctx)
+    if name != "all" and not any(f.get("name") == name for f in flags):
+        raise CtlError(f"This feature flag is not supported by node {ctx.api.node()}", EX_USAGE)
+    for f in flags:
+        if (name == "all" or f.get("name") == name) and f.get("state") != "enabled":
+            ctx.api.call("PUT", f"/api/feature-flags/{q(f['name'])}/enable", {})
+    ctx.ok()
+
+
+# ---- operations
+
+@command("close_all_user_connections", "operations", "Instructs the broker to close all connections of the "
+         "specified user", "<username> <explanation>", nargs=(2, 2))
+def cmd_close_all_user_connections(ctx):
+    user, reason = ctx.args
+    ctx.banner(f"Closing connections of user {user}, reason: {reason}...")
+    for c in ctx.api.get("/api/connections").data or []:
+        if c.get("user") == user:
+            ctx.api.call("DELETE", f"/api/connections/{q(c.get('name', ''))}", headers={"X-Reason": reason},
+                         allow=(404,))
+    ctx.ok()
+
+
+# ---- report
+
+REPORT_QUEUE_COLUMNS = [
+    "name", "durable", "auto_delete", "arguments", "policy", "pid", "owner_pid", "exclusive",
+    "exclusive_consumer_pid", "exclusive_consumer_tag", "messages_ready", "messages_unacknowledged", "messages",
+    "messages_ready_ram", "messages_unacknowledged_ram", "messages_ram", "messages_persistent", "message_bytes",
+    "message_bytes_ready", "message_bytes_unacknowledged", "message_bytes_ram", "message_bytes_persistent",
+    "head_message_timestamp", "disk_reads", "disk_writes", "consumers", "consumer_utilisation",
+    "consumer_capacity", "memory", "slave_pids", "synchronised_slave_pids", "state", "type", "leader", "members",
+    "online"]
+
+
+@command("report", "monitoring", "Generate a server status report containing a concatenation of all server "
+         "status information for support purposes", "[--timeout <timeout>]")
+def cmd_report(ctx):
+    """status, cluster_status, environment, connections and channels, then each vhost's queues,
+    exchanges, bindings, permissions, policies and parameters: what each of those commands prints."""
+    ctx.banner(f"Reporting server status of node {ctx.api.node()} ...")
+
+    def sub(name, args=(), **opts):
+        ctx.print()
+        c = COMMANDS[name]
+        o = {k: v for k, v in ctx.opts.items() if k in ("timeout", "quiet", "silent", "formatter")}
+        o.update(opts)
+        c.handler(Ctx(ctx.tool, c, list(args), o, ctx.api, ctx.out, ctx.err))
+
+    sub("status")
+    sub("cluster_status")
+    try:
+        sub("environment")
+    except CtlError:
+        pass                    # a management API without Usagi's endpoints (RabbitMQ's)
+    sub("list_connections", CONNECTION_COLUMNS_REPORT)
+    sub("list_channels", CHANNEL_COLUMNS_REPORT)
+    for v in ctx.api.get("/api/vhosts").data or []:
+        name = v.get("name")
+        sub("list_queues", REPORT_QUEUE_COLUMNS, vhost=name)
+        sub("list_exchanges", ["name", "type", "durable", "auto_delete", "internal", "arguments", "policy"],
+            vhost=name)
+        sub("list_bindings", vhost=name)
+        sub("list_permissions", vhost=name)
+        sub("list_policies", vhost=name)
+        sub("list_global_parameters")
+        sub("list_parameters", vhost=name)
+
+
+CONNECTION_COLUMNS_REPORT = ["pid", "name", "port", "host", "peer_port", "peer_host", "ssl", "ssl_protocol",
+                             "ssl_key_exchange", "ssl_cipher", "ssl_hash", "peer_cert_subject",
+                             "peer_cert_issuer", "peer_cert_validity", "state", "channels", "protocol",
+                             "auth_mechanism", "user", "vhost", "timeout", "frame_max", "channel_max",
+                             "client_properties", "recv_oct", "recv_cnt", "send_oct", "send_cnt", "send_pend",
+                             "connected_at"]
+CHANNEL_COLUMNS_REPORT = ["pid", "name", "connection", "number", "user", "vhost", "transactional", "confirm",
+                          "consumer_count", "messages_unacknowledged", "messages_uncommitted",
+                          "acks_uncommitted", "messages_unconfirmed", "prefetch_count",
+                          "global_prefetch_count"]
+
+
 # ---- help
 
 @command("help", "help", "Displays usage information for a command",
-         "(<command> | [--list-commands])", nargs=(0, 1), options=("list-commands",))
+         "(<command> | [--list-commands])", nargs=(0, 1), options=("list-commands",), app=None)
 def cmd_help(ctx):
     if "list-commands" in ctx.opts:
         for name in sorted(COMMANDS):
             ctx.print(name)
         return
     if not ctx.args:
-        ctx.out.write(general_usage())
+        ctx.out.write(ctx.tool.general_usage())
         return
     name = ctx.args[0]
-    c = COMMANDS.get(name)
+    c = ctx.tool.commands.get(name)
     if c is None:
         raise CtlError(f"\nCommand '{name}' not found.", EX_USAGE)
-    ctx.out.write(command_help(c))
+    ctx.out.write(ctx.tool.command_help(c))
 
-
-# --------------------------------------------------------------------------- usage text
-
-def _color() -> bool:
-    return sys.stderr.isatty() and not os.environ.get("NO_COLOR")
-
-
-def bold(s: str) -> str:
-    return f"\033[1m{s}\033[0m" if _color() else s
-
-
-def general_usage() -> str:
-    lines = ["", bold("Usage"), "",
-             f"{PROG} [--url <url>] [--node <node>] [--timeout <timeout>] [--longnames] [--quiet] "
-             "<command> [<command options>]", "",
-             "Available commands:", ""]
-    for key, title in SECTIONS:
-        cmds = sorted((c for c in COMMANDS.values() if c.section == key), key=lambda c: c.name)
-        if not cmds:
-            continue
-        lines.append(bold(title) + ":")
-        lines.append("")
-        for c in cmds:
-            lines.append(f"   {c.name:<29} {c.descr}")
-        lines.append("")
-    lines.append(f"Use '{PROG} help <command>' to learn more about a specific command")
-    lines.append("")
-    return "\n".join(lines)
-
-
-GENERAL_OPTIONS = """The following options are accepted by most or all commands.
-
-short            | long          | description
------------------|---------------|--------------------------------
--?               | --help        | displays command help
-                 | --url <url>   | management API URL, with credentials
-                 |               | (default: $USAGI_URL or http://guest:guest@localhost:15672)
--n <node>        | --node <node> | accepted and ignored (the node is the one behind --url)
--l               | --longnames   | accepted and ignored
--t               | --timeout <n> | for commands that support it, operation timeout in seconds
--q               | --quiet       | suppress informational messages
--s               | --silent      | suppress informational messages
-                                 | and table header row
--p               | --vhost       | for commands that are scoped to a virtual host,
-                 |               | virtual host to use
-                 | --formatter   | alternative result formatter to use
-                                 | if supported: json, table, csv
-"""
-
-
-def command_help(c: Command) -> str:
-    parts = ["", bold("Usage"), "", c.usage, "", c.descr + ".", ""]
-    if c.columns:
-        parts += ["", bold("Arguments and Options"), "", "<column>",
-                  "\tmust be one of " + ", ".join(c.columns), ""]
-    parts += ["", bold("General Options"), "", GENERAL_OPTIONS]
-    return "\n".join(parts)
-
-
-# --------------------------------------------------------------------------- argument parsing
-
-class ParsedArgs:
-    def __init__(self):
-        self.opts: dict[str, str | bool] = {}
-        self.positional: list[str] = []
-        self.bad_options: list[str] = []   # options given without their value
-        self.shorts: dict[str, str] = {}   # command-specific short flags, resolved later
-
-
-def parse_argv(argv: list[str]) -> ParsedArgs:
-    p = ParsedArgs()
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if a == "--":
-            p.positional.extend(argv[i:])
-            break
-        if a.startswith("--") and len(a) > 2:
-            name, eq, val = a[2:].partition("=")
-            if name in VALUE_OPTS:
-                if eq:
-                    p.opts[name] = val
-                elif i < len(argv):
-                    p.opts[name] = argv[i]
-                    i += 1
-                else:
-                    p.bad_options.append(a)
-            else:
-                p.opts[name] = val if eq else True
-            continue
-        if a.startswith("-") and len(a) >= 2 and not a[1].isdigit():
-            letter, rest = a[1], a[2:]
-            if letter in SHORT:
-                name = SHORT[letter]
-                if name in VALUE_OPTS:
-                    if rest:
-                        p.opts[name] = rest
-                    elif i < len(argv):
-                        p.opts[name] = argv[i]
-                        i += 1
-                    else:
-                        p.bad_options.append(a)
-                else:
-                    p.opts[name] = True
-                    for extra in rest:           # -qs
-                        if extra in SHORT and SHORT[extra] not in VALUE_OPTS:
-                            p.opts[SHORT[extra]] = True
-                        else:
-                            p.shorts[a] = a
-                continue
-            p.shorts[a] = a
-            continue
-        p.positional.append(a)
-    return p
-
-
-def _validation(err, argv, message, cmd: Command | None, code=EX_USAGE) -> int:
-    err.write(f"Error (argument validation): {message}\nArguments given:\n\t{' '.join(argv)}\n")
-    if cmd is not None:
-        err.write(f"\n{bold('Usage')}\n\n{cmd.usage}\n")
-    return code
 
 
 def run(argv: list[str], out=None, err=None) -> int:
-    out = out or sys.stdout
-    err = err or sys.stderr
-    p = parse_argv(argv)
-    if not p.positional:
-        if "help" in p.opts:
-            out.write(general_usage())
-            return EX_OK
-        err.write(general_usage())
-        return EX_USAGE
-    name, args = p.positional[0], p.positional[1:]
-    cmd = COMMANDS.get(name)
-    if cmd is None:
-        err.write(f"\nCommand '{name}' not found. \n")
-        err.write(general_usage())
-        return EX_USAGE
-    if "help" in p.opts:
-        out.write(command_help(cmd))
-        return EX_OK
-    # Command-specific short options (-e/-u for delete_queue).
-    invalid = list(p.bad_options)
-    for s in p.shorts:
-        mapped = CMD_SHORT.get(name, {}).get(s[1:]) if len(s) == 2 else None
-        if mapped:
-            p.opts[mapped] = True
-        else:
-            invalid.append(s)
-    for o in p.opts:
-        if o not in GLOBAL_OPTS and o not in cmd.options:
-            invalid.append("--" + o)
-    if invalid:
-        return _validation(err, argv, "Invalid options for this command:\n"
-                           + "".join(f"{o} : \n" for o in invalid).rstrip("\n"), cmd)
-    if len(args) < cmd.min_args:
-        return _validation(err, argv, "not enough arguments.", cmd)
-    if cmd.max_args is not None and len(args) > cmd.max_args:
-        return _validation(err, argv, "too many arguments.", cmd)
-    fmt = p.opts.get("formatter", "table")
-    if fmt not in ("table", "json", "csv", "pretty_table", "erlang"):
-        return _validation(err, argv, f"Bad argument: unsupported formatter {fmt!r}", cmd)
-    try:
-        timeout = float(p.opts.get("timeout", 60))
-        if timeout <= 0:
-            raise ValueError
-    except ValueError:
-        return _validation(err, argv, "Bad argument: --timeout must be a positive number", cmd)
-    url = p.opts.get("url") if isinstance(p.opts.get("url"), str) else None
-    url = url or os.environ.get("USAGI_URL") or DEFAULT_URL
-    try:
-        api = Api(url, timeout)
-        ctx = Ctx(cmd, args, p.opts, api, out, err)
-        cmd.handler(ctx)
-        out.flush()
-        return EX_OK
-    except ValidationError as e:
-        out.flush()
-        return _validation(err, argv, e.message, cmd, e.code)
-    except CtlError as e:
-        out.flush()
-        err.write(("Error:\n" if e.prefix else "") + e.message + "\n")
-        return e.code
-    except Unreachable as e:
-        out.flush()
-        err.write(f"Error: unable to perform an operation on the management API at {api.display} "
-                  f"({e}).\n\nMost common reasons for this are:\n\n"
-                  f" * The broker is not running\n"
-                  f" * Its management listener is disabled or on another port or host: point "
-                  f"--url or USAGI_URL at it (now {api.display})\n")
-        return EX_UNAVAILABLE
-    except TimedOut:
-        out.flush()
-        err.write(f"Error: operation {name} on node behind {api.display} timed out. "
-                  f"Timeout value used: {int(timeout * 1000)}\n")
-        return EX_TEMPFAIL
-    except BrokenPipeError:
-        return EX_OK
+    return TOOL.run(argv, out, err)
 
 
 def main(argv=None) -> int:
-    if argv is None:
-        argv = sys.argv[1:]
-    try:
-        return run(list(argv))
-    except KeyboardInterrupt:
-        return 130
+    return TOOL.main(argv)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """usagi-server: run the broker.
 
 Every option can also be given as an environment variable: --data-dir is USAGI_DATA_DIR, and so on.
+A RabbitMQ configuration file (rabbitmq.conf) can be given with --config; options and variables win
+over it (see serverconf.py). Sizes take units: 1GB, 500MB, 2GiB.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import sys
 import time
 
 from .. import RABBITMQ_COMPAT_VERSION, __version__
+from ..config.units import parse_bytesize, parse_information_unit
+from . import serverconf
 from ..server.startup import (DataDirInUse, NodeIdentityError, apply_limit_options, build_broker,  # noqa: F401
                               import_delayed_db, make_broker, open_data_dir, read_node_identity,
                               write_node_identity)
@@ -34,10 +38,19 @@ def _int(text: str) -> int:
 
 
 def _size(text: str) -> int:
-    v = _int(text)
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"not a non-negative integer: {v}")
-    return v
+    """A number of bytes, with RabbitMQ's information units (1GB, 500MB, 2GiB)."""
+    try:
+        return parse_information_unit(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} ({e})") from None
+
+
+def _bytesize(text: str) -> int:
+    """A number of bytes as frame_max takes it in rabbitmq.conf (128KB is 131072)."""
+    try:
+        return parse_bytesize(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} ({e})") from None
 
 
 def _port(text: str) -> int:
@@ -50,6 +63,9 @@ def _port(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="usagi-server", description="Usagi: an AMQP 0-9-1 message broker "
                                 "that RabbitMQ clients use unchanged.")
+    p.add_argument("--config", default=_env("CONFIG_FILE", ""), metavar="FILE",
+                   help="a RabbitMQ configuration file (rabbitmq.conf format); options and environment "
+                        "variables win over it (env USAGI_CONFIG_FILE, else RABBITMQ_CONFIG_FILE)")
     p.add_argument("--host", default=_env("HOST", ""),
                    help="interface to listen on (default: all interfaces; env USAGI_HOST)")
     p.add_argument("--port", type=_port, default=_env("PORT", "5672"),
@@ -73,20 +89,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error", "critical"],
                    help="log verbosity (default info; env USAGI_LOG_LEVEL)")
-    p.add_argument("--frame-max", type=_int, default=_env("FRAME_MAX", "131072"))
+    p.add_argument("--frame-max", type=_bytesize, default=_env("FRAME_MAX", "131072"),
+                   help="largest frame offered in connection.tune, in bytes; 128KB is 131072 (frame_max)")
     p.add_argument("--channel-max", type=_int, default=_env("CHANNEL_MAX", "2047"))
     p.add_argument("--heartbeat", type=_int, default=_env("HEARTBEAT", "60"))
-    p.add_argument("--max-message-size", type=_int, default=_env("MAX_MESSAGE_SIZE", str(16 * 1024 * 1024)))
-    p.add_argument("--disk-free-limit", type=_int, default=_env("DISK_FREE_LIMIT", str(50 * 1000 * 1000)),
-                   help="block publishers when the data dir's disk has less free space, in bytes "
-                        "(default 50000000; env USAGI_DISK_FREE_LIMIT)")
+    p.add_argument("--max-message-size", type=_size, default=_env("MAX_MESSAGE_SIZE", str(16 * 1024 * 1024)),
+                   help="larger messages are refused with 406 (bytes, or a size such as 64MiB)")
+    p.add_argument("--disk-free-limit", type=_size, default=_env("DISK_FREE_LIMIT", str(50 * 1000 * 1000)),
+                   help="block publishers when the data dir's disk has less free space: bytes, or a size "
+                        "such as 1GB or 500MiB (default 50MB; env USAGI_DISK_FREE_LIMIT)")
     p.add_argument("--vm-memory-high-watermark", type=float,
                    default=_env("VM_MEMORY_HIGH_WATERMARK", "0.4"),
                    help="block publishers when the process uses more than this fraction of RAM "
                         "(default 0.4; env USAGI_VM_MEMORY_HIGH_WATERMARK)")
-    p.add_argument("--vm-memory-high-watermark-absolute", type=_int,
+    p.add_argument("--vm-memory-high-watermark-absolute", type=_size,
                    default=_env("VM_MEMORY_HIGH_WATERMARK_ABSOLUTE", "0"),
-                   help="block publishers when the process uses more than this many bytes; overrides "
+                   help="block publishers when the process uses more than this many bytes (or 2GiB, "
+                        "1500MB...); overrides "
                         "--vm-memory-high-watermark (vm_memory_high_watermark.absolute; env "
                         "USAGI_VM_MEMORY_HIGH_WATERMARK_ABSOLUTE)")
     add_limit_and_tls_options(p)
@@ -95,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--default-pass", default=_env("DEFAULT_PASS", "guest"))
     p.add_argument("--no-uvloop", action="store_true", help="use the standard asyncio event loop")
     p.add_argument("--version", action="version", version=f"usagi-server {__version__}")
+    p.set_defaults(**serverconf.CONFIG_ONLY)
     return p
 
 
@@ -166,22 +186,47 @@ def add_limit_and_tls_options(p: argparse.ArgumentParser):
 def tls_contexts(args):
     """(AMQPS context or None, management HTTPS context or None); raises TLSConfigError."""
     from ..server.tls import TLSConfigError, server_context
+    mgmt = None
+    if args.management_tls_cert:        # management.ssl.* of a configuration file
+        mgmt = server_context(args.management_tls_cert, args.management_tls_key, args.management_tls_ca, "none",
+                              password=args.management_tls_password)
     if not args.tls_cert:
         if args.management_tls:
             raise TLSConfigError("--management-tls needs --tls-cert")
-        return None, None
-    amqps = server_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify)
-    mgmt = server_context(args.tls_cert, args.tls_key, args.tls_ca, "none") if args.management_tls else None
+        return None, mgmt
+    amqps = server_context(args.tls_cert, args.tls_key, args.tls_ca, args.tls_verify, password=args.tls_password)
+    if args.management_tls and mgmt is None:
+        mgmt = server_context(args.tls_cert, args.tls_key, args.tls_ca, "none", password=args.tls_password)
     return amqps, mgmt
+
+
+def _describe_config(log, path, settings):
+    log.info("configuration file(s): %s", ", ".join(settings.files) or path)
+    for e, text in settings.warnings:
+        log.warning("%s:%d: %s", e.file, e.line, text)
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s [%(levelname)s] %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        settings, explicit = serverconf.load(args, build_parser, argv)
+    except serverconf.ConfigError as e:
+        print(f"usagi-server: error: {e}", file=sys.stderr)
+        return serverconf.EX_CONFIG
+    from ..config import logs
+    ls = serverconf.log_settings(args, explicit)
+    try:
+        logs.setup(ls)
+    except OSError as e:
+        where = settings.where("log_file") if settings is not None else ""
+        print(f"usagi-server: error: {where + ': ' if where else ''}cannot open the log file {ls.file}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return serverconf.EX_CONFIG
     log = logging.getLogger("usagi")
+    if settings is not None:
+        _describe_config(log, args.config_used, settings)
     for name, value, lo, hi in (("frame-max", args.frame_max, 4096, 2 ** 31 - 1),
-                                ("channel-max", args.channel_max, 1, 65535),
+                                ("channel-max", args.channel_max, 0 if settings else 1, 65535),
                                 ("heartbeat", args.heartbeat, 0, 65535),
                                 ("max-message-size", args.max_message_size, 1, 512 * 1024 * 1024)):
         if not lo <= value <= hi:
@@ -202,11 +247,22 @@ def main(argv=None) -> int:
     except Exception as e:
         log.error("%s", e)
         return 1
+    listeners = serverconf.listeners(args, explicit)
     if args.cluster_etcd:
         if args.in_memory:
             print("usagi-server: error: a cluster node keeps its store on disk: --in-memory cannot be "
                   "used with --cluster-etcd", file=sys.stderr)
             return 2
+        amqp = [x for x in listeners if x[0] == "amqp"]
+        tls = [x for x in listeners if x[0] == "amqps"]
+        if len(amqp) != 1 or len(tls) > 1:
+            print("usagi-server: error: a cluster node listens on one AMQP address (and one AMQPS port): "
+                  "give one listeners.tcp (and at most one listeners.ssl)", file=sys.stderr)
+            return serverconf.EX_CONFIG
+        args.host = amqp[0][1] or args.host
+        args.port = amqp[0][2]
+        if tls:
+            args.tls_port = tls[0][2]
         from ..cluster.node import run_node
         try:
             return asyncio.run(run_node(args, tls_ctx, mgmt_tls_ctx))
@@ -221,46 +277,80 @@ def main(argv=None) -> int:
     except Exception as e:
         log.error("cannot start with data dir %s: %s", args.data_dir, e)
         return 1
+    if args.load_definitions:
+        from ..mgmt.bootdefs import DefinitionsError, load_at_boot
+        try:
+            load_at_boot(broker, args.load_definitions)
+        except DefinitionsError as e:
+            where = settings.where("load_definitions") if settings is not None else ""
+            log.error("cannot start: %s%s", e, f" (load_definitions at {where})" if where else "")
+            return serverconf.EX_CONFIG
+    if args.cluster_name:
+        broker.set_global_parameter("cluster_name", args.cluster_name)
+        broker.store.commit()
     counts["seconds"] = time.monotonic() - t0
     broker.config.data_dir = None if args.in_memory else args.data_dir
-    from ..server import serve
+    from ..server import sdnotify, serve
 
     services = []
     if not args.no_management and args.management_port != -1:
         try:
             from ..mgmt.service import management_service
-            services.append(management_service(args.host or None, args.management_port, args.metrics_port,
-                                               ssl_context=mgmt_tls_ctx,
-                                               max_body_size=args.management_max_body_size))
+            mgmt_host = args.host or None if "host" in explicit or args.management_host is None \
+                else args.management_host
+            metrics_host = args.host or None if "host" in explicit or args.metrics_host is None \
+                else args.metrics_host
+            interval = args.collect_statistics_interval / 1000.0 if args.collect_statistics_interval else None
+            services.append(management_service(mgmt_host, args.management_port, args.metrics_port,
+                                               sample_interval=interval, ssl_context=mgmt_tls_ctx,
+                                               max_body_size=args.management_max_body_size,
+                                               metrics_host=metrics_host))
         except ImportError:
             pass
 
     def started(server, svcs):
-        hosts = ", ".join(f"{h}:{p}" for _, h, p in server.listeners)
         log.info("Usagi %s (RabbitMQ %s compatible) started; data dir %s; recovered %d queues and %d "
                  "messages in %.2fs", __version__, RABBITMQ_COMPAT_VERSION,
                  "(in memory)" if args.in_memory else args.data_dir, counts["queues"], counts["messages"],
                  counts["seconds"])
-        log.info("AMQP listener on %s:%d", *server.listeners[0][1:])
         for proto, h, p in server.listeners:
-            if proto == "amqps":
-                log.info("AMQPS listener on %s:%d", h, p)
+            log.info("%s listener on %s:%d", "AMQPS" if proto == "amqps" else "AMQP", h, p)
         for s in svcs:
             for line in getattr(s, "describe", lambda: [])():
                 log.info("%s", line)
-        del hosts
+        _limits(log, broker)
+        try:
+            import signal
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, logs.reopen)
+        except (NotImplementedError, RuntimeError, AttributeError):
+            pass
+        sdnotify.notify("READY=1", f"STATUS=serving on {len(server.listeners)} AMQP listener(s)")
 
     try:
         return asyncio.run(serve(broker, args.host or None, args.port, started, services,
-                                 tls_context=tls_ctx, tls_port=args.tls_port if tls_ctx is not None else None))
+                                 tls_context=tls_ctx, listeners=listeners,
+                                 on_stopping=lambda: sdnotify.notify("STOPPING=1")))
     except OSError as e:
         if "listener on" in str(e):        # the management or metrics port: the text names it
             log.error("cannot listen: %s", e)
         else:
-            log.error("cannot listen on port %s: %s", args.port, e)
+            log.error("cannot listen on %s: %s", ", ".join(f"{h or '*'}:{p}" for _x, h, p in listeners), e)
         return 1
     except KeyboardInterrupt:
         return 0
+
+
+def _limits(log, broker):
+    """The resource limits the broker acts on, as RabbitMQ logs them at start."""
+    from ..config.units import format_bytes
+    from ..core.alarms import total_memory
+    limit = broker.memory_limit()
+    if limit:
+        log.info("Memory high watermark set to %d MiB (%d bytes) of %d MiB (%d bytes) total", limit >> 20, limit,
+                 total_memory() >> 20, total_memory())
+    disk = broker.disk_free_limit()
+    if disk:
+        log.info("Disk free limit set to %s", format_bytes(disk))
 
 
 if __name__ == "__main__":

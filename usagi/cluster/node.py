@@ -28,6 +28,7 @@ import tempfile
 import time
 
 from .. import __version__
+from ..server import sdnotify
 from ..server.app import Server, stop_watchdog
 from ..storage.sqlite import SQLiteStore
 from . import wire as W
@@ -244,6 +245,7 @@ class Node:
             self.stop_event.set()
             return None
         log.info("AMQP listener on %s:%d (follower: forwarding to the leader)", self.host or "*", self.args.port)
+        sdnotify.notify("READY=1", "STATUS=cluster node: following")
         await self.coord.register(role="follower", lsn=store.position[1])
         elected = asyncio.ensure_future(self._campaign())
         watcher = asyncio.ensure_future(self._watch_leader([amqp, http]))
@@ -364,6 +366,16 @@ class Node:
         if self.coord.lost.is_set():
             store.close(commit=False)
             return "lost"
+        if getattr(args, "load_definitions", None):
+            # rabbitmq.conf's load_definitions: applied by each new leader, replicated with its first batch
+            from ..mgmt.bootdefs import DefinitionsError, load_at_boot
+            try:
+                await loop.run_in_executor(None, lambda: load_at_boot(broker, args.load_definitions, commit=False))
+            except DefinitionsError as e:
+                log.error("cluster: cannot start as leader: %s", e)
+                store.close(commit=False)
+                await self.coord.resign()
+                return "stopped"
         broker.config.data_dir = args.data_dir
         last = store.position[1]
         history = list(store.history) + [(epoch, last + 1)]
@@ -421,6 +433,7 @@ class Node:
         log.info("cluster: node %s leads (epoch %d) after %.2fs; recovered %d queues and %d messages",
                  self.info()["name"], epoch, time.monotonic() - t0, counts["queues"], counts["messages"])
         log.info("AMQP listener on %s:%d", *server.listeners[0][1:])
+        sdnotify.notify("READY=1", "STATUS=cluster node: leading")
         refresher = asyncio.ensure_future(self._trusted_loop(server, view))
         stop = asyncio.ensure_future(self.stop_event.wait())
         lost = asyncio.ensure_future(self.coord.lost.wait())

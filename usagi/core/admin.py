@@ -143,3 +143,29 @@ class AdminMixin:
         if name == "cluster_name":
             self.server_properties["cluster_name"] = self.config.node_name
         return True
+
+    # ------------------------------------------------------------------ reset
+    def reset_steps(self):
+        """Return the node to its virgin state (rabbitmqctl reset, run with the AMQP side stopped):
+        every vhost with its queues, messages, exchanges, bindings, policies and parameters, every
+        user with its permissions and limits, every global parameter; then the default vhost and
+        user, as at a first start. A generator of bounded steps (a queue, a vhost or a user each),
+        for a caller that runs it a slice at a time; what it deletes goes to the store as it goes."""
+        for name in list(self.vhosts):
+            v = self.vhosts.get(name)
+            if v is None:
+                continue
+            for q in list(v.queues.values()):
+                if not q.deleted:
+                    self.delete_queue(q, reason="node reset")
+                yield
+            self.delete_vhost(name)
+            yield
+        for name in list(self.users.users):
+            self.delete_user(name)
+            yield
+        for name in list(self.global_parameters):
+            self.clear_global_parameter(name)
+        self.bootstrap()
+        log.warning("node reset: all vhosts, users, queues and messages deleted; default vhost '%s' and "
+                    "user '%s' created again", self.config.default_vhost, self.config.default_user)

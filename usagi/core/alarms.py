@@ -11,8 +11,15 @@ without letting memory the allocator kept after a burst block an empty broker fo
 would never clear). After large frees, memory the C allocator keeps is given back with
 malloc_trim(0) (glibc), at most every TRIM_INTERVAL seconds: about 50 ms per GB freed, paid once.
 
-/api/nodes mem_used and the metrics' rabbitmq_process_resident_memory_bytes report the same
-figure the alarm uses (`memory_usage`), and mem_limit the limit (`memory_limit`).
+The limits are set in one place each, in bytes, and everything reports them from there, so what
+is shown is what the broker acts on: `memory_limit()` (vm_memory_high_watermark: a fraction of
+RAM, or an absolute number of bytes, which wins) and `disk_free_limit()` (disk_free_limit: bytes,
+or a fraction of RAM with `disk_free_limit_relative`), compared with `memory_usage()` and
+`disk_free()`. /api/nodes (mem_used, mem_limit, disk_free, disk_free_limit, and so usagictl
+status) and /metrics (rabbitmq_process_resident_memory_bytes, rabbitmq_resident_memory_limit_bytes,
+rabbitmq_disk_space_available_bytes, rabbitmq_disk_space_available_limit_bytes) read these.
+`memory_usage()` is the figure the alarm compares with the limit, the RSS backstop included
+(RSS / RSS_MARGIN when that is what sets it), so the alarm is on exactly when it is over the limit.
 
 Part of the engine (see broker.py): methods of Broker, split out by concern.
 """
@@ -22,8 +29,10 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import shutil
 import time
 
+from ..model.queue import PAGING
 from .memory import Account
 
 
@@ -52,6 +61,31 @@ def _malloc_trim():
     return False
 
 
+_total_memory = None
+
+
+def total_memory() -> int:
+    """The machine's RAM in bytes (MemTotal, as RabbitMQ reads it), 0 if unknown; read once."""
+    global _total_memory
+    if _total_memory is None:
+        _total_memory = _read_total_memory()
+    return _total_memory
+
+
+def _read_total_memory() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return 0
+
+
 def rss() -> int:
     try:
         with open("/proc/self/statm") as f:
@@ -67,48 +101,105 @@ class AlarmMixin:
     _mem_rss = 0
     _last_trim = 0.0
     _gap_after_trim = 0       # RSS minus the figure after the last trim (what trimming could not give back)
+    memory_watermark_setting = None   # as last set at run time: {"relative": f} or {"absolute": bytes}
 
     # ------------------------------------------------------------------ resource alarms
     def alarm_reason(self) -> str:
         return "low on disk" if "disk" in self.alarms else "low on memory"
 
-    def set_alarm(self, name: str, active: bool):
-        """A memory or disk alarm: block publishers (connection.blocked, stop reading) until it clears."""
+    def set_alarm(self, name: str, active: bool, figures: str = ""):
+        """A memory or disk alarm: block publishers (connection.blocked, stop reading) until it clears.
+        `figures` (what was measured against what limit) goes into the log lines."""
+        detail = f" ({figures})" if figures else ""
         if active and name not in self.alarms:
             self.alarms.add(name)
-            log.warning("%s resource limit alarm set; publishers will be blocked until it clears", name)
+            log.warning("%s resource limit alarm set on node %s%s; publishers will be blocked until it clears",
+                        name, self.config.node_name, detail)
             for conn in list(self.connections):
                 conn.set_blocked(True, self.alarm_reason())
         elif not active and name in self.alarms:
             self.alarms.discard(name)
-            log.warning("%s resource limit alarm cleared", name)
+            log.warning("%s resource limit alarm cleared on node %s%s", name, self.config.node_name, detail)
             if not self.alarms:
                 for conn in list(self.connections):
                     conn.alarm_cleared()
         self.flush_output()
 
     def check_resources(self):
-        """Free disk space under the data dir against its limit (memory: see memory_tick)."""
-        c = self.config
-        if c.data_dir and c.disk_free_limit:
-            try:
-                import shutil
-                free = shutil.disk_usage(c.data_dir).free
-                self.set_alarm("disk", free < c.disk_free_limit)
-            except OSError:
-                pass
+        """Free disk space where the broker writes against its limit (memory: see memory_tick)."""
+        limit = self.disk_free_limit()
+        if not limit:
+            if "disk" in self.alarms:             # the limit was lifted
+                self.set_alarm("disk", False)
+            return
+        if limit:
+            free = self.disk_free()
+            if free is not None:
+                low = free < limit
+                if low != ("disk" in self.alarms):
+                    # RabbitMQ's line, then the alarm's
+                    log.info("Free disk space is %s. Free bytes: %d. Limit: %d",
+                             "insufficient" if low else "sufficient", free, limit)
+                self.set_alarm("disk", low, f"free disk space {free} bytes, limit {limit} bytes")
 
-    # ------------------------------------------------------------------ memory
+    # ------------------------------------------------------------------ limits
+    def disk_path(self) -> str:
+        """Where the broker writes: its data dir, else (in memory) the directory queues page out to."""
+        return self.config.data_dir or PAGING.get("dir") or os.getcwd()
+
+    def disk_free(self) -> int | None:
+        """Free bytes on the disk of disk_path() (None if it cannot be read)."""
+        try:
+            return shutil.disk_usage(self.disk_path()).free
+        except OSError:
+            return None
+
+    def disk_free_limit(self) -> int:
+        """The free disk space low watermark in bytes (0: none)."""
+        c = self.config
+        rel = getattr(c, "disk_free_limit_relative", 0) or 0
+        if rel > 0:
+            return int(round(total_memory() * rel))
+        return int(c.disk_free_limit or 0)
+
     def memory_limit(self) -> int:
         """The memory high watermark in bytes (0: none)."""
-        frac = self.config.memory_high_watermark
+        c = self.config
+        absolute = getattr(c, "memory_high_watermark_absolute", 0) or 0
+        if absolute > 0:
+            return int(absolute)
+        frac = c.memory_high_watermark
         if not frac:
             return 0
-        try:
-            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError):
-            return 0
-        return int(round(total * frac))
+        return int(round(total_memory() * frac))
+
+    def set_memory_high_watermark(self, relative: float | None = None, absolute: int | None = None):
+        """A new memory watermark (rabbitmqctl set_vm_memory_high_watermark): a fraction of RAM, or
+        bytes; the alarm is evaluated against it at once."""
+        c = self.config
+        if absolute is not None:
+            c.memory_high_watermark_absolute = int(absolute)
+            self.memory_watermark_setting = {"absolute": int(absolute)}
+        else:
+            c.memory_high_watermark_absolute = 0
+            c.memory_high_watermark = float(relative or 0)
+            self.memory_watermark_setting = {"relative": float(relative or 0)}
+        if self._account is not None and self._account.figures is not None:
+            self._memory_pass_done()
+
+    def set_disk_free_limit(self, absolute: int | None = None, relative: float | None = None):
+        """A new free disk space limit (rabbitmqctl set_disk_free_limit): bytes, or a fraction of
+        RAM; the alarm is evaluated against it at once."""
+        c = self.config
+        if relative is not None:
+            c.disk_free_limit_relative = float(relative)
+            c.disk_free_limit = 0           # a relative limit of 0: none
+        else:
+            c.disk_free_limit_relative = 0.0
+            c.disk_free_limit = int(absolute or 0)
+        self.check_resources()
+
+    # ------------------------------------------------------------------ memory
 
     def memory_tick(self):
         """A bounded step of the memory accounting (every fast tick); at the end of a pass, the
@@ -122,7 +213,8 @@ class AlarmMixin:
             self._memory_pass_done()
 
     def memory_usage(self) -> int:
-        """What the broker holds in memory, as the alarm counts it (bytes)."""
+        """The memory figure the alarm compares with memory_limit() (bytes): what the broker holds
+        plus the interpreter's base, or RSS / RSS_MARGIN when that backstop is what sets it."""
         if self._account is None or self._account.figures is None:
             self._account = self._account or Account()
             self._account.run(self)
@@ -159,11 +251,15 @@ class AlarmMixin:
                 r = r2
             self._last_trim = now
             self._gap_after_trim = max(0, r - used)
+        if limit and held >= limit // 4 and r > limit * RSS_MARGIN:
+            used = max(used, int(r / RSS_MARGIN))     # the backstop: memory the accounting does not see
         self._mem_used = used
         self._mem_rss = r
         if limit:
-            over = used > limit or (r > limit * RSS_MARGIN and held >= limit // 4)
+            over = used > limit
             if over != ("memory" in self.alarms):
+                log.info("vm_memory_high_watermark %s. Memory used:%d allowed:%d", "set" if over else "clear",
+                         used, limit)
                 log.info("memory: %d bytes held (%d counted with the interpreter's %d), RSS %d, limit %d",
                          held, used, self._mem_base, r, limit)
-            self.set_alarm("memory", over)
+            self.set_alarm("memory", over, f"memory used {used} bytes, limit {limit} bytes, RSS {r} bytes")

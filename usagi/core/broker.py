@@ -21,6 +21,7 @@ from ..storage import MemoryStore, Store
 
 from .admin import AdminMixin
 from .alarms import AlarmMixin
+from .counters import Counters
 from .deadlettering import DeadLetterMixin
 from .delivery import DeliveryMixin
 from .entities import EntitiesMixin
@@ -69,14 +70,20 @@ class Config:
         self.default_user = "guest"
         self.default_pass = "guest"
         self.default_vhost = "/"
+        self.default_user_tags = ("administrator",)
+        self.default_permissions = (".*", ".*", ".*")   # configure, write, read
+        self.auth_mechanisms = None                  # SASL mechanisms offered (None: all Usagi has)
         self.handshake_timeout = 10.0
         self.consumer_timeout = 30 * 60.0
         self.node_name = f"usagi@{socket.gethostname()}"
         self.write_high_water = 1024 * 1024          # stop deliveries to a connection past this
         self.write_hard_limit = 64 * 1024 * 1024     # stop reading from it past this
         self.data_dir = None
+        # the resource limits, read through Broker.disk_free_limit() and memory_limit() (core/alarms.py)
         self.disk_free_limit = 50 * 1000 * 1000      # bytes, as RabbitMQ's default
+        self.disk_free_limit_relative = 0.0          # a fraction of RAM instead, when > 0
         self.memory_high_watermark = 0.4             # fraction of RAM, as RabbitMQ's default
+        self.memory_high_watermark_absolute = 0      # bytes instead, when > 0
         self.quorum_delivery_limit = 20              # RabbitMQ 4.x default for quorum queues
         self.connection_max = None                   # node-wide connection limit (None: infinity)
         self.ssl_cert_login_from = "common_name"     # SASL EXTERNAL: common_name, distinguished_name,
@@ -116,7 +123,11 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.parameters: dict = {}
         self.global_parameters: dict = {}
         self.stats = {"publish": 0, "deliver": 0, "ack": 0, "get": 0, "redeliver": 0,
-                      "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0}
+                      "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0, "publish_confirm": 0,
+                      "channel_created": 0, "queue_declared": 0, "queue_created": 0, "queue_deleted": 0}
+        self.counters = Counters()         # logins, dead-lettered messages, message sizes (core/counters.py)
+        self.commit_stats = [0, 0.0, 0.0]  # store commits done: how many, their seconds, the last one's
+        self._commit_started = 0.0
         # confirm bookkeeping: channels waiting for a commit
         self.commit_epoch = 0              # the epoch now collecting writes
         self.committed_epoch = 0           # the last epoch known to be on disk
@@ -129,14 +140,22 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.cluster = None                # cluster mode: the leader's view of the cluster (status())
 
     # ------------------------------------------------------------------ setup
-    def bootstrap(self):
-        """Default vhost and user on first start, as RabbitMQ creates them."""
+    def bootstrap(self, seed: bool = True):
+        """Default vhost and user on first start, as RabbitMQ creates them; not when definitions
+        are loaded at start (`seed` False), which then say what exists, as with RabbitMQ."""
         c = self.config
         if not self.vhosts:
-            self.add_vhost(c.default_vhost)
+            if not seed:
+                log.info("Will not seed default virtual host and user: have definitions to load...")
+                return
+            log.info("Will seed default virtual host and user...")
+            self.add_vhost(c.default_vhost, "Default virtual host")
             if c.default_user not in self.users.users:
-                self.add_user(c.default_user, c.default_pass, ["administrator"])
-                self.set_permissions(c.default_user, c.default_vhost, ".*", ".*", ".*")
+                self.add_user(c.default_user, c.default_pass, list(c.default_user_tags))
+                self.set_permissions(c.default_user, c.default_vhost, *c.default_permissions)
+                log.info("Created user '%s' with tags [%s] and permissions '%s', '%s', '%s' (configure, "
+                         "write, read) in vhost '%s'", c.default_user, ", ".join(c.default_user_tags),
+                         *c.default_permissions, c.default_vhost)
 
     def vhost(self, name: str) -> VHost:
         v = self.vhosts.get(name)
@@ -185,6 +204,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.commit_epoch += 1
         self.commit_waiters = []
         self.commit_in_flight = True
+        self._commit_started = time.perf_counter()
         return epoch, waiters
 
     def commit_done(self, epoch: int, waiters: list, error: Exception | None = None):
@@ -193,6 +213,11 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.commit_in_flight = False
         if error is None:
             self.committed_epoch = max(self.committed_epoch, epoch)
+            cs = self.commit_stats
+            took = max(0.0, time.perf_counter() - self._commit_started)
+            cs[0] += 1
+            cs[1] += took
+            cs[2] = took
         seen = set()
         for ch in waiters:
             if id(ch) in seen:
@@ -218,8 +243,13 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
 
     # ------------------------------------------------------------------ connections
     def sasl_mechanisms(self, conn) -> tuple:
-        """Mechanisms offered in connection.start: EXTERNAL too where client certificates are verified."""
-        return x509.mechanisms(conn.tls)
+        """Mechanisms offered in connection.start: EXTERNAL too where client certificates are verified;
+        only those of auth_mechanisms when it is set."""
+        offered = x509.mechanisms(conn.tls)
+        allowed = self.config.auth_mechanisms
+        if allowed is not None:
+            offered = tuple(m for m in offered if m in allowed)
+        return offered
 
     def connection_opened(self, conn):
         self.connections.add(conn)

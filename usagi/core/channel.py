@@ -7,6 +7,7 @@ hands this channel a message for one of its consumers.
 from __future__ import annotations
 
 import logging
+from bisect import bisect_left as _size_bucket
 
 from ..amqp import errors as E
 from ..amqp import methods as M
@@ -17,6 +18,8 @@ from ..model.message import Message
 from . import access
 from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _H, _HHQ, _RETURN_HEAD, _shortstr)
+from .counters import MSG_SIZE_BOUNDS
+from .counters import SUM as SIZE_SUM
 from .handlers.basic import BasicHandlers
 from .handlers.channel import ChannelClassHandlers
 from .handlers.exchange import ExchangeHandlers
@@ -77,8 +80,18 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         self._write_ok: set = set()  # exchange names the user may write to
         # statistics
         self.published = 0
-        self.delivered = 0
+        self.delivered = 0           # by basic.consume (delivered_auto of them with automatic acks)
+        self.delivered_auto = 0
         self.acked = 0
+        self.confirmed = 0
+        self.returned = 0            # unroutable: returned (mandatory) or dropped
+        self.dropped = 0
+        self.redelivered = 0
+        self.get_ack = 0             # basic.get: with manual acks, automatic acks, found nothing
+        self.get_auto = 0
+        self.get_empty = 0
+        self.broker.stats["channel_created"] += 1
+        self._sizes = self.broker.counters.sizes     # rabbitmq_message_size_bytes (core/counters.py)
 
     # ------------------------------------------------------------------ errors
     def fail(self, e: AMQPError):
@@ -214,6 +227,10 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             queues = broker.route_publish(self.vhost, x, msg)
         self.published += 1
         broker.stats["publish"] += 1
+        sizes = self._sizes
+        n = len(msg.body)
+        sizes[_size_bucket(MSG_SIZE_BOUNDS, n)] += 1
+        sizes[SIZE_SUM] += n
         rejected = False
         if queues:
             x.publish_out += 1
@@ -229,10 +246,15 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         elif mandatory:
             self._send_return(msg, E.NO_ROUTE, "NO_ROUTE")
             broker.stats["return_unroutable"] += 1
+            self.returned += 1
+            x.returned += 1
         else:
             broker.stats["drop_unroutable"] += 1
+            self.dropped += 1
+            x.dropped += 1
         if self.confirm:
             self.publish_seq += 1
+            broker.stats["publish_confirm"] += 1
             if rejected:
                 self.nacks_ready.append(self.publish_seq)
                 self.confirm_dirty = True
@@ -361,6 +383,7 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             top = acks[-1] if len(acks) == 1 or acks[-1] >= acks[0] else max(acks)
             send(num, M.BasicAck(top, len(acks) > 1))
             self.broker.stats["confirm"] += len(acks)
+            self.confirmed += len(acks)
             return
         below = [t for t in acks if t < limit]
         above = [t for t in acks if t > limit]
@@ -369,6 +392,7 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         for t in above:
             send(num, M.BasicAck(t, False))
         self.broker.stats["confirm"] += len(acks)
+        self.confirmed += len(acks)
 
     # ------------------------------------------------------------------ deliveries
     def can_deliver(self, c) -> bool:

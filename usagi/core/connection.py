@@ -85,6 +85,8 @@ class Connection(fastpath.ConnectionState):
         self.turn_start = 0.0         # when this turn's input handling began (perf_counter)
         self.closed = False
         self.close_reason = None
+        self.end_reason = None        # why it ends, for the log line when it does (see _log_end)
+        self.end_level = logging.INFO
         self.consumer_tags = itertools.count(1)
         self.on_closed = None         # set by the server layer
 
@@ -292,8 +294,7 @@ class Connection(fastpath.ConnectionState):
                 cls = M.METHODS.get(index)
                 if cls is None:
                     # RabbitMQ cannot look the method up and drops the connection without a frame
-                    log.warning("connection %s: unknown method class %d method %d, closing",
-                                self.name, cid, mid)
+                    self.note_end(f"unknown method class {cid} method {mid}", logging.WARNING)
                     self.finish_close()
                     return
                 try:
@@ -352,12 +353,13 @@ class Connection(fastpath.ConnectionState):
             self.finish_close()
 
     def _bad_header(self, err: BadProtocolHeader):
-        log.info("connection %s: bad protocol header %r, replying with ours", self.name, err.received)
+        self.note_end(f"client did not start with AMQP protocol header: {err.received!r}; replied with ours")
         self.transport.write(PROTOCOL_HEADER)
         self.finish_close()
 
     # ------------------------------------------------------------------ connection class
     def _send_start(self):
+        log.info("accepting AMQP connection %s", self.name)
         mechanisms = " ".join(self.broker.sasl_mechanisms(self)) if hasattr(self.broker, "sasl_mechanisms") \
             else " ".join(sasl.MECHANISMS)
         self.send_method(0, M.ConnectionStart(0, 9, self.broker.server_properties, mechanisms.encode(),
@@ -374,8 +376,7 @@ class Connection(fastpath.ConnectionState):
         if idx == M.ConnectionOpen.INDEX and st == AWAIT_OPEN:
             return self._open(m)
         if idx == M.ConnectionClose.INDEX:
-            if m.reply_code not in (200, 0):
-                log.info("connection %s closed by client: %s %s", self.name, m.reply_code, m.reply_text)
+            self.note_end(f"closed by the client: {m.reply_code} {m.reply_text!r}")   # repr: one log line
             self.send_method(0, M.ConnectionCloseOk())
             self.flush()
             return self.finish_close()
@@ -423,12 +424,14 @@ class Connection(fastpath.ConnectionState):
             log.warning("connection %s: user '%s' can only connect via localhost", self.name, username)
             # RabbitMQ's auth_fail: the reason goes to the log, the client gets the generic text
             return self._refuse_login(mech, username)
+        self.broker.counters.login("amqp091", True)     # rabbitmq_auth_attempts_* (failures: below)
         self.user = user
         c = self.broker.config
         self.send_method(0, M.ConnectionTune(c.channel_max, c.frame_max, c.heartbeat))
         self.state = AWAIT_TUNE_OK
 
     def _refuse_login(self, mech, username, text=None):
+        self.broker.counters.login("amqp091", False)
         if not limits.login_admit(self):
             # failed logins from this address are still waiting for their answer: this guess is
             # dropped unanswered (correct logins from the address are never held up)
@@ -449,6 +452,7 @@ class Connection(fastpath.ConnectionState):
                         f"For details see the broker logfile.")
         err = ConnectionError_(text, E.ACCESS_REFUSED)
         err.send_anyway = True
+        self.note_end(f"during the handshake: {err.reply_text}")
         if self.capabilities.get("authentication_failure_close"):
             self.connection_error(err)
         else:
@@ -544,11 +548,11 @@ class Connection(fastpath.ConnectionState):
             return
         if self.state in (AWAIT_HEADER, AWAIT_START_OK, AWAIT_SECURE_OK, AWAIT_TUNE_OK) and not e.send_anyway:
             # before the connection is open RabbitMQ sends no close frame: it drops the socket
-            log.info("connection %s: closing during handshake: %s", self.name, e.reply_text)
+            self.note_end(f"during the handshake: {e.reply_text}")
             self.finish_close()
             return
         level = logging.INFO if e.code in (E.ACCESS_REFUSED, E.NOT_ALLOWED) else logging.WARNING
-        log.log(level, "connection %s: closing with %s", self.name, e.reply_text)
+        self.note_end(e.reply_text, level)
         self.close_reason = e.reply_text
         self.send_method(0, M.ConnectionClose(e.code, e.reply_text, e.class_id, e.method_id))
         self.state = CLOSING
@@ -564,6 +568,7 @@ class Connection(fastpath.ConnectionState):
         if self.state in (OPEN, AWAIT_OPEN, AWAIT_TUNE_OK):
             self.connection_error(ConnectionError_(text, code))
         else:
+            self.note_end(text, logging.WARNING)
             self.finish_close()
         self.broker.flush_output()
 
@@ -581,6 +586,7 @@ class Connection(fastpath.ConnectionState):
     def finish_close(self):
         if self.closed:
             return
+        self._log_end()
         self.flush()
         self.closed = True
         self.state = CLOSED
@@ -593,6 +599,12 @@ class Connection(fastpath.ConnectionState):
         """The socket went away."""
         if self.closed:
             return
+        if self.end_reason is None:
+            if self.recv_oct:
+                self.note_end("client unexpectedly closed TCP connection", logging.WARNING)
+            else:       # a TCP health check: connected, sent nothing, went away
+                self.note_end("client unexpectedly closed TCP connection", logging.DEBUG)
+        self._log_end()
         self.closed = True
         self.state = CLOSED
         self._release()
@@ -604,16 +616,58 @@ class Connection(fastpath.ConnectionState):
         if not hb or self.state not in (OPEN, AWAIT_OPEN):
             return True
         if now - self.last_recv > hb * 2:
-            log.warning("connection %s: missed heartbeats from client, timeout: %ds", self.name, hb)
+            self.note_end(f"missed heartbeats from client, timeout: {hb}s", logging.ERROR)
             return False
         if now - self.last_send >= hb / 2:
             self.write(HEARTBEAT_FRAME)
             self.last_send = now
         return True
 
+    # ------------------------------------------------------------------ the log line of its end
+    def note_end(self, reason: str, level: int = logging.INFO):
+        """Why the connection ends (the first reason given is kept), for the line _log_end writes."""
+        if self.end_reason is None:
+            self.end_reason = reason
+            self.end_level = level
+
+    def describe(self) -> str:
+        """RabbitMQ's words for a connection in its log: addresses, vhost and user, duration."""
+        parts = [self.name]
+        if self.vhost is not None and self.user is not None:
+            parts.append(f"vhost: '{self.vhost}', user: '{self.user.name}'")
+        elif self.user is not None:
+            parts.append(f"user: '{self.user.name}'")
+        parts.append(f"duration: '{duration_text(time.time() - self.connected_at)}'")
+        return ", ".join(parts)
+
+    def _log_end(self):
+        """One line when a connection ends, as RabbitMQ writes it: `closing AMQP connection (client
+        -> server, vhost: '/', user: 'guest', duration: '3s'): why`."""
+        if log.isEnabledFor(self.end_level):
+            log.log(self.end_level, "closing AMQP connection (%s): %s", self.describe(),
+                    self.end_reason or "closed by the broker")
+
     @property
     def state_name(self) -> str:
         return "blocked" if self.blocked else _STATE_NAMES.get(self.state, "closed")
+
+
+def duration_text(seconds: float) -> str:
+    """A connection's age as RabbitMQ logs it: 250ms, 42s, 3M, 5s, 2H, 0M, 7s, 1D, 2H, 3M, 4s."""
+    ms = max(0, int(seconds * 1000))
+    if ms < 1000:
+        return f"{ms}ms"
+    s = ms // 1000
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d}D, {h}H, {m}M, {s}s"
+    if h:
+        return f"{h}H, {m}M, {s}s"
+    if m:
+        return f"{m}M, {s}s"
+    return f"{s}s"
 
 
 def _is_loopback(host: str) -> bool:

@@ -52,7 +52,9 @@ class DeadLetterMixin:
 
     def dead_letter(self, q: Queue, msg: Message, reason: str):
         """Send a message that left queue q (rejected, expired, maxlen, delivery_limit) to q's
-        dead-letter exchange: at once when the worklist is idle, else in its turn."""
+        dead-letter exchange: at once when the worklist is idle, else in its turn. Counted either
+        way (rabbitmq_global_messages_dead_lettered_*_total; "disabled" without a DLX)."""
+        self.counters.death(q, reason)
         if q.dlx is None:
             return
         work = self._dl_work

@@ -344,6 +344,8 @@ class DeliveryMixin:
             if m is None:
                 return
             self.dead_letter(q, m, "rejected")
+        elif not q.deleted:
+            self.counters.death(q, "rejected")
         self._forget(q, seq, msg)
 
     def validate_consumer_arguments(self, q: Queue, args: dict):
@@ -395,6 +397,8 @@ class DeliveryMixin:
                     if m is None:
                         return
                     self.dead_letter(q, m, "delivery_limit")
+                else:
+                    self.counters.death(q, "delivery_limit")
                 self._forget(q, seq, msg)
                 return
             q.delivery_counts[seq] = n

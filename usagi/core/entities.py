@@ -160,6 +160,7 @@ class EntitiesMixin:
                 raise not_found("queue", name, vhost.name)
             self.check_exclusive(q, owner)
             return q
+        self.stats["queue_declared"] += 1
         if not name:
             name = gen_name("amq.gen-")
         elif q is None and name.startswith("amq.") and not server_named:   # amq.gen- named by a channel
@@ -183,6 +184,7 @@ class EntitiesMixin:
         limits.check_queue_limit(self, vhost, name)
         q = self.make_queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
         vhost.queues[name] = q
+        self.stats["queue_created"] += 1
         if exclusive and owner is not None:
             owner.exclusive_queues.append(q)
         if durable and not exclusive:
@@ -259,6 +261,9 @@ class EntitiesMixin:
             raise ChannelError(f"queue '{q.name}' in vhost '{q.vhost}' not empty", E.PRECONDITION_FAILED)
         count = q.message_count
         vhost = self.vhosts.get(q.vhost)
+        if not q.deleted:
+            self.stats["queue_deleted"] += 1
+            self.counters.retire_queue(q)       # its counts stay in the node's totals
         q.deleted = True
         for c in list(q.consumers):
             c.channel.consumer_cancelled_by_server(c)

@@ -10,7 +10,7 @@ cdef class ChannelState:
     cdef public object conn, broker, vhost, number, state, content_expected, body_expected, held
     cdef public object pub_memo, tx, tx_publishes, tx_acks, confirm, publish_seq, acks_ready
     cdef public object nacks_ready, waiting, confirm_dirty, unacked, next_tag, flow_active
-    cdef public object global_prefetch, published, delivered, acked
+    cdef public object global_prefetch, published, delivered, acked, delivered_auto, redelivered, _sizes
 
 cdef class Unacked:
     cdef public object tag, queue, seq, msg, consumer

@@ -30,6 +30,7 @@ feeds the same bytes through them and through the general path and compares what
 from __future__ import annotations
 
 import struct
+from bisect import bisect_left as _size_bucket
 from time import perf_counter
 
 from ..amqp import errors as E
@@ -38,6 +39,8 @@ from ..amqp.errors import ChannelError
 from ..model.message import Message
 from ..model.queue import PARKED_OWN
 from .channel_common import _END, _FH, _QB, _with_delivery_count
+from .counters import MSG_SIZE_BOUNDS
+from .counters import SUM as SIZE_SUM
 
 try:
     import cython
@@ -365,6 +368,10 @@ def publish(ch: ChannelState, payload, props, body):
     ch.published += 1
     stats = broker.stats
     stats["publish"] += 1
+    sizes = ch._sizes
+    n = len(body)
+    sizes[_size_bucket(MSG_SIZE_BOUNDS, n)] += 1
+    sizes[SIZE_SUM] += n
     rejected = False
     if q is not None:
         x.publish_out += 1
@@ -377,10 +384,15 @@ def publish(ch: ChannelState, payload, props, body):
     elif bits & 1:
         ch._send_return(msg, E.NO_ROUTE, "NO_ROUTE")
         stats["return_unroutable"] += 1
+        ch.returned += 1
+        x.returned += 1
     else:
         stats["drop_unroutable"] += 1
+        ch.dropped += 1
+        x.dropped += 1
     if ch.confirm:
         ch.publish_seq += 1
+        stats["publish_confirm"] += 1
         if rejected:
             ch.nacks_ready.append(ch.publish_seq)
             ch.confirm_dirty = True
@@ -486,7 +498,11 @@ def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
             conn.out_size += write_content(ch, c.prefix + _QB_pack(tag, redelivered) + msg.route, msg)
     q.delivered += 1
     ch.delivered += 1
+    if redelivered:
+        ch.redelivered += 1
     if c.no_ack:
+        q.delivered_auto += 1
+        ch.delivered_auto += 1
         if msg.stored or q.held_expiry or q.delivery_counts or q.kind == "stream":
             settle(ch.broker, q, seq, msg)
         else:

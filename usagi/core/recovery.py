@@ -13,10 +13,15 @@ store that did not record deadlines gets one from its queue's TTL, counted from 
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from types import SimpleNamespace
 
 from ..amqp.errors import ChannelError
+from ..amqp.properties import Scan, scan
+from ..model.paging import Spilled, stub_scan
+from ..model.queue import PAGING, PriorityQueue, Queue
 from ..model.util import freeze
 from ..storage.base import UNKNOWN_EXPIRY
 
@@ -34,6 +39,52 @@ def _strings(v) -> bool:
 
 def _dict(d) -> bool:
     return isinstance(d, dict)
+
+
+def _restore_stub(broker, q, entry, now_ms: int):
+    """A light entry (no body: see Store rows' `light`) back as a stub of a message left in the
+    store, redelivered, in its place."""
+    seq, _ex, _rk, props, _body, _red, msg_id, expires, size = entry
+    sc = scan(props) if isinstance(q, PriorityQueue) else _PERSISTENT
+    if expires == UNKNOWN_EXPIRY:         # stored before deadlines were: its TTL from now
+        ttl = broker.message_ttl(q, SimpleNamespace(scan=scan(props)))
+        expires = now_ms + ttl if ttl is not None else None
+    stub = Spilled(msg_id, True, size, stub_scan(sc), broker.store, None, q.spilled)
+    broker.restore_entry(q, seq, stub, True, expires)
+
+
+def _restore_stubs(broker, q, first, rows, now_ms: int) -> int:
+    """`first` and the rest of `rows`, light entries of a plain queue, back as stubs in bulk (about
+    a microsecond each: a stub and its slot in the heap). Returns how many."""
+    store = broker.store
+    sc = stub_scan(_PERSISTENT)
+    count = q.spilled
+    n = 0
+    timed = False
+    chunk = []
+    for entry in itertools.chain((first,), rows):
+        seq, _ex, _rk, props, _body, _red, msg_id, expires, size = entry
+        if expires == UNKNOWN_EXPIRY:
+            ttl = broker.message_ttl(q, SimpleNamespace(scan=scan(props)))
+            expires = now_ms + ttl if ttl is not None else None
+        if expires is not None:
+            timed = True
+        chunk.append((seq, Spilled(msg_id, True, size, sc, store, None, count), expires))
+        if len(chunk) >= 8192:
+            q.restore_stubs(chunk)
+            n += len(chunk)
+            chunk = []
+    q.restore_stubs(chunk)
+    n += len(chunk)
+    if timed:
+        broker.ttl_queues[id(q)] = q
+    return n
+
+
+PROMOTED_HEAD = 10_000    # entries per queue a promoted leader reads in full; the rest wait in the store
+
+_PERSISTENT = Scan()
+_PERSISTENT.delivery_mode = 2             # what the store holds: persistent messages
 
 
 def restore(broker, rec, redeliver_all: bool = False) -> dict:
@@ -185,6 +236,7 @@ def restore(broker, rec, redeliver_all: bool = False) -> dict:
     # messages: shared bodies are loaded once per message id
     count = 0
     by_id = {}
+    stubs_ok = bool(PAGING["dir"]) and store.durable
     refs = getattr(rec.messages, "refs", None)
     now_ms = int(time.time() * 1000)
     for (vname, qname), entries in rec.messages.items():
@@ -192,7 +244,21 @@ def restore(broker, rec, redeliver_all: bool = False) -> dict:
         q = v.queues.get(qname) if v is not None else None
         if q is None:
             continue
+        # Past the queue's in-memory budget (at most PROMOTED_HEAD), an entry that comes back
+        # redelivered stays in the store: its record is a stub read back when it is delivered, so
+        # that a promoted leader serves after reading the heads of its queues and the store's
+        # index, not every body.
+        light = getattr(entries, "light", None)
+        if not (redeliver_all and light is not None and stubs_ok and q.kind != "stream"):
+            light = None
         for entry in entries:
+            if light is not None and entry[4] is None:
+                if type(q) is Queue:
+                    count += _restore_stubs(broker, q, entry, entries, now_ms)
+                    break
+                count += 1
+                _restore_stub(broker, q, entry, now_ms)
+                continue
             seq, exchange, routing_key, props, body, redelivered = entry[:6]
             msg_id = entry[6] if len(entry) > 6 else None
             expires = entry[7] if len(entry) > 7 else None
@@ -217,6 +283,10 @@ def restore(broker, rec, redeliver_all: bool = False) -> dict:
             # tick, dead-lettered if the queue says so
             broker.restore_entry(q, seq, msg, bool(redelivered) or redeliver_all, expires)
             count += 1
+            if light is not None and (q.ram_count() >= min(q.cap_count, PROMOTED_HEAD) * 9 // 10 or
+                                      q.ram_bytes() >= q.cap_bytes * 9 // 10):
+                light()
+                light = True          # what follows comes without bodies
     max_id = getattr(store, "max_msg_id", 0) or 0
     broker.next_msg_id = max(broker.next_msg_id, max_id + 1)
     return {"vhosts": len(rec.vhosts), "queues": len(rec.queues), "messages": count}

@@ -32,7 +32,7 @@ from ..core import access
 from ..core.broker import CommitFailed
 from ..model import patterns
 from ..model.queue import Queue
-from . import checks, ops, slices
+from . import checks, nodectl, ops, slices, stats
 from .formats import View, queue_sums
 from .util import (ApiError, bad_request, dumps, get_path, is_loopback, jsonable, not_authorised, not_found,
                    parse_bool, properties_key)
@@ -265,6 +265,17 @@ class Req:
             self._view = View(self.m)
         return self._view
 
+    def ranged(self, ceil_lengths: bool = False, error: str = "bad_request") -> View:
+        """The view, with the history ranges the query asks for (lengths_age/_incr, msg_rates_*,
+        data_rates_*, node_stats_*), or 400 as RabbitMQ refuses a bad one (whose error name
+        depends on the resource: `error`)."""
+        try:
+            ranges = stats.parse_ranges(self.query, stats.wall_ms(), ceil_lengths)
+        except stats.RangeError as e:
+            raise ApiError(400, error, str(e)) from None
+        self._view = View(self.m, ranges)
+        return self._view
+
     async def load_body(self):
         """Read the body (at most the node's max_body_size) and parse it, a slice at a time."""
         request = self.request
@@ -275,6 +286,11 @@ class Req:
         if request.headers.get("Expect", "").lower() == "100-continue" and request.version >= (1, 1):
             await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             request.writer.output_size = 0
+        if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("identity", ""):
+            # RabbitMQ reads the bytes as they come: a compressed body is not JSON. Not inflated
+            # here either, so that a small body cannot become a large one.
+            self.body_error = ValueError("a compressed body is not JSON")
+            return
         ctype = request.headers.get("Content-Type", "")
         if ctype.lower().startswith("multipart/form-data"):
             try:
@@ -469,6 +485,7 @@ def authenticate(m, request: web.Request):
     except (binascii.Error, ValueError, UnicodeDecodeError):
         raise ApiError(401, "", "", {"WWW-Authenticate": REALM}) from None
     user = m.broker.users.authenticate(username, password)
+    m.broker.counters.login("http", user is not None)     # rabbitmq_auth_attempts_*{protocol="http"}
     if user is None:
         log.warning("HTTP access denied: user '%s' - invalid credentials", username)
         # RabbitMQ 3.10 says "Login failed" here, 3.13+ "Not_Authorized"; usagictl reads the former
@@ -786,6 +803,7 @@ API_INDEX = ("<!DOCTYPE html><html><head><title>RabbitMQ Management HTTP API</ti
 
 @get("overview", ANY)
 async def overview(r: Req):
+    r.ranged()
     vhosts = r.visible_vhosts()
     sums = await queue_sums(vhosts, r.pacer)
     return r.view.overview(vhosts, sums, await r.pacer.drain(r.m.sampler.totals_steps()))
@@ -808,7 +826,7 @@ def set_cluster_name(r: Req):
 
 @get("nodes", MONITOR)
 def nodes(r: Req):
-    items = [r.view.node_json()]
+    items = [r.ranged(True).node_json()]
     c = r.broker.cluster
     if c is not None:
         # the other nodes of a cluster, as far as the leader knows them (their figures are theirs)
@@ -825,6 +843,7 @@ def nodes(r: Req):
 
 @get("nodes/:node", MONITOR)
 def node(r: Req):
+    r.ranged(True)
     if r.p("node") != r.m.node:
         raise not_found()
     return r.view.node_json()
@@ -834,10 +853,7 @@ def node(r: Req):
 def node_memory(r: Req):
     if r.p("node") != r.m.node:
         raise not_found()
-    used = r.broker.memory_usage()
-    return {"memory": {"total": {"rss": used, "allocated": used, "erlang": used},
-                       "strategy": "rss", "other_proc": used, "code": 0, "binary": 0,
-                       "queue_procs": 0, "connection_readers": 0}}
+    return {"memory": nodectl.memory_breakdown(r.broker)}
 
 
 @get("extensions", ANY)
@@ -855,9 +871,26 @@ def whoami(r: Req):
     return {"name": r.user.name, "tags": list(r.user.tags), "is_internal_user": True}
 
 
+# What RabbitMQ 3.10 lists (GET /api/feature-flags, rabbitmqctl list_feature_flags): the features
+# behind them are how Usagi always behaves, so all are enabled.
+FEATURE_FLAGS = (
+    ("classic_mirrored_queue_version", "rabbit", "Classic mirrored queues take a queue version", ""),
+    ("drop_unroutable_metric", "rabbitmq_management_agent", "Unroutable publishes that are dropped are counted",
+     ""),
+    ("empty_basic_get_metric", "rabbitmq_management_agent", "basic.get on an empty queue is counted", ""),
+    ("implicit_default_bindings", "rabbit", "The default exchange's bindings are implicit", ""),
+    ("maintenance_mode_status", "rabbit", "Nodes have a maintenance mode status", ""),
+    ("quorum_queue", "rabbit", "Queues of type quorum", "https://www.rabbitmq.com/quorum-queues.html"),
+    ("stream_queue", "rabbit", "Queues of type stream", "https://www.rabbitmq.com/stream.html"),
+    ("user_limits", "rabbit", "Connection and channel limits per user", ""),
+    ("virtual_host_metadata", "rabbit", "Virtual hosts have a description, tags and a default queue type", ""),
+)
+
+
 @get("feature-flags", ADMIN)
 def feature_flags(r: Req):
-    return []
+    return Listing([{"name": name, "desc": desc, "doc_url": url, "state": "enabled", "stability": "stable",
+                     "provided_by": app} for name, app, desc, url in FEATURE_FLAGS], ("name",))
 
 
 # ---------------------------------------------------------------------------------------- health checks
@@ -866,21 +899,24 @@ def _failed(body: dict) -> Reply:
     return Reply(503, dict(body, status="failed"))
 
 
+def _alarm_resources(r: Req) -> list:
+    """The alarms in effect, named as RabbitMQ's health checks name them."""
+    return [{"node": r.m.node, "resource": "disk space" if a == "disk" else a} for a in sorted(r.broker.alarms)]
+
+
 @get("health/checks/alarms", ANY)
 def hc_alarms(r: Req):
-    alarms = sorted(r.broker.alarms)
+    alarms = _alarm_resources(r)
     if alarms:
-        return _failed({"reason": "There are alarms in effect in the cluster",
-                        "alarms": [{"node": r.m.node, "resource": a} for a in alarms]})
+        return _failed({"reason": "There are alarms in effect in the cluster", "alarms": alarms})
     return {"status": "ok"}
 
 
 @get("health/checks/local-alarms", ANY)
 def hc_local_alarms(r: Req):
-    alarms = sorted(r.broker.alarms)
+    alarms = _alarm_resources(r)
     if alarms:
-        return _failed({"reason": "There are alarms in effect on the node",
-                        "alarms": [{"node": r.m.node, "resource": a} for a in alarms]})
+        return _failed({"reason": "There are alarms in effect on the node", "alarms": alarms})
     return {"status": "ok"}
 
 
@@ -964,12 +1000,14 @@ def aliveness(r: Req):
 
 @get("vhosts", ANY)
 def vhosts(r: Req):
+    r.ranged(error="invalid_range_parameters")
     return Listing(r.visible_vhosts(), ("name",), render=r.view.vhost, fields=BY_NAME, name=_name)
 
 
 @get("vhosts/:vhost", ADMIN)
 def vhost_get(r: Req):
-    return r.view.vhost(r.vhost())
+    v = r.vhost()
+    return r.ranged().vhost(v)
 
 
 @put("vhosts/:vhost", ADMIN)
@@ -1034,12 +1072,14 @@ def _channels(r: Req, source) -> Listing:
 
 @get("vhosts/:vhost/connections", VHOST)
 def vhost_connections(r: Req):
+    r.ranged(True)
     v = r.vhost()
     return _connections(r, _visible_connections(r, v.name))
 
 
 @get("vhosts/:vhost/channels", VHOST)
 def vhost_channels(r: Req):
+    r.ranged()
     v = r.vhost()
     return _channels(r, _channels_of(_visible_connections(r, v.name)))
 
@@ -1168,6 +1208,21 @@ def topic_permission_delete(r: Req):
     return Reply(204)
 
 
+@get("topic-permissions/:vhost/:user/:exchange", ADMIN)
+def topic_permission_exchange_get(r: Req):
+    return topic_permission_get(r)
+
+
+@delete("topic-permissions/:vhost/:user/:exchange", ADMIN)
+def topic_permission_exchange_delete(r: Req):
+    """The user's topic permission on one exchange: 404 when the user has none in the vhost (as
+    RabbitMQ, which looks at the user's and vhost's, not the exchange's), else 204."""
+    if not _topic_permissions(r):
+        raise not_found()
+    r.broker.clear_topic_permissions(r.p("user"), r.p("vhost"), r.p("exchange"))
+    return Reply(204)
+
+
 # ---------------------------------------------------------------------------------------- exchanges
 
 def _exchange(r: Req, v, key: str = "exchange"):
@@ -1188,17 +1243,20 @@ def _exchanges(r: Req, vhosts) -> Listing:
 
 @get("exchanges", ANY)
 def exchanges(r: Req):
+    r.ranged(error="invalid_range_parameters")
     return _exchanges(r, r.listed_vhosts())
 
 
 @get("exchanges/:vhost", VHOST)
 def exchanges_vhost(r: Req):
+    r.ranged(error="invalid_range_parameters")
     return _exchanges(r, [r.vhost()])
 
 
 @get("exchanges/:vhost/:exchange", VHOST)
 def exchange_get(r: Req):
-    return r.view.exchange(_exchange(r, r.vhost()), detail=True)
+    x = _exchange(r, r.vhost())
+    return r.ranged().exchange(x, detail=True)
 
 
 def _arguments(body: dict) -> dict:
@@ -1281,18 +1339,20 @@ def _queues(r: Req, vhosts) -> Listing:
 
 @get("queues", ANY)
 def queues(r: Req):
+    r.ranged(True, "invalid_range_parameters")
     return _queues(r, r.listed_vhosts())
 
 
 @get("queues/:vhost", VHOST)
 def queues_vhost(r: Req):
+    r.ranged(True, "invalid_range_parameters")
     return _queues(r, [r.vhost()])
 
 
 @get("queues/:vhost/:queue", VHOST)
 async def queue_get(r: Req):
     q = _queue(r, r.vhost())
-    await r.view.prepare(r.pacer)
+    await r.ranged(True).prepare(r.pacer)
     return r.view.queue(q, detail=True)
 
 
@@ -1531,11 +1591,13 @@ def _connection(r: Req):
 
 @get("connections", ANY)
 def connections(r: Req):
+    r.ranged(True)
     return _connections(r, _visible_connections(r))
 
 
 @get("connections/:connection", ANY)
 def connection_get(r: Req):
+    r.ranged(True)
     return r.view.connection(_connection(r))
 
 
@@ -1550,17 +1612,20 @@ def connection_delete(r: Req):
 
 @get("connections/:connection/channels", ANY)
 def connection_channels(r: Req):
+    r.ranged()
     c = _connection(r)
     return _channels(r, list(c.channels.values()))
 
 
 @get("channels", ANY)
 def channels(r: Req):
+    r.ranged()
     return _channels(r, _channels_of(_visible_connections(r)))
 
 
 @get("channels/:channel", ANY)
 def channel_get(r: Req):
+    r.ranged()
     name = r.p("channel")
     for c in _visible_connections(r):
         for ch in c.channels.values():
@@ -1905,6 +1970,8 @@ def _app_control(r: Req, action: str):
     if fn is None:
         return Reply(501, {"error": "not_implemented",
                            "reason": f"this server cannot {action.replace('_', ' ')} (no Server.{action})"})
+    if getattr(r.m, "resetting", False):
+        return Reply(409, {"error": "conflict", "reason": "the node is being reset"})
     log.info("%s requested through the management API by user '%s'", action, r.user.name)
     r.m.run_soon(fn)
     return Reply(204)
@@ -1932,3 +1999,140 @@ def usagi_cluster(r: Req):
             "leader": name, "epoch": 0, "lsn": 0, "isr": [name], "min_in_sync": 1,
             "nodes": [{"name": name, "id": name, "role": "leader", "in_sync": True, "running": True,
                        "connected": True, "lag": 0}]}
+
+
+# ---------------------------------------------------------------------------------------- Usagi node settings
+# What rabbitmqctl and rabbitmq-diagnostics do over Erlang distribution and RabbitMQ's management API
+# cannot: usagictl and usagi-diagnostics use these (see nodectl.py).
+
+@get("usagi/environment", ADMIN)
+def usagi_environment(r: Req):
+    """rabbitmqctl environment: the node's settings under RabbitMQ's names (and all of Usagi's)."""
+    return nodectl.environment(r.m)
+
+
+async def _reset(r: Req, what: str):
+    if not getattr(r.m.server, "app_stopped", False):
+        raise ApiError(409, "conflict", f"the node's AMQP side is running: stop it first (usagictl stop_app), "
+                                        f"then {what}")
+    if r.broker.cluster is not None:
+        raise ApiError(409, "conflict", f"this node is a member of a cluster: {what} is not supported there")
+    log.warning("%s requested through the management API by user '%s'", what, r.user.name)
+    r.m.resetting = True
+    try:
+        await r.pacer.drain(r.broker.reset_steps())
+    finally:
+        r.m.resetting = False
+    return Reply(204)
+
+
+@post("usagi/reset", ADMIN)
+@one_at_a_time
+async def usagi_reset(r: Req):
+    """rabbitmqctl reset: with the AMQP side stopped, delete every vhost, queue, message, user,
+    permission, policy and parameter, then create the default vhost and user again; answered once
+    that is durable."""
+    return await _reset(r, "reset")
+
+
+@post("usagi/force_reset", ADMIN)
+@one_at_a_time
+async def usagi_force_reset(r: Req):
+    """rabbitmqctl force_reset: as reset (a single node has no cluster to leave)."""
+    return await _reset(r, "force_reset")
+
+
+def _number(body: dict, key: str, lo: float, hi: float | None = None, integer: bool = False):
+    v = body.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (integer and not isinstance(v, int)) \
+            or not math.isfinite(v) or v < lo or (hi is not None and v > hi):
+        span = f"between {lo} and {hi}" if hi is not None else f"at least {lo}"
+        raise bad_request(f"{key} must be {'an integer' if integer else 'a number'} {span}")
+    return v
+
+
+@put("usagi/vm_memory_high_watermark", ADMIN, accept=JSON_TYPE)
+def usagi_set_memory_watermark(r: Req):
+    """rabbitmqctl set_vm_memory_high_watermark: {"relative": 0.0..1.0} or {"absolute": bytes}.
+    Not stored: a restart takes the configured one, as in RabbitMQ."""
+    body = r.body()
+    if "relative" in body:
+        fraction = float(_number(body, "relative", 0.0, 1.0))
+    elif "absolute" in body:
+        total = nodectl.total_ram()
+        if not total:
+            raise bad_request("the node cannot tell its total memory: give a relative watermark")
+        absolute = _number(body, "absolute", 1, integer=True)
+        r.broker.set_memory_high_watermark(absolute=absolute)
+        return Reply(204)
+    else:
+        raise bad_request("[{key_missing,relative}]")
+    r.broker.set_memory_high_watermark(relative=fraction)
+    return Reply(204)
+
+
+@put("usagi/disk_free_limit", ADMIN, accept=JSON_TYPE)
+def usagi_set_disk_free_limit(r: Req):
+    """rabbitmqctl set_disk_free_limit: {"absolute": bytes} or {"mem_relative": fraction of RAM}.
+    Not stored, as in RabbitMQ."""
+    body = r.body()
+    if "absolute" in body:
+        r.broker.set_disk_free_limit(absolute=max(0, _number(body, "absolute", -2 ** 63, 2 ** 63, integer=True)))
+    elif "mem_relative" in body:
+        r.broker.set_disk_free_limit(relative=_number(body, "mem_relative", 0.0, 1000.0))
+    else:
+        raise bad_request("[{key_missing,absolute}]")
+    return Reply(204)
+
+
+@post("usagi/rotate_logs", ADMIN)
+def usagi_rotate_logs(r: Req):
+    """Rotate the node's log files; {"rotated": [paths]} (none when it logs to a stream only)."""
+    files = nodectl.rotate_logs()
+    log.info("log files rotated on request from user '%s': %s", r.user.name, ", ".join(files) or "none")
+    return {"rotated": files}
+
+
+@get("usagi/log_tail", ADMIN)
+def usagi_log_tail(r: Req):
+    """rabbitmq-diagnostics log_tail: the last `lines` lines (default 50) of the node's first log file:
+    {"file": path or null, "lines": [...]}."""
+    try:
+        n = int(r.query.get("lines", "50"))
+        if n < 0:
+            raise ValueError
+    except ValueError:
+        raise bad_request("lines must be a non-negative integer") from None
+    files = nodectl.log_files()
+    if not files:
+        return {"file": None, "lines": [], "locations": nodectl.log_locations()}
+    try:
+        lines = nodectl.tail(files[0], n)
+    except OSError as e:
+        raise ApiError(500, "internal_server_error", f"cannot read {files[0]}: {e.strerror}") from None
+    return {"file": files[0], "lines": lines, "locations": nodectl.log_locations()}
+
+
+@put("usagi/log_level", ADMIN, accept=JSON_TYPE)
+def usagi_log_level(r: Req):
+    """rabbitmqctl set_log_level: {"level": "debug" | "info" | "warning" | "error" | "critical" | "none"}."""
+    level = r.body().get("level")
+    if level not in nodectl.LEVELS:
+        raise bad_request(f"level {level} is not supported. Try one of {', '.join(nodectl.LEVELS)}")
+    nodectl.set_log_level(level)
+    log.info("log level set to %s on request from user '%s'", level, r.user.name)
+    return Reply(204)
+
+
+@get("usagi/queues/:vhost", VHOST)
+def usagi_queue_pids(r: Req):
+    """What rabbitmqctl list_queues shows of a queue and RabbitMQ's management API does not: its
+    pid (nodectl.queue_pid) and its exclusive consumer's channel."""
+    v = r.vhost()
+    node, started = r.m.node, r.broker.started_at
+
+    def render(q):
+        excl = next((c for c in q.consumers if c.exclusive), None)
+        return {"name": q.name, "vhost": q.vhost, "pid": nodectl.queue_pid(node, started, q),
+                "exclusive_consumer_pid": r.view.channel_name(excl.channel) if excl is not None else ""}
+    return Listing(_queues_of([v]), render=render, fields=BY_VHOST_AND_NAME, name=_name)

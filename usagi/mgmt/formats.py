@@ -6,6 +6,9 @@ name and the rate sampler. Rendering one object costs a bounded amount (listings
 per step, mgmt.slices); totals over every queue come from the sampler's last sample or from
 `queue_sums`, a slice at a time. Values that only have a meaning inside Erlang (reductions,
 garbage collection) keep their keys with zeros, so that tools reading them find what they expect.
+When a request asks for history (`lengths_age`, `msg_rates_age`, ...: the view's `ranges`), each
+figure's `_details` hold RabbitMQ's `samples`, `avg_rate` and `avg` from the sampler's history
+(mgmt.stats), a bounded amount of work per figure (at most stats.MAX_RANGE + 1 instants).
 """
 from __future__ import annotations
 
@@ -17,7 +20,9 @@ from .. import RABBITMQ_COMPAT_VERSION, __version__
 from ..core.memory import MESSAGE_BYTES, QUEUE_BYTES, UNACKED_BYTES
 from ..model.paging import STUB_BYTES, Spilled
 from ..model.queue import ENTRY_BYTES, UNLIMITED, Queue
-from . import ops
+from . import nodectl, ops
+from .stats import (CHANNEL_KEYS, CONNECTION_KEYS, EXCHANGE_KEYS, QUEUE_KEYS, VHOST_INDEX, Window,
+                    channel_counters, connection_counters, exchange_counters, queue_counters)
 from .util import iso_time, jsonable, properties_key
 
 PROTOCOL = "AMQP 0-9-1"
@@ -110,23 +115,36 @@ def queue_memory(q, ua) -> dict:
     }
 
 
-def _stats(pairs) -> dict:
-    """{"k": v, "k_details": {"rate": r}} for (k, v, r) triples."""
+def _figures(specs, window: Window | None, rate) -> dict:
+    """{"k": v, "k_details": ...} for (k, v, series key) triples: the rate of the series key
+    (`rate(key)`), or with a window its history as RabbitMQ gives it for a range; a series key of
+    None is a figure Usagi does not count (rate 0, the same value all along)."""
     out = {}
-    for k, v, r in pairs:
+    if window is None:
+        for k, v, sk in specs:
+            out[k] = v
+            out[k + "_details"] = {"rate": rate(sk) if sk else 0.0}
+        return out
+    for k, v, sk in specs:
         out[k] = v
-        out[k + "_details"] = {"rate": r}
+        out[k + "_details"] = window.details(sk) if sk else window.constant(v)
     return out
 
 
 class View:
-    def __init__(self, m):
+    def __init__(self, m, ranges: dict | None = None):
         self.m = m
         self.broker = m.broker
         self.sampler = m.sampler
         self.node = m.node
+        self.ranges = ranges or {}      # kind (stats.RANGE_KINDS) -> stats.Range the request asks for
         self._unacked_bytes = None
         self._vhost_totals = None
+
+    def window(self, kind: str, obj, index: dict, live=None) -> Window | None:
+        """An object's history over the range the request asks for `kind`, or None."""
+        rng = self.ranges.get(kind)
+        return None if rng is None else self.sampler.window(obj, index, rng, live)
 
     # ------------------------------------------------------------------ helpers
     async def prepare(self, pacer) -> "View":
@@ -149,12 +167,12 @@ class View:
         return self.sampler.rate(obj, key)
 
     # ------------------------------------------------------------------ queues
-    def queue_contents(self, q, detail: bool) -> tuple:
+    def queue_contents(self, q, detail: bool, limit: int = CONTENTS_WALK_LIMIT) -> tuple:
         """(persistent count, persistent bytes, head timestamp) of the ready messages: a walk over
         those in memory (paged-out ones are counted as they go out), so lists skip it for queues
-        with very many in memory and show what the last detailed look found."""
+        with more than `limit` in memory and show what the last detailed look found."""
         cache = self.m.contents_cache
-        if not detail and q.ram_count() > CONTENTS_WALK_LIMIT:
+        if not detail and q.ram_count() > limit:
             return cache.get(q, (0, 0, None))
         persistent = persistent_bytes = 0
         head_ts = None
@@ -193,6 +211,11 @@ class View:
                 excl = c.tag
                 break
         n_consumers = len(q.consumers)
+        live = queue_counters(q) if self.ranges else None
+        lengths = self.window("lengths", q, QUEUE_KEYS, live) if live is not None else None
+        counts = _figures([("messages", ready + unacked, "messages"), ("messages_ready", ready, "messages_ready"),
+                           ("messages_unacknowledged", unacked, "messages_unacknowledged")],
+                          lengths, lambda k: s.rate(q, k))
         d = {
             "arguments": jsonable(q.arguments),
             "auto_delete": q.auto_delete,
@@ -219,24 +242,24 @@ class View:
             "message_bytes_ram": mem["ram_bytes"],
             "message_bytes_ready": ready_bytes,
             "message_bytes_unacknowledged": unacked_bytes,
-            "message_stats": self.queue_message_stats(q),
+            "message_stats": self.queue_message_stats(q, live),
             "messages": ready + unacked,
-            "messages_details": {"rate": s.rate(q, "messages")},
+            "messages_details": counts["messages_details"],
             "messages_paged_out": mem["paged_out"],
             "messages_persistent": persistent,
             "messages_ram": mem["ready_ram"] + mem["unacked_ram"],
             "messages_ready": ready,
-            "messages_ready_details": {"rate": s.rate(q, "messages_ready")},
+            "messages_ready_details": counts["messages_ready_details"],
             "messages_ready_ram": mem["ready_ram"],
             "messages_unacknowledged": unacked,
-            "messages_unacknowledged_details": {"rate": s.rate(q, "messages_unacknowledged")},
+            "messages_unacknowledged_details": counts["messages_unacknowledged_details"],
             "messages_unacknowledged_ram": mem["unacked_ram"],
             "name": q.name,
             "node": self.node,
             "operator_policy": getattr(q, "operator_policy", None),
             "policy": policy["name"] if policy else None,
             "reductions": 0,
-            "reductions_details": {"rate": 0.0},
+            "reductions_details": self._zero("data_rates"),
             "single_active_consumer_tag": next((c.tag for c in q.consumers if c.active), None)
             if getattr(q, "single_active", False) else None,
             "state": "running",
@@ -256,19 +279,28 @@ class View:
             d["incoming"] = []
         return d
 
-    def queue_message_stats(self, q) -> dict:
+    def queue_message_stats(self, q, live=None) -> dict:
         s = self.sampler
-        return _stats([
-            ("ack", q.acked, s.rate(q, "ack")),
-            ("deliver", q.delivered, s.rate(q, "deliver_get")),
-            ("deliver_get", q.delivered, s.rate(q, "deliver_get")),
-            ("deliver_no_ack", 0, 0.0),
-            ("get", 0, 0.0),
-            ("get_empty", 0, 0.0),
-            ("get_no_ack", 0, 0.0),
-            ("publish", q.published, s.rate(q, "publish")),
-            ("redeliver", q.redelivered_count, s.rate(q, "redeliver")),
-        ])
+        w = self.window("msg_rates", q, QUEUE_KEYS, live or queue_counters(q)) if self.ranges else None
+        auto = q.delivered_auto
+        return _figures([
+            ("ack", max(q.acked - auto - q.get_auto, 0), "ack"),
+            ("deliver", max(q.delivered - auto - q.get_ack - q.get_auto, 0), "deliver_get"),
+            ("deliver_get", q.delivered, "deliver_get"),
+            ("deliver_no_ack", auto, None),
+            ("get", q.get_ack, None),
+            ("get_empty", q.get_empty, None),
+            ("get_no_ack", q.get_auto, None),
+            ("publish", q.published, "publish"),
+            ("redeliver", q.redelivered_count, "redeliver"),
+        ], w, lambda k: s.rate(q, k))
+
+    def _zero(self, kind: str) -> dict:
+        """The details of a figure Usagi keeps at zero (reductions), for a range of `kind` or not."""
+        rng = self.ranges.get(kind)
+        if rng is None:
+            return {"rate": 0.0}
+        return Window(list(rng.instants()), [], {}).constant(0)
 
     # ------------------------------------------------------------------ exchanges
     def exchange(self, x, detail: bool = False) -> dict:
@@ -278,8 +310,10 @@ class View:
              "vhost": x.vhost}
         if x.publish_in or x.publish_out:
             s = self.sampler
-            d["message_stats"] = _stats([("publish_in", x.publish_in, s.rate(x, "publish_in")),
-                                         ("publish_out", x.publish_out, s.rate(x, "publish_out"))])
+            w = self.window("msg_rates", x, EXCHANGE_KEYS, exchange_counters(x))
+            d["message_stats"] = _figures([("publish_in", x.publish_in, "publish_in"),
+                                           ("publish_out", x.publish_out, "publish_out")],
+                                          w, lambda k: s.rate(x, k))
         policy = ops.effective_policy(self.broker, "exchange", x)
         if policy:
             d["policy"] = policy["name"]
@@ -298,6 +332,9 @@ class View:
     def connection(self, c) -> dict:
         s = self.sampler
         user = c.user.name if c.user is not None else "none"
+        w = self.window("data_rates", c, CONNECTION_KEYS, connection_counters(c))
+        octets = _figures([("recv_oct", c.recv_oct, "recv_oct"), ("send_oct", c.send_oct, "send_oct")], w,
+                          lambda k: s.rate(c, k))
         return {
             "auth_mechanism": c.auth_mechanism or "PLAIN",
             "channel_max": c.channel_max,
@@ -318,12 +355,12 @@ class View:
             "protocol": PROTOCOL,
             "recv_cnt": c.recv_cnt,
             "recv_oct": c.recv_oct,
-            "recv_oct_details": {"rate": s.rate(c, "recv_oct")},
+            "recv_oct_details": octets["recv_oct_details"],
             "reductions": 0,
-            "reductions_details": {"rate": 0.0},
+            "reductions_details": self._zero("data_rates"),
             "send_cnt": c.send_cnt,
             "send_oct": c.send_oct,
-            "send_oct_details": {"rate": s.rate(c, "send_oct")},
+            "send_oct_details": octets["send_oct_details"],
             "send_pend": 0,
             "ssl": c.tls is not None,
             "ssl_cipher": None,
@@ -364,7 +401,7 @@ class View:
             "pending_raft_commands": 0,
             "prefetch_count": ch.prefetch_count,
             "reductions": 0,
-            "reductions_details": {"rate": 0.0},
+            "reductions_details": self._zero("data_rates"),
             "state": "running" if ch.state == 0 else "closing",
             "transactional": ch.tx,
             "user": user,
@@ -375,15 +412,19 @@ class View:
         pairs = []
         if ch.published or ch.confirm:
             confirmed = max(ch.publish_seq - len(ch.waiting), 0) if ch.confirm else 0
-            pairs += [("confirm", confirmed, 0.0), ("drop_unroutable", 0, 0.0),
-                      ("publish", ch.published, s.rate(ch, "publish")), ("return_unroutable", 0, 0.0)]
-        if ch.delivered or ch.consumers or ch.acked:
-            pairs += [("ack", ch.acked, s.rate(ch, "ack")),
-                      ("deliver", ch.delivered, s.rate(ch, "deliver_get")),
-                      ("deliver_get", ch.delivered, s.rate(ch, "deliver_get")), ("deliver_no_ack", 0, 0.0),
-                      ("get", 0, 0.0), ("get_empty", 0, 0.0), ("get_no_ack", 0, 0.0), ("redeliver", 0, 0.0)]
+            pairs += [("confirm", confirmed, None), ("drop_unroutable", ch.dropped, None),
+                      ("publish", ch.published, "publish"), ("return_unroutable", ch.returned, None)]
+        gets = ch.get_ack + ch.get_auto
+        if ch.delivered or ch.consumers or ch.acked or gets or ch.get_empty:
+            pairs += [("ack", ch.acked, "ack"),
+                      ("deliver", ch.delivered - ch.delivered_auto, "deliver_get"),
+                      ("deliver_get", ch.delivered + gets, "deliver_get"),
+                      ("deliver_no_ack", ch.delivered_auto, None), ("get", ch.get_ack, None),
+                      ("get_empty", ch.get_empty, None), ("get_no_ack", ch.get_auto, None),
+                      ("redeliver", ch.redelivered, None)]
         if pairs:
-            d["message_stats"] = _stats(sorted(pairs))
+            w = self.window("msg_rates", ch, CHANNEL_KEYS, channel_counters(ch))
+            d["message_stats"] = _figures(sorted(pairs), w, lambda k: s.rate(ch, k))
         idle = s.idle_since(ch)
         if idle is not None:
             d["idle_since"] = iso_time(idle)
@@ -414,37 +455,44 @@ class View:
             self._vhost_totals = s.vhost_totals()
         tot = self._vhost_totals.get(v.name, {})
         r = lambda k: s.vhost_rate(v.name, k)  # noqa: E731
+        win = {kind: s.vhost_window(v.name, rng) for kind, rng in self.ranges.items()}
+        counts = _figures([("messages", tot.get("messages", 0), "messages"),
+                           ("messages_ready", tot.get("messages_ready", 0), "messages_ready"),
+                           ("messages_unacknowledged", tot.get("messages_unacknowledged", 0),
+                            "messages_unacknowledged")], win.get("lengths"), r)
+        octets = _figures([("recv_oct", tot.get("recv_oct", 0), "recv_oct"),
+                           ("send_oct", tot.get("send_oct", 0), "send_oct")], win.get("data_rates"), r)
         d = {
             "cluster_state": {self.node: "running"},
             "default_queue_type": v.default_queue_type,
             "description": v.description,
-            "message_stats": _stats([
-                ("ack", tot.get("ack", 0), r("ack")),
-                ("confirm", 0, 0.0),
-                ("deliver", tot.get("deliver_get", 0), r("deliver_get")),
-                ("deliver_get", tot.get("deliver_get", 0), r("deliver_get")),
-                ("deliver_no_ack", 0, 0.0),
-                ("drop_unroutable", 0, 0.0),
-                ("get", 0, 0.0),
-                ("get_empty", 0, 0.0),
-                ("get_no_ack", 0, 0.0),
-                ("publish", tot.get("publish", 0), r("publish")),
-                ("redeliver", tot.get("redeliver", 0), r("redeliver")),
-                ("return_unroutable", 0, 0.0),
-            ]),
+            "message_stats": _figures([
+                ("ack", tot.get("ack", 0), "ack"),
+                ("confirm", 0, None),
+                ("deliver", tot.get("deliver_get", 0), "deliver_get"),
+                ("deliver_get", tot.get("deliver_get", 0), "deliver_get"),
+                ("deliver_no_ack", 0, None),
+                ("drop_unroutable", 0, None),
+                ("get", 0, None),
+                ("get_empty", 0, None),
+                ("get_no_ack", 0, None),
+                ("publish", tot.get("publish", 0), "publish"),
+                ("redeliver", tot.get("redeliver", 0), "redeliver"),
+                ("return_unroutable", 0, None),
+            ], win.get("msg_rates"), r),
             "messages": tot.get("messages", 0),
-            "messages_details": {"rate": r("messages")},
+            "messages_details": counts["messages_details"],
             "messages_ready": tot.get("messages_ready", 0),
-            "messages_ready_details": {"rate": r("messages_ready")},
+            "messages_ready_details": counts["messages_ready_details"],
             "messages_unacknowledged": tot.get("messages_unacknowledged", 0),
-            "messages_unacknowledged_details": {"rate": r("messages_unacknowledged")},
+            "messages_unacknowledged_details": counts["messages_unacknowledged_details"],
             "metadata": {"description": v.description, "tags": list(v.tags),
                          "default_queue_type": v.default_queue_type},
             "name": v.name,
             "recv_oct": tot.get("recv_oct", 0),
-            "recv_oct_details": {"rate": r("recv_oct")},
+            "recv_oct_details": octets["recv_oct_details"],
             "send_oct": tot.get("send_oct", 0),
-            "send_oct_details": {"rate": r("send_oct")},
+            "send_oct_details": octets["send_oct_details"],
             "tags": list(v.tags),
             "tracing": bool(v.tracing),
         }
@@ -483,6 +531,16 @@ class View:
         channels = sum(len(c.channels) for c in conns)
         consumers = sums["consumers"]
         g = s.global_rate
+        rm, rl = self.ranges.get("msg_rates"), self.ranges.get("lengths")
+        gm = s.global_window(rm) if rm is not None else None
+        # queue totals of the vhosts the user is shown: the node's, else the sum of theirs
+        if all_vhosts:
+            lw = s.global_window(rl) if rl is not None else None
+            qrate = g
+        else:
+            lw = None if rl is None else Window.total([s.vhost_window(n, rl) for n in sorted(names)],
+                                                      VHOST_INDEX, list(rl.instants()))
+            qrate = lambda k: round(sum(s.vhost_rate(n, k) for n in names), 1)  # noqa: E731
         return {
             "management_version": RABBITMQ_COMPAT_VERSION,
             "rates_mode": "basic",
@@ -501,36 +559,36 @@ class View:
             "disable_stats": False,
             "is_op_policy_updating_enabled": True,
             "enable_queue_totals": False,
-            "message_stats": _stats([
-                ("ack", tot["ack"], g("ack")),
-                ("confirm", tot["confirm"], g("confirm")),
-                ("deliver", tot["deliver"], g("deliver")),
-                ("deliver_get", tot["deliver_get"], g("deliver_get")),
-                ("deliver_no_ack", 0, 0.0),
-                ("disk_reads", 0, 0.0),
-                ("disk_writes", 0, 0.0),
-                ("drop_unroutable", tot["drop_unroutable"], g("drop_unroutable")),
-                ("get", tot["get"], g("get")),
-                ("get_empty", 0, 0.0),
-                ("get_no_ack", 0, 0.0),
-                ("publish", tot["publish"], g("publish")),
-                ("redeliver", tot["redeliver"], g("redeliver")),
-                ("return_unroutable", tot["return_unroutable"], g("return_unroutable")),
-            ]),
-            "churn_rates": _stats([
-                ("channel_closed", 0, 0.0),
-                ("channel_created", 0, 0.0),
-                ("connection_closed", tot["connection_closed"], g("connection_closed")),
-                ("connection_created", tot["connection_created"], g("connection_created")),
-                ("queue_created", 0, 0.0),
-                ("queue_declared", 0, 0.0),
-                ("queue_deleted", 0, 0.0),
-            ]),
-            "queue_totals": _stats([
-                ("messages", ready + unacked, g("messages") if all_vhosts else 0.0),
-                ("messages_ready", ready, g("messages_ready") if all_vhosts else 0.0),
-                ("messages_unacknowledged", unacked, g("messages_unacknowledged") if all_vhosts else 0.0),
-            ]),
+            "message_stats": _figures([
+                ("ack", tot["ack"], "ack"),
+                ("confirm", tot["confirm"], "confirm"),
+                ("deliver", tot["deliver"], "deliver"),
+                ("deliver_get", tot["deliver_get"], "deliver_get"),
+                ("deliver_no_ack", 0, None),
+                ("disk_reads", 0, None),
+                ("disk_writes", 0, None),
+                ("drop_unroutable", tot["drop_unroutable"], "drop_unroutable"),
+                ("get", tot["get"], "get"),
+                ("get_empty", 0, None),
+                ("get_no_ack", 0, None),
+                ("publish", tot["publish"], "publish"),
+                ("redeliver", tot["redeliver"], "redeliver"),
+                ("return_unroutable", tot["return_unroutable"], "return_unroutable"),
+            ], gm, g),
+            "churn_rates": _figures([
+                ("channel_closed", 0, None),
+                ("channel_created", 0, None),
+                ("connection_closed", tot["connection_closed"], "connection_closed"),
+                ("connection_created", tot["connection_created"], "connection_created"),
+                ("queue_created", 0, None),
+                ("queue_declared", 0, None),
+                ("queue_deleted", 0, None),
+            ], gm, g),
+            "queue_totals": _figures([
+                ("messages", ready + unacked, "messages"),
+                ("messages_ready", ready, "messages_ready"),
+                ("messages_unacknowledged", unacked, "messages_unacknowledged"),
+            ], lw, qrate),
             "object_totals": {"channels": channels, "connections": len(conns), "consumers": consumers,
                               "exchanges": sum(len(v.exchanges) for v in vhosts),
                               "queues": sums["queues"]},
@@ -549,7 +607,11 @@ class View:
         fd_used, fd_total = m.fds()
         uptime = int((time.time() - b.started_at) * 1000)
         conns = len(b.connections)
-        zero = lambda k, v=0: [(k, v, 0.0)]  # noqa: E731
+        s = self.sampler
+        rn = self.ranges.get("node_stats")
+        # (live: the figures now, in stats.NODE_KEYS order)
+        nw = s.node_window(rn, (mem, fd_used, conns, 1, disk_free)) if rn is not None else None
+        gw = s.global_window(rn) if rn is not None else None
         d = {
             "applications": [
                 {"name": "rabbit", "description": "RabbitMQ (Usagi)", "version": RABBITMQ_COMPAT_VERSION},
@@ -569,12 +631,12 @@ class View:
             "db_dir": m.data_dir(),
             "disk_free": disk_free,
             "disk_free_alarm": "disk" in b.alarms,
-            "disk_free_limit": b.config.disk_free_limit,
+            "disk_free_limit": b.disk_free_limit(),
             "enabled_plugins": ["rabbitmq_management", "rabbitmq_prometheus"],
             "exchange_types": EXCHANGE_TYPES,
             "fd_total": fd_total,
             "fd_used": fd_used,
-            "log_files": ["<stderr>"],
+            "log_files": nodectl.log_locations() or ["<stderr>"],
             "mem_alarm": "memory" in b.alarms,
             "mem_calculation_strategy": "allocated",
             "mem_limit": mem_limit,
@@ -596,20 +658,20 @@ class View:
             "uptime": uptime,
             "being_drained": False,
         }
-        for k, v in (("mem_used", mem), ("disk_free", disk_free), ("fd_used", fd_used),
-                     ("sockets_used", conns), ("proc_used", 1)):
-            d[k + "_details"] = {"rate": 0.0}
-        for k in ("context_switches", "gc_bytes_reclaimed", "gc_num", "io_read_bytes", "io_read_count",
-                  "io_reopen_count", "io_seek_count", "io_sync_count", "io_write_bytes", "io_write_count",
-                  "mnesia_disk_tx_count", "mnesia_ram_tx_count", "msg_store_read_count",
-                  "msg_store_write_count", "queue_index_read_count", "queue_index_write_count",
-                  "connection_created", "connection_closed", "channel_created", "channel_closed",
-                  "queue_declared", "queue_created", "queue_deleted"):
-            d.update(_stats(zero(k)))
-        tot = self.sampler.totals()
-        d["connection_created"] = tot["connection_created"]
-        d["connection_closed"] = tot["connection_closed"]
+        node_rate = s.node_series.rate
+        d.update(_figures([(k, d[k], k) for k in ("mem_used", "disk_free", "fd_used", "sockets_used", "proc_used")],
+                          nw, node_rate))
+        d.update(_figures([(k, 0, None) for k in (
+            "context_switches", "gc_bytes_reclaimed", "gc_num", "io_read_bytes", "io_read_count",
+            "io_reopen_count", "io_seek_count", "io_sync_count", "io_write_bytes", "io_write_count",
+            "mnesia_disk_tx_count", "mnesia_ram_tx_count", "msg_store_read_count",
+            "msg_store_write_count", "queue_index_read_count", "queue_index_write_count",
+            "channel_created", "channel_closed", "queue_declared", "queue_created", "queue_deleted")], nw, node_rate))
+        tot = s.totals()
+        d.update(_figures([("connection_created", tot["connection_created"], "connection_created"),
+                           ("connection_closed", tot["connection_closed"], "connection_closed")],
+                          gw, lambda k: 0.0))
         for k in ("io_read_avg_time", "io_seek_avg_time", "io_sync_avg_time", "io_write_avg_time"):
-            d[k] = 0.0
-            d[k + "_details"] = {"rate": 0.0}
+            d[k] = 0.0      # (RabbitMQ's averages of a range have no samples)
+            d[k + "_details"] = {"rate": 0.0, "avg_rate": 0.0, "avg": 0.0} if rn is not None else {"rate": 0.0}
         return d

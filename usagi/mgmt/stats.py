@@ -1,10 +1,22 @@
-"""Message rates: counters sampled every few seconds, rates from the last two samples.
+"""Message rates and their history: counters sampled every few seconds, rates from the last two
+samples, and the last ten minutes of each object's counts for charts.
 
 RabbitMQ's management agent emits statistics every `collect_statistics_interval` (5 s) and shows a
 rate as the change over the last interval. The engine keeps plain counters on queues, exchanges,
 connections and channels; this sampler reads them on a timer and keeps the last two readings per
 object (weakly, so a deleted object's history goes with it). Counts of deleted queues are folded
 into the global totals, so node-wide totals do not drop when a queue goes away.
+
+History: each object (and each vhost, the node's totals and the node's own figures) also keeps the
+points at which its counts changed, at most one per HISTORY_STEP slot, for HISTORY_SECONDS
+(RabbitMQ's "basic" retention keeps 10 minutes at 5 s too). The bound is HISTORY_POINTS points per
+object whatever the sampling interval, held as 64-bit integers in two arrays (at most some 8 KB for
+a queue whose counts change in every slot; an idle object keeps one point). A request that asks for
+a range (`lengths_age`/`lengths_incr`, `msg_rates_*`, `data_rates_*`, `node_stats_*`) is answered
+from those points at the instants it names, as RabbitMQ's `samples`; a range of more than
+MAX_RANGE increments, or a non-positive age or increment, is refused as RabbitMQ refuses it, so an
+answer holds at most MAX_RANGE + 1 samples per figure. Older instants than the history reaches are
+given the oldest value kept (or zero when the object is younger than the instant).
 
 A sample walks every queue, exchange, connection and channel: with 100,000 queues that is some
 0.2-1 s of work, so the service runs it a slice at a time (`sample_sliced`, one object per step,
@@ -13,8 +25,11 @@ show are those the last sample met, so a view never walks every queue to show th
 """
 from __future__ import annotations
 
+import re
 import time
 import weakref
+from array import array
+from bisect import bisect_right
 
 from . import slices
 
@@ -23,22 +38,102 @@ GLOBAL_KEYS = ("publish", "confirm", "return_unroutable", "drop_unroutable", "de
                "connection_created", "connection_closed")
 
 
+HISTORY_SECONDS = 600           # how far back each object's history reaches
+HISTORY_STEP = 5                # seconds: at most one point per slot of this length
+HISTORY_POINTS = HISTORY_SECONDS // HISTORY_STEP + 1    # 121: the most points an object keeps
+_STEP_MS = HISTORY_STEP * 1000
+_HISTORY_MS = HISTORY_SECONDS * 1000
+MAX_RANGE = 500                 # increments a range may ask for (RabbitMQ's ?MAX_RANGE)
+RANGE_KINDS = ("lengths", "msg_rates", "data_rates", "node_stats")
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
 class _Series:
     """The last two readings of one object's counters: (time, values), values a tuple whose
-    positions `index` names (a dict for vhosts and the node)."""
-    __slots__ = ("prev", "last", "changed_at", "index")
+    positions `index` names (a dict for vhosts and the node, whose keys `order` lists); and the
+    history of its values (`times` in ms and `data`, len(index) values per point), a point where
+    they changed, at most one per HISTORY_STEP slot, HISTORY_POINTS at most."""
+    __slots__ = ("prev", "last", "changed_at", "index", "order", "hkeys", "times", "data", "trimmed")
 
-    def __init__(self, index=None):
+    def __init__(self, index=None, order=None):
         self.prev = None        # (monotonic time, values)
         self.last = None
         self.changed_at = time.time()
         self.index = index      # key -> position in a values tuple; None: values are dicts
+        self.order = order      # dict values: their keys, in the order the history keeps them
+        self.hkeys = index if index is not None else {k: i for i, k in enumerate(order or ())}
+        self.times = None       # array of ms (made at the first point)
+        self.data = None
+        self.trimmed = False    # points older than the history were dropped
 
-    def add(self, t: float, values):
-        if self.last is not None and self.last[1] != values:
+    def add(self, t: float, values, ms: int | None = None):
+        last = self.last
+        changed = last is None or last[1] != values
+        if changed and last is not None:
             self.changed_at = time.time()
-        self.prev = self.last
+        self.prev = last
         self.last = (t, values)
+        if ms is not None and (changed or self.times is None):
+            self.record(ms, values)     # (unchanged: the last point, which holds these values, goes on)
+
+    def record(self, ms: int, values):
+        """A point of history at `ms` (wall clock): kept if the values changed since the last one;
+        a second change in the same slot replaces the slot's point."""
+        if self.index is None:
+            if self.order is None:
+                return
+            values = [values.get(k, 0) for k in self.order]
+        try:
+            new = array("q", values)
+        except (OverflowError, TypeError):      # (a count past 2**63 or not a number: not kept)
+            return
+        times, data = self.times, self.data
+        if times is None:
+            self.times, self.data = array("q", (ms,)), new
+            return
+        w = len(new)
+        if data[-w:] == new:
+            return                  # unchanged: the last point holds on
+        if times[-1] // _STEP_MS == ms // _STEP_MS:
+            times[-1] = ms
+            data[-w:] = new
+        else:
+            times.append(ms)
+            data.extend(new)
+        n = len(times)
+        horizon = ms - _HISTORY_MS
+        cut = 0
+        while cut + 1 < n and times[cut + 1] <= horizon:
+            cut += 1                # (the last point before the horizon holds at the horizon)
+        cut = max(cut, n - HISTORY_POINTS)
+        if cut > 0:
+            del times[:cut]
+            del data[:cut * w]
+            self.trimmed = True
+
+    def at(self, instants, width: int, now: int, live=None) -> list:
+        """The values as of each instant (ms): those of the latest point at or before it; `live`
+        (the values now) for an instant not in the past; before the first point, the first
+        point's values if older ones were dropped, else zeros (the object was not there)."""
+        times, data = self.times, self.data
+        zeros = (0,) * width
+        out = []
+        for t in instants:
+            if live is not None and t >= now:
+                out.append(live)
+                continue
+            if times is None:
+                out.append(zeros)
+                continue
+            i = bisect_right(times, t) - 1
+            if i < 0:
+                out.append(data[:width] if self.trimmed else zeros)
+            else:
+                out.append(data[i * width:(i + 1) * width])
+        return out
 
     def rate(self, key: str) -> float:
         if self.prev is None or self.last is None:
@@ -58,6 +153,98 @@ def _index(keys) -> dict:
     return {k: i for i, k in enumerate(keys)}
 
 
+# ---------------------------------------------------------------------------------------- ranges
+
+class RangeError(ValueError):
+    """A range RabbitMQ refuses: "Invalid range parameters: age A, incr I"."""
+
+
+class Range:
+    """A requested history (RabbitMQ's #range{}): samples at first, first + incr, ... up to last
+    (ms), newest first in the answer."""
+    __slots__ = ("first", "last", "incr")
+
+    def __init__(self, first: int, last: int, incr: int):
+        self.first, self.last, self.incr = first, last, incr
+
+    def instants(self) -> range:
+        return range(self.first, self.last + 1, self.incr)
+
+
+_ERLANG_INT = re.compile(r"[+-]?[0-9]+\Z")
+
+
+def parse_range(query, prefix: str, now: int, ceil: bool = False) -> Range | None:
+    """PREFIX_age and PREFIX_incr (seconds) of a query as RabbitMQ reads them: both integers, or no
+    range; then age > 0, incr > 0 and age div incr <= MAX_RANGE, or RangeError. The last instant
+    is now rounded down to a multiple of incr (up with `ceil`, as RabbitMQ does for lengths where
+    they sit beside the current counts)."""
+    age, incr = query.get(prefix + "_age"), query.get(prefix + "_incr")
+    if age is None or incr is None or not _ERLANG_INT.match(age) or not _ERLANG_INT.match(incr):
+        return None
+    age, incr = int(age), int(incr)
+    if not (age > 0 and incr > 0 and age // incr <= MAX_RANGE):
+        raise RangeError(f"Invalid range parameters: age {age}, incr {incr}")
+    age_ms, incr_ms = age * 1000, incr * 1000
+    last = (now // incr_ms) * incr_ms
+    if ceil and last != now:
+        last += incr_ms
+    return Range(last - age_ms, last, incr_ms)
+
+
+def parse_ranges(query, now: int, ceil_lengths: bool = False) -> dict:
+    """kind -> Range for the kinds a query asks for (RANGE_KINDS); RangeError for a bad one."""
+    out = {}
+    for kind in RANGE_KINDS:
+        r = parse_range(query, kind, now, ceil_lengths and kind == "lengths")
+        if r is not None:
+            out[kind] = r
+    return out
+
+
+class Window:
+    """A series read at the instants of a range, its figures as RabbitMQ formats them: `rate` from
+    the last two samples, `samples` newest first, `avg_rate` over the range and `avg` (those two
+    only with more than one sample)."""
+    __slots__ = ("instants", "rows", "index")
+
+    def __init__(self, instants: list, rows: list, index: dict):
+        self.instants = instants
+        self.rows = rows
+        self.index = index
+
+    def details(self, key: str) -> dict:
+        j = self.index.get(key)
+        if j is None:
+            return self.constant(0)
+        return _details(self.instants, [r[j] for r in self.rows])
+
+    def constant(self, value) -> dict:
+        """The details of a figure that does not change (one Usagi does not count)."""
+        return _details(self.instants, [value] * len(self.instants))
+
+    @staticmethod
+    def total(windows: list, index: dict, instants: list) -> "Window":
+        """The sum of windows over the same instants and keys (a user's vhosts)."""
+        width = len(index)
+        rows = [[0] * width for _ in instants]
+        for w in windows:
+            for row, add in zip(rows, w.rows):
+                for j in range(width):
+                    row[j] += add[j]
+        return Window(instants, rows, index)
+
+
+def _details(instants: list, values: list) -> dict:
+    n = len(values)
+    d = {"rate": 0.0, "samples": [{"sample": values[i], "timestamp": instants[i]} for i in range(n - 1, -1, -1)]}
+    if n > 1:
+        d["rate"] = (values[-1] - values[-2]) * 1000 / (instants[-1] - instants[-2])
+        d["avg_rate"] = (values[-1] - values[0]) * 1000 / (instants[-1] - instants[0])
+        d["avg"] = sum(values) / n
+    return d
+
+
 QUEUE_KEYS = _index(("publish", "deliver_get", "ack", "redeliver", "messages_ready", "messages_unacknowledged",
                      "messages"))
 EXCHANGE_KEYS = _index(("publish_in", "publish_out"))
@@ -66,6 +253,12 @@ CHANNEL_KEYS = _index(("publish", "deliver_get", "ack"))
 HISTORY_KEYS = ("publish", "deliver_get", "ack", "redeliver")
 VHOST_KEYS = ("publish", "deliver_get", "ack", "redeliver", "messages", "messages_ready",
               "messages_unacknowledged", "recv_oct", "send_oct")
+NODE_KEYS = ("mem_used", "fd_used", "sockets_used", "proc_used", "disk_free")
+
+
+VHOST_INDEX = _index(VHOST_KEYS)
+_GLOBAL_INDEX = _index(GLOBAL_KEYS)
+_NODE_INDEX = _index(NODE_KEYS)
 
 
 def queue_counters(q) -> tuple:
@@ -82,7 +275,7 @@ def connection_counters(c) -> tuple:
 
 
 def channel_counters(ch) -> tuple:
-    return (ch.published, ch.delivered, ch.acked)
+    return (ch.published, ch.delivered + ch.get_ack + ch.get_auto, ch.acked)
 
 
 def _next_connection_id() -> int | None:
@@ -101,7 +294,9 @@ class Sampler:
         self.interval = interval
         self.series = weakref.WeakKeyDictionary()   # queue/exchange/connection/channel -> _Series
         self.vhost_series: dict = {}                # vhost name -> _Series
-        self.global_series = _Series()
+        self.global_series = _Series(order=GLOBAL_KEYS)
+        self.node_series = _Series(order=NODE_KEYS)
+        self.node_probe = None                      # () -> {NODE_KEYS: value}: the node's own figures
         self._queues: dict = {}                     # id(q) -> [weakref, (publish, deliver_get, ack, redeliver)]
         self._retired = dict.fromkeys(HISTORY_KEYS, 0)
         self._first_conn_id = _next_connection_id()
@@ -127,6 +322,7 @@ class Sampler:
         b = self.broker
         series = self.series
         mono = time.monotonic
+        wall = wall_ms
         vtot = {}
         live = dict.fromkeys(HISTORY_KEYS, 0)
         ready_all = unacked_all = 0
@@ -137,7 +333,7 @@ class Sampler:
                 s = series.get(q)
                 if s is None:
                     s = series[q] = _Series(QUEUE_KEYS)
-                s.add(mono(), c)
+                s.add(mono(), c, wall())
                 self._note(q, c[:4])
                 t["publish"] += c[0]
                 t["deliver_get"] += c[1]
@@ -155,13 +351,13 @@ class Sampler:
                 s = series.get(x)
                 if s is None:
                     s = series[x] = _Series(EXCHANGE_KEYS)
-                s.add(mono(), exchange_counters(x))
+                s.add(mono(), exchange_counters(x), wall())
                 yield
         for c in list(b.connections):
             s = series.get(c)
             if s is None:
                 s = series[c] = _Series(CONNECTION_KEYS)
-            s.add(mono(), connection_counters(c))
+            s.add(mono(), connection_counters(c), wall())
             t = vtot.get(c.vhost)
             if t is not None:
                 t["recv_oct"] += c.recv_oct
@@ -170,23 +366,26 @@ class Sampler:
                 s = series.get(ch)
                 if s is None:
                     s = series[ch] = _Series(CHANNEL_KEYS)
-                s.add(mono(), channel_counters(ch))
+                s.add(mono(), channel_counters(ch), wall())
             yield
         yield from self._sweep()
-        now = mono()
+        now, ms = mono(), wall()
         for name in list(self.vhost_series):
             if name not in vtot:
                 del self.vhost_series[name]
         for name, vals in vtot.items():
             s = self.vhost_series.get(name)
             if s is None:
-                s = self.vhost_series[name] = _Series()
-            s.add(now, vals)
+                s = self.vhost_series[name] = _Series(order=VHOST_KEYS)
+            s.add(now, vals, ms)
         hist = {k: live[k] + self._retired[k] for k in HISTORY_KEYS}
         tot = self._totals(hist, ready_all, unacked_all)
         self.vhost_totals_sampled = vtot
         self.totals_sampled = tot
-        self.global_series.add(now, tot)
+        self.global_series.add(now, tot, ms)
+        probe = self.node_probe
+        if probe is not None:
+            self.node_series.add(now, probe(), ms)
         self.samples_taken += 1
 
     # ------------------------------------------------------------------ deleted queues' counts
@@ -235,6 +434,28 @@ class Sampler:
 
     def details(self, obj, key: str) -> dict:
         return {"rate": self.rate(obj, key)}
+
+    # ------------------------------------------------------------------ history
+    @staticmethod
+    def _window(s: _Series | None, index: dict, rng: Range, live=None) -> Window:
+        instants = list(rng.instants())
+        if s is None:
+            s = _Series(index)
+        return Window(instants, s.at(instants, len(index), wall_ms(), live), index)
+
+    def window(self, obj, index: dict, rng: Range, live=None) -> Window:
+        """An object's history over a range (`index`: its kind's keys, QUEUE_KEYS...); `live`, its
+        values now, answers for the instants not yet past."""
+        return self._window(self.series.get(obj), index, rng, live)
+
+    def vhost_window(self, name: str, rng: Range) -> Window:
+        return self._window(self.vhost_series.get(name), VHOST_INDEX, rng)
+
+    def global_window(self, rng: Range) -> Window:
+        return self._window(self.global_series, _GLOBAL_INDEX, rng)
+
+    def node_window(self, rng: Range, live=None) -> Window:
+        return self._window(self.node_series, _NODE_INDEX, rng, live)
 
     def idle_since(self, obj) -> float | None:
         s = self.series.get(obj)

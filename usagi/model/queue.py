@@ -229,8 +229,12 @@ class Queue:
         self.consumer_priorities = False
         # statistics
         self.published = 0
-        self.delivered = 0
-        self.acked = 0
+        self.delivered = 0           # by basic.consume and basic.get, of which:
+        self.delivered_auto = 0      # ... by basic.consume with automatic acks
+        self.get_ack = 0             # ... by basic.get with manual acks
+        self.get_auto = 0            # ... by basic.get with automatic acks
+        self.get_empty = 0           # basic.get that found it empty
+        self.acked = 0               # settled: acked by a consumer, or delivered with automatic acks
         self.redelivered_count = 0
         self.configure(self.arguments)
 
@@ -454,6 +458,27 @@ class Queue:
             self.requeue(seq, msg, exp)
         else:
             self._append(seq, msg, exp or 0)
+
+    def restore_stubs(self, entries: list):
+        """Put back, redelivered, (seq, Spilled stub, expires or None) entries recovered after
+        every entry restored so far (their seqs ascending and above all of them): appended in
+        bulk, the heap of returned entries stays a heap. Plain queues only (a priority queue's
+        returned entries carry their level: `restore` one by one)."""
+        if not entries:
+            return
+        ret = self.returned
+        size = 0
+        for seq, stub, exp in entries:
+            ret.append((seq, stub))
+            size += stub.size
+            if exp is not None:
+                self._timed(seq, stub, exp)
+        self.returned_stubs += len(entries)
+        self.returned_stub_bytes += size
+        self.ready_bytes += size
+        last = entries[-1][0]
+        if last > self.seq:
+            self.seq = last
 
     def remove(self, seq: int, msg):
         """Take an entry out from anywhere (expiry): it is skipped when it reaches the head."""

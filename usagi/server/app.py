@@ -200,17 +200,28 @@ def _addr(a):
 
 
 class Server:
-    def __init__(self, broker: Broker, host=None, port: int = 5672, tls_context=None, tls_port=None):
+    def __init__(self, broker: Broker, host=None, port: int = 5672, tls_context=None, tls_port=None,
+                 listeners=None):
         self.broker = broker
         self.host = host
         self.port = port
         self.tls_context = tls_context
         self.tls_port = tls_port
+        # what to listen on: (proto, host or None for all interfaces, port), proto "amqp" or "amqps"
+        # (rabbitmq.conf's listeners.tcp.* and listeners.ssl.*); by default AMQP on host:port, and
+        # AMQPS on host:tls_port when there is a TLS context
+        if listeners is None:
+            listeners = [("amqp", host, port)]
+            if tls_context is not None and tls_port is not None:
+                listeners.append(("amqps", host, tls_port))
+        self.specs = list(listeners)
+        self.bound: list = []            # (proto, host asked for, port bound): what start_app listens on again
         self.loop: asyncio.AbstractEventLoop | None = None
         self.servers: list = []
         self.listeners: list = []        # (proto, host, port)
         self.conns: set = set()
         self.close_timeout = 3.0
+        self.stop_close_wait = 2.0       # how long a stop waits for clients to answer connection.close
         self.commit_running = False
         self.commit_interval = 0.2       # background commit of persistent messages not waiting on confirms
         self.backoff = CommitBackoff()
@@ -228,6 +239,9 @@ class Server:
         self.trusted_proxies: set = set()
         self.last_tick = time.monotonic()
         self.commit_started = None       # monotonic time the running commit began
+        # a stop asked for through the management API (usagictl stop): None sends SIGTERM to the
+        # process; a broker embedded in another program (usagi.testing) stops only itself
+        self.on_stop_requested = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self):
@@ -237,20 +251,13 @@ class Server:
         b.on_commit_needed = self._schedule_commit
         b.on_commit_barrier = self.commit_barrier
         b.on_defer = self.loop.call_soon
-        factory = lambda: AMQPProtocol(self)  # noqa: E731
-        srv = await self.loop.create_server(factory, self.host, self.port, reuse_address=True, backlog=1024)
-        self.servers.append(srv)
-        for sock in srv.sockets:
-            h, p = sock.getsockname()[:2]
-            self.listeners.append(("amqp", h, p))
-        if self.tls_context is not None and self.tls_port is not None:
-            tsrv = await self.loop.create_server(factory, self.host, self.tls_port, ssl=self.tls_context,
-                                                 reuse_address=True, backlog=1024,
-                                                 ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-            self.servers.append(tsrv)
-            for sock in tsrv.sockets:
+        for proto, host, port in self.specs:
+            srv = await self._listen(proto, host, port)
+            for sock in srv.sockets:
                 h, p = sock.getsockname()[:2]
-                self.listeners.append(("amqps", h, p))
+                self.listeners.append((proto, h, p))
+                if (proto, host, p) not in self.bound:
+                    self.bound.append((proto, host, p))
         limits.attach(b, self.loop.call_later)
         self._tick_handle = self.loop.call_later(1.0, self._tick)
         self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
@@ -301,16 +308,17 @@ class Server:
         """rabbitmqctl start_app: listen again on the same ports."""
         if not self.app_stopped:
             return
-        factory = lambda: AMQPProtocol(self)  # noqa: E731
-        ports = sorted({(proto, p) for proto, _h, p in self.listeners})
-        for proto, port in ports:
-            kw = {"ssl": self.tls_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} \
-                if proto == "amqps" else {}
-            srv = await self.loop.create_server(factory, self.host, port, reuse_address=True,
-                                                backlog=1024, **kw)
-            self.servers.append(srv)
+        for proto, host, port in self.bound:
+            await self._listen(proto, host, port)
         self.app_stopped = False
         log.info("AMQP listeners started again (start_app)")
+
+    async def _listen(self, proto: str, host, port: int):
+        factory = lambda: AMQPProtocol(self)  # noqa: E731
+        kw = {"ssl": self.tls_context, "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT} if proto == "amqps" else {}
+        srv = await self.loop.create_server(factory, host, port, reuse_address=True, backlog=1024, **kw)
+        self.servers.append(srv)
+        return srv
 
     @property
     def amqp_port(self) -> int:
@@ -345,7 +353,7 @@ class Server:
                         continue
                     # as RabbitMQ's handshake_timeout: counted from the accept, however slowly bytes trickle in
                     if conn.state < OPEN and conn.connected_at and time.time() - conn.connected_at > hs_timeout:
-                        log.warning("connection %s: handshake timeout", conn.name)
+                        conn.note_end("handshake timeout", logging.WARNING)
                         conn.transport.abort()
                         conn.connection_lost()
                         continue
@@ -464,7 +472,7 @@ class Server:
         b = self.broker
         b.shutdown_connections(f"broker forced connection closure with reason '{reason}'")
         b.flush_output()
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + self.stop_close_wait
         while any(not c.closed for c in self.conns) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         for c in list(self.conns):
@@ -528,9 +536,37 @@ def _wake(fut):
         fut.set_result(None)
 
 
+async def start_server(broker: Broker, host, port, extra_services=(), tls_context=None, tls_port=None,
+                       listeners=None):
+    """Listen and start the services (the management API) on the running loop: (Server, running
+    services), to be stopped with stop_server. If a service cannot start (its port is taken), what
+    was started is stopped again before the error is raised. `listeners`: see Server."""
+    server = await Server(broker, host, port, tls_context=tls_context, tls_port=tls_port,
+                          listeners=listeners).start()
+    started = []
+    try:
+        for svc in extra_services:
+            started.append(await svc(broker, server))
+    except BaseException:
+        await stop_server(server, started)
+        raise
+    return server, started
+
+
+async def stop_server(server: Server, services) -> bool:
+    """Stop the services, then the server (see Server.stop): False if some writes were not made."""
+    for s in services:
+        try:
+            await s.stop()
+        except Exception:  # pragma: no cover
+            pass
+    return await server.stop()
+
+
 async def serve(broker: Broker, host, port, on_started=None, extra_services=(), tls_context=None,
-                tls_port=None):
-    """Run until SIGINT/SIGTERM. Returns the exit code."""
+                tls_port=None, listeners=None, on_stopping=None):
+    """Run until SIGINT/SIGTERM. Returns the exit code. `listeners`: see Server; `on_stopping` is
+    called when a stop begins."""
     # Messages and frames make no reference cycles: collect cycles rarely, so that the collector
     # does not pause deliveries (it shows in tail latency), and leave start-up objects out of it.
     # The middle generation is collected every 2 young collections (at most ~100,000 survivors, some
@@ -540,10 +576,8 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 2, 2_500)
-    server = await Server(broker, host, port, tls_context=tls_context, tls_port=tls_port).start()
-    started = []
-    for svc in extra_services:
-        started.append(await svc(broker, server))
+    server, started = await start_server(broker, host, port, extra_services, tls_context=tls_context,
+                                         tls_port=tls_port, listeners=listeners)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -555,20 +589,17 @@ async def serve(broker: Broker, host, port, on_started=None, extra_services=(), 
         on_started(server, started)
     await stop.wait()
     stop_watchdog(loop)
+    if on_stopping is not None:
+        on_stopping()
     log.info("stopping: closing %d connections", len(server.conns))
-    for s in started:
-        try:
-            await s.stop()
-        except Exception:  # pragma: no cover
-            pass
-    if not await server.stop():
+    if not await stop_server(server, started):
         log.error("Usagi %s stopped; some writes were not made (see above)", __version__)
         return 1
     log.info("Usagi %s stopped", __version__)
     return 0
 
 
-__all__ = ["Server", "serve", "E"]
+__all__ = ["Server", "serve", "start_server", "stop_server", "E"]
 
 
 STOP_DEADLINE = 60.0     # a stop that has not completed by then ends the process (status 1)

@@ -20,12 +20,8 @@ def apply_limit_options(cfg, args):
     cfg.ssl_cert_login_san_type = args.tls_cert_login_san_type
     cfg.ssl_cert_login_san_index = args.tls_cert_login_san_index
     if args.vm_memory_high_watermark_absolute > 0:
-        # the alarm compares RSS with a fraction of RAM: express the absolute limit as that fraction
-        try:
-            total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-            cfg.memory_high_watermark = args.vm_memory_high_watermark_absolute / total
-        except (ValueError, OSError):
-            pass
+        # kept as set: Broker.memory_limit() gives it, to the alarm and to what reports it
+        cfg.memory_high_watermark_absolute = args.vm_memory_high_watermark_absolute
 
 
 
@@ -56,17 +52,25 @@ def lock_data_dir(path: str):
     _lock_file = f
 
 
+_memory_paging_dir = None      # the private temp dir of in-memory brokers: one per process
+
+
 def setup_paging(data_dir):
-    """Long queues page messages out to DATA_DIR/paging (a private temp dir when in memory)."""
+    """Long queues page messages out to DATA_DIR/paging (when in memory: a private temp dir, removed
+    at exit and shared by all the in-memory brokers of the process (usagi.testing starts several);
+    page files have names unique in the process)."""
     import shutil
     import tempfile
     from ..model.queue import PAGING
+    global _memory_paging_dir
     if data_dir:
         path = os.path.join(data_dir, "paging")
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
+    elif _memory_paging_dir is not None and os.path.isdir(_memory_paging_dir):
+        path = _memory_paging_dir
     else:
-        path = tempfile.mkdtemp(prefix="usagi-paging-")
+        path = _memory_paging_dir = tempfile.mkdtemp(prefix="usagi-paging-")
         import atexit
         atexit.register(shutil.rmtree, path, True)
     PAGING["dir"] = path
@@ -178,6 +182,13 @@ def broker_config(args):
                  max_message_size=args.max_message_size, default_user=args.default_user,
                  default_pass=args.default_pass, disk_free_limit=args.disk_free_limit,
                  memory_high_watermark=args.vm_memory_high_watermark)
+    # what a configuration file may also set (rabbitmq.conf; see cli/serverconf.py)
+    for name, attr in (("default_vhost", "default_vhost"), ("default_user_tags", "default_user_tags"),
+                       ("default_permissions", "default_permissions"), ("loopback_users", "loopback_users"),
+                       ("auth_mechanisms", "auth_mechanisms")):
+        value = getattr(args, name, None)
+        if value is not None:
+            setattr(cfg, attr, tuple(value) if isinstance(value, (list, tuple)) else value)
     if getattr(args, "node_name", None):
         cfg.node_name = args.node_name
     apply_limit_options(cfg, args)
@@ -210,7 +221,7 @@ def build_broker(args, store, ident, store_file, redeliver_all: bool = False):
         import_delayed_db(args.data_dir, store)
         broker.delayed = DelayedMessages(store)
     counts = restore(broker, rec, redeliver_all=redeliver_all)
-    broker.bootstrap()
+    broker.bootstrap(seed=not getattr(args, "load_definitions", None))
     return broker, counts
 
 

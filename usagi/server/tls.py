@@ -35,14 +35,16 @@ def parse_verify(text) -> str:
 
 
 def server_context(certfile: str, keyfile: str | None = None, cafile: str | None = None,
-                   verify: str = "none") -> ssl.SSLContext:
-    """A server-side context: TLS 1.2+, the server's certificate chain, optional client verification."""
+                   verify: str = "none", password: str | None = None) -> ssl.SSLContext:
+    """A server-side context: TLS 1.2+, the server's certificate chain (its key decrypted with
+    `password`, ssl_options.password, if it is encrypted), optional client verification."""
     verify = parse_verify(verify)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
-        ctx.load_cert_chain(certfile, keyfile or None)
+        # a password callback that gives nothing when none is set: never a prompt on the terminal
+        ctx.load_cert_chain(certfile, keyfile or None, password=password if password else lambda: b"")
     except (OSError, ssl.SSLError) as e:
         raise TLSConfigError(f"cannot load TLS certificate {certfile!r} / key {keyfile!r}: {e}") from None
     if cafile:

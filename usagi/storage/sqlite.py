@@ -27,6 +27,7 @@ import base64
 import datetime
 import json
 import logging
+from collections import Counter
 import os
 import sqlite3
 import threading
@@ -332,6 +333,49 @@ class _QueueIndex:
         return bm
 
 
+class _Rows:
+    """One queue's recovered entries in order, read as they are iterated (see _LazyMessages).
+
+    `light()` switches what follows to rows without their message: (seq, None, None, props, None,
+    redelivered, msg_id, expires, body size), read without the bodies, for entries that recovery
+    leaves in the store (stubs read back when delivered)."""
+
+    FULL = ("SELECT e.seq, e.msg_id, e.delivered, e.expires, m.exchange, m.routing_key, m.props, m.body "
+            "FROM queue_entries e JOIN messages m ON m.id = e.msg_id "
+            "WHERE e.vhost = ? AND e.queue = ? AND e.seq > ? ORDER BY e.seq")
+    LIGHT = ("SELECT e.seq, e.msg_id, e.delivered, e.expires, m.props, length(m.body) "
+             "FROM queue_entries e JOIN messages m ON m.id = e.msg_id "
+             "WHERE e.vhost = ? AND e.queue = ? AND e.seq > ? ORDER BY e.seq")
+
+    __slots__ = ("conn", "key", "cur", "last", "is_light")
+
+    def __init__(self, conn, key):
+        self.conn = conn
+        self.key = (db_text(key[0]), db_text(key[1]))
+        self.last = -(1 << 63)
+        self.is_light = False
+        self.cur = conn.execute(self.FULL, self.key + (self.last,))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        row = next(self.cur)
+        if self.is_light:
+            seq, mid, delivered, expires, props, size = row
+            self.last = seq
+            return seq, None, None, bytes(props), None, bool(delivered), mid, expires, size
+        seq, mid, delivered, expires, ex, rk, props, body = row
+        self.last = seq
+        return seq, from_db(ex), from_db(rk), bytes(props), bytes(body), bool(delivered), mid, expires
+
+    def light(self):
+        if not self.is_light:
+            self.cur.close()
+            self.is_light = True
+            self.cur = self.conn.execute(self.LIGHT, self.key + (self.last,))
+
+
 class _LazyMessages:
     """Recovered.messages for a large store: (vhost, queue) -> entries, read as they are iterated.
 
@@ -353,11 +397,7 @@ class _LazyMessages:
         return list(self.keys)
 
     def _entries(self, key):
-        for seq, mid, delivered, expires, ex, rk, props, body in self.conn.execute(
-                "SELECT e.seq, e.msg_id, e.delivered, e.expires, m.exchange, m.routing_key, m.props, m.body "
-                "FROM queue_entries e JOIN messages m ON m.id = e.msg_id "
-                "WHERE e.vhost = ? AND e.queue = ? ORDER BY e.seq", (db_text(key[0]), db_text(key[1]))):
-            yield (seq, from_db(ex), from_db(rk), bytes(props), bytes(body), bool(delivered), mid, expires)
+        return _Rows(self.conn, key)
 
     def items(self):
         for key in self.keys:
@@ -507,30 +547,25 @@ class SQLiteStore(Store):
         conn.execute("DELETE FROM messages WHERE id NOT IN (SELECT msg_id FROM queue_entries)")
         conn.execute("COMMIT")
 
-        # Index pass: which message each entry holds, without reading any body.
-        refs = self._refs
+        # Index pass: which message each entry holds, without reading any body (the dicts are
+        # built from the cursors in C: a large backlog costs a promoted leader little here).
         queues = self._queues
-        cur_key = None
-        idx = None
-        for vhost, queue, seq, mid in conn.execute(
-                "SELECT vhost, queue, seq, msg_id FROM queue_entries ORDER BY vhost, queue, seq"):
-            key = (from_db(vhost), from_db(queue))
-            if key != cur_key:
-                cur_key = key
-                idx = queues.get(key)
-                if idx is None:
-                    idx = queues[key] = _QueueIndex()
-            idx.by_seq[seq] = mid
-            refs[mid] = refs.get(mid, 0) + 1
-        fix = []
-        for mid, stored in conn.execute("SELECT id, refs FROM messages"):
-            n = refs.get(mid, 0)
-            if n != stored:
-                fix.append((n, mid))
-        if fix:
+        counts = Counter()
+        for vhost, queue in conn.execute("SELECT DISTINCT vhost, queue FROM queue_entries"):
+            idx = queues[(from_db(vhost), from_db(queue))] = _QueueIndex()
+            idx.by_seq = dict(conn.execute("SELECT seq, msg_id FROM queue_entries WHERE vhost = ? AND queue = ?",
+                                           (vhost, queue)))
+            counts.update(idx.by_seq.values())
+        refs = self._refs
+        refs.update(counts)
+        del counts
+        stored = dict(conn.execute("SELECT id, refs FROM messages"))
+        if stored != refs:
+            fix = [(refs.get(mid, 0), mid) for mid, n in stored.items() if refs.get(mid, 0) != n]
             conn.execute("BEGIN")
             conn.executemany(SQL_SET_REFS, fix)
             conn.execute("COMMIT")
+        del stored
         # Bodies are streamed queue by queue while the engine rebuilds its queues, so a large
         # backlog is never all in memory at once.
         rec.messages = _LazyMessages(conn, list(queues), refs)

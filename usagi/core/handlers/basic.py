@@ -72,6 +72,8 @@ class BasicHandlers:
             raise ConnectionError_(f"basic.get not supported by stream queues {q.label}", E.NOT_IMPLEMENTED)
         item = b.get_message(q)
         if item is None:
+            q.get_empty += 1
+            self.get_empty += 1
             self.reply(M.BasicGetEmpty(""))
             return
         seq, msg, redelivered = item
@@ -85,8 +87,12 @@ class BasicHandlers:
         q.delivered += 1
         b.stats["get"] += 1
         if m.no_ack:
+            q.get_auto += 1
+            self.get_auto += 1
             b.settle(q, seq, msg)
         else:
+            q.get_ack += 1
+            self.get_ack += 1
             self.unacked[tag] = fastpath.Unacked(tag, q, seq, msg, None)
             q.unacked += 1
             if msg.stored and q.durable:

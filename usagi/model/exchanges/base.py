@@ -36,6 +36,8 @@ class Exchange:
         # statistics
         self.publish_in = 0
         self.publish_out = 0
+        self.returned = 0               # unroutable: returned to a mandatory publisher, or dropped
+        self.dropped = 0
 
     @property
     def type(self) -> str:

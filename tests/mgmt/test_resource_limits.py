@@ -1,0 +1,110 @@
+"""The memory and disk limits reported are the ones the broker acts on: /api/nodes (mem_limit,
+disk_free_limit, which usagictl status prints) and /metrics (rabbitmq_resident_memory_limit_bytes,
+rabbitmq_disk_space_available_limit_bytes) give the limit the alarm compares with, the figure it
+compares (mem_used, disk_free) is over the limit exactly when the alarm is on, and publishers are
+blocked then. With RabbitMQ reachable, the default watermark (0.4 of RAM on the same machine)
+gives RabbitMQ's own mem_limit."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from mgmtutil import wait_until
+from rawamqp import RawConnection
+from test_metrics import parse, value
+
+RABBITMQ_MGMT = os.environ.get("USAGI_TEST_MGMT_URL") or "http://guest:guest@127.0.0.1:15682"
+
+
+def node_and_metrics(mgmt) -> tuple:
+    node = mgmt.api.get("/api/nodes").json()[0]
+    s = parse(mgmt.metrics())
+    return node, s
+
+
+def blocked_on_connect(mgmt) -> bool:
+    """Whether a client that says it understands connection.blocked is told, once connected, that
+    publishers are blocked."""
+    conn = RawConnection.opened(mgmt.host, mgmt.amqp_port, client_properties={
+        "product": "usagi-tests", "capabilities": {"connection.blocked": True}})
+    try:
+        conn.expect_method("connection.blocked", timeout=1.5)
+        return True
+    except (AssertionError, OSError, TimeoutError):
+        return False
+    finally:
+        conn.close()
+
+
+def test_absolute_limits_are_reported_as_set(start_mgmt):
+    mgmt = start_mgmt(extra_args=["--in-memory", "--vm-memory-high-watermark-absolute", "1234567890",
+                                  "--disk-free-limit", "7654321"])
+    node, s = node_and_metrics(mgmt)
+    assert node["mem_limit"] == 1234567890 == value(s, "rabbitmq_resident_memory_limit_bytes")
+    assert node["disk_free_limit"] == 7654321 == value(s, "rabbitmq_disk_space_available_limit_bytes")
+    assert node["mem_used"] < node["mem_limit"] and not node["mem_alarm"]
+    assert node["disk_free"] > node["disk_free_limit"] and not node["disk_free_alarm"]
+    assert value(s, "rabbitmq_alarms_memory_used_watermark") == 0
+    assert value(s, "rabbitmq_alarms_free_disk_space_watermark") == 0
+    assert not blocked_on_connect(mgmt)
+
+
+def test_memory_alarm_fires_at_the_reported_limit(start_mgmt):
+    """A limit under what the broker uses at rest (its interpreter alone is more): the alarm is on,
+    the figure reported is over the limit reported, and publishers are blocked."""
+    limit = 10_000_000
+    mgmt = start_mgmt(extra_args=["--in-memory", "--vm-memory-high-watermark-absolute", str(limit)])
+    node = wait_until(lambda: (lambda n: n if n["mem_alarm"] else None)(mgmt.api.get("/api/nodes").json()[0]),
+                      10, message="the memory alarm")
+    assert node["mem_limit"] == limit < node["mem_used"]
+    s = parse(mgmt.metrics())
+    assert value(s, "rabbitmq_resident_memory_limit_bytes") == limit
+    assert value(s, "rabbitmq_process_resident_memory_bytes") > limit
+    assert value(s, "rabbitmq_alarms_memory_used_watermark") == 1
+    assert blocked_on_connect(mgmt)
+    alarms = mgmt.api.get("/api/health/checks/alarms")
+    assert alarms.status == 503, alarms
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_disk_alarm_fires_at_the_reported_limit(start_mgmt, in_memory):
+    """A free space limit above the disk's size: the alarm is on, with a data dir or in memory (the
+    broker still writes to disk: paged-out messages), and the figures say why."""
+    huge = 1 << 60
+    mgmt = start_mgmt(extra_args=(["--in-memory"] if in_memory else []) + ["--disk-free-limit", str(huge)])
+    node = wait_until(lambda: (lambda n: n if n["disk_free_alarm"] else None)(mgmt.api.get("/api/nodes").json()[0]),
+                      10, message="the disk alarm")
+    assert node["disk_free_limit"] == huge > node["disk_free"] > 0
+    s = parse(mgmt.metrics())
+    assert value(s, "rabbitmq_disk_space_available_limit_bytes") == huge
+    assert 0 < value(s, "rabbitmq_disk_space_available_bytes") < huge
+    assert value(s, "rabbitmq_alarms_free_disk_space_watermark") == 1
+    assert blocked_on_connect(mgmt)
+
+
+def test_default_watermark_is_rabbitmqs(start_mgmt):
+    """vm_memory_high_watermark 0.4 of the machine's RAM (MemTotal), as RabbitMQ computes it: the
+    same figure as the RabbitMQ node of this machine when it runs with the default."""
+    mgmt = start_mgmt(extra_args=["--in-memory"])
+    node, s = node_and_metrics(mgmt)
+    with open("/proc/meminfo") as f:
+        total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    assert node["mem_limit"] == round(total * 0.4) == value(s, "rabbitmq_resident_memory_limit_bytes")
+    assert node["disk_free_limit"] == 50_000_000
+    u = urllib.parse.urlsplit(RABBITMQ_MGMT)
+    req = urllib.request.Request(f"{u.scheme}://{u.hostname}:{u.port}/api/nodes")
+    token = f"{urllib.parse.unquote(u.username or 'guest')}:{urllib.parse.unquote(u.password or 'guest')}"
+    req.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            rabbit = json.loads(r.read())[0]
+    except OSError:
+        pytest.skip("no RabbitMQ management API to compare with")
+    if rabbit.get("mem_limit") and abs(rabbit["mem_limit"] / total - 0.4) < 0.001:
+        assert node["mem_limit"] == rabbit["mem_limit"]
+        assert node["disk_free_limit"] == rabbit["disk_free_limit"]
