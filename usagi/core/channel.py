@@ -7,7 +7,6 @@ hands this channel a message for one of its consumers.
 from __future__ import annotations
 
 import logging
-from bisect import bisect_left as _size_bucket
 
 from ..amqp import errors as E
 from ..amqp import methods as M
@@ -18,8 +17,6 @@ from ..model.message import Message
 from . import access
 from .arguments import parse_expiration
 from .channel_common import (CLOSING, OPEN, _H, _HHQ, _RETURN_HEAD, _shortstr)
-from .counters import MSG_SIZE_BOUNDS
-from .counters import SUM as SIZE_SUM
 from .handlers.basic import BasicHandlers
 from .handlers.channel import ChannelClassHandlers
 from .handlers.exchange import ExchangeHandlers
@@ -227,10 +224,7 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             queues = broker.route_publish(self.vhost, x, msg)
         self.published += 1
         broker.stats["publish"] += 1
-        sizes = self._sizes
-        n = len(msg.body)
-        sizes[_size_bucket(MSG_SIZE_BOUNDS, n)] += 1
-        sizes[SIZE_SUM] += n
+        fastpath.count_size(self._sizes, len(msg.body))
         rejected = False
         if queues:
             x.publish_out += 1

@@ -368,10 +368,7 @@ def publish(ch: ChannelState, payload, props, body):
     ch.published += 1
     stats = broker.stats
     stats["publish"] += 1
-    sizes = ch._sizes
-    n = len(body)
-    sizes[_size_bucket(MSG_SIZE_BOUNDS, n)] += 1
-    sizes[SIZE_SUM] += n
+    count_size(ch._sizes, len(body))
     rejected = False
     if q is not None:
         x.publish_out += 1
@@ -403,6 +400,13 @@ def publish(ch: ChannelState, payload, props, body):
         else:
             ch.acks_ready.append(ch.publish_seq)
             ch.confirm_dirty = True
+
+
+def count_size(sizes, n):
+    """A published body of n bytes in the message size histogram (rabbitmq_message_size_bytes);
+    the general path (Channel._route_publish) counts through here too."""
+    sizes[_size_bucket(MSG_SIZE_BOUNDS, n)] += 1
+    sizes[SIZE_SUM] += n
 
 
 def _remember(ch: ChannelState, payload):
