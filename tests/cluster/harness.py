@@ -192,8 +192,24 @@ class Cluster:
             if not any(n.alive for n in self.nodes):
                 break
             time.sleep(0.1)
-        raise AssertionError("no leader in time:\n" + "\n".join(
-            f"--- {n.name}\n" + "".join(n.lines[-30:]) for n in self.nodes))
+        raise AssertionError(f"no leader in time ({timeout}s, not {getattr(not_node, 'name', None)}):\n"
+                             + self.describe() + "\n" + "\n".join(
+                                 f"--- {n.name}\n" + "".join(n.lines[-30:]) for n in self.nodes))
+
+    def describe(self) -> str:
+        """What the tests see of the cluster, for a failure's message."""
+        try:
+            info = self.leader_info()
+        except Exception as e:          # a failure message must not fail
+            info = f"error {e!r}"
+        out = [f"at {time.strftime('%H:%M:%S')}: etcd's leader key: {info}"]
+        for n in self.nodes:
+            out.append(f"  {n.name}: alive={n.alive} accepts={_accepts(n.host, n.port)} "
+                       f"leads-in-log={'leads (epoch' in n.log_text()}")
+        for m in self.etcd.members:
+            out.append(f"  etcd {m.client_url}: running={m.proc is not None and m.proc.poll() is None} "
+                       f"healthy={m.healthy()}")
+        return "\n".join(out)
 
     def wait_isr(self, size: int, timeout: float = 30.0):
         deadline = time.monotonic() + timeout

@@ -213,11 +213,32 @@ def test_etcd_unreachable_at_start_is_a_clear_error(tmp_path):
     host = "127.0.0.1"
     cmd = [sys.executable, "-m", "usagi.cli.server", "--host", host, "--port", str(free_port()),
            "--management-port", "-1", "--data-dir", str(tmp_path),
-           "--cluster-etcd", f"127.0.0.1:{free_port()}"]
+           "--cluster-etcd", f"127.0.0.1:{free_port()}", "--cluster-join-timeout", "2"]
     env = dict(os.environ, PYTHONPATH=ROOT)
+    t0 = time.monotonic()
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env, cwd=ROOT)
     assert r.returncode == 1
     assert "cannot reach etcd" in r.stderr
+    assert time.monotonic() - t0 >= 1.5                 # it tried for the time it was given
+
+
+def test_a_node_started_before_etcd_joins_once_etcd_answers():
+    """etcd may be electing a leader or starting along with the node: a node keeps trying for
+    --cluster-join-timeout (and for ever after losing its lease), it does not exit."""
+    need_etcd()
+    c = Cluster(1)
+    try:
+        node = c.nodes[0]
+        node.start()
+        time.sleep(3)
+        assert node.alive
+        c.etcd.start()
+        leader = c.wait_leader(60)
+        assert leader is node
+        assert "cannot reach etcd" in node.log_text() and "trying again" in node.log_text()
+        publish_confirmed(node.url(), "joined-late", [b"x"])
+    finally:
+        c.cleanup()
 
 
 def test_a_second_process_with_the_same_identity_fails_fast(cluster):

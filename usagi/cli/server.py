@@ -139,6 +139,10 @@ def add_cluster_options(p: argparse.ArgumentParser):
     p.add_argument("--cluster-min-in-sync", type=_int, default=_env("CLUSTER_MIN_IN_SYNC", "1"),
                    help="confirm only while at least this many nodes (the leader included) are in sync "
                         "(default 1; env USAGI_CLUSTER_MIN_IN_SYNC)")
+    p.add_argument("--cluster-join-timeout", type=float, default=_env("CLUSTER_JOIN_TIMEOUT", "60"),
+                   help="seconds a starting node keeps trying to reach etcd before it gives up (default 60; "
+                        "a node that restarts itself after losing its lease never gives up; env "
+                        "USAGI_CLUSTER_JOIN_TIMEOUT)")
     p.add_argument("--cluster-ack-timeout", type=float, default=_env("CLUSTER_ACK_TIMEOUT", "3"),
                    help="seconds a follower may hold up confirms before it leaves the in-sync set "
                         "(default 3; env USAGI_CLUSTER_ACK_TIMEOUT)")

@@ -240,6 +240,15 @@ class Coordinator:
         return out
 
     # ------------------------------------------------------------------ stop
+    def abandon(self):
+        """Forget a start that failed half-way (etcd stopped answering), so that `start` can be
+        called again: a lease granted meanwhile is left to expire, never renewed."""
+        for t in self._tasks:
+            t.cancel()
+        self._tasks = []
+        self.lease = 0
+        self.lost.clear()
+
     async def stop(self, revoke: bool = True):
         """Graceful: give up leadership at once (the next candidate is elected without waiting for
         the lease to expire) and leave the registry."""

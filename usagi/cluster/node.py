@@ -33,13 +33,14 @@ from ..server.app import Server, stop_watchdog
 from ..storage.sqlite import SQLiteStore
 from . import wire as W
 from .coordinator import Coordinator, DuplicateNode
-from .etcd import EtcdClient, EtcdError
+from .etcd import EtcdClient, EtcdError, EtcdUnavailable
 from .proxy import Forwarder
 from .replication import Leader, NotLeader, Replica
 
 log = logging.getLogger("usagi.cluster")
 
 EXIT_LEASE_LOST = 3
+REJOIN_ENV = "USAGI_CLUSTER_REJOIN"   # set by a node that restarts itself after losing its lease
 TRUSTED_REFRESH = 0.5      # seconds between reads of the registry by the leader (one etcd range read)
 
 
@@ -173,8 +174,7 @@ class Node:
         self.coord = Coordinator(self.etcd, self.args.cluster_name, node_id, self.info(),
                                  ttl=self.args.cluster_lease_ttl, progress_ok=self._progress_ok)
         try:
-            await self.coord.start()
-            self.secret = await self.coord.secret()
+            await self._join()
         except DuplicateNode as e:
             log.error("%s", e)
             await self.etcd.close()
@@ -183,6 +183,10 @@ class Node:
             log.error("cannot reach etcd at %s: %s", self.args.cluster_etcd, e)
             await self.etcd.close()
             return 1
+        if self.stop_event.is_set():
+            await self.coord.stop(revoke=True)
+            await self.etcd.close()
+            return 0
         log.info("cluster %s: node %s (%x) joined; etcd %s", self.args.cluster_name, self.info()["name"],
                  node_id, self.args.cluster_etcd)
         try:
@@ -205,8 +209,38 @@ class Node:
             # start again as a follower, with nothing of the old role left in the process
             log.warning("cluster: restarting as a follower")
             logging.shutdown()
+            os.environ[REJOIN_ENV] = "1"
             os.execv(sys.executable, sys.orig_argv)
         return self.exit_code
+
+    async def _join(self):
+        """Take the lease and register, trying again while etcd does not answer: etcd may be
+        electing a leader, or starting along with this node. A node that restarted itself after
+        losing its lease (REJOIN_ENV set) tries for as long as it runs; a node started by hand
+        gives up after --cluster-join-timeout with the last error."""
+        rejoin = os.environ.get(REJOIN_ENV) == "1"
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max(0.0, self.args.cluster_join_timeout)
+        delay, said = 0.2, 0.0
+        while True:
+            try:
+                await self.coord.start()
+                self.secret = await self.coord.secret()
+                return
+            except EtcdUnavailable as e:
+                self.coord.abandon()
+                now = loop.time()
+                if not rejoin and now + delay > give_up:
+                    raise
+                if now - said >= 10.0:
+                    said = now
+                    log.warning("cannot reach etcd at %s: %s; trying again", self.args.cluster_etcd, e)
+                try:
+                    await asyncio.wait_for(self.stop_event.wait(), delay)
+                    return              # stopped while waiting
+                except asyncio.TimeoutError:
+                    pass
+                delay = min(delay * 2, 2.0)
 
     def _progress_ok(self) -> bool:
         """The lease watchdog: renew only while the loop ticks and commits complete."""
