@@ -26,6 +26,7 @@ from .deadlettering import DeadLetterMixin
 from .delivery import DeliveryMixin
 from .entities import EntitiesMixin
 from .expiry import ExpiryMixin
+from .flow import FlowMixin
 from .policies import PolicyMixin
 from .routing import RoutingMixin
 
@@ -96,7 +97,7 @@ class Config:
 
 
 class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin, DeadLetterMixin, PolicyMixin,
-             AlarmMixin):
+             AlarmMixin, FlowMixin):
     """The engine's facade: one object per node holding vhosts, users, policies and connections.
 
     Its methods are grouped by concern in the mixin modules named above; this module keeps the
@@ -122,6 +123,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.operator_policies: dict = {}
         self.parameters: dict = {}
         self.global_parameters: dict = {}
+        self.init_flow()
         self.stats = {"publish": 0, "deliver": 0, "ack": 0, "get": 0, "redeliver": 0,
                       "return_unroutable": 0, "confirm": 0, "drop_unroutable": 0, "publish_confirm": 0,
                       "channel_created": 0, "queue_declared": 0, "queue_created": 0, "queue_deleted": 0}

@@ -75,6 +75,7 @@ class Connection(fastpath.ConnectionState):
         self.blocked = False          # connection.blocked sent
         self.publishing = False       # has published: an alarm stops reading from it
         self.alarm_paused = False
+        self.flow_paused = False      # waits for the consumers of a queue it publishes to (core/flow.py)
         self.yielded = False          # input left for the next turn (fairness budget)
         self.input_paused = False
         self.throttled = False        # publishing into a backlog: take smaller turns
@@ -137,7 +138,7 @@ class Connection(fastpath.ConnectionState):
         self.writable = True
         if self.reading_paused:
             self.reading_paused = False
-            if not self.input_paused and not self.alarm_paused:
+            if not self.input_paused and not self.alarm_paused and not self.flow_paused:
                 self.transport.resume_reading()
         for ch in self.channels.values():
             ch.kick()
@@ -165,6 +166,8 @@ class Connection(fastpath.ConnectionState):
                 reader._buf = reader._buf + data
             return
         self.turn_start = perf_counter()
+        broker = self.broker
+        broker.pressure = None
         try:
             if self.held_frames is not None:
                 # frames read before (a reply that waited for the store, or the end of the last
@@ -209,6 +212,10 @@ class Connection(fastpath.ConnectionState):
             for ch in self.channels.values():
                 if ch.confirm_dirty:
                     ch.send_confirms()
+        if broker.pressure is not None:
+            q, broker.pressure = broker.pressure, None
+            if self.publishing and not self.closed and not self.flow_paused:
+                broker.flow_start(self, q)
         if self.publishing and self.broker.alarms and not self.alarm_paused and not self.closed:
             # a resource alarm: stop reading from publishers until it clears (as RabbitMQ does)
             self.alarm_paused = True
@@ -234,7 +241,19 @@ class Connection(fastpath.ConnectionState):
         self.data_received(b"", counted=True)
         if not self.yielded and self.holder is None and self.input_paused:
             self.input_paused = False
-            if not self.closed and not self.reading_paused and not self.alarm_paused:
+            if not self.closed and not self.reading_paused and not self.alarm_paused and not self.flow_paused:
+                self.transport.resume_reading()
+
+    def flow_pause(self):
+        """Stop reading until the consumers of a queue this connection publishes to catch up."""
+        if not self.flow_paused:
+            self.flow_paused = True
+            self.transport.pause_reading()
+
+    def flow_resume(self):
+        if self.flow_paused:
+            self.flow_paused = False
+            if not self.closed and not self.reading_paused and not self.alarm_paused and not self.input_paused:
                 self.transport.resume_reading()
 
     def hold_input(self, channel):
@@ -506,7 +525,7 @@ class Connection(fastpath.ConnectionState):
         self.set_blocked(False)
         if self.alarm_paused:
             self.alarm_paused = False
-            if not self.closed and not self.reading_paused and not self.input_paused:
+            if not self.closed and not self.reading_paused and not self.input_paused and not self.flow_paused:
                 self.transport.resume_reading()
 
     def set_blocked(self, blocked: bool, reason: str = "low on memory"):
@@ -649,7 +668,11 @@ class Connection(fastpath.ConnectionState):
 
     @property
     def state_name(self) -> str:
-        return "blocked" if self.blocked else _STATE_NAMES.get(self.state, "closed")
+        if self.blocked:
+            return "blocked"
+        if self.flow_paused:
+            return "flow"
+        return _STATE_NAMES.get(self.state, "closed")
 
 
 def duration_text(seconds: float) -> str:

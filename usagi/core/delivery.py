@@ -309,12 +309,14 @@ class DeliveryMixin:
         while q.consumers and q.message_count:
             c = self._pick_consumer(q)
             if c is None:
-                return
+                break
             item = self.take(q, True)
             if item is None:
-                return
+                break
             seq, msg, redelivered = item
             c.channel.deliver(c, q, seq, msg, redelivered)
+        if self.flow_waits:
+            self.flow_check(q)
 
     def run_dirty(self):
         while self.dirty:

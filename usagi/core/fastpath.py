@@ -440,6 +440,8 @@ def enqueue_plain(broker, q, msg) -> bool:
     q.push(msg)
     if q.consumers:
         broker.dirty[id(q)] = q
+        if q.paged:
+            broker.pressure = q         # the publisher may have to wait (core/flow.py)
     return False
 
 

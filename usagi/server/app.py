@@ -288,6 +288,11 @@ class Server:
                     b.run_dirty()
                 except Exception:
                     upkeep.failed("deliveries", log)
+            if b.flow_waits:
+                try:
+                    b.flow_tick()
+                except Exception:
+                    upkeep.failed("publisher flow", log)
         finally:
             self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
 
@@ -391,6 +396,11 @@ class Server:
                 b.run_dirty()
             except Exception:
                 upkeep.failed("deliveries", log)
+            if b.flow_off:
+                try:
+                    b.flow_forget()
+                except Exception:
+                    upkeep.failed("publisher flow marks", log)
         finally:
             self._tick_handle = self.loop.call_later(min(1.0, self.commit_interval), self._tick)
 

@@ -1,0 +1,136 @@
+"""Flow: a publisher that outruns the consumers of a paging queue waits for them (core/flow.py).
+
+As with RabbitMQ's credit flow, the publishing connection shows the state "flow" while it waits,
+and the queue does not pile up on disk behind consumers that are taking messages; a consumer that
+takes nothing does not hold its publishers up.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import urllib.request
+
+import pika
+import pytest
+
+from support.harness import MGMT_RE, external_broker_url, wait_for
+
+pytestmark = [pytest.mark.timeout(120),
+              pytest.mark.skipif(bool(external_broker_url()), reason="needs a Usagi server of its own")]
+
+BUDGET = 200          # messages a queue keeps in memory before it pages
+
+
+def api(srv, path):
+    m = wait_for(lambda: MGMT_RE.search("".join(srv.lines)), 10, message="the management listener")
+    req = urllib.request.Request(f"http://{m.group(1)}:{m.group(2)}{path}",
+                                 headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return json.loads(r.read())
+
+
+class Sampler(threading.Thread):
+    """Reads the publisher's connection state and the queue's paged-out count, every 20 ms."""
+
+    def __init__(self, srv, queue, conn_name):
+        super().__init__(daemon=True)
+        self.srv, self.queue, self.conn_name = srv, queue, conn_name
+        self.states, self.paged = [], []
+        self.done = threading.Event()
+
+    def run(self):
+        while not self.done.is_set():
+            try:
+                for c in api(self.srv, "/api/connections"):
+                    if (c.get("client_properties") or {}).get("connection_name") == self.conn_name:
+                        self.states.append(c["state"])
+                self.paged.append(api(self.srv, "/api/queues/%2F/" + self.queue)["messages_paged_out"])
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+
+def consume(url, queue, stop, got, ack=True, delay=0.0):
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=20)
+
+    def on(ch_, m, _p, _b):
+        got.append(1)
+        if delay:
+            time.sleep(delay)
+        if ack:
+            ch_.basic_ack(m.delivery_tag)
+
+    ch.basic_consume(queue, on)
+    while not stop.is_set():
+        conn.process_data_events(0.05)
+    conn.close()
+
+
+def publisher(url, name):
+    params = pika.URLParameters(url)
+    params.client_properties = {"connection_name": name}
+    return pika.BlockingConnection(params)
+
+
+def test_a_publisher_waits_in_flow_while_the_consumers_of_a_paging_queue_catch_up(fresh_server):
+    srv = fresh_server(env={"USAGI_QUEUE_MEMORY_MESSAGES": str(BUDGET)})
+    conn = publisher(srv.url(), "flow-pub")
+    ch = conn.channel()
+    ch.queue_declare("flowq")
+    stop, got = threading.Event(), []
+    t = threading.Thread(target=consume, args=(srv.url(), "flowq", stop, got), kwargs={"delay": 0.0005},
+                         daemon=True)
+    t.start()
+    wait_for(lambda: api(srv, "/api/queues/%2F/flowq")["consumers"] == 1, 10, message="the consumer")
+    sampler = Sampler(srv, "flowq", "flow-pub")
+    sampler.start()
+    n = 6000
+    body = b"x" * 200
+    for i in range(n):
+        ch.basic_publish("", "flowq", body)
+    wait_for(lambda: len(got) >= n, 60, message="every message consumed")
+    sampler.done.set()
+    sampler.join()
+    stop.set()
+    t.join(10)
+    conn.close()
+    assert "flow" in sampler.states, sampler.states
+    # without flow the publisher is done long before the consumer: thousands paged out at once
+    assert max(sampler.paged) < 1500, max(sampler.paged)
+    assert len(got) == n
+
+
+def test_a_consumer_that_takes_nothing_does_not_hold_its_publishers(fresh_server):
+    srv = fresh_server(env={"USAGI_QUEUE_MEMORY_MESSAGES": str(BUDGET)})
+    stop, got = threading.Event(), []
+    c = pika.BlockingConnection(pika.URLParameters(srv.url()))
+    c.channel().queue_declare("stuckq")
+    c.close()
+    t = threading.Thread(target=consume, args=(srv.url(), "stuckq", stop, got), kwargs={"ack": False},
+                         daemon=True)
+    t.start()
+    wait_for(lambda: api(srv, "/api/queues/%2F/stuckq")["consumers"] == 1, 10, message="the consumer")
+    conn = publisher(srv.url(), "stuck-pub")
+    ch = conn.channel()
+    sampler = Sampler(srv, "stuckq", "stuck-pub")
+    sampler.start()
+    n = 20000
+    for i in range(n):
+        ch.basic_publish("", "stuckq", b"y" * 100)
+    ch.confirm_delivery()               # a round trip: everything before it was taken
+    sampler.done.set()
+    sampler.join()
+    q = wait_for(lambda: (lambda q: q if q["messages_unacknowledged"] == 20 else None)(
+        api(srv, "/api/queues/%2F/stuckq")), 10, message="the consumer's prefetch filled")
+    stop.set()
+    t.join(10)
+    conn.close()
+    assert q["messages"] == n and len(got) == 20
+    assert q["messages_paged_out"] > n // 2            # the backlog is paged, as it should be
+    # the publisher may have waited once, for the consumer to show it is stuck (0.1 s), then not
+    # for 2 s, then not for 4 s...: a few samples (50 ms apart) at most
+    assert sampler.states.count("flow") <= 6, sampler.states
