@@ -134,3 +134,29 @@ def test_a_consumer_that_takes_nothing_does_not_hold_its_publishers(fresh_server
     # the publisher may have waited once, for the consumer to show it is stuck (0.1 s), then not
     # for 2 s, then not for 4 s...: a few samples (50 ms apart) at most
     assert sampler.states.count("flow") <= 6, sampler.states
+
+
+def test_a_connection_that_also_consumes_from_the_queue_is_never_held(fresh_server):
+    """Its acks are what the queue waits for: holding it would only stall both sides."""
+    srv = fresh_server(env={"USAGI_QUEUE_MEMORY_MESSAGES": str(BUDGET)})
+    conn = publisher(srv.url(), "both")
+    pub, sub = conn.channel(), conn.channel()
+    pub.queue_declare("bothq")
+    sub.basic_qos(prefetch_count=20)
+    got = []
+    sub.basic_consume("bothq", lambda c, m, p, b: (got.append(1), c.basic_ack(m.delivery_tag)))
+    sampler = Sampler(srv, "bothq", "both")
+    sampler.start()
+    n = 5000
+    for i in range(n):
+        pub.basic_publish("", "bothq", b"z" * 200)
+        if i % 500 == 0:
+            conn.process_data_events(0)
+    deadline = time.monotonic() + 60
+    while len(got) < n and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
+    sampler.done.set()
+    sampler.join()
+    conn.close()
+    assert len(got) == n
+    assert "flow" not in sampler.states, sampler.states

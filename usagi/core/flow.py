@@ -21,7 +21,8 @@ the connection that published it stops being read at the end of its turn (`start
 - FLOW_MAX_SECONDS have passed (a bound on any single wait).
 
 A queue that is under its budget never holds anyone; nor does one without consumers (a backlog
-being built). Cost: a publish that is queued behind consumers reads one attribute more; the
+being built); nor is a connection held that consumes from the queue itself (its acks are what
+the queue waits for). Cost: a publish that is queued behind consumers reads one attribute more; the
 end of a turn tests one attribute; the checks above run every fast tick (25 ms) only while some
 connection waits, over the queues waited on (at most one per waiting connection).
 """
@@ -66,6 +67,10 @@ class FlowMixin:
         off = self.flow_off.get(id(q))
         if off is not None and now < off[0]:
             return False
+        by_channel = q.by_channel
+        for ch in conn.channels.values():
+            if ch in by_channel:
+                return False        # it consumes from q too: its acks must still be read
         w = self.flow_waits.get(id(q))
         if w is None:
             w = self.flow_waits[id(q)] = _Waited(q, now)
