@@ -13,8 +13,10 @@ the connection that published it stops being read at the end of its turn (`start
 
 - the queue no longer pages (its consumers drained the paged part: `dispatch` calls `check`), or
 - the queue is gone or has no consumers left, or
-- its consumers took nothing for STALL_SECONDS: they are not keeping up at all (a consumer that
-  holds its prefetch and does not ack); the queue then takes publishes without flow for
+- its consumers took less than MIN_TAKEN messages (and MIN_TAKEN_BYTES) in STALL_SECONDS, with
+  the loop all theirs: they are slow on their own (a consumer that holds its prefetch and does
+  not ack, or one that works a while on each message), and holding the publisher would only
+  pace it to them, which RabbitMQ does not do; the queue then takes publishes without flow for
   STALL_BACKOFF seconds, twice as long after each further stall up to STALL_BACKOFF_MAX (and
   afresh once its consumers drain it), so a stuck consumer costs its publishers a blink now and
   then, and paging does its job, or
@@ -30,10 +32,18 @@ from __future__ import annotations
 
 import time
 
-STALL_SECONDS = 0.1        # no delivery from the queue for this long: its consumers are stuck
+STALL_SECONDS = 0.05       # an interval over which the consumers must take at least ...
+MIN_TAKEN = 200            # ... this many messages (4,000 a second) ...
+MIN_TAKEN_BYTES = 1 << 20  # ... or this many bytes (20 MB a second), else they are slow on their own
 STALL_BACKOFF = 2.0        # ... then no flow for this queue for this long
 STALL_BACKOFF_MAX = 60.0   # ... doubled after each stall in a row, up to this
 FLOW_MAX_SECONDS = 1.0     # the longest a connection waits at once
+
+
+def _mean_size(q) -> int:
+    """The mean body size of the messages a queue holds in memory (0 if none)."""
+    n = len(q.ready)
+    return q.ready_bytes // n if n else 0
 
 
 class _Waited:
@@ -98,7 +108,8 @@ class FlowMixin:
             if q.deleted or not q.paged or not q.consumers or now - w.since >= FLOW_MAX_SECONDS:
                 self._flow_release(w)
             elif now - w.mark >= STALL_SECONDS:
-                if q.delivered == w.delivered:
+                taken = q.delivered - w.delivered
+                if taken < MIN_TAKEN and taken * _mean_size(q) < MIN_TAKEN_BYTES:
                     off = self.flow_off.get(id(q))
                     backoff = STALL_BACKOFF if off is None else min(off[1] * 2, STALL_BACKOFF_MAX)
                     self.flow_off[id(q)] = [now + backoff, backoff, q]
