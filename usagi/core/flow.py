@@ -14,7 +14,8 @@ the connection that published it stops being read at the end of its turn (`start
 - the queue no longer pages (its consumers drained the paged part: `dispatch` calls `check`), or
 - the queue is gone or has no consumers left, or
 - its consumers took less than MIN_TAKEN messages (and MIN_TAKEN_BYTES) in STALL_SECONDS, with
-  the loop all theirs: they are slow on their own (a consumer that holds its prefetch and does
+  the loop all theirs (the interval starts again whenever one more publisher is held, so that it
+  measures the consumers with every publisher of the queue held): they are slow on their own (a consumer that holds its prefetch and does
   not ack, or one that works a while on each message), and holding the publisher would only
   pace it to them, which RabbitMQ does not do; the queue then takes publishes without flow for
   STALL_BACKOFF seconds, twice as long after each further stall up to STALL_BACKOFF_MAX (and
@@ -32,11 +33,11 @@ from __future__ import annotations
 
 import time
 
-STALL_SECONDS = 0.05       # an interval over which the consumers must take at least ...
-MIN_TAKEN = 200            # ... this many messages (4,000 a second) ...
-MIN_TAKEN_BYTES = 1 << 20  # ... or this many bytes (20 MB a second), else they are slow on their own
+STALL_SECONDS = 0.1        # an interval over which the consumers must take at least ...
+MIN_TAKEN = 200            # ... this many messages (2,000 a second) ...
+MIN_TAKEN_BYTES = 1 << 20  # ... or this many bytes (10 MB a second), else they are slow on their own
 STALL_BACKOFF = 2.0        # ... then no flow for this queue for this long
-STALL_BACKOFF_MAX = 60.0   # ... doubled after each stall in a row, up to this
+STALL_BACKOFF_MAX = 10.0   # ... doubled after each stall in a row, up to this
 FLOW_MAX_SECONDS = 1.0     # the longest a connection waits at once
 
 
@@ -84,6 +85,8 @@ class FlowMixin:
         w = self.flow_waits.get(id(q))
         if w is None:
             w = self.flow_waits[id(q)] = _Waited(q, now)
+        else:
+            w.mark, w.delivered = now, q.delivered
         w.conns.append(conn)
         self.flow_count += 1
         conn.flow_pause()
@@ -114,8 +117,9 @@ class FlowMixin:
                     backoff = STALL_BACKOFF if off is None else min(off[1] * 2, STALL_BACKOFF_MAX)
                     self.flow_off[id(q)] = [now + backoff, backoff, q]
                     self._flow_release(w)
-                else:               # progress: measure the next interval from here
+                else:               # they keep up: measure the next interval from here
                     w.mark, w.delivered = now, q.delivered
+                    self.flow_off.pop(id(q), None)
 
     def flow_forget(self):
         """Every second (the slow tick): forget the stuck marks of queues that are gone (a queue
