@@ -117,13 +117,14 @@ class AlarmMixin:
                         name, self.config.node_name, detail)
             for conn in list(self.connections):
                 conn.set_blocked(True, self.alarm_reason())
+            self.flush_output()
         elif not active and name in self.alarms:
             self.alarms.discard(name)
             log.warning("%s resource limit alarm cleared on node %s%s", name, self.config.node_name, detail)
             if not self.alarms:
                 for conn in list(self.connections):
                     conn.alarm_cleared()
-        self.flush_output()
+            self.flush_output()
 
     def check_resources(self):
         """Free disk space where the broker writes against its limit (memory: see memory_tick)."""
