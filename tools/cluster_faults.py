@@ -5,13 +5,18 @@ consumers with manual acks on real clients (aio-pika), and faults one after anot
     python tools/cluster_faults.py --faults 200                 # every kind of fault, in turn
     python tools/cluster_faults.py --faults 50 --kinds kill-leader,pause-leader --ttl 5
     python tools/cluster_faults.py --faults 210 --consumers 4 --rate 350    # a bounded backlog
+    python tools/cluster_faults.py --faults 220 --partitions    # crashes and partitions (root, nft)
 
 Kinds: kill-leader, kill-follower, pause-leader (SIGSTOP past the lease), term-leader (graceful),
-kill-etcd (one member of three), kill-etcd-leader. After the last fault everything is healed and
+kill-etcd (one member of three), kill-etcd-leader; with --partitions (nodes and etcd members in
+network namespaces, links cut with nftables) also isolate-leader, cut-leader-etcd,
+cut-leader-followers, cut-follower and drop-link. After the last fault everything is healed and
 the queue drained; the checker prints lost (confirmed, never drained: must be 0), unexpected (must
 be 0), duplicated, recovered (unconfirmed yet delivered) and unknown publishes, and the failover
 time of each kind of fault (from the fault to the first confirm of a publish sent after it).
-Exit status 1 if anything was lost or unexpected. The short version runs in the test suite
+The split-brain probe reads
+the nodes' logs: a confirm by a leader past its lease deadline, or after a later leader's
+election, is a violation. Exit status 1 if anything was lost or unexpected, or on a violation. The short version runs in the test suite
 (tests/cluster/test_fault_run.py).
 """
 from __future__ import annotations
@@ -27,7 +32,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "cluster"))
 sys.path.insert(0, REPO)
 
-from faults import KINDS, FaultRun, summary  # noqa: E402
+from faults import KINDS, PARTITIONS, FaultRun, split_brain, summary  # noqa: E402
 from harness import Cluster  # noqa: E402
 from workload import Workload  # noqa: E402
 
@@ -46,12 +51,22 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     p.add_argument("--keep-logs", default=None, help="copy the nodes' data and logs here at the end")
+    p.add_argument("--partitions", action="store_true",
+                   help="run the nodes and etcd in network namespaces and add the partition kinds")
     a = p.parse_args()
     kinds = [k for k in a.kinds.split(",") if k]
-    bad = [k for k in kinds if k not in KINDS]
+    if a.partitions and a.kinds == ",".join(KINDS):
+        kinds += list(PARTITIONS)
+    known = KINDS + (PARTITIONS if a.partitions else ())
+    bad = [k for k in kinds if k not in known]
     if bad:
-        p.error(f"unknown kinds {bad}; known: {', '.join(KINDS)}")
-    c = Cluster(3, etcd_members=3, ttl=a.ttl).start()
+        p.error(f"unknown kinds {bad}; known: {', '.join(known)}")
+    if a.partitions:
+        from netns import netns_missing
+        why = netns_missing()
+        if why:
+            p.error(f"--partitions: {why}")
+    c = Cluster(3, etcd_members=3, ttl=a.ttl, netns=a.partitions).start()
     t0 = time.monotonic()
     try:
         wl = Workload(c.urls(), publishers=a.publishers, consumers=a.consumers, window=a.window, rate=a.rate)
@@ -70,6 +85,7 @@ def main() -> int:
         result = wl.check()
         fo = summary(run.failovers())
         took = time.monotonic() - t0
+        probe = split_brain([open(n.log_path, errors="replace").read() for n in c.nodes])
     finally:
         c.stop()
         if a.keep_logs:
@@ -82,6 +98,10 @@ def main() -> int:
           f"{result['unknown']} unknown")
     print(f"lost {result['lost_count']}, unexpected {result['unexpected_count']}, duplicated "
           f"{result['duplicated']}, recovered {result['recovered']}")
+    print(f"split-brain probe: {probe['elections']} elections, {probe['leader_ends']} leader ends, "
+          f"{len(probe['violations'])} violations")
+    for v in probe["violations"][:20]:
+        print("  " + v)
     print()
     print("| fault | n | failover p50 (s) | failover max (s) |")
     print("|---|---:|---:|---:|")
@@ -94,8 +114,8 @@ def main() -> int:
             f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "faults": a.faults, "ttl": a.ttl,
                                 "minutes": round(took / 60, 1), **{k: v for k, v in result.items()
                                                                     if k not in ("lost", "unexpected")},
-                                "failover": fo}) + "\n")
-    return 1 if result["lost_count"] or result["unexpected_count"] else 0
+                                "failover": fo, "split_brain": probe}) + "\n")
+    return 1 if result["lost_count"] or result["unexpected_count"] or probe["violations"] else 0
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class Member:
         self.data_dir = data_dir
         self.proc: subprocess.Popen | None = None
         self.log_path = data_dir + ".log"
+        self.prefix: list[str] = []          # runs it in a network namespace (netns.Net)
 
     @property
     def client_url(self) -> str:
@@ -60,7 +61,7 @@ class Member:
                "--initial-cluster-token", "usagi-tests",
                "--heartbeat-interval", "50", "--election-timeout", "500",
                "--log-level", "warn"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(self.prefix + cmd, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
     def kill(self):
@@ -91,11 +92,21 @@ class Member:
 
 
 class EtcdCluster:
-    def __init__(self, n: int = 1, host: str = "127.0.0.1"):
+    def __init__(self, n: int = 1, host: str = "127.0.0.1", net=None):
+        """n members on free ports of `host`, or, with a netns.Net, each in a namespace of its own
+        (addresses .201, .202, ...: the standard ports)."""
         base = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.root = tempfile.mkdtemp(prefix="usagi-etcd-", dir=base)
-        self.members = [Member(f"e{i}", free_port(host), free_port(host), os.path.join(self.root, f"e{i}"), host)
-                        for i in range(1, n + 1)]
+        if net is None:
+            self.members = [Member(f"e{i}", free_port(host), free_port(host), os.path.join(self.root, f"e{i}"),
+                                   host) for i in range(1, n + 1)]
+        else:
+            self.members = []
+            for i in range(1, n + 1):
+                addr = net.add(f"e{i}", 200 + i)
+                m = Member(f"e{i}", 2379, 2380, os.path.join(self.root, f"e{i}"), addr)
+                m.prefix = net.prefix_cmd(addr)
+                self.members.append(m)
 
     @property
     def endpoints(self) -> list[str]:

@@ -9,6 +9,14 @@ Kinds of fault (each healed before the next one starts):
     kill-etcd        kill -9 of one etcd member (with 3 members), started again
     kill-etcd-leader kill -9 of the etcd leader (its lease TTLs reset), started again
 
+Partitions (a cluster in network namespaces, netns.py), each held a while, then healed:
+
+    isolate-leader       the leader cut from everyone: etcd, the other nodes, the clients
+    cut-leader-etcd      the leader cut from etcd only (it still reaches its followers and clients)
+    cut-leader-followers the leader cut from the other nodes only (it keeps its lease)
+    cut-follower         one follower cut from everyone
+    drop-link            the link between the leader and one follower only
+
 For each fault, the failover time is measured from the fault to the first confirmed publish after
 it. At the end everything is healed, the queue is drained, and the checker counts lost (confirmed,
 never drained), unexpected, duplicated and recovered messages (workload.py).
@@ -17,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 
 # how long a fault may leave the cluster without a serving leader before the run fails: far above
@@ -25,6 +34,8 @@ import time
 FAILOVER_WAIT = 60
 
 KINDS = ("kill-leader", "kill-follower", "pause-leader", "term-leader", "kill-etcd", "kill-etcd-leader")
+# partitions: only with a cluster in network namespaces (Cluster(netns=True)); packets dropped silently
+PARTITIONS = ("isolate-leader", "cut-leader-etcd", "cut-leader-followers", "cut-follower", "drop-link")
 
 
 class FaultRun:
@@ -33,7 +44,8 @@ class FaultRun:
         self.cluster = cluster
         self.workload = workload
         self.faults = faults
-        self.kinds = [k for k in kinds if k.startswith("kill-etcd") is False or len(cluster.etcd.members) >= 3]
+        self.kinds = [k for k in kinds if (k.startswith("kill-etcd") is False or len(cluster.etcd.members) >= 3)
+                      and (k not in PARTITIONS or cluster.net is not None)]
         self.settle = settle
         self.rng = random.Random(seed)
         self.log = log
@@ -87,6 +99,8 @@ class FaultRun:
                 node.kill()
                 time.sleep(self.rng.uniform(0.5, ttl + 1.0))
                 node.start()
+        elif kind in PARTITIONS:
+            self._partition(kind)
         elif kind in ("kill-etcd", "kill-etcd-leader"):
             member = c.etcd.leader() if kind == "kill-etcd-leader" else self.rng.choice(c.etcd.members)
             if member is None:
@@ -105,8 +119,41 @@ class FaultRun:
         except AssertionError:
             pass            # a slow catch-up is not a failure of the run; the checker decides
 
+    def _partition(self, kind: str):
+        c = self.cluster
+        net = c.net
+        ttl = c.ttl
+        etcd = [m.host for m in c.etcd.members]
+        leader = c.wait_leader(60)
+        others = [n for n in c.nodes if n is not leader]
+        self.fault_at = time.monotonic()        # (a cut is one nft transaction: in place within ms)
+        try:
+            if kind == "isolate-leader":
+                net.cut(leader.host, etcd + [n.host for n in others] + [net.gateway])
+                c.wait_leader(FAILOVER_WAIT, not_node=leader)
+                time.sleep(self.rng.uniform(0.5, 2.0))
+            elif kind == "cut-leader-etcd":
+                net.cut(leader.host, etcd)
+                c.wait_leader(FAILOVER_WAIT, not_node=leader)
+                time.sleep(self.rng.uniform(0.5, 2.0))
+            elif kind == "cut-leader-followers":
+                net.cut(leader.host, [n.host for n in others])
+                time.sleep(self.rng.uniform(ttl, ttl + 3.0))
+            elif kind == "cut-follower":
+                f = self.rng.choice(others)
+                net.cut(f.host, etcd + [n.host for n in c.nodes if n is not f] + [net.gateway])
+                time.sleep(self.rng.uniform(ttl, ttl + 2.0))
+            else:                       # drop-link
+                f = self.rng.choice(others)
+                net.cut(leader.host, [f.host])
+                time.sleep(self.rng.uniform(ttl, ttl + 2.0))
+        finally:
+            net.heal()
+
     def _heal_all(self):
         c = self.cluster
+        if c.net is not None:
+            c.net.heal()
         for m in c.etcd.members:
             if m.proc is None or m.proc.poll() is not None:
                 c.etcd.restart(m)
@@ -133,3 +180,28 @@ def summary(failovers: dict) -> dict:
             continue
         out[kind] = {"n": len(times), "p50": round(ok[len(ok) // 2], 2), "max": round(ok[-1], 2)}
     return out
+
+
+# ---------------------------------------------------------------------------------------- split brain
+_ELECTED = re.compile(r"elected leader, epoch (\d+) \(monotonic ([\d.]+)\)")
+_STOPS = re.compile(r"leader of epoch (\d+) stops \((.*)\); last confirm at monotonic ([\d.]+), lease deadline ([\d.-]+)")
+
+
+def split_brain(log_texts) -> dict:
+    """What the nodes' logs say of leadership: every election (epoch, monotonic time), every
+    leader's end (its last confirm and its lease deadline), and the violations: a confirm after
+    the lease deadline, or after a later leader was elected."""
+    elected, stops = [], []
+    for text in log_texts:
+        elected += [(int(e), float(t)) for e, t in _ELECTED.findall(text)]
+        stops += [(int(e), why, float(last), float(dl)) for e, why, last, dl in _STOPS.findall(text)]
+    violations = []
+    for epoch, why, last, deadline in stops:
+        if not last:
+            continue                    # it never confirmed anything
+        if last > deadline:
+            violations.append(f"epoch {epoch}: a confirm at {last:.3f}, after the lease deadline {deadline:.3f}")
+        for e2, t2 in elected:
+            if e2 > epoch and last >= t2:
+                violations.append(f"epoch {epoch}: a confirm at {last:.3f}, after epoch {e2} was elected at {t2:.3f}")
+    return {"elections": len(elected), "leader_ends": len(stops), "violations": violations}

@@ -38,10 +38,13 @@ class UsagiNode:
         self.i = i
         self.host = host
         self.data_dir = data_dir
-        self.port = free_port(host)
-        self.http_port = free_port(host)
-        self.repl_port = free_port(host)
-        self.metrics_port = free_port(host)
+        if cluster.net is None:
+            self.port = free_port(host)
+            self.http_port = free_port(host)
+            self.repl_port = free_port(host)
+            self.metrics_port = free_port(host)
+        else:               # a namespace of its own: the standard ports
+            self.port, self.http_port, self.repl_port, self.metrics_port = 5672, 15672, 25672, 15692
         self.proc: subprocess.Popen | None = None
         self.lines: list[str] = []
         self.log_path = data_dir + ".log"
@@ -62,7 +65,8 @@ class UsagiNode:
         env = dict(os.environ)
         env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
         env.update(self.cluster.env)
-        self.proc = subprocess.Popen(self.cmd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        prefix = self.cluster.net.prefix_cmd(self.host) if self.cluster.net is not None else []
+        self.proc = subprocess.Popen(prefix + self.cmd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=env, cwd=ROOT, start_new_session=True)
         proc = self.proc
         threading.Thread(target=self._pump, args=(proc,), daemon=True).start()
@@ -106,16 +110,31 @@ class UsagiNode:
 
 
 class Cluster:
-    def __init__(self, n: int = 3, etcd_members: int = 1, ttl: int = 2, extra_args=(), env=None, name=None):
+    def __init__(self, n: int = 3, etcd_members: int = 1, ttl: int = 2, extra_args=(), env=None, name=None,
+                 netns: bool = False):
+        """n nodes and etcd_members etcd members, on loopback addresses of their own, or with
+        netns=True each in a network namespace of its own (netns.Net), so that links can be cut."""
         a, b = random.randrange(20, 250), random.randrange(1, 250)
-        self.hosts = [f"127.{a}.{b}.{i}" for i in range(1, n + 1)]
+        self.net = None
+        if netns:
+            from netns import Net
+            self.net = Net()
+            self.hosts = [self.net.add(f"n{i}", i) for i in range(1, n + 1)]
+        else:
+            self.hosts = [f"127.{a}.{b}.{i}" for i in range(1, n + 1)]
         self.root = tempfile.mkdtemp(prefix="usagi-cluster-")
         self.name = name or f"t{os.getpid()}-{random.randrange(1 << 30):x}"
         self.ttl = ttl
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.env.setdefault("USAGI_QUEUE_MEMORY_MESSAGES", "50000")
-        self.etcd = EtcdCluster(etcd_members, host=f"127.{a}.{b}.200")
+        self.etcd = EtcdCluster(etcd_members, host=f"127.{a}.{b}.200", net=self.net)
+        if self.net is not None:
+            # clients come through the bridge, not from loopback: guest may log in from there
+            conf = os.path.join(self.root, "rabbitmq.conf")
+            with open(conf, "w") as f:
+                f.write("loopback_users = none\n")
+            self.extra_args += ["--config", conf]
         self.nodes = [UsagiNode(self, i + 1, h, os.path.join(self.root, f"n{i + 1}")) for i, h in enumerate(self.hosts)]
 
     def start(self, timeout: float = 30.0) -> "Cluster":
@@ -131,7 +150,13 @@ class Cluster:
         self.etcd.stop()
 
     def cleanup(self):
-        self.stop()
+        try:
+            if self.net is not None:
+                self.net.heal()
+            self.stop()
+        finally:
+            if self.net is not None:
+                self.net.close()
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- state, read from etcd through its JSON gateway

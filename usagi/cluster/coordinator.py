@@ -175,7 +175,10 @@ class Coordinator:
         self.leader_key = lk
         self.epoch = lk.rev
         self.role = ROLE_LEADER
-        log.info("cluster: node %x elected leader, epoch %d", self.node_id, self.epoch)
+        # the monotonic clock (shared by the processes of one machine) lets a test compare this
+        # moment with the last confirm of the leader before (Leader.stop's line)
+        log.info("cluster: node %x elected leader, epoch %d (monotonic %.3f)", self.node_id, self.epoch,
+                 time.monotonic())
         return self.epoch
 
     async def resign(self):

@@ -90,6 +90,7 @@ class Leader:
         self._tasks = []
         self.closed = False
         self.lost_reason = None
+        self.last_confirm = 0.0       # time.monotonic() of the last confirm this leader let go
         self.on_peer = None           # called with the address of each follower that authenticated
 
     # ------------------------------------------------------------------ lifecycle
@@ -106,6 +107,12 @@ class Leader:
         return self._server.sockets[0].getsockname()[1]
 
     async def stop(self):
+        if not self.closed:
+            # the last moment this leader let a confirm go, against its lease's deadline (both on
+            # the machine's monotonic clock): a deposed leader must never confirm past it
+            log.info("replication: leader of epoch %d stops (%s); last confirm at monotonic %.3f, lease "
+                     "deadline %.3f", self.epoch, self.lost_reason or "stopped", self.last_confirm,
+                     self.coord.deadline)
         self.closed = True
         for t in self._tasks:
             t.cancel()
@@ -171,6 +178,7 @@ class Leader:
             f = self._by_name(name)
             if f is None or f.acked < lsn:
                 return False
+        self.last_confirm = time.monotonic()
         return True
 
     def _by_name(self, name: str):
