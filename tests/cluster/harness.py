@@ -247,6 +247,30 @@ class Cluster:
             time.sleep(0.1)
         raise AssertionError(f"ISR did not reach {size}: {self.isr()}")
 
+    def wait_isr_without(self, before, timeout: float = 60.0):
+        """Until the ISR has lost a member of `before` (a stopped follower was dropped)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if set(before) - set(self.isr()):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"the ISR still holds every one of {sorted(before)}")
+
+    def wait_member(self, node_id: str, timeout: float = 60.0) -> bool:
+        """Until the ISR names `node_id` again: True, or False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if node_id in self.isr():
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
+
     def followers(self) -> list:
         lead = self.leader()
         return [n for n in self.nodes if n is not lead and n.alive]

@@ -1,0 +1,172 @@
+#!/usr/bin/env python3
+"""A follower's catch-up: how long a node that was down takes to be back in the in-sync set, and
+what its catch-up costs the clients of the leader meanwhile.
+
+    python tools/cluster_catchup.py                          # 100,000 persistent 1 KiB messages
+    python tools/cluster_catchup.py --messages 20000 --rate 500
+
+A 3-node cluster (3 etcd members) serves a steady publisher: persistent messages with confirms at
+--rate per second to a quorum queue with a consumer, each publish's confirm latency recorded.
+Phases:
+
+1. normal: --normal seconds of the steady publisher alone: its p50/p99 confirm latency;
+2. one follower is stopped (kill -9), and --messages persistent messages of --size bytes are
+   published with confirms to a second queue (left queued: the follower must fetch them);
+3. the follower is started again: the time until the leader's ISR names it again, and the
+   steady publisher's latency while it catches up (from its start to its return to the ISR,
+   and at least 2 s).
+
+Prints the catch-up time and p99 during catch-up / p99 normal (the targets: back within 30 s,
+the ratio at most 2). Exit status 1 if the follower is not back within --timeout seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests", "cluster"))
+sys.path.insert(0, REPO)
+
+import aio_pika  # noqa: E402
+
+from harness import Cluster  # noqa: E402
+
+
+def pct(xs, p):
+    if not xs:
+        return None
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(len(xs) * p))]
+
+
+class Steady:
+    """Publishes at a fixed rate with confirms; (sent, latency) of each confirmed publish."""
+
+    def __init__(self, url, queue, rate, size):
+        self.url, self.queue, self.rate, self.size = url, queue, rate, size
+        self.samples: list = []
+        self.errors = 0
+        self.stopping = False
+
+    async def run(self):
+        conn = await aio_pika.connect(self.url)
+        ch = await conn.channel(publisher_confirms=True)
+        q = await ch.declare_queue(self.queue, durable=True, arguments={"x-queue-type": "quorum"})
+        await q.consume(lambda m: m.ack())           # the steady queue stays short
+        body = b"s" * self.size
+        pending = set()
+        t0 = time.monotonic()
+        n = 0
+        while not self.stopping:
+            n += 1
+            due = t0 + n / self.rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            pending.add(asyncio.ensure_future(self._one(ch, body)))
+            pending = {p for p in pending if not p.done()}
+        if pending:
+            await asyncio.wait(pending, timeout=30)
+        await conn.close()
+
+    async def _one(self, ch, body):
+        sent = time.monotonic()
+        try:
+            await ch.default_exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key=self.queue,
+                                              timeout=30)
+            self.samples.append((sent, time.monotonic() - sent))
+        except Exception:  # noqa: BLE001 - counted; the run goes on
+            self.errors += 1
+
+    def between(self, a, b):
+        return [lat for s, lat in self.samples if a <= s < b]
+
+
+async def backlog(url, queue, n, size, window=500):
+    conn = await aio_pika.connect(url)
+    ch = await conn.channel(publisher_confirms=True)
+    await ch.declare_queue(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    body = b"b" * size
+    sem = asyncio.Semaphore(window)
+
+    async def one():
+        try:
+            await ch.default_exchange.publish(aio_pika.Message(body, delivery_mode=2), routing_key=queue,
+                                              timeout=60)
+        finally:
+            sem.release()
+    tasks = []
+    for _ in range(n):
+        await sem.acquire()
+        tasks.append(asyncio.ensure_future(one()))
+    await asyncio.gather(*tasks)
+    await conn.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=100_000)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--rate", type=float, default=1000, help="steady publishes per second (default 1000)")
+    p.add_argument("--normal", type=float, default=20, help="seconds of the normal phase (default 20)")
+    p.add_argument("--ttl", type=int, default=5, help="lease TTL of the nodes (default 5)")
+    p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
+    a = p.parse_args()
+    c = Cluster(3, etcd_members=3, ttl=a.ttl).start()
+    try:
+        leader = c.wait_leader(30)
+        c.wait_isr(3, 60)
+        follower = next(n for n in c.nodes if n is not leader)
+        fid = None
+        steady = Steady(leader.url(), "catchup-steady", a.rate, a.size)
+
+        async def go():
+            nonlocal fid
+            task = asyncio.ensure_future(steady.run())
+            await asyncio.sleep(2)                            # warm up
+            t_normal = time.monotonic()
+            await asyncio.sleep(a.normal)
+            normal = steady.between(t_normal, time.monotonic())
+            before = set(c.isr())
+            follower.kill()
+            t = time.monotonic()
+            await asyncio.to_thread(lambda: c.wait_isr_without(before))
+            fid = (before - set(c.isr())).pop()
+            t_down = time.monotonic()
+            await backlog(leader.url(), "catchup-backlog", a.messages, a.size)
+            published = time.monotonic() - t_down
+            t_start = time.monotonic()
+            follower.start()
+            back = await asyncio.to_thread(c.wait_member, fid, a.timeout)
+            t_back = time.monotonic()
+            await asyncio.sleep(max(0.0, 2.0 - (t_back - t_start)))
+            during = steady.between(t_start, max(t_back, t_start + 2.0))
+            steady.stopping = True
+            await task
+            return normal, during, back, t_back - t_start, published, t_down - t
+        normal, during, back, took, published, dropped = asyncio.run(go())
+    finally:
+        c.cleanup()
+    p99n, p99d = pct(normal, 0.99), pct(during, 0.99)
+    res = {"messages": a.messages, "size": a.size, "rate": a.rate, "back_in_isr": back,
+           "catch_up_s": round(took, 2), "backlog_published_s": round(published, 1),
+           "isr_dropped_after_s": round(dropped, 2),
+           "normal": {"n": len(normal), "p50_ms": round(pct(normal, 0.5) * 1e3, 2), "p99_ms": round(p99n * 1e3, 2)},
+           "catch_up": {"n": len(during), "p50_ms": round(pct(during, 0.5) * 1e3, 2) if during else None,
+                        "p99_ms": round(p99d * 1e3, 2) if during else None},
+           "p99_ratio": round(p99d / p99n, 2) if during and p99n else None, "errors": steady.errors}
+    print(json.dumps(res, indent=1))
+    if a.out:
+        with open(a.out, "a") as f:
+            f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), **res}) + "\n")
+    return 0 if back else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
