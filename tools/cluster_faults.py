@@ -22,7 +22,6 @@ election, is a violation. Exit status 1 if anything was lost or unexpected, or o
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -32,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests", "cluster"))
 sys.path.insert(0, REPO)
 
-from faults import KINDS, PARTITIONS, FaultRun, split_brain, summary  # noqa: E402
+from faults import KINDS, PARTITIONS, run_with_workload, split_brain, summary  # noqa: E402
 from harness import Cluster  # noqa: E402
 from workload import Workload  # noqa: E402
 
@@ -71,17 +70,8 @@ def main() -> int:
     try:
         wl = Workload(c.urls(), publishers=a.publishers, consumers=a.consumers, window=a.window, rate=a.rate)
 
-        async def go():
-            await wl.setup()
-            wl.start()
-            run = FaultRun(c, wl, a.faults, kinds=kinds, settle=0.5, seed=a.seed,
-                           log=lambda s: print(f"{time.monotonic() - t0:8.1f}s {s}", flush=True))
-            await run.run()
-            await asyncio.sleep(1)
-            await wl.stop()
-            await wl.drain()
-            return run
-        run = asyncio.run(go())
+        run = run_with_workload(c, wl, a.faults, kinds=kinds, seed=a.seed,
+                                log=lambda s: print(f"{time.monotonic() - t0:8.1f}s {s}", flush=True))
         result = wl.check()
         fo = summary(run.failovers())
         took = time.monotonic() - t0

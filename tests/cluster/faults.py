@@ -171,6 +171,21 @@ class FaultRun:
         return out
 
 
+def run_with_workload(cluster, workload, faults: int, kinds=KINDS, seed: int | None = None, log=print) -> "FaultRun":
+    """The whole run: the workload set up and started, the faults one after another, then the
+    workload stopped and the queue drained (for workload.check())."""
+    async def go():
+        await workload.setup()
+        workload.start()
+        run = FaultRun(cluster, workload, faults, kinds=kinds, settle=0.5, seed=seed, log=log)
+        await run.run()
+        await asyncio.sleep(1)
+        await workload.stop()
+        await workload.drain()
+        return run
+    return asyncio.run(go())
+
+
 def summary(failovers: dict) -> dict:
     out = {}
     for kind, times in failovers.items():

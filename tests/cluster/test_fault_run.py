@@ -2,7 +2,6 @@
 0 confirmed messages lost, 0 unexpected. tools/cluster_faults.py runs the long one."""
 from __future__ import annotations
 
-import asyncio
 import os
 import warnings
 
@@ -10,7 +9,7 @@ import pytest
 
 from etcdutil import need_etcd
 from support.reports import FaultRunReport
-from faults import FaultRun, summary
+from faults import run_with_workload, summary
 from harness import Cluster
 from workload import Workload
 
@@ -24,17 +23,7 @@ def test_fault_run_loses_no_confirmed_message():
     cluster = Cluster(3, etcd_members=3, ttl=2).start()
     try:
         wl = Workload(cluster.urls(), publishers=2, consumers=2, window=20)
-
-        async def go():
-            await wl.setup()
-            wl.start()
-            run = FaultRun(cluster, wl, FAULTS, settle=0.5, seed=FAULTS)
-            await run.run()
-            await asyncio.sleep(1)
-            await wl.stop()
-            await wl.drain()
-            return run
-        run = asyncio.run(go())
+        run = run_with_workload(cluster, wl, FAULTS, seed=FAULTS)
         result = wl.check()
         fo = summary(run.failovers())
         warnings.warn(FaultRunReport(f"cluster fault run: {FAULTS} faults, {result['ok']} confirmed publishes, "

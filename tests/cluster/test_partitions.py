@@ -5,14 +5,13 @@ election (the split-brain probe, from the nodes' own account of each election an
 tools/cluster_faults.py --partitions runs the long one."""
 from __future__ import annotations
 
-import asyncio
 import os
 import warnings
 
 import pytest
 
 from etcdutil import need_etcd
-from faults import PARTITIONS, FaultRun, split_brain, summary
+from faults import PARTITIONS, run_with_workload, split_brain, summary
 from harness import Cluster
 from netns import need_netns
 from support.reports import FaultRunReport
@@ -44,17 +43,7 @@ def test_partitions_lose_no_confirmed_message_and_no_deposed_leader_confirms():
     try:
         cluster.start(timeout=60)
         wl = Workload(cluster.urls(), publishers=2, consumers=2, window=20)
-
-        async def go():
-            await wl.setup()
-            wl.start()
-            run = FaultRun(cluster, wl, FAULTS, kinds=PARTITIONS, settle=0.5, seed=FAULTS)
-            await run.run()
-            await asyncio.sleep(1)
-            await wl.stop()
-            await wl.drain()
-            return run
-        run = asyncio.run(go())
+        run = run_with_workload(cluster, wl, FAULTS, kinds=PARTITIONS, seed=FAULTS)
         result = wl.check()
         fo = summary(run.failovers())
         logs = [open(n.log_path, errors="replace").read() for n in cluster.nodes]
