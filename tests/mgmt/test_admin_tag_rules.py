@@ -4,6 +4,10 @@ permissions and topic permissions, limits, operator policies, feature flags, def
 and import, and closing another user's connection. Every refused write leaves the broker as it
 was (read back as the administrator). Policies: policymakers may change them, the others may not.
 
+Objects that belong to a user (connections, channels, a user's limits) follow RabbitMQ's owner
+rule: the owner and monitoring users read them, only administrators close another's connection,
+and anyone else gets 401 for them, for names that exist and names that do not alike.
+
 These are the rules the dashboard's pages follow (tests/dashboard/test_dashboard_tags.py); the API
 enforces them whatever a page shows.
 
@@ -169,3 +173,64 @@ def test_policies_need_the_policymaker_tag(env, tag):
         assert (g.status, g.json()) == NOT_OBJECT
         assert admin.get(f"/api/policies/{q(VH)}/{name}").status == 404
         assert admin.get(f"/api/policies/{q(VH)}/pol").status == 200
+
+
+@pytest.mark.parametrize("tag", ["management", "monitoring", "policymaker"])
+def test_objects_of_other_users_are_refused_not_hidden(broker, env, tag):
+    """A connection, a channel or a user's limits belong to a user: RabbitMQ shows them to their
+    owner and to monitoring users, and answers anyone else 401 "User not authorised to access
+    object", for a name that exists and for one that does not alike (a 404 would tell them which
+    names exist)."""
+    import pika
+    admin, users, victim, _conn_name, differential = env
+    api = admin.as_user(users[tag], PW)
+    base, admin_user, admin_password = management_base(broker)
+    conn = pika.BlockingConnection(pika.ConnectionParameters(
+        host=broker.host, port=broker.port, virtual_host=VH, connection_attempts=1, socket_timeout=5,
+        credentials=pika.PlainCredentials(admin_user, admin_password),
+        client_properties={"connection_name": f"tagrules-ch-{UID}-{tag}"}))
+    try:
+        conn.channel()
+        cname = wait_until(lambda: next((c["name"] for c in admin.get(f"/api/vhosts/{q(VH)}/connections").json()
+                                         if c.get("user_provided_name") == f"tagrules-ch-{UID}-{tag}"), None), 30,
+                           message="the administrator's connection listed")
+        chan = wait_until(lambda: next((c["name"] for c in admin.get(f"/api/connections/{q(cname)}/channels").json()),
+                                       None), 30, message="its channel listed")
+        missing_conn, missing_chan = f"no-such-connection-{UID}", f"no-such-connection-{UID} (1)"
+        monitor = tag == "monitoring"
+        got = {
+            "channel": api.get(f"/api/channels/{q(chan)}"),
+            "missing channel": api.get(f"/api/channels/{q(missing_chan)}"),
+            "missing connection": api.get(f"/api/connections/{q(missing_conn)}"),
+            "close missing connection": api.delete(f"/api/connections/{q(missing_conn)}"),
+            "own limits": api.get(f"/api/user-limits/{q(users[tag])}"),
+        }
+        want = {
+            "channel": 200 if monitor else NOT_OBJECT,
+            "missing channel": 404 if monitor else NOT_OBJECT,
+            "missing connection": 404 if monitor else NOT_OBJECT,
+            "close missing connection": NOT_OBJECT,
+            "own limits": 200,
+        }
+        if differential:
+            # RabbitMQ fails with 500 on a connection or channel that does not exist where the tag
+            # does not allow the request (its owner rule reads the user of a missing object); Usagi
+            # refuses them as it refuses those that exist
+            for k in ("missing channel", "missing connection", "close missing connection"):
+                if want[k] != 404:
+                    del got[k], want[k]
+        if not differential:
+            # RabbitMQ 4.x (main): another user's limits to monitoring users and administrators only
+            # (3.10 shows them to every management user)
+            got["other's limits"] = api.get(f"/api/user-limits/{q(victim)}")
+            got["missing user's limits"] = api.get(f"/api/user-limits/no-such-user-{UID}")
+            want["other's limits"] = 200 if monitor else NOT_OBJECT
+            want["missing user's limits"] = 404 if monitor else NOT_OBJECT
+        seen = {k: (r.status if isinstance(want[k], int) else (r.status, r.json() if r.body else None))
+                for k, r in got.items()}
+        assert seen == want
+        assert api.get(f"/api/user-limits/{q(users[tag])}").json() == []
+        if monitor and not differential:
+            assert api.get(f"/api/user-limits/{q(victim)}").json() == [{"user": victim, "value": {"max-channels": 10}}]
+    finally:
+        conn.close()

@@ -276,10 +276,49 @@ def test_bad_options():
         start_broker(args=["--no-such-option"])
 
 
-def test_process_that_cannot_start_says_why():
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("option", [("--frame-max", "10"), ("--heartbeat", "-5"), ("--channel-max", "70000"),
+                                    ("--max-message-size", "0")])
+def test_a_broker_that_cannot_start_says_why(mode, option):
+    """Values usagi-server refuses are refused in a thread too (where the broker is built without
+    usagi-server's start-up code), with the same reason."""
     with pytest.raises(BrokerStartError) as e:
-        start_broker("process", args=["--frame-max", "10"])
-    assert "frame-max" in str(e.value)
+        start_broker(mode, args=list(option))
+    assert f"{option[0]} must be between" in str(e.value)
+
+
+def test_a_process_broker_stops_when_the_program_that_started_it_is_killed():
+    """SIGKILL leaves a program no clean-up (no atexit): its broker notices that the pipe from it
+    closed, and stops."""
+    script = textwrap.dedent("""
+        import time
+        from usagi.testing import start_broker
+        b = start_broker("process")
+        print(b.pid, b.port, flush=True)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ, PYTHONPATH=ROOT))
+    try:
+        pid, port = map(int, parent.stdout.readline().split())
+        os.kill(pid, 0)
+        assert not refused(port)
+        parent.kill()
+        parent.wait(10)
+
+        def gone():
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+        wait_for(gone, 20, message="the orphaned broker to stop")
+        assert refused(port)
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        parent.stdout.close()
 
 
 def publish_and_get(url: str, size: int):

@@ -210,6 +210,18 @@ def _describe_config(log, path, settings):
         log.warning("%s:%d: %s", e.file, e.line, text)
 
 
+def range_error(args, configured: bool = False) -> str | None:
+    """Why an option's value is out of its range, or None: checked by main and by usagi.testing's
+    brokers in a thread, which are built from these options without main."""
+    for name, value, lo, hi in (("frame-max", args.frame_max, 4096, 2 ** 31 - 1),
+                                ("channel-max", args.channel_max, 0 if configured else 1, 65535),
+                                ("heartbeat", args.heartbeat, 0, 65535),
+                                ("max-message-size", args.max_message_size, 1, 512 * 1024 * 1024)):
+        if not lo <= value <= hi:
+            return f"--{name} must be between {lo} and {hi}, got {value}"
+    return None
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -229,13 +241,10 @@ def main(argv=None) -> int:
     log = logging.getLogger("usagi")
     if settings is not None:
         _describe_config(log, args.config_used, settings)
-    for name, value, lo, hi in (("frame-max", args.frame_max, 4096, 2 ** 31 - 1),
-                                ("channel-max", args.channel_max, 0 if settings else 1, 65535),
-                                ("heartbeat", args.heartbeat, 0, 65535),
-                                ("max-message-size", args.max_message_size, 1, 512 * 1024 * 1024)):
-        if not lo <= value <= hi:
-            print(f"usagi-server: error: --{name} must be between {lo} and {hi}, got {value}", file=sys.stderr)
-            return 2
+    error = range_error(args, settings is not None)
+    if error:
+        print(f"usagi-server: error: {error}", file=sys.stderr)
+        return 2
     if not args.no_uvloop:
         try:
             import uvloop

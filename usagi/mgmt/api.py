@@ -472,6 +472,22 @@ def NONE(r: Req):
     pass
 
 
+def user_item_allowed(r: Req, owner: str | None) -> bool:
+    """RabbitMQ's rule for an object that belongs to a user (a connection, a channel, a user's
+    limits): its owner may read it and delete it; any other user needs the monitoring tag to read
+    it and the administrator tag to delete it. An object that does not exist has no owner, so a user
+    without the tag is refused it (401) rather than told it is missing (404)."""
+    if owner is not None and owner == r.user.name:
+        return True
+    return r.is_admin if r.method == "DELETE" else r.is_monitor
+
+
+def USER_ITEM(r: Req):
+    """A user's own item named by :user in the path (user-limits/:user)."""
+    if not user_item_allowed(r, r.params.get("user")):
+        raise not_authorised("User not authorised to access object")
+
+
 # ---------------------------------------------------------------------------------------- authentication
 
 def authenticate(m, request: web.Request):
@@ -498,6 +514,19 @@ def authenticate(m, request: web.Request):
 
 
 # ---------------------------------------------------------------------------------------- dispatch
+
+# A browser says where a request comes from (Sec-Fetch-Site, which a page's script cannot set). A
+# change asked for by another site's page is a forged request: a form or a text/plain fetch there
+# carries the credentials the browser remembers for this API (basic auth typed at its prompt), and
+# such "simple" requests need no CORS preflight. The dashboard's own requests are same-origin, and
+# the API answers no CORS preflight, so no working browser client sends a cross-site change;
+# clients that are not browsers send no such header.
+CROSS_SITE = ("cross-site", "same-site")
+
+
+def cross_site() -> ApiError:
+    log.warning("HTTP API: a change requested by another site's page refused")
+    return ApiError(403, "forbidden", "Cross-site request refused")
 
 def split_path(raw_path: str) -> list | None:
     path = raw_path.split("?", 1)[0]
@@ -527,6 +556,8 @@ async def dispatch(m, request: web.Request) -> web.StreamResponse:
     if entry is None:
         return web.Response(status=405, headers={"Allow": route.allow})
     fn, access, accept = entry
+    if method not in ("GET", "HEAD") and request.headers.get("Sec-Fetch-Site", "").lower() in CROSS_SITE:
+        return error_response(cross_site())
     r = None
     try:
         # who asks and whether they may, before a byte of the body is read (RabbitMQ: 401 first)
@@ -1398,16 +1429,30 @@ def _queue_to_read(r: Req, v) -> Queue:
 
 
 @post("queues/:vhost/:queue/get", VHOST)
-def queue_get_messages(r: Req):
+async def queue_get_messages(r: Req):
     v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
     if r.p("queue") not in v.queues:
         raise ApiError(404, "not_found", "queue_not_found")     # as RabbitMQ 4.x, before the body
     request = ops.get_request(r.body())
-    return ops.get_messages(r.broker, _queue_to_read(r, v), request)
+    recorded = r.broker.store.recorded
+    taken = await ops.get_messages(r.broker, _queue_to_read(r, v), request, r.pacer)
+    if r.broker.store.recorded != recorded:
+        await r.m.durable()         # the removals committed before the answer's first byte
+    _count, _ackmode, encoding, truncate = request
+    return await _messages_reply(r, taken, encoding, truncate)
+
+
+async def _messages_reply(r: Req, items, encoding: str, truncate) -> web.StreamResponse:
+    """Messages as JSON, one message encoded per step of the pacer's slices (a get of a thousand
+    4 MB messages is a gigabyte of base64 and JSON text: never one piece of work on the loop)."""
+    body = Body(r.request)
+    await write_items(body, items, lambda it: ops.message_json(it[0], it[1], it[2], encoding, truncate),
+                      r.pacer, b"[", b"]")
+    return await body.finish()
 
 
 @get("queues/:vhost/:queue/peek", VHOST)
-def queue_peek_messages(r: Req):
+async def queue_peek_messages(r: Req):
     """Usagi only: the first `count` messages in delivery order, read without taking them (no
     requeue, so no redelivered flag is set); the same JSON shape as POST .../get."""
     v = r.vhost(ApiError(404, "not_found", "vhost_not_found"))
@@ -1425,10 +1470,10 @@ def queue_peek_messages(r: Req):
     encoding = r.query.get("encoding", "auto")
     if encoding not in ("auto", "base64"):
         raise bad_request("Unsupported encoding. Please use auto or base64.")
-    entries = q.peek_all()[:count] if count else []
+    entries = q.peek_all(count) if count else []
     total = q.message_count
-    return [ops.message_json(msg, redelivered, max(total - i - 1, 0), encoding, truncate)
-            for i, (_seq, msg, redelivered) in enumerate(entries)]
+    items = [(msg, redelivered, max(total - i - 1, 0)) for i, (_seq, msg, redelivered) in enumerate(entries)]
+    return await _messages_reply(r, items, encoding, truncate)
 
 
 @post("queues/:vhost/:queue/actions", ADMIN)
@@ -1581,11 +1626,11 @@ def _connection(r: Req):
     name = r.p("connection")
     for c in r.broker.connections:
         if c.name == name and not c.closed:
-            own = c.user is not None and c.user.name == r.user.name
-            allowed = (r.is_admin if r.method == "DELETE" else r.is_monitor) or own
-            if not allowed:
+            if not user_item_allowed(r, c.user.name if c.user is not None else None):
                 raise not_authorised("User not authorised to access object")
             return c
+    if not user_item_allowed(r, None):
+        raise not_authorised("User not authorised to access object")
     raise not_found()
 
 
@@ -1627,10 +1672,16 @@ def channels(r: Req):
 def channel_get(r: Req):
     r.ranged()
     name = r.p("channel")
-    for c in _visible_connections(r):
+    for c in list(r.broker.connections):
+        if c.closed:
+            continue
         for ch in c.channels.values():
             if View.channel_name(ch) == name:
+                if not user_item_allowed(r, c.user.name if c.user is not None else None):
+                    raise not_authorised("User not authorised to access object")
                 return r.view.channel(ch)
+    if not user_item_allowed(r, None):
+        raise not_authorised("User not authorised to access object")
     raise not_found()
 
 
@@ -1784,7 +1835,7 @@ def user_limits(r: Req):
             if u.limits]
 
 
-@get("user-limits/:user", ADMIN)
+@get("user-limits/:user", USER_ITEM)       # RabbitMQ 4.x: the user, a monitoring user or an administrator
 def user_limits_user(r: Req):
     u = _user(r)
     return [{"user": u.name, "value": dict(u.limits)}] if u.limits else []

@@ -396,30 +396,40 @@ def get_request(body: dict) -> tuple:
     return count, ackmode, encoding, truncate
 
 
-def get_messages(broker, q: Queue, request: tuple) -> list:
+async def get_messages(broker, q: Queue, request: tuple, pacer: slices.Pacer) -> list:
     """POST /api/queues/V/Q/get: basic.get `count` times, then ack, requeue or reject them. The
-    caller has checked the queue through the gate (access.readable_queue)."""
-    count, ackmode, encoding, truncate = request
+    caller has checked the queue through the gate (access.readable_queue). Returns (message,
+    redelivered, message count after it) for message_json. `count` is the client's (10^9 is
+    accepted, as by RabbitMQ): the taking stops at the queue's end and runs in the pacer's slices,
+    the taken messages held meanwhile as a channel holds its unacknowledged deliveries."""
+    count, ackmode, _encoding, _truncate = request
     taken = []
     out = []
-    for _ in range(count):
-        item = broker.get_message(q)
-        if item is None:
-            break
-        seq, msg, redelivered = item
-        q.delivered += 1
-        broker.stats["get"] = broker.stats.get("get", 0) + 1
-        taken.append((seq, msg))
-        out.append(message_json(msg, redelivered, q.message_count, encoding, truncate))
-    for seq, msg in taken:
-        if ackmode == "ack_requeue_false":
-            broker.settle(q, seq, msg)
-            broker.stats["ack"] = broker.stats.get("ack", 0) + 1
-        elif ackmode == "reject_requeue_false":
-            broker.reject(q, seq, msg)
-        else:
-            broker.requeue(q, seq, msg)
-    broker.run_dirty()
+    try:
+        for _ in range(count):
+            if q.deleted:
+                break
+            item = broker.get_message(q)
+            if item is None:
+                break
+            seq, msg, redelivered = item
+            q.delivered += 1
+            broker.stats["get"] = broker.stats.get("get", 0) + 1
+            taken.append((seq, msg))
+            out.append((msg, redelivered, q.message_count))
+            if pacer.due():
+                await pacer.pause()
+    finally:
+        # settled whatever happens (a client gone mid-way cancels the task): nothing is lost
+        for seq, msg in taken:
+            if ackmode == "ack_requeue_false":
+                broker.settle(q, seq, msg)
+                broker.stats["ack"] = broker.stats.get("ack", 0) + 1
+            elif ackmode == "reject_requeue_false":
+                broker.reject(q, seq, msg)
+            else:
+                broker.requeue(q, seq, msg)
+        broker.run_dirty()
     return out
 
 

@@ -20,6 +20,8 @@ paging: `_append` compares two integers.
 """
 from __future__ import annotations
 
+import itertools
+
 import heapq
 from bisect import bisect_left, insort
 from collections import OrderedDict, deque
@@ -570,15 +572,28 @@ class Queue:
         self.deadlines = []
         self.expiry.clear()
 
-    def peek_all(self) -> list:
+    def peek_all(self, limit: int | None = None) -> list:
         """(seq, message, redelivered) in delivery order, without taking anything: the in-memory
-        entries and up to PEEK_LIMIT paged-out ones (spilled messages read back)."""
+        entries and up to PEEK_LIMIT paged-out ones (spilled messages read back); the first
+        `limit` of them only, walking no further than those (a peek at the head of a long queue
+        costs what it returns)."""
         dead = self.dead
-        out = [(s, _load(m), True) for s, m in sorted(self.returned, key=_seq_key) if s not in dead]
-        out += [(s, m, False) for s, m in self.ready if s not in dead]
-        if self.pager is not None:
-            out += [(s, m, False) for s, m, _e in self.pager.peek(PEEK_LIMIT)]
-        return [e for e in out if e[1] is not None]
+
+        returned = self.returned
+        returned = _heap_in_order(returned) if limit is not None else sorted(returned, key=_seq_key)
+
+        def entries():
+            for s, m in returned:
+                if s not in dead:
+                    yield s, _load(m), True
+            for s, m in self.ready:
+                if s not in dead:
+                    yield s, m, False
+            if self.pager is not None:
+                n = PEEK_LIMIT if limit is None else min(limit, PEEK_LIMIT)
+                for s, m, _e in self.pager.peek(n):
+                    yield s, m, False
+        return list(itertools.islice((e for e in entries() if e[1] is not None), limit))
 
     def contents(self) -> tuple:
         """(persistent count, persistent bytes) of the ready entries, in memory and paged out: a
@@ -716,6 +731,21 @@ class Queue:
 
 def _seq_key(e):
     return e[-2]
+
+
+def _heap_in_order(heap: list):
+    """The entries of a heap ordered by _seq_key, smallest first, read without sorting it: the
+    first k cost O(k log k), whatever the heap's size."""
+    if not heap:
+        return
+    n = len(heap)
+    frontier = [(_seq_key(heap[0]), 0)]
+    while frontier:
+        _k, i = heapq.heappop(frontier)
+        yield heap[i]
+        for j in (2 * i + 1, 2 * i + 2):
+            if j < n:
+                heapq.heappush(frontier, (_seq_key(heap[j]), j))
 
 
 class PriorityQueue(Queue):
@@ -942,7 +972,7 @@ class PriorityQueue(Queue):
         self._emptied()
         return Purged(msgs, paged, ids)
 
-    def peek_all(self) -> list:
+    def peek_all(self, limit: int | None = None) -> list:
         dead = self.dead
         returned = sorted(self.returned, key=lambda e: (e[0], e[1]))
         out = []
@@ -962,7 +992,9 @@ class PriorityQueue(Queue):
                 got = pg.peek(budget)
                 budget -= len(got)
                 out += [(s, m, False) for s, m, _e in got]
-        return out
+            if limit is not None and len(out) >= limit:
+                break
+        return out if limit is None else out[:limit]
 
     def contents(self) -> tuple:
         dead = self.dead

@@ -232,8 +232,9 @@ class StreamQueue(Queue):
         self._cache = (off, got)
         return got[0]
 
-    def peek_all(self) -> list:
-        return [(off + 1, m, False) for off, m, _ in self.read(self.first_offset, PEEK_LIMIT)]
+    def peek_all(self, limit: int | None = None) -> list:
+        n = PEEK_LIMIT if limit is None else min(limit, PEEK_LIMIT)
+        return [(off + 1, m, False) for off, m, _ in self.read(self.first_offset, n)]
 
     def pop(self):
         return None

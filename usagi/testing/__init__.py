@@ -207,6 +207,10 @@ class _InThread:
         self.thread = threading.Thread(target=self._run, name="usagi-broker", daemon=True)
 
     def start(self, timeout: float):
+        from ..cli.server import range_error
+        error = range_error(self.options)       # what usagi-server refuses before it starts
+        if error:
+            raise BrokerStartError(f"the broker did not start: {error}")
         self.thread.start()
         if not self.ready.wait(timeout):
             self.stop(STOP_TIMEOUT)
@@ -277,7 +281,7 @@ class _InThread:
 
 
 class _InProcess:
-    """`python -m usagi.cli.server` as a child process, its ports read from its log."""
+    """usagi-server as a child process (usagi.testing.child), its ports read from its log."""
 
     def __init__(self, argv: list, options):
         self.argv = argv
@@ -290,8 +294,10 @@ class _InProcess:
         self.pump = None
 
     def start(self, timeout: float):
-        cmd = [sys.executable, "-m", "usagi.cli.server", *self.argv, "--log-level", "info"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        # usagi-server under a watch on its stdin, a pipe from this process: when this process ends,
+        # even killed (SIGKILL, where no atexit runs), the pipe closes and the broker stops
+        cmd = [sys.executable, "-m", "usagi.testing.child", *self.argv, "--log-level", "info"]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=_child_env(),
                                      errors="replace")
         self.pump = threading.Thread(target=self._pump, name="usagi-broker-log", daemon=True)
@@ -332,6 +338,11 @@ class _InProcess:
         proc = self.proc
         if proc is None:
             return
+        if proc.stdin is not None:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
         if proc.poll() is None:
             proc.terminate()            # SIGTERM: a graceful stop, as usagi-server makes it
             try:
