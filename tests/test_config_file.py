@@ -265,6 +265,10 @@ load_definitions = {defs}
                                                             "file does not exist or cannot be read"),
     ("mqtt.listeners.tcp.default = 1883\n", 1, "a setting of rabbitmq_mqtt, which Usagi does not have"),
     ("this line is not a setting\n", 1, "expected 'key = value'"),
+    # a relative limit so large that bytes = fraction x RAM overflows (was a traceback, exit 1)
+    ("disk_free_limit.relative = 1e300\n", 1, "disk_free_limit.relative: invalid value '1e300'"),
+    ("disk_free_limit.relative = inf\n", 1, "disk_free_limit.relative: invalid value 'inf'"),
+    ("heartbeat = \u0663\n", 1, "heartbeat: invalid value"),
 ])
 def test_a_broken_file_stops_the_start_with_file_line_and_reason(tmp_path, text, line, reason):
     conf = write(tmp_path / "rabbitmq.conf", text)
@@ -301,6 +305,19 @@ def test_a_broken_definitions_file_stops_the_start(tmp_path, defs, reason):
     assert r.returncode == 78, r.stdout + r.stderr
     assert f"cannot start: {path}: " in r.stderr and reason in r.stderr, r.stderr
     assert f"(load_definitions at {conf}:4)" in r.stderr
+
+
+def test_certificates_the_file_names_that_cannot_be_loaded_are_a_config_error(tmp_path):
+    """A certificate file that exists but is not a certificate: exit 78 (the unit file does not
+    restart), naming the lines of the file that gave it."""
+    bad = write(tmp_path / "server.pem", "not a certificate\n")
+    conf = write(tmp_path / "rabbitmq.conf", f"listeners.tcp.default = 127.0.0.1:0\nlisteners.ssl.default = "
+                                             f"127.0.0.1:0\nssl_options.certfile = {bad}\nssl_options.keyfile = "
+                                             f"{bad}\nmanagement.tcp.port = 0\nprometheus.tcp.port = 0\n")
+    r = run_server(["--config", conf, "--data-dir", str(tmp_path / "data")])
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "cannot load TLS certificate" in r.stderr and f"tls_cert at {conf}:3" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 # ------------------------------------------------------------------------------------ precedence

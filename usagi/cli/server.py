@@ -232,6 +232,10 @@ def main(argv=None) -> int:
         if not lo <= value <= hi:
             print(f"usagi-server: error: --{name} must be between {lo} and {hi}, got {value}", file=sys.stderr)
             return 2
+    if not 0.0 <= args.vm_memory_high_watermark <= 1.0:       # also refuses nan
+        print(f"usagi-server: error: --vm-memory-high-watermark must be a fraction between 0.0 and 1.0, got "
+              f"{args.vm_memory_high_watermark}", file=sys.stderr)
+        return 2
     if not args.no_uvloop:
         try:
             import uvloop
@@ -245,6 +249,12 @@ def main(argv=None) -> int:
     try:
         tls_ctx, mgmt_tls_ctx = tls_contexts(args)
     except Exception as e:
+        # certificates named by the configuration file: a bad configuration (exit 78, at the file's line)
+        keys = [k for k in ("tls_cert", "tls_key", "tls_ca", "management_tls_cert", "management_tls_key",
+                            "management_tls_ca") if settings is not None and k in settings and k not in explicit]
+        if keys:
+            log.error("cannot start: %s (%s)", e, ", ".join(f"{k} at {settings.where(k)}" for k in keys))
+            return serverconf.EX_CONFIG
         log.error("%s", e)
         return 1
     listeners = serverconf.listeners(args, explicit)
@@ -345,7 +355,7 @@ def _limits(log, broker):
     from ..config.units import format_bytes
     from ..core.alarms import total_memory
     limit = broker.memory_limit()
-    if limit:
+    if broker.memory_limited():
         log.info("Memory high watermark set to %d MiB (%d bytes) of %d MiB (%d bytes) total", limit >> 20, limit,
                  total_memory() >> 20, total_memory())
     disk = broker.disk_free_limit()
