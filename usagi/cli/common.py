@@ -23,6 +23,7 @@ import base64
 import html
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -382,6 +383,12 @@ SHORT = {"n": "node", "q": "quiet", "s": "silent", "t": "timeout", "l": "longnam
          "?": "help"}
 
 
+# options RabbitMQ's CLI types as integers: anything else is an invalid option, as there
+INTEGER_OPTS = {"queue-timeout"}
+INTEGER_RE = re.compile(r"[0-9]+")
+MAX_TIMEOUT = 10 ** 7       # seconds: a socket timeout larger than the platform takes is an error
+
+
 class Command:
     def __init__(self, name, section, descr, usage, nargs, handler, options=(), columns=None,
                  default_columns=None, app=RUNNING, shorts=None, extra_help=(), validate=None):
@@ -481,14 +488,16 @@ class Tool:
         if "help" in p.opts:
             out.write(self.command_help(cmd))
             return EX_OK
-        invalid = list(p.bad_options) + list(p.shorts)
+        invalid = [f"{o} : " for o in list(p.bad_options) + list(p.shorts)]
         for o in p.opts:
             if o not in GLOBAL_OPTS and o not in cmd.options:
-                invalid.append("--" + o)
+                invalid.append(f"--{o} : ")
+            elif o in INTEGER_OPTS and not (isinstance(p.opts[o], str) and INTEGER_RE.fullmatch(p.opts[o])):
+                invalid.append(f"--{o} : {p.opts[o] if isinstance(p.opts[o], str) else ''}")
         usage = cmd.usage(self.prog)
         if invalid:
             return _validation(err, argv, "Invalid options for this command:\n"
-                               + "".join(f"{o} : \n" for o in invalid).rstrip("\n"), usage)
+                               + "".join(f"{o}\n" for o in invalid).rstrip("\n"), usage)
         if len(args) < cmd.min_args:
             return _validation(err, argv, "not enough arguments.", usage)
         if cmd.max_args is not None and len(args) > cmd.max_args:
@@ -498,7 +507,7 @@ class Tool:
             return _validation(err, argv, f"Bad argument: unsupported formatter {fmt!r}", usage)
         try:
             timeout = float(p.opts.get("timeout", 60))
-            if timeout <= 0:
+            if not 0 < timeout <= MAX_TIMEOUT:         # also refuses nan and inf
                 raise ValueError
         except ValueError:
             return _validation(err, argv, "Bad argument: --timeout must be a positive number", usage)

@@ -462,8 +462,14 @@ def cmd_ping(ctx):
 
 # ---- users
 
+def _validate_user_name(ctx):
+    if ctx.args[0] == "":
+        raise ValidationError("Bad argument: user cannot be an empty string", EX_DATAERR)
+
+
 @command("add_user", "users", "Creates a new user in the internal database. This user will have no "
-         "permissions for any virtual hosts by default.", "<username> <password>", nargs=(2, 2))
+         "permissions for any virtual hosts by default.", "<username> <password>", nargs=(2, 2),
+         validate=_validate_user_name)
 def cmd_add_user(ctx):
     user, password = ctx.args
     ctx.banner(f'Adding user "{user}" ...')
@@ -1231,8 +1237,8 @@ def cmd_rotate_logs(ctx):
 
 MEMORY_UNITS = {"": 1, "k": 1024, "kiB": 1024, "M": 1024 ** 2, "MiB": 1024 ** 2, "G": 1024 ** 3,
                 "GiB": 1024 ** 3, "kB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3}
-_INT = re.compile(r"([+-]?\d+)(.*)\Z", re.S)
-_FLOAT = re.compile(r"[+-]?\d+(\.\d+)?([eE][+-]?\d+)?\Z")
+_INT = re.compile(r"([+-]?[0-9]+)(.*)\Z", re.S)       # ASCII digits: int() also takes other scripts'
+_FLOAT = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 
 
 def parse_size(text: str) -> int | None:
