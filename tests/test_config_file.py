@@ -307,6 +307,39 @@ def test_a_broken_definitions_file_stops_the_start(tmp_path, defs, reason):
     assert f"(load_definitions at {conf}:4)" in r.stderr
 
 
+def test_a_definitions_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A FIFO would hold the start forever waiting for a writer (and /dev/zero would be read until
+    memory runs out): refused unread, exit 78."""
+    fifo = str(tmp_path / "defs.json")
+    os.mkfifo(fifo)
+    conf = write(tmp_path / "rabbitmq.conf", f"listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = 0\n"
+                                             f"prometheus.tcp.port = 0\nload_definitions = {fifo}\n")
+    r = run_server(["--config", conf, "--data-dir", str(tmp_path / "data")], timeout=20)
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert f"cannot start: {fifo}: not a regular file" in r.stderr, r.stderr
+
+
+def test_a_definitions_directory_with_one_bad_file_applies_nothing(tmp_path):
+    """The files of a directory are applied in one transaction: when the second is refused, what
+    the first created is not in the store at the next start."""
+    d = tmp_path / "defs"
+    d.mkdir()
+    write(d / "a.json", '{"vhosts": [{"name": "/"}, {"name": "half"}], "queues": [{"vhost": "half", '
+                        '"name": "qa", "durable": true, "auto_delete": false, "arguments": {}}]}')
+    write(d / "b.json", '{"queues": [{"vhost": "/", "name": "qb", "durable": true, '
+                        '"arguments": {"x-max-length": "x"}}]}')
+    conf = write(tmp_path / "rabbitmq.conf", f"listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = 0\n"
+                                             f"prometheus.tcp.port = 0\nload_definitions = {d}\n")
+    r = run_server(["--config", conf, "--data-dir", str(tmp_path / "data")])
+    assert r.returncode == 78 and f"cannot start: {d / 'b.json'}: " in r.stderr, r.stderr
+    srv = start(tmp_path, "listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = 0\n"
+                          "prometheus.tcp.port = 0\n")
+    try:
+        assert "recovered 0 queues" in "".join(srv.lines), "".join(srv.lines)
+    finally:
+        srv.cleanup()
+
+
 def test_certificates_the_file_names_that_cannot_be_loaded_are_a_config_error(tmp_path):
     """A certificate file that exists but is not a certificate: exit 78 (the unit file does not
     restart), naming the lines of the file that gave it."""

@@ -347,3 +347,12 @@ def test_include_of_a_directory_is_refused(tmp_path):
     with pytest.raises(rc.ConfigError) as ei:
         rc.load(str(main))
     assert str(ei.value).startswith(f"{main}:2: include conf.d: is a directory"), ei.value
+
+
+def test_a_file_larger_than_the_bound_is_refused_not_cut(tmp_path, monkeypatch):
+    monkeypatch.setattr(rc, "MAX_BYTES", 64)
+    main = tmp_path / "rabbitmq.conf"
+    main.write_text("heartbeat = 10\n" + "# " + "x" * 100 + "\nheartbeat = 20\n")
+    with pytest.raises(rc.ConfigError) as ei:
+        rc.load(str(main))
+    assert str(ei.value) == f"{main}: larger than 64 bytes"

@@ -42,6 +42,7 @@ from .units import INFORMATION_UNIT_HELP, parse_bytesize, parse_information_unit
 
 MAX_FILES = 64            # include: files read in all (each include may be a glob)
 MAX_LINES = 100_000       # lines read in all
+MAX_BYTES = 64 * 1024 * 1024   # bytes read of one file
 
 
 class ConfigError(Exception):
@@ -189,12 +190,14 @@ def read_file(path: str) -> list:
             raise ConfigError(by[0], by[1], f"more than {MAX_FILES} configuration files included")
         try:
             with open(p, "rb") as f:
-                data = f.read(64 * 1024 * 1024 + 1)
+                data = f.read(MAX_BYTES + 1)
         except OSError as e:
             if by is None:
                 raise ConfigError(path, None, f"cannot read the configuration file: {e.strerror or e}") from None
             raise ConfigError(by[0], by[1], f"cannot read included file {p}: {e.strerror or e}") from None
         name = path if by is None else p
+        if len(data) > MAX_BYTES:         # never a file cut at some byte and read as if whole
+            raise ConfigError(name, None, f"larger than {MAX_BYTES} bytes")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
