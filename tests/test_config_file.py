@@ -502,3 +502,20 @@ def test_the_systemd_unit_verifies(tmp_path):
     bad = write(tmp_path / "bad" / "usagi.service", local.replace("LimitNOFILE=65536", "LimitNOFILE=lots"))
     r = subprocess.run([exe, "verify", bad], capture_output=True, text=True, timeout=60)
     assert "usagi.service:" in r.stderr and "lots" in r.stderr, r.stdout + r.stderr
+
+
+def test_environment_shows_the_default_user_settings_in_force(tmp_path):
+    """rabbitmqctl environment's default_user_tags and default_permissions are the configured ones,
+    not the built-in defaults."""
+    mgmt = free_port()
+    srv = start(tmp_path, f"listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = {mgmt}\n"
+                          f"prometheus.tcp.port = 0\ndefault_user = boss\ndefault_pass = pw\n"
+                          f"default_user_tags.administrator = true\ndefault_user_tags.monitoring = true\n"
+                          f"default_permissions.read = ^r$\n")
+    try:
+        status, env = api(mgmt, "/api/usagi/environment", "boss", "pw")
+        assert status == 200, env
+        assert sorted(env["rabbit"]["default_user_tags"]) == ["administrator", "monitoring"]
+        assert env["rabbit"]["default_permissions"] == [".*", ".*", "^r$"]
+    finally:
+        srv.cleanup()
