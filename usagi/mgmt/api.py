@@ -2021,6 +2021,8 @@ async def _reset(r: Req, what: str):
     r.m.resetting = True
     try:
         await r.pacer.drain(r.broker.reset_steps())
+        await r.m.durable()
+        r.broker.reset_done()           # only once the end is durable: a crash before completes it at start
     finally:
         r.m.resetting = False
     return Reply(204)
