@@ -20,7 +20,9 @@ API that does not say (a user without the monitoring tag) is taken at its word w
 from __future__ import annotations
 
 import base64
+import codecs
 import html
+import itertools
 import json
 import os
 import re
@@ -166,6 +168,34 @@ class Api:
         except (ConnectionError, OSError) as e:
             raise Unreachable(str(e)) from None
 
+    def stream_list(self, path: str, allow=()):
+        """The items of a JSON array listing (GET `path`), decoded one at a time as the reply
+        arrives, so that memory holds one item and a chunk whatever the listing's length. A status
+        in `allow` lists nothing; other errors raise as call() raises them."""
+        token = base64.b64encode(f"{self.user}:{self.password}".encode("utf-8")).decode("ascii")
+        req = urllib.request.Request(self.base + path, headers={"Authorization": "Basic " + token})
+        try:
+            resp = urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            self.call("GET", path, allow=allow)      # the error as call() reports it (or an allowed status)
+            return
+        except TimeoutError as e:
+            raise TimedOut(str(e)) from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError) or "timed out" in str(e.reason):
+                raise TimedOut(str(e.reason)) from None
+            raise Unreachable(str(e.reason)) from None
+        except (ConnectionError, OSError) as e:
+            raise Unreachable(str(e)) from None
+        try:
+            with resp:
+                yield from json_array_items(resp.read1 if hasattr(resp, "read1") else resp.read)
+        except TimeoutError as e:
+            raise TimedOut(str(e)) from None
+        except (ConnectionError, OSError) as e:
+            raise Unreachable(str(e)) from None
+
     def call(self, method: str, path: str, body=None, allow=(), **kw) -> Response:
         """Like request(), but authentication failures and unexpected errors raise CtlError."""
         r = self.request(method, path, body, **kw)
@@ -219,6 +249,61 @@ class Api:
 
 def q(s: str) -> str:
     return urllib.parse.quote(s, safe="")
+
+
+STREAM_CHUNK = 64 * 1024
+_JSON = json.JSONDecoder()
+
+
+def json_array_items(read):
+    """The items of a JSON array read with `read(n)` (bytes), one at a time: an item is decoded
+    once the bytes that hold it have arrived; what was decoded is dropped. The cost per item is
+    bounded by its size times the chunks it spans. ValueError for what is not a JSON array."""
+    text = codecs.getincrementaldecoder("utf-8")()
+    buf, pos, eof, started, need = "", 0, False, False, False
+
+    def more() -> bool:
+        nonlocal buf, pos, eof
+        if eof:
+            return False
+        data = read(STREAM_CHUNK)
+        buf = buf[pos:] + text.decode(data or b"", final=not data)
+        pos = 0
+        eof = not data
+        return True
+
+    while True:
+        while pos < len(buf) and buf[pos] in " \t\r\n":
+            pos += 1
+        if need or pos >= len(buf):
+            need = False
+            if not more():
+                raise ValueError("the listing ended before its closing ]")
+            continue
+        c = buf[pos]
+        if not started:
+            if c != "[":
+                raise ValueError("the reply is not a JSON array")
+            started, pos = True, pos + 1
+            continue
+        if c == "]":
+            return
+        if c == ",":
+            pos += 1
+            continue
+        try:
+            item, end = _JSON.raw_decode(buf, pos)
+        except json.JSONDecodeError:
+            if eof:
+                raise ValueError("the listing holds malformed JSON") from None
+            need = True                      # the item's end has not arrived yet
+            continue
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not eof and \
+                (end >= len(buf) or buf[end] not in ",] \t\r\n"):
+            need = True                      # a number may go on in the next chunk ("2" of "2.5")
+            continue
+        pos = end
+        yield item
 
 
 # --------------------------------------------------------------------------- value formatting
@@ -608,9 +693,16 @@ class Ctx:
         if self.json:
             self.print_json({"node": self.api.node(), "result": "ok"})
 
-    def table(self, columns: list[str], rows: list[dict], empty_line: bool = False,
+    def table(self, columns: list[str], rows, empty_line: bool = False,
               empty_json: str = "[\n]"):
-        """rows are dicts keyed by column, values as the API gives them."""
+        """rows are dicts keyed by column, values as the API gives them: a list, or an iterable
+        written out as it yields (a listing fetched a page at a time is never held whole)."""
+        it = iter(rows)
+        first = next(it, None)
+        if first is not None:
+            rows = itertools.chain((first,), it)
+        else:
+            rows = []
         if self.formatter == "json":
             if not rows:
                 self.out.write(empty_json + "\n")
