@@ -265,6 +265,10 @@ load_definitions = {defs}
                                                             "file does not exist or cannot be read"),
     ("mqtt.listeners.tcp.default = 1883\n", 1, "a setting of rabbitmq_mqtt, which Usagi does not have"),
     ("this line is not a setting\n", 1, "expected 'key = value'"),
+    # a relative limit so large that bytes = fraction x RAM overflows (was a traceback, exit 1)
+    ("disk_free_limit.relative = 1e300\n", 1, "disk_free_limit.relative: invalid value '1e300'"),
+    ("disk_free_limit.relative = inf\n", 1, "disk_free_limit.relative: invalid value 'inf'"),
+    ("heartbeat = \u0663\n", 1, "heartbeat: invalid value"),
 ])
 def test_a_broken_file_stops_the_start_with_file_line_and_reason(tmp_path, text, line, reason):
     conf = write(tmp_path / "rabbitmq.conf", text)
@@ -301,6 +305,52 @@ def test_a_broken_definitions_file_stops_the_start(tmp_path, defs, reason):
     assert r.returncode == 78, r.stdout + r.stderr
     assert f"cannot start: {path}: " in r.stderr and reason in r.stderr, r.stderr
     assert f"(load_definitions at {conf}:4)" in r.stderr
+
+
+def test_a_definitions_path_that_is_not_a_regular_file_is_refused(tmp_path):
+    """A FIFO would hold the start forever waiting for a writer (and /dev/zero would be read until
+    memory runs out): refused unread, exit 78."""
+    fifo = str(tmp_path / "defs.json")
+    os.mkfifo(fifo)
+    conf = write(tmp_path / "rabbitmq.conf", f"listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = 0\n"
+                                             f"prometheus.tcp.port = 0\nload_definitions = {fifo}\n")
+    r = run_server(["--config", conf, "--data-dir", str(tmp_path / "data")], timeout=20)
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert f"cannot start: {fifo}: not a regular file" in r.stderr, r.stderr
+
+
+def test_a_definitions_directory_with_one_bad_file_applies_nothing(tmp_path):
+    """The files of a directory are applied in one transaction: when the second is refused, what
+    the first created is not in the store at the next start."""
+    d = tmp_path / "defs"
+    d.mkdir()
+    write(d / "a.json", '{"vhosts": [{"name": "/"}, {"name": "half"}], "queues": [{"vhost": "half", '
+                        '"name": "qa", "durable": true, "auto_delete": false, "arguments": {}}]}')
+    write(d / "b.json", '{"queues": [{"vhost": "/", "name": "qb", "durable": true, '
+                        '"arguments": {"x-max-length": "x"}}]}')
+    conf = write(tmp_path / "rabbitmq.conf", f"listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = 0\n"
+                                             f"prometheus.tcp.port = 0\nload_definitions = {d}\n")
+    r = run_server(["--config", conf, "--data-dir", str(tmp_path / "data")])
+    assert r.returncode == 78 and f"cannot start: {d / 'b.json'}: " in r.stderr, r.stderr
+    srv = start(tmp_path, "listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = 0\n"
+                          "prometheus.tcp.port = 0\n")
+    try:
+        assert "recovered 0 queues" in "".join(srv.lines), "".join(srv.lines)
+    finally:
+        srv.cleanup()
+
+
+def test_certificates_the_file_names_that_cannot_be_loaded_are_a_config_error(tmp_path):
+    """A certificate file that exists but is not a certificate: exit 78 (the unit file does not
+    restart), naming the lines of the file that gave it."""
+    bad = write(tmp_path / "server.pem", "not a certificate\n")
+    conf = write(tmp_path / "rabbitmq.conf", f"listeners.tcp.default = 127.0.0.1:0\nlisteners.ssl.default = "
+                                             f"127.0.0.1:0\nssl_options.certfile = {bad}\nssl_options.keyfile = "
+                                             f"{bad}\nmanagement.tcp.port = 0\nprometheus.tcp.port = 0\n")
+    r = run_server(["--config", conf, "--data-dir", str(tmp_path / "data")])
+    assert r.returncode == 78, r.stdout + r.stderr
+    assert "cannot load TLS certificate" in r.stderr and f"tls_cert at {conf}:3" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
 
 
 # ------------------------------------------------------------------------------------ precedence
@@ -452,3 +502,20 @@ def test_the_systemd_unit_verifies(tmp_path):
     bad = write(tmp_path / "bad" / "usagi.service", local.replace("LimitNOFILE=65536", "LimitNOFILE=lots"))
     r = subprocess.run([exe, "verify", bad], capture_output=True, text=True, timeout=60)
     assert "usagi.service:" in r.stderr and "lots" in r.stderr, r.stdout + r.stderr
+
+
+def test_environment_shows_the_default_user_settings_in_force(tmp_path):
+    """rabbitmqctl environment's default_user_tags and default_permissions are the configured ones,
+    not the built-in defaults."""
+    mgmt = free_port()
+    srv = start(tmp_path, f"listeners.tcp.default = 127.0.0.1:0\nmanagement.tcp.port = {mgmt}\n"
+                          f"prometheus.tcp.port = 0\ndefault_user = boss\ndefault_pass = pw\n"
+                          f"default_user_tags.administrator = true\ndefault_user_tags.monitoring = true\n"
+                          f"default_permissions.read = ^r$\n")
+    try:
+        status, env = api(mgmt, "/api/usagi/environment", "boss", "pw")
+        assert status == 200, env
+        assert sorted(env["rabbit"]["default_user_tags"]) == ["administrator", "monitoring"]
+        assert env["rabbit"]["default_permissions"] == [".*", ".*", "^r$"]
+    finally:
+        srv.cleanup()

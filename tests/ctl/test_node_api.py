@@ -86,6 +86,9 @@ def test_usagi_endpoints_need_administrator(usagi):
     ("disk_free_limit", {"absolute": "1GB"}), ("disk_free_limit", {"mem_relative": -1}),
     ("disk_free_limit", {"absolute": 2 ** 70}), ("disk_free_limit", {}), ("log_level", {"level": "loud"}),
     ("log_level", {}),
+    # not a string (was a 500: unhashable type), a watermark beyond any counter (was taken and reported)
+    ("log_level", {"level": ["debug"]}), ("log_level", {"level": {"a": 1}}),
+    ("vm_memory_high_watermark", {"absolute": 2 ** 70}),
 ])
 def test_usagi_settings_checked(usagi, path, body):
     st, reply = usagi.api("PUT", f"/api/usagi/{path}", body)

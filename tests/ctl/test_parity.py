@@ -87,11 +87,22 @@ def usage_error(cmd: str, args: list[str], message: str, prog: str = "usagictl",
     (["clear_topic_permissions"], 64, "not enough arguments."),
     (["set_parameter", "c", "n"], 64, "not enough arguments."),
     (["hash_password", ""], 65, "Bad argument: password cannot be an empty string"),
+    # digits are ASCII digits (rabbitmqctl refuses these; Python's int() would take them)
+    (["set_disk_free_limit", "\u0663GB"], 65, "Bad argument."),
+    (["set_vm_memory_high_watermark", "\u0660.\u0665"], 65, "Bad argument."),
+    (["add_user", "", "secret"], 65, "Bad argument: user cannot be an empty string"),
+    (["list_unresponsive_queues", "--queue-timeout", "abc"], 64,
+     "Invalid options for this command:\n--queue-timeout : abc"),
+    # a timeout the socket layer cannot take (was a traceback)
+    (["--timeout", "nan", "list_queues"], 64, "Bad argument: --timeout must be a positive number"),
+    (["--timeout", "inf", "list_queues"], 64, "Bad argument: --timeout must be a positive number"),
+    (["--timeout", "1e400", "list_queues"], 64, "Bad argument: --timeout must be a positive number"),
 ])
 def test_argument_validation(args, code, message):
     r = run_ctl(NOWHERE, *args)
     assert (r.returncode, r.stdout) == (code, ""), r.stderr
-    assert r.stderr.startswith(usage_error(args[0], args, message)), r.stderr
+    cmd = args[2] if args[0].startswith("--") else args[0]
+    assert r.stderr.startswith(usage_error(cmd, args, message)), r.stderr
 
 
 def test_diagnostics_argument_validation():

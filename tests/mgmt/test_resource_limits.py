@@ -108,3 +108,25 @@ def test_default_watermark_is_rabbitmqs(start_mgmt):
     if rabbit.get("mem_limit") and abs(rabbit["mem_limit"] / total - 0.4) < 0.001:
         assert node["mem_limit"] == rabbit["mem_limit"]
         assert node["disk_free_limit"] == rabbit["disk_free_limit"]
+
+
+def test_watermark_zero_blocks_every_publisher(start_mgmt):
+    """set_vm_memory_high_watermark 0 is RabbitMQ's way to stop all publishing: a limit of 0 bytes,
+    the alarm on at once, publishers blocked; a fraction again lifts it. It is never "no limit"."""
+    mgmt = start_mgmt(extra_args=["--in-memory"])
+    assert not blocked_on_connect(mgmt)
+    r = mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0})
+    assert r.status == 204, r
+    node = wait_until(lambda: (lambda n: n if n["mem_alarm"] else None)(mgmt.api.get("/api/nodes").json()[0]),
+                      10, message="the memory alarm at watermark 0")
+    assert node["mem_limit"] == 0 < node["mem_used"]
+    assert blocked_on_connect(mgmt)
+    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0.4}).status == 204
+    wait_until(lambda: not mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the alarm clearing")
+    assert not blocked_on_connect(mgmt)
+
+
+def test_watermark_zero_at_start_blocks_publishers(start_mgmt):
+    mgmt = start_mgmt(extra_args=["--in-memory", "--vm-memory-high-watermark", "0"])
+    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
+    assert blocked_on_connect(mgmt)

@@ -244,6 +244,19 @@ def test_auth_mechanisms_and_internal_backend():
     ("management.tcp.port = 1\nmanagement.ssl.port = 2\nmanagement.ssl.certfile = c\n", 2, "not both"),
     ("prometheus.path = /m\n", 1, "served at /metrics"),
     ("definitions.import_backend = https\n", 1, "not supported by Usagi"),
+    # digits of other scripts and Python's literal forms are not numbers to RabbitMQ
+    ("heartbeat = \u0663\n", 1, "expected an integer"),
+    ("heartbeat = \uff11\uff12\n", 1, "expected an integer"),
+    ("channel_max = 1_000\n", 1, "expected an integer"),
+    ("listeners.tcp.default = \u0665\u0666\u0667\u0662\n", 1, "expected a port"),
+    ("listeners.tcp.default = 0.0.0.0:\u0665\u0666\u0667\u0662\n", 1, "expected a port"),
+    ("vm_memory_high_watermark.relative = \u0660.5\n", 1, "expected a number"),
+    ("disk_free_limit.relative = inf\n", 1, "expected a number"),
+    ("disk_free_limit.relative = 1e300\n", 1, "at most 1000"),
+    ("vm_memory_high_watermark.absolute = 0\n", 1, "must be at least 1 byte"),
+    # lines end at \n only: a vertical tab or U+2028 inside a line is not a line break
+    ("heartbeat = 5\x0bframe_max = 4096\n", 1, "invalid value '5\\x0bframe_max = 4096'"),
+    ("heartbeat = 5\u2028frame_max = 4096\n", 1, "heartbeat: invalid value"),
 ])
 def test_bad_files_name_the_line_and_the_reason(text, line, reason):
     msg = error_of(text)
@@ -310,3 +323,36 @@ def test_the_readme_example_is_valid():
         block = re.search(r"```ini\n(.*?)```", f.read(), re.S).group(1)
     s = conf(block, "README.md")
     assert s.warnings == [] and s.get("tls_verify") == "require" and s.get("default_pass").endswith("# with a hash")
+
+
+def test_error_messages_quote_values_bounded_and_escaped():
+    msg = error_of("heartbeat = " + "9" * 100_000 + "x\n")
+    assert msg.startswith("rabbitmq.conf:1: heartbeat: invalid value '999") and len(msg) < 400, len(msg)
+    msg = error_of("a" * 1_000_000 + " = 1\n")
+    assert msg.startswith("rabbitmq.conf:1: unknown setting 'aaa") and len(msg) < 400, len(msg)
+    assert "\r" not in error_of("heartbeat = 5\rframe_max = 4096\n")
+
+
+def test_a_line_number_counts_newlines_only(tmp_path):
+    # \x0c (form feed) and \x85 are line breaks to str.splitlines(), not to an editor or RabbitMQ
+    msg = error_of("# a \x0c comment\n# \x85 another\nheartbeat = x\n")
+    assert msg.startswith("rabbitmq.conf:3: "), msg
+
+
+def test_include_of_a_directory_is_refused(tmp_path):
+    (tmp_path / "conf.d").mkdir()
+    (tmp_path / "conf.d" / "a.conf").write_text("heartbeat = 11\n")
+    main = tmp_path / "rabbitmq.conf"
+    main.write_text("channel_max = 5\ninclude conf.d\n")
+    with pytest.raises(rc.ConfigError) as ei:
+        rc.load(str(main))
+    assert str(ei.value).startswith(f"{main}:2: include conf.d: is a directory"), ei.value
+
+
+def test_a_file_larger_than_the_bound_is_refused_not_cut(tmp_path, monkeypatch):
+    monkeypatch.setattr(rc, "MAX_BYTES", 64)
+    main = tmp_path / "rabbitmq.conf"
+    main.write_text("heartbeat = 10\n" + "# " + "x" * 100 + "\nheartbeat = 20\n")
+    with pytest.raises(rc.ConfigError) as ei:
+        rc.load(str(main))
+    assert str(ei.value) == f"{main}: larger than 64 bytes"

@@ -20,9 +20,12 @@ API that does not say (a user without the monitoring tag) is taken at its word w
 from __future__ import annotations
 
 import base64
+import codecs
 import html
+import itertools
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.parse
@@ -165,6 +168,34 @@ class Api:
         except (ConnectionError, OSError) as e:
             raise Unreachable(str(e)) from None
 
+    def stream_list(self, path: str, allow=()):
+        """The items of a JSON array listing (GET `path`), decoded one at a time as the reply
+        arrives, so that memory holds one item and a chunk whatever the listing's length. A status
+        in `allow` lists nothing; other errors raise as call() raises them."""
+        token = base64.b64encode(f"{self.user}:{self.password}".encode("utf-8")).decode("ascii")
+        req = urllib.request.Request(self.base + path, headers={"Authorization": "Basic " + token})
+        try:
+            resp = urllib.request.urlopen(req, timeout=self.timeout)
+        except urllib.error.HTTPError as e:
+            e.close()
+            self.call("GET", path, allow=allow)      # the error as call() reports it (or an allowed status)
+            return
+        except TimeoutError as e:
+            raise TimedOut(str(e)) from None
+        except urllib.error.URLError as e:
+            if isinstance(e.reason, TimeoutError) or "timed out" in str(e.reason):
+                raise TimedOut(str(e.reason)) from None
+            raise Unreachable(str(e.reason)) from None
+        except (ConnectionError, OSError) as e:
+            raise Unreachable(str(e)) from None
+        try:
+            with resp:
+                yield from json_array_items(resp.read1 if hasattr(resp, "read1") else resp.read)
+        except TimeoutError as e:
+            raise TimedOut(str(e)) from None
+        except (ConnectionError, OSError) as e:
+            raise Unreachable(str(e)) from None
+
     def call(self, method: str, path: str, body=None, allow=(), **kw) -> Response:
         """Like request(), but authentication failures and unexpected errors raise CtlError."""
         r = self.request(method, path, body, **kw)
@@ -218,6 +249,61 @@ class Api:
 
 def q(s: str) -> str:
     return urllib.parse.quote(s, safe="")
+
+
+STREAM_CHUNK = 64 * 1024
+_JSON = json.JSONDecoder()
+
+
+def json_array_items(read):
+    """The items of a JSON array read with `read(n)` (bytes), one at a time: an item is decoded
+    once the bytes that hold it have arrived; what was decoded is dropped. The cost per item is
+    bounded by its size times the chunks it spans. ValueError for what is not a JSON array."""
+    text = codecs.getincrementaldecoder("utf-8")()
+    buf, pos, eof, started, need = "", 0, False, False, False
+
+    def more() -> bool:
+        nonlocal buf, pos, eof
+        if eof:
+            return False
+        data = read(STREAM_CHUNK)
+        buf = buf[pos:] + text.decode(data or b"", final=not data)
+        pos = 0
+        eof = not data
+        return True
+
+    while True:
+        while pos < len(buf) and buf[pos] in " \t\r\n":
+            pos += 1
+        if need or pos >= len(buf):
+            need = False
+            if not more():
+                raise ValueError("the listing ended before its closing ]")
+            continue
+        c = buf[pos]
+        if not started:
+            if c != "[":
+                raise ValueError("the reply is not a JSON array")
+            started, pos = True, pos + 1
+            continue
+        if c == "]":
+            return
+        if c == ",":
+            pos += 1
+            continue
+        try:
+            item, end = _JSON.raw_decode(buf, pos)
+        except json.JSONDecodeError:
+            if eof:
+                raise ValueError("the listing holds malformed JSON") from None
+            need = True                      # the item's end has not arrived yet
+            continue
+        if isinstance(item, (int, float)) and not isinstance(item, bool) and not eof and \
+                (end >= len(buf) or buf[end] not in ",] \t\r\n"):
+            need = True                      # a number may go on in the next chunk ("2" of "2.5")
+            continue
+        pos = end
+        yield item
 
 
 # --------------------------------------------------------------------------- value formatting
@@ -382,6 +468,12 @@ SHORT = {"n": "node", "q": "quiet", "s": "silent", "t": "timeout", "l": "longnam
          "?": "help"}
 
 
+# options RabbitMQ's CLI types as integers: anything else is an invalid option, as there
+INTEGER_OPTS = {"queue-timeout"}
+INTEGER_RE = re.compile(r"[0-9]+")
+MAX_TIMEOUT = 10 ** 7       # seconds: a socket timeout larger than the platform takes is an error
+
+
 class Command:
     def __init__(self, name, section, descr, usage, nargs, handler, options=(), columns=None,
                  default_columns=None, app=RUNNING, shorts=None, extra_help=(), validate=None):
@@ -481,14 +573,16 @@ class Tool:
         if "help" in p.opts:
             out.write(self.command_help(cmd))
             return EX_OK
-        invalid = list(p.bad_options) + list(p.shorts)
+        invalid = [f"{o} : " for o in list(p.bad_options) + list(p.shorts)]
         for o in p.opts:
             if o not in GLOBAL_OPTS and o not in cmd.options:
-                invalid.append("--" + o)
+                invalid.append(f"--{o} : ")
+            elif o in INTEGER_OPTS and not (isinstance(p.opts[o], str) and INTEGER_RE.fullmatch(p.opts[o])):
+                invalid.append(f"--{o} : {p.opts[o] if isinstance(p.opts[o], str) else ''}")
         usage = cmd.usage(self.prog)
         if invalid:
             return _validation(err, argv, "Invalid options for this command:\n"
-                               + "".join(f"{o} : \n" for o in invalid).rstrip("\n"), usage)
+                               + "".join(f"{o}\n" for o in invalid).rstrip("\n"), usage)
         if len(args) < cmd.min_args:
             return _validation(err, argv, "not enough arguments.", usage)
         if cmd.max_args is not None and len(args) > cmd.max_args:
@@ -498,7 +592,7 @@ class Tool:
             return _validation(err, argv, f"Bad argument: unsupported formatter {fmt!r}", usage)
         try:
             timeout = float(p.opts.get("timeout", 60))
-            if timeout <= 0:
+            if not 0 < timeout <= MAX_TIMEOUT:         # also refuses nan and inf
                 raise ValueError
         except ValueError:
             return _validation(err, argv, "Bad argument: --timeout must be a positive number", usage)
@@ -599,9 +693,16 @@ class Ctx:
         if self.json:
             self.print_json({"node": self.api.node(), "result": "ok"})
 
-    def table(self, columns: list[str], rows: list[dict], empty_line: bool = False,
+    def table(self, columns: list[str], rows, empty_line: bool = False,
               empty_json: str = "[\n]"):
-        """rows are dicts keyed by column, values as the API gives them."""
+        """rows are dicts keyed by column, values as the API gives them: a list, or an iterable
+        written out as it yields (a listing fetched a page at a time is never held whole)."""
+        it = iter(rows)
+        first = next(it, None)
+        if first is not None:
+            rows = itertools.chain((first,), it)
+        else:
+            rows = []
         if self.formatter == "json":
             if not rows:
                 self.out.write(empty_json + "\n")

@@ -462,8 +462,14 @@ def cmd_ping(ctx):
 
 # ---- users
 
+def _validate_user_name(ctx):
+    if ctx.args[0] == "":
+        raise ValidationError("Bad argument: user cannot be an empty string", EX_DATAERR)
+
+
 @command("add_user", "users", "Creates a new user in the internal database. This user will have no "
-         "permissions for any virtual hosts by default.", "<username> <password>", nargs=(2, 2))
+         "permissions for any virtual hosts by default.", "<username> <password>", nargs=(2, 2),
+         validate=_validate_user_name)
 def cmd_add_user(ctx):
     user, password = ctx.args
     ctx.banner(f'Adding user "{user}" ...')
@@ -811,21 +817,31 @@ def _queue_row(qd: dict) -> dict:
     return row
 
 
-def _add_pids(ctx, vhost: str, rows: list):
-    """Each queue's pid and exclusive consumer's channel, where the node says (GET
-    /api/usagi/queues/{vhost}: RabbitMQ's management API has neither)."""
+def _pids(ctx, vhost: str) -> dict:
+    """name -> (pid, exclusive consumer's channel) of a vhost's queues, where the node says (GET
+    /api/usagi/queues/{vhost}: RabbitMQ's management API has neither); empty where it does not."""
+    out = {}
     try:
-        r = ctx.api.request("GET", f"/api/usagi/queues/{q(vhost)}")
-    except (Unreachable, TimedOut):
-        return
-    if not r.ok or not isinstance(r.data, list):
-        return
-    facts = {p.get("name"): p for p in r.data if isinstance(p, dict)}
-    for row in rows:
-        f = facts.get(row.get("name")) or {}
-        for key in ("pid", "exclusive_consumer_pid"):
+        for p in ctx.api.stream_list(f"/api/usagi/queues/{q(vhost)}", allow=(400, 401, 403, 404, 405)):
+            if isinstance(p, dict):
+                out[p.get("name")] = (p.get("pid", ""), p.get("exclusive_consumer_pid", ""))
+    except (Unreachable, TimedOut, CtlError, ValueError):
+        pass
+    return out
+
+
+def _fill_pids(row: dict, pids: dict):
+    f = pids.get(row.get("name"))
+    if f is not None:
+        for key, v in zip(("pid", "exclusive_consumer_pid"), f):
             if not row.get(key):
-                row[key] = f.get(key, "")
+                row[key] = v or ""
+
+
+def _add_pids(ctx, vhost: str, rows: list):
+    pids = _pids(ctx, vhost)
+    for row in rows:
+        _fill_pids(row, pids)
 
 
 @command("list_queues", "monitoring", "Lists queues and their properties",
@@ -837,16 +853,22 @@ def cmd_list_queues(ctx):
     vhost = ctx.vhost
     ctx.banner(f"Timeout: {float(ctx.opts.get('timeout', 60))} seconds ...")
     ctx.banner(f"Listing queues for vhost {vhost} ...")
-    r = ctx.api.get(f"/api/queues/{q(vhost)}", allow=(404,))
-    queues = (r.data or []) if r.ok else []
-    if "offline" in ctx.opts and "online" not in ctx.opts:
-        queues = [x for x in queues if x.get("state") == "down"]
-    elif "online" in ctx.opts and "offline" not in ctx.opts:
-        queues = [x for x in queues if x.get("state") != "down"]
-    rows = [_queue_row(x) for x in queues]
-    if rows and ("pid" in cols or "exclusive_consumer_pid" in cols):
-        _add_pids(ctx, vhost, rows)
-    ctx.table(cols, rows)
+    offline = "offline" in ctx.opts and "online" not in ctx.opts
+    online = "online" in ctx.opts and "offline" not in ctx.opts
+    pids = _pids(ctx, vhost) if "pid" in cols or "exclusive_consumer_pid" in cols else None
+
+    def rows():
+        # decoded and written a queue at a time as the listing arrives: with 50,000 queues the
+        # reply is some 90 MB of JSON, which parsed whole took the tool over 500 MB
+        for x in ctx.api.stream_list(f"/api/queues/{q(vhost)}", allow=(404,)):
+            if not isinstance(x, dict) or (offline and x.get("state") != "down") or \
+                    (online and x.get("state") == "down"):
+                continue
+            row = _queue_row(x)
+            if pids is not None:
+                _fill_pids(row, pids)
+            yield row
+    ctx.table(cols, rows())
 
 
 EXCHANGE_COLUMNS = ["arguments", "auto_delete", "durable", "internal", "name", "policy", "type"]
@@ -1231,8 +1253,8 @@ def cmd_rotate_logs(ctx):
 
 MEMORY_UNITS = {"": 1, "k": 1024, "kiB": 1024, "M": 1024 ** 2, "MiB": 1024 ** 2, "G": 1024 ** 3,
                 "GiB": 1024 ** 3, "kB": 1000, "MB": 1000 ** 2, "GB": 1000 ** 3}
-_INT = re.compile(r"([+-]?\d+)(.*)\Z", re.S)
-_FLOAT = re.compile(r"[+-]?\d+(\.\d+)?([eE][+-]?\d+)?\Z")
+_INT = re.compile(r"([+-]?[0-9]+)(.*)\Z", re.S)       # ASCII digits: int() also takes other scripts'
+_FLOAT = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?([eE][+-]?[0-9]+)?\Z")
 
 
 def parse_size(text: str) -> int | None:

@@ -219,6 +219,9 @@ def range_error(args, configured: bool = False) -> str | None:
                                 ("max-message-size", args.max_message_size, 1, 512 * 1024 * 1024)):
         if not lo <= value <= hi:
             return f"--{name} must be between {lo} and {hi}, got {value}"
+    if not 0.0 <= args.vm_memory_high_watermark <= 1.0:       # also refuses nan
+        return (f"--vm-memory-high-watermark must be a fraction between 0.0 and 1.0, got "
+                f"{args.vm_memory_high_watermark}")
     return None
 
 
@@ -258,6 +261,12 @@ def main(argv=None) -> int:
     try:
         tls_ctx, mgmt_tls_ctx = tls_contexts(args)
     except Exception as e:
+        # certificates named by the configuration file: a bad configuration (exit 78, at the file's line)
+        keys = [k for k in ("tls_cert", "tls_key", "tls_ca", "management_tls_cert", "management_tls_key",
+                            "management_tls_ca") if settings is not None and k in settings and k not in explicit]
+        if keys:
+            log.error("cannot start: %s (%s)", e, ", ".join(f"{k} at {settings.where(k)}" for k in keys))
+            return serverconf.EX_CONFIG
         log.error("%s", e)
         return 1
     listeners = serverconf.listeners(args, explicit)
@@ -358,7 +367,7 @@ def _limits(log, broker):
     from ..config.units import format_bytes
     from ..core.alarms import total_memory
     limit = broker.memory_limit()
-    if limit:
+    if broker.memory_limited():
         log.info("Memory high watermark set to %d MiB (%d bytes) of %d MiB (%d bytes) total", limit >> 20, limit,
                  total_memory() >> 20, total_memory())
     disk = broker.disk_free_limit()

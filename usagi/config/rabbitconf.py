@@ -33,6 +33,7 @@ from __future__ import annotations
 import difflib
 import glob
 import ipaddress
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ from .units import INFORMATION_UNIT_HELP, parse_bytesize, parse_information_unit
 
 MAX_FILES = 64            # include: files read in all (each include may be a glob)
 MAX_LINES = 100_000       # lines read in all
+MAX_BYTES = 64 * 1024 * 1024   # bytes read of one file
 
 
 class ConfigError(Exception):
@@ -73,7 +75,14 @@ class Entry:
         return ConfigError(self.file, self.line, reason)
 
     def bad(self, why: str) -> ConfigError:
-        return self.error(f"{self.key}: invalid value '{self.value}': {why}")
+        return self.error(f"{self.key}: invalid value '{shown(self.value)}': {why}")
+
+
+def shown(text: str, limit: int = 200) -> str:
+    """A value as an error message quotes it: control characters escaped, at most `limit` characters."""
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 @dataclass
@@ -126,7 +135,12 @@ def _words(key: str) -> tuple:
 def parse_text(text: str, file: str = "rabbitmq.conf") -> list:
     """The lines of one file: a list of Entry, and ('include', pattern, line) for include lines."""
     out = []
-    for n, raw in enumerate(text.splitlines(), 1):
+    # lines end at \n only (a \r before it is dropped), as RabbitMQ reads them: str.splitlines() would
+    # also break at \v, \f, \x1c-\x1e, \x85, \u2028 and \u2029, and line numbers would not be the editor's
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for n, raw in enumerate(lines, 1):
         if n > MAX_LINES:
             raise ConfigError(file, n, f"more than {MAX_LINES} lines")
         line = raw.strip(" \t\r\ufeff" if n == 1 else " \t\r")
@@ -142,7 +156,7 @@ def parse_text(text: str, file: str = "rabbitmq.conf") -> list:
             continue
         m = _KEY_RE.match(line)
         if m is None:
-            raise ConfigError(file, n, f"expected 'key = value', got '{line[:80]}'")
+            raise ConfigError(file, n, f"expected 'key = value', got '{shown(line, 80)}'")
         rest = line[m.end():]
         if rest.startswith("'"):
             end = rest.find("'", 1)
@@ -151,7 +165,7 @@ def parse_text(text: str, file: str = "rabbitmq.conf") -> list:
             value = rest[1:end]
             tail = rest[end + 1:].strip(" \t")
             if tail and not tail.startswith("#"):
-                raise ConfigError(file, n, f"unexpected text after the quoted value: '{tail[:40]}'")
+                raise ConfigError(file, n, f"unexpected text after the quoted value: '{shown(tail, 40)}'")
         else:
             value = rest.split("#", 1)[0].rstrip(" \t")
             if not value:
@@ -176,12 +190,14 @@ def read_file(path: str) -> list:
             raise ConfigError(by[0], by[1], f"more than {MAX_FILES} configuration files included")
         try:
             with open(p, "rb") as f:
-                data = f.read(64 * 1024 * 1024 + 1)
+                data = f.read(MAX_BYTES + 1)
         except OSError as e:
             if by is None:
                 raise ConfigError(path, None, f"cannot read the configuration file: {e.strerror or e}") from None
             raise ConfigError(by[0], by[1], f"cannot read included file {p}: {e.strerror or e}") from None
         name = path if by is None else p
+        if len(data) > MAX_BYTES:         # never a file cut at some byte and read as if whole
+            raise ConfigError(name, None, f"larger than {MAX_BYTES} bytes")
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -198,6 +214,9 @@ def read_file(path: str) -> list:
             matches = sorted(glob.glob(full)) if any(c in pattern for c in "*?[") else [full]
             if not matches and not any(c in pattern for c in "*?["):
                 raise ConfigError(name, line, f"include {pattern}: no such file")
+            if matches == [full] and os.path.isdir(full):
+                raise ConfigError(name, line, f"include {pattern}: is a directory (include DIR/*.conf reads "
+                                  f"the files in it)")
             includes += [(os.path.abspath(m), (name, line)) for m in matches if not os.path.isdir(m)]
         # included files are read after the file that includes them, in the order named
         stack.extend(reversed(includes))
@@ -206,12 +225,18 @@ def read_file(path: str) -> list:
 
 # ------------------------------------------------------------------------------------------ value types
 
+# ASCII digits only: Python's int() and float() also take other scripts' digits (`٣`, `１２`) and
+# `1_000`, which RabbitMQ refuses; a value must mean the same to both
+_INT_RE = re.compile(r"[+-]?[0-9]+")
+_FLOAT_RE = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
 def _int(lo=None, hi=None, what="an integer"):
     def conv(e: Entry):
-        try:
-            v = int(e.value.strip())
-        except ValueError:
-            raise e.bad(f"expected {what}") from None
+        text = e.value.strip()
+        if not _INT_RE.fullmatch(text):
+            raise e.bad(f"expected {what}")
+        v = int(text)
         if (lo is not None and v < lo) or (hi is not None and v > hi):
             rng = f"between {lo} and {hi}" if lo is not None and hi is not None else \
                 (f"at least {lo}" if lo is not None else f"at most {hi}")
@@ -232,11 +257,11 @@ def _int_or_infinity(lo=0):
 
 def _float(lo_excl=None, hi=None):
     def conv(e: Entry):
-        try:
-            v = float(e.value.strip())
-        except ValueError:
-            raise e.bad("expected a number such as 0.4") from None
-        if v != v or (lo_excl is not None and v <= lo_excl) or (hi is not None and v > hi):
+        text = e.value.strip()
+        if not _FLOAT_RE.fullmatch(text):
+            raise e.bad("expected a number such as 0.4")
+        v = float(text)
+        if not math.isfinite(v) or (lo_excl is not None and v <= lo_excl) or (hi is not None and v > hi):
             raise e.bad(f"must be above {lo_excl}" + (f" and at most {hi}" if hi is not None else ""))
         return v
     return conv
@@ -308,11 +333,11 @@ def _ip(e: Entry):
 def _listener(e: Entry):
     """A port (all interfaces), or IP:port (`0.0.0.0:5672`, `::1:5672`, `[::1]:5672`)."""
     v = e.value.strip()
-    if v.isdigit():
+    if _INT_RE.fullmatch(v):
         return (None, _port(e))
     host, sep, port = v.rpartition(":")
     h = _host(host) if sep else None
-    if h is None or not port.isdigit():
+    if h is None or not (port.isascii() and port.isdigit()):
         raise e.bad("expected a port (5672) or an address and a port (0.0.0.0:5672, :::5672)")
     p = int(port)
     if p > 65535:
@@ -390,7 +415,7 @@ APPLIED = {
     "vm_memory_high_watermark.absolute": _info_unit,
     "total_memory_available_override_value": _info_unit,
     "disk_free_limit.absolute": _info_unit,
-    "disk_free_limit.relative": _float(0, None),
+    "disk_free_limit.relative": _float(0, 1000.0),     # times the RAM: as set_disk_free_limit's bound
     "cluster_name": _string,
     "load_definitions": _string,
     "definitions.local.path": _string,
@@ -606,12 +631,12 @@ def _lookup(table: dict, words: tuple, prefix: bool):
 
 
 def _unknown(e: Entry) -> ConfigError:
-    key = e.key
+    key = shown(e.key)
     plugin = PLUGINS.get(e.words[0])
     if plugin is not None:
         return e.error(f"{key}: a setting of {plugin}, which Usagi does not have")
     known = [k.replace("$", "default") for k in APPLIED]
-    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.8) if len(e.key) <= 200 else None
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return e.error(f"unknown setting '{key}'{hint}")
 
@@ -764,6 +789,9 @@ def _translate(typed: dict, s: Settings):
     # resource limits
     absolute, relative = get("vm_memory_high_watermark.absolute"), get("vm_memory_high_watermark.relative")
     if absolute is not None:
+        if absolute[0] <= 0:
+            # 0 would read as "not set" and leave the default fraction in force, silently
+            raise absolute[1].bad("must be at least 1 byte; " + INFORMATION_UNIT_HELP)
         _set(s, "vm_memory_high_watermark_absolute", *absolute)
         if relative is not None:
             warn(relative[1], "both vm_memory_high_watermark.absolute and vm_memory_high_watermark.relative are "

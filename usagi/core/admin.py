@@ -6,12 +6,28 @@ Part of the engine (see broker.py): methods of Broker, split out by concern.
 from __future__ import annotations
 
 import logging
+import os
 
 from ..amqp import errors as E
 from ..model.vhost import VHost
 
 
 log = logging.getLogger("usagi.broker")
+
+RESET_MARKER = "reset.pending"      # in the data dir while a reset is under way (see reset_steps)
+
+
+def _fsync_dir(path: str):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class AdminMixin:
@@ -145,12 +161,56 @@ class AdminMixin:
         return True
 
     # ------------------------------------------------------------------ reset
+    def _reset_marker(self) -> str | None:
+        d = getattr(self.store, "data_dir", None)
+        return os.path.join(d, RESET_MARKER) if d else None
+
+    def _reset_marker_write(self):
+        path = self._reset_marker()
+        if path is None or os.path.exists(path):
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"a reset of this node is under way; the next start completes it\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_dir(os.path.dirname(path))
+
+    def reset_done(self):
+        """A reset's end is durable: the marker goes (see reset_steps)."""
+        path = self._reset_marker()
+        if path is not None:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                return
+            _fsync_dir(os.path.dirname(path))
+
+    def resume_reset(self) -> bool:
+        """At start, before serving: complete a reset a crash interrupted (True if there was one)."""
+        path = self._reset_marker()
+        if path is None or not os.path.exists(path):
+            return False
+        log.warning("a reset of this node was interrupted (%s exists): completing it", path)
+        for _ in self.reset_steps():
+            pass
+        self.store.commit()
+        self.reset_done()
+        return True
+
     def reset_steps(self):
         """Return the node to its virgin state (rabbitmqctl reset, run with the AMQP side stopped):
         every vhost with its queues, messages, exchanges, bindings, policies and parameters, every
         user with its permissions and limits, every global parameter; then the default vhost and
         user, as at a first start. A generator of bounded steps (a queue, a vhost or a user each),
-        for a caller that runs it a slice at a time; what it deletes goes to the store as it goes."""
+        for a caller that runs it a slice at a time; what it deletes goes to the store as it goes.
+
+        So that a crash part way (the store has committed some deletions) does not leave a node
+        half reset, a marker file in the data dir says a reset is under way from before the first
+        deletion until the caller, once the end is durable, calls `reset_done()`; a start that
+        finds the marker completes the reset before serving (see `resume_reset`)."""
+        self._reset_marker_write()
         for name in list(self.vhosts):
             v = self.vhosts.get(name)
             if v is None:

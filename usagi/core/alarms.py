@@ -163,8 +163,17 @@ class AlarmMixin:
             return int(round(total_memory() * rel))
         return int(c.disk_free_limit or 0)
 
+    def memory_limited(self) -> bool:
+        """Whether the memory alarm is evaluated: always, except with a relative watermark when the
+        RAM size cannot be read. A watermark of 0 is a limit of 0 bytes: the alarm is set at once
+        and every publisher is blocked (RabbitMQ's way to stop publishing), never "no limit"."""
+        c = self.config
+        if (getattr(c, "memory_high_watermark_absolute", 0) or 0) > 0:
+            return True
+        return c.memory_high_watermark is not None and (not c.memory_high_watermark or total_memory() > 0)
+
     def memory_limit(self) -> int:
-        """The memory high watermark in bytes (0: none)."""
+        """The memory high watermark in bytes (see memory_limited() for what 0 means)."""
         c = self.config
         absolute = getattr(c, "memory_high_watermark_absolute", 0) or 0
         if absolute > 0:
@@ -256,7 +265,7 @@ class AlarmMixin:
             used = max(used, int(r / RSS_MARGIN))     # the backstop: memory the accounting does not see
         self._mem_used = used
         self._mem_rss = r
-        if limit:
+        if self.memory_limited():
             over = used > limit
             if over != ("memory" in self.alarms):
                 log.info("vm_memory_high_watermark %s. Memory used:%d allowed:%d", "set" if over else "clear",

@@ -2072,6 +2072,8 @@ async def _reset(r: Req, what: str):
     r.m.resetting = True
     try:
         await r.pacer.drain(r.broker.reset_steps())
+        await r.m.durable()
+        r.broker.reset_done()           # only once the end is durable: a crash before completes it at start
     finally:
         r.m.resetting = False
     return Reply(204)
@@ -2113,7 +2115,7 @@ def usagi_set_memory_watermark(r: Req):
         total = nodectl.total_ram()
         if not total:
             raise bad_request("the node cannot tell its total memory: give a relative watermark")
-        absolute = _number(body, "absolute", 1, integer=True)
+        absolute = _number(body, "absolute", 1, 2 ** 63 - 1, integer=True)
         r.broker.set_memory_high_watermark(absolute=absolute)
         return Reply(204)
     else:
@@ -2168,7 +2170,7 @@ def usagi_log_tail(r: Req):
 def usagi_log_level(r: Req):
     """rabbitmqctl set_log_level: {"level": "debug" | "info" | "warning" | "error" | "critical" | "none"}."""
     level = r.body().get("level")
-    if level not in nodectl.LEVELS:
+    if not isinstance(level, str) or level not in nodectl.LEVELS:
         raise bad_request(f"level {level} is not supported. Try one of {', '.join(nodectl.LEVELS)}")
     nodectl.set_log_level(level)
     log.info("log level set to %s on request from user '%s'", level, r.user.name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 
 from . import ops, slices
@@ -43,11 +44,16 @@ def definition_files(path: str) -> list:
 
 def _read(path: str):
     try:
-        size = os.path.getsize(path)
-        if size > MAX_FILE_BYTES:
-            raise DefinitionsError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            # a device (/dev/zero would be read without end) or a FIFO (the start would wait forever
+            # for a writer) is not read at all
+            raise DefinitionsError(f"{path}: not a regular file (a device, FIFO or socket cannot hold "
+                                   f"definitions)")
         with open(path, "rb") as f:
-            raw = f.read()
+            # the size is checked on what is read, not on what stat says: a file may grow meanwhile
+            raw = f.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise DefinitionsError(f"{path}: larger than {MAX_FILE_BYTES} bytes")
     except OSError as e:
         raise DefinitionsError(f"{path}: local definition file does not exist or cannot be read by the node "
                                f"({e.strerror or e})") from None

@@ -221,6 +221,8 @@ def build_broker(args, store, ident, store_file, redeliver_all: bool = False):
         import_delayed_db(args.data_dir, store)
         broker.delayed = DelayedMessages(store)
     counts = restore(broker, rec, redeliver_all=redeliver_all)
+    if broker.resume_reset():            # a reset a crash interrupted is completed, not left half done
+        counts["queues"] = counts["messages"] = 0
     broker.bootstrap(seed=not getattr(args, "load_definitions", None))
     return broker, counts
 
