@@ -13,11 +13,14 @@ import time
 import urllib.error
 import urllib.request
 
+import warnings
+
 import aio_pika
 import pika
 import pytest
 
 from etcdutil import need_etcd
+from support.reports import FaultRunReport
 from harness import ROOT, Cluster
 from workload import Workload
 
@@ -359,6 +362,8 @@ def test_a_node_added_while_the_leader_serves_syncs_and_joins_the_isr():
             c.wait_isr(3, timeout=60)
             time.sleep(1)
         wl, result = _run_with_workload(c, add)
+        warnings.warn(FaultRunReport(f"node added under load: {result['ok']} confirmed, lost {result['lost_count']}, "
+                                     f"unexpected {result['unexpected_count']}, unknown {result['unknown']}"))
         assert result["lost_count"] == 0 and result["unexpected_count"] == 0, result
         assert result["ok"] > 100, result
         # the new node has everything: make it lead (hand-overs until it does) and read the queue there
@@ -390,11 +395,16 @@ def test_rolling_restart_of_every_node_under_load_loses_nothing(cluster):
             cluster.wait_isr(3, timeout=60)
             restarts.append(time.monotonic() - t0)
     wl, result = _run_with_workload(cluster, roll)
+    warnings.warn(FaultRunReport(f"rolling restart of 3 nodes: {result['ok']} confirmed, lost {result['lost_count']}, "
+                                 f"unexpected {result['unexpected_count']}, unknown {result['unknown']}, "
+                                 f"recovered {result['recovered']}, duplicated {result['duplicated']}; "
+                                 f"restart times {[round(t, 1) for t in restarts]}"))
     assert len(restarts) == 3
     assert result["lost_count"] == 0, result
     assert result["unexpected_count"] == 0, result
     assert result["ok"] > 100, result
-    # clients saw reconnects only: the errors they met are connections closed or refused
-    kinds = {e.split(":")[0] for e in wl.rec.errors}
-    assert kinds <= {"connect " + u for u in cluster.urls()} | {"publisher", "consumer", "drain"}, kinds
-    assert not [e for e in wl.rec.errors if "PRECONDITION" in e or "NOT_FOUND" in e or "ACCESS_REFUSED" in e]
+    # clients saw reconnects only: connections closed or refused, never a channel error
+    assert wl.rec.errors, "the restarts closed client connections"
+    bad = [e for e in wl.rec.errors if any(w in e for w in ("ChannelClosed", "PRECONDITION", "NOT_FOUND",
+                                                               "ACCESS_REFUSED", "RESOURCE_LOCKED", "NOT_ALLOWED"))]
+    assert not bad, bad[:5]
