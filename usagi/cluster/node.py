@@ -408,6 +408,15 @@ class Node:
         finally:
             for t in (elected, watcher, follower, stop, lost):
                 t.cancel()
+            if stop.done() and not lost.done() and not elected.done():
+                # a graceful stop: no new clients; the confirms on their way to the forwarded
+                # clients get through before their connections close
+                for srv in servers:
+                    srv.close()
+                try:
+                    await amqp.drain()
+                except Exception:  # noqa: BLE001 - the drain is a courtesy: the stop goes on
+                    pass
             await asyncio.gather(follower, return_exceptions=True)
             amqp.close_all()
             http.close_all()
