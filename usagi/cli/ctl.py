@@ -65,6 +65,14 @@ answers 204 once the action has been accepted:
   POST /api/usagi/rotate_logs               {"rotated": [files]}
   GET  /api/usagi/log_tail?lines=N          {"file": ..., "lines": [...]} (usagi-diagnostics)
   GET  /api/usagi/queues/{vhost}            each queue's pid (list_queues pid)
+  GET  /api/usagi/cluster                   cluster_status: nodes, roles, leader, epoch, ISR, lag
+  DELETE /api/usagi/cluster/nodes/{node}    forget_cluster_node (409 for a running node, 404 for
+                                            one that is not a member)
+  POST /api/usagi/cluster/step_down         step_down: hand the cluster's leadership over (204
+                                            once started; 409 when no other node is in sync);
+                                            usagictl then waits until another node leads
+
+await_online_nodes polls GET /api/nodes until enough nodes report "running": true.
 
 await_startup polls GET /api/nodes/{node} until it answers with "running": true.
 Against a broker without these endpoints (RabbitMQ), these commands fail with exit code 69
