@@ -398,7 +398,6 @@ class Node:
         await self.coord.register(role="follower", lsn=store.position[1])
         elected = asyncio.ensure_future(self._campaign())
         watcher = asyncio.ensure_future(self._watch_leader([amqp, http]))
-        self._applier = applier
         follower = asyncio.ensure_future(self._replicate(applier))
         stop = asyncio.ensure_future(self.stop_event.wait())
         lost = asyncio.ensure_future(self.coord.lost.wait())
@@ -637,6 +636,8 @@ class Node:
                 await s.stop()
             except Exception:  # noqa: BLE001
                 pass
+        if outcome != "lost":
+            _resume_input(server)   # (server.stop closes every connection before it reads again)
         await server.stop({"stopped": "shutdown", "handover": "leader hand-over"}.get(outcome, "lease lost"))
         await leader.stop()
         stop.cancel()
@@ -709,6 +710,21 @@ class Node:
         while True:
             await asyncio.sleep(TRUSTED_REFRESH)
             await self._refresh_trusted(server, view)
+
+
+def _resume_input(server):
+    """Read from the clients again after a drain, so that their answers to connection.close are
+    read (a connection that is closing takes nothing else)."""
+    for c in list(server.conns):
+        tr = getattr(c, "transport", None)
+        if c.closed or tr is None or tr.is_closing() or not c.alarm_paused:
+            continue
+        c.alarm_paused = False
+        if not c.reading_paused and not c.input_paused:
+            try:
+                tr.resume_reading()
+            except Exception:  # noqa: BLE001 - a transport already gone
+                pass
 
 
 def _ip_of(host: str):
