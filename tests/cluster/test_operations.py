@@ -164,6 +164,9 @@ def test_cluster_status_nodes_and_queues_show_the_cluster(cluster):
                                                   if n["name"] == gone.name and not n["running"]] and
                                          http(leader, "GET", "/api/nodes")[1], what="the stopped node listed")}
     assert sorted(by) == names and by[gone.name]["running"] is False and by[gone.name]["type"] == "disc"
+    status, one = http(cluster.followers()[0], "GET", f"/api/nodes/{gone.name}")
+    assert status == 200 and one["name"] == gone.name and one["running"] is False
+    assert http(leader, "GET", "/api/nodes/usagi@nowhere")[0] == 404
     out = ctl(leader, "cluster_status").stdout
     running = out.split("Running Nodes\n\n")[1].split("\n\n")[0].splitlines()
     assert gone.name not in running and sorted(running) == sorted(set(names) - {gone.name})

@@ -824,28 +824,37 @@ def set_cluster_name(r: Req):
     return Reply(204)
 
 
+def _cluster_nodes(r: Req, me: dict) -> list:
+    """The nodes of a cluster as /api/nodes lists them: this leader's full entry (`me`), and every
+    other member, running or not, as RabbitMQ lists its disc nodes (their figures are theirs)."""
+    items = [me]
+    c = r.broker.cluster
+    if c is None:
+        return items
+    st = c.status()
+    for n in st["nodes"]:
+        if n["role"] == "leader":
+            me.update(usagi_role="leader", usagi_in_sync=True, usagi_lag=0, usagi_epoch=st["epoch"])
+            continue
+        items.append({"name": n["name"], "type": "disc", "running": n["running"], "cluster_links": [],
+                      "being_drained": False, "usagi_role": n["role"], "usagi_in_sync": n["in_sync"],
+                      "usagi_lag": n["lag"], "usagi_epoch": n.get("epoch")})
+    return items
+
+
 @get("nodes", MONITOR)
 def nodes(r: Req):
-    items = [r.ranged(True).node_json()]
-    c = r.broker.cluster
-    if c is not None:
-        # the other nodes of a cluster, as far as the leader knows them (their figures are theirs)
-        # (every member, running or not, as RabbitMQ lists its disc nodes)
-        st = c.status()
-        for n in st["nodes"]:
-            if n["role"] == "leader":
-                items[0].update(usagi_role="leader", usagi_in_sync=True, usagi_lag=0, usagi_epoch=st["epoch"])
-                continue
-            items.append({"name": n["name"], "type": "disc", "running": n["running"], "cluster_links": [],
-                          "being_drained": False, "usagi_role": n["role"], "usagi_in_sync": n["in_sync"],
-                          "usagi_lag": n["lag"], "usagi_epoch": n.get("epoch")})
-    return Listing(items, ("name",))
+    return Listing(_cluster_nodes(r, r.ranged(True).node_json()), ("name",))
 
 
 @get("nodes/:node", MONITOR)
 def node(r: Req):
     r.ranged(True)
     if r.p("node") != r.m.node:
+        if r.broker.cluster is not None:
+            for n in _cluster_nodes(r, {})[1:]:
+                if n["name"] == r.p("node"):
+                    return n
         raise not_found()
     return r.view.node_json()
 
