@@ -218,7 +218,16 @@ def test_await_online_nodes_and_forget_cluster_node(cluster):
     ctl(leader, "await_online_nodes", "3", "--timeout", "30").check_returncode()
 
 
-def test_health_checks_and_metrics_answer_per_node(cluster):
+def test_health_checks_and_metrics_answer_per_node():
+    need_etcd()
+    cluster = Cluster(3, extra_args=["--cluster-min-in-sync", "2"]).start()
+    try:
+        _health_checks_and_metrics(cluster)
+    finally:
+        cluster.cleanup()
+
+
+def _health_checks_and_metrics(cluster):
     cluster.wait_isr(3)
     leader = cluster.leader()
     follower = cluster.followers()[0]
@@ -257,13 +266,14 @@ def test_health_checks_and_metrics_answer_per_node(cluster):
     count = [ln for ln in text.splitlines() if ln.startswith("usagi_cluster_etcd_request_duration_seconds_count")]
     assert count and int(count[0].split()[-1]) > 0
 
-    # min-in-sync would be broken by stopping a node: node-is-quorum-critical says so
-    # (here: the leader is critical once no other node is in sync)
-    for f in cluster.followers():
-        f.term()
+    # with --cluster-min-in-sync 2, a follower is quorum-critical once stopping it would leave fewer
+    # than 2 nodes in sync; the leader is not while another node is in sync to take over
+    assert http(follower, "GET", "/api/health/checks/node-is-quorum-critical")[0] == 200
+    other.term()
     publish_confirmed(leader.url(), "hc-q", [b"x"])
-    wait_for(lambda: len(cluster.isr()) == 1, what="ISR of the leader alone")
-    # the leader alone: nobody else runs, so stopping it is an outage either way, not a lost quorum
+    wait_for(lambda: len(cluster.isr()) == 2, what="the ISR without the stopped node")
+    status, body = http(follower, "GET", "/api/health/checks/node-is-quorum-critical")
+    assert status == 503 and body["status"] == "failed" and "min-in-sync (2)" in body["reason"], body
     assert http(leader, "GET", "/api/health/checks/node-is-quorum-critical")[0] == 200
 
 

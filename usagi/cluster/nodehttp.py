@@ -14,7 +14,8 @@ the cluster's whatever node is asked. Two things must describe the node that is 
   the same keep-alive connection gets them answered here too (404 for the rest).
 
 Bounds: a request line is read up to MAX_LINE bytes (past it the connection is forwarded as it
-is); users are read from the node's replica store, at most once per USERS_TTL seconds.
+is) within LINE_TIMEOUT seconds (else the connection is closed); users are read from the node's
+replica store, at most once per USERS_TTL seconds per name.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from ..mgmt.util import is_loopback
 log = logging.getLogger("usagi.cluster")
 
 MAX_LINE = 8192
+LINE_TIMEOUT = 60.0     # seconds a connection may take to send its first request line
 USERS_TTL = 1.0
 REALM = 'Basic realm="RabbitMQ Management"'
 MGMT_TAGS = ("management", "policymaker", "monitoring", "administrator")
@@ -206,14 +208,17 @@ class Sniffer(asyncio.Protocol):
         self.checks = checks
         self.transport = None
         self.buf = b""
+        self.timer = None
 
     def connection_made(self, transport):
         self.transport = transport
+        self.timer = asyncio.get_running_loop().call_later(LINE_TIMEOUT, transport.close)
 
     def data_received(self, data):
         self.buf += data
         if b"\r\n" not in self.buf and len(self.buf) < MAX_LINE:
             return
+        self.timer.cancel()
         line = self.buf.split(b"\r\n", 1)[0]
         parts = line.split(b" ")
         path = parts[1] if len(parts) >= 2 else b""
@@ -228,3 +233,5 @@ class Sniffer(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.buf = b""
+        if self.timer is not None:
+            self.timer.cancel()
