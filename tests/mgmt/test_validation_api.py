@@ -184,6 +184,12 @@ def test_import_may_use_what_it_creates(api):
     ("/api/policies/%2F/p-v", {"pattern": "^zz$", "definition": {"foo": 1, "bar": "x"}},
      'Validation failed\n\n[{<<"bar">>,<<"x">>},{<<"foo">>,1}] are not recognised policy settings\n'),
     ("/api/policies/%2F/p-v", {"pattern": "^zz$", "definition": {}}, "Validation failed\n\nno policy provided\n"),
+    ("/api/policies/%2F/p-v", {"pattern": "^zz$", "definition": {"queue-leader-locator": "x"}},
+     'Validation failed\n\n<<"x">> is not a valid queue leader locator value\n'),
+    ("/api/policies/%2F/p-v", {"pattern": "^zz$", "definition": {"queue-leader-locator": 5}},
+     "Validation failed\n\n5 is not a valid queue leader locator value\n"),
+    ("/api/queues/%2F/q-v", {"durable": True, "arguments": {"x-queue-type": "quorum", "x-queue-leader-locator": "x"}},
+     "invalid arg 'x-queue-leader-locator' for queue 'q-v' in vhost '/': invalid_queue_locator_arg"),
     ("/api/policies/%2F/p-v", {"pattern": "^zz$", "definition": {"max-length": 5}, "priority": "x"},
      'Validation failed\n\npriority should be a number, actually was <<"x">>\n'),
     ("/api/policies/%2F/p-v", {"pattern": "^zz$", "definition": {"max-length": 5}, "apply-to": "bogus"},
@@ -278,3 +284,23 @@ def test_a_store_damaged_by_an_older_version_is_repaired_at_start(start_mgmt, tm
     m = start_mgmt(data_dir=data)
     assert m.api.get("/api/queues/%2F/ttl-q").json()["messages"] == 1
     all_listings_answer(m.api)
+
+
+@pytest.mark.parametrize("locator", ["client-local", "balanced", "random", "least-leaders"])
+def test_queue_leader_locator_values_rabbitmq_accepts(api, locator):
+    """RabbitMQ's leader locators (3.10 keeps random and least-leaders as older names of balanced):
+    as the queue-leader-locator policy key and as a quorum queue's x-queue-leader-locator."""
+    name = f"p-loc-{locator}"
+    r = api.put(f"/api/policies/%2F/{name}", {"pattern": "^zz-loc$", "definition": {"queue-leader-locator": locator},
+                                              "apply-to": "queues"})
+    assert r.status in (201, 204), r
+    assert api.delete(f"/api/policies/%2F/{name}").status == 204
+    q = f"q-loc-{locator}"
+    r = api.put(f"/api/queues/%2F/{q}", {"durable": True, "arguments": {"x-queue-type": "quorum",
+                                                                      "x-queue-leader-locator": locator}})
+    assert r.status in (201, 204), r
+    info = api.get(f"/api/queues/%2F/{q}").json()
+    assert info["type"] == "quorum" and info["arguments"]["x-queue-leader-locator"] == locator
+    # a quorum queue says where it lives, as a one-node RabbitMQ says it: leader, members, online
+    assert info["leader"] == info["members"][0] == info["online"][0] and len(info["members"]) == 1
+    assert api.delete(f"/api/queues/%2F/{q}").status == 204

@@ -65,6 +65,14 @@ answers 204 once the action has been accepted:
   POST /api/usagi/rotate_logs               {"rotated": [files]}
   GET  /api/usagi/log_tail?lines=N          {"file": ..., "lines": [...]} (usagi-diagnostics)
   GET  /api/usagi/queues/{vhost}            each queue's pid (list_queues pid)
+  GET  /api/usagi/cluster                   cluster_status: nodes, roles, leader, epoch, ISR, lag
+  DELETE /api/usagi/cluster/nodes/{node}    forget_cluster_node (409 for a running node, 404 for
+                                            one that is not a member)
+  POST /api/usagi/cluster/step_down         step_down: hand the cluster's leadership over (204
+                                            once started; 409 when no other node is in sync);
+                                            usagictl then waits until another node leads
+
+await_online_nodes polls GET /api/nodes until enough nodes report "running": true.
 
 await_startup polls GET /api/nodes/{node} until it answers with "running": true.
 Against a broker without these endpoints (RabbitMQ), these commands fail with exit code 69
@@ -330,11 +338,88 @@ def cmd_cluster_status(ctx):
         lines += ["", "Leader and replication", ""]
         for n in c.get("nodes", []):
             lag = n.get("lag")
+            epoch = n.get("epoch", c.get("epoch"))
             lines.append(f"Node: {n['name']}, role: {n.get('role')}, in sync: "
-                         f"{'true' if n.get('in_sync') else 'false'}, epoch: {c.get('epoch')}, lag: "
-                         f"{'unknown' if lag is None else lag}")
+                         f"{'true' if n.get('in_sync') else 'false'}, epoch: "
+                         f"{'unknown' if epoch is None else epoch}, lag: {'unknown' if lag is None else lag}")
     for line in lines:
         ctx.print(bold(line) if line in _CLUSTER_HEADINGS else line)
+
+
+def _count_arg(ctx) -> int:
+    """A count as rabbitmqctl reads it (Integer.parse: leading digits), at least 1."""
+    m = re.match(r"[+-]?[0-9]+", ctx.args[0])
+    if m is None or int(m.group(0)) < 1:
+        raise ValidationError("Argument must be a positive integer")
+    return int(m.group(0))
+
+
+@command("await_online_nodes", "cluster", "Waits for <count> nodes to join the cluster", "<count>",
+         nargs=(1, 1), validate=_count_arg,
+         extra_help=(("<count>", "how many cluster members must be up in order for this command to "
+                                 "exit. When <count> is 1, always exits immediately."),))
+def cmd_await_online_nodes(ctx):
+    count = _count_arg(ctx)
+    timeout = float(ctx.opts.get("timeout", 300))
+    node = ctx.api.node()
+    ctx.banner(f"Will wait for at least {count} nodes to join the cluster of {node}. "
+               f"Timeout: {int(timeout)} seconds.")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            r = ctx.api.request("GET", "/api/nodes", timeout=5)
+            if r.ok and isinstance(r.data, list) and \
+                    sum(1 for n in r.data if isinstance(n, dict) and n.get("running", True)) >= count:
+                return
+        except (Unreachable, TimedOut):
+            pass                # a node restarting as a follower, or a hand-over: ask again
+        if time.monotonic() >= deadline:
+            raise CtlError(f"Error: timed out while waiting. Not enough nodes joined {node}'s cluster.",
+                           EX_SOFTWARE, prefix=False)
+        time.sleep(0.2)
+
+
+@command("forget_cluster_node", "cluster", "Removes a node from the cluster", "<existing_cluster_member_node>",
+         nargs=(1, 1))
+def cmd_forget_cluster_node(ctx):
+    name = ctx.args[0]
+    ctx.banner(f"Removing node {name} from the cluster")
+    r = ctx.api.request("DELETE", f"/api/usagi/cluster/nodes/{q(name)}")
+    if r.ok:
+        return
+    if r.status == 409 and isinstance(r.data, dict) and r.data.get("error") == "failed_to_remove_node":
+        raise CtlError(r.reason, EX_SOFTWARE)
+    if r.status == 404 and isinstance(r.data, dict) and r.data.get("error") == "not_a_cluster_node":
+        raise CtlError(f"{{:not_a_cluster_node, '{r.reason}'}}", EX_SOFTWARE)
+    if r.status in (404, 405):
+        raise CtlError(f"forget_cluster_node is not supported by the management API at {ctx.api.display} "
+                       f"(DELETE /api/usagi/cluster/nodes answered {r.status}); usagictl can run it only "
+                       f"against Usagi nodes", EX_UNAVAILABLE)
+    raise CtlError(r.reason, EX_UNAVAILABLE if r.status in (401, 403) else EX_SOFTWARE)
+
+
+@command("step_down", "cluster", "Hands the cluster's leadership over to another in-sync node: the leader "
+         "confirms what it has taken, closes its client connections (clients reconnect) and follows",
+         "[--timeout <timeout>]")
+def cmd_step_down(ctx):
+    before = ctx.api.get("/api/usagi/cluster", allow=(404,)).data or {}
+    old = before.get("leader")
+    if before.get("mode") != "cluster":
+        raise CtlError(f"the node behind {ctx.api.display} is not a member of a Usagi cluster", EX_UNAVAILABLE)
+    ctx.banner(f"Handing leadership of cluster {before.get('cluster_name')} over from node {old} ...")
+    _usagi_post(ctx, "cluster/step_down")
+    timeout = float(ctx.opts.get("timeout", 60))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        try:
+            r = ctx.api.request("GET", "/api/usagi/cluster", timeout=5)
+        except (Unreachable, TimedOut):
+            continue                    # the old leader's ports, while it starts again as a follower
+        if r.ok and isinstance(r.data, dict) and r.data.get("leader") not in (None, old):
+            ctx.print(f"Node {r.data['leader']} now leads (epoch {r.data.get('epoch')})")
+            return
+    raise CtlError(f"no other node took over within {timeout:g} seconds", EX_TEMPFAIL)
 
 
 _CLUSTER_HEADINGS = {"Basics", "Disk Nodes", "Running Nodes", "Versions", "Maintenance status", "Alarms",

@@ -9,7 +9,11 @@ Keys (prefix `/usagi/<cluster>`), none of them written per message:
                          with its lease, so a deposed leader's write fails.
     secret               the cluster secret (random, created once by whoever comes first).
     nodes/<node id>      {"name", "addresses"..., "role", "epoch", "lsn", "incarnation"}, bound
-                         to the node's lease: the registry, gone when the node is.
+                         to the node's lease: the registry of running nodes, gone when the node is.
+    members/<node id>    {"name", "addresses"..., "joined"}: every node that ever joined, running
+                         or not (RabbitMQ's disc nodes), kept until `usagictl forget_cluster_node`.
+    forgotten/<node id>  {"name", "at"}: a node removed for good; it may not join again with the
+                         same identity (its data dir must be reset first, as in RabbitMQ).
 
 The lease: one per node, its id the node's id, so that a second live process with the same
 identity cannot hold it. It is renewed every TTL/3 from the event loop, and only while the node
@@ -36,6 +40,10 @@ ROLE_FOLLOWER, ROLE_CANDIDATE, ROLE_LEADER, ROLE_STOPPED = "follower", "candidat
 
 class DuplicateNode(Exception):
     """Another live process holds this node's identity."""
+
+
+class ForgottenNode(Exception):
+    """This node was removed from the cluster (forget_cluster_node): it may not join again."""
 
 
 class Coordinator:
@@ -72,11 +80,25 @@ class Coordinator:
     def node_key(self, node_id: int | None = None) -> str:
         return f"{self.prefix}/nodes/{node_id if node_id is not None else self.node_id:x}"
 
+    def member_key(self, node_id: int | str | None = None) -> str:
+        nid = node_id if isinstance(node_id, str) else f"{node_id if node_id is not None else self.node_id:x}"
+        return f"{self.prefix}/members/{nid}"
+
+    def forgotten_key(self, node_id: int | str | None = None) -> str:
+        nid = node_id if isinstance(node_id, str) else f"{node_id if node_id is not None else self.node_id:x}"
+        return f"{self.prefix}/forgotten/{nid}"
+
     # ------------------------------------------------------------------ lease
     async def start(self, wait_for_stale: float | None = None):
         """Take the node's lease and register. If a lease with our id exists, it is either a
         previous incarnation's (crashed, lease not yet expired) or a live duplicate: wait for it
         to expire; if it is still renewed after that, refuse (DuplicateNode)."""
+        gone = await self.etcd.get(self.forgotten_key())
+        if gone is not None:
+            raise ForgottenNode(f"node {self.node_info.get('name', '')} ({self.node_id:x}) was removed from cluster "
+                                f"{self.prefix.rsplit('/', 1)[-1]} with forget_cluster_node: it cannot join "
+                                f"again with this data directory; start it with an empty data directory to "
+                                f"join as a new node")
         wait = self.ttl + 2 if wait_for_stale is None else wait_for_stale
         deadline = self.clock() + wait
         while True:
@@ -100,6 +122,7 @@ class Coordinator:
             await asyncio.sleep(min(1.0, max(0.1, self.ttl / 5)))
         self.deadline = self.clock() + self.ttl - 0.5
         await self.register()
+        await self._register_member()
         self._tasks.append(asyncio.ensure_future(self._keepalive_loop()))
         self._tasks.append(asyncio.ensure_future(self._deadline_loop()))
 
@@ -108,6 +131,42 @@ class Coordinator:
         info = dict(self.node_info, id=f"{self.node_id:x}", role=self.role, epoch=self.epoch,
                     incarnation=self.incarnation, pid=os.getpid())
         await self.etcd.put(self.node_key(), json.dumps(info), lease=self.lease)
+
+    async def _register_member(self):
+        """The lasting membership record (no lease): written when the node starts; an older
+        record of the same node name that is not running (the node was given a new data dir, and
+        so a new identity) is replaced by this one."""
+        me = f"{self.node_id:x}"
+        name = self.node_info.get("name")
+        running = {n.get("id") for n in await self.nodes()}
+        for m in await self.members():
+            if m.get("name") == name and m.get("id") != me and m.get("id") not in running:
+                await self.etcd.delete(self.member_key(str(m.get("id"))))
+        old = await self.etcd.get(self.member_key())
+        joined = None
+        if old is not None:
+            try:
+                joined = json.loads(old.value).get("joined")
+            except ValueError:
+                pass
+        info = {k: v for k, v in self.node_info.items() if k in ("name", "host", "amqp", "http", "repl", "version")}
+        await self.etcd.put(self.member_key(), json.dumps(dict(info, id=me, joined=joined or int(time.time()))))
+
+    async def members(self) -> list[dict]:
+        """Every node that joined and was not forgotten (bounded by the cluster's size)."""
+        out = []
+        for kv in await self.etcd.range(self.prefix + "/members/", prefix=True):
+            try:
+                out.append(json.loads(kv.value))
+            except ValueError:
+                continue
+        return out
+
+    async def forget_member(self, node_id: str, name: str):
+        """Remove a (stopped) node for good: its membership goes, a tombstone keeps it out. The ISR
+        is the leader's to change (replication.Leader.forget)."""
+        await self.etcd.txn([], [E.op_delete(self.member_key(node_id)),
+                                 E.op_put(self.forgotten_key(node_id), json.dumps({"name": name, "at": int(time.time())}))])
 
     async def _keepalive_loop(self):
         interval = self.ttl / 3

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import json
 import logging
 import random
@@ -147,6 +148,10 @@ def op_delete(key: str | bytes) -> dict:
 
 # ---------------------------------------------------------------------------------------- client
 
+RTT_BOUNDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)     # seconds
+CAMPAIGN = "/v3/election/campaign"
+
+
 class EtcdClient:
     """Several endpoints (`http://host:port`), one in use at a time; the next one on failure."""
 
@@ -160,6 +165,11 @@ class EtcdClient:
         self._session: aiohttp.ClientSession | None = None
         self.calls = 0              # requests sent (for tests and metrics)
         self.last_rtt = 0.0         # seconds of the last successful unary call
+        # round trips of the successful unary calls (the campaign, which waits to be elected, is
+        # not one): a cumulative histogram over RTT_BOUNDS, its sum and count (Prometheus)
+        self.rtt_bounds = RTT_BOUNDS
+        self.rtt_buckets = [0] * (len(RTT_BOUNDS) + 1)
+        self.rtt_sum = 0.0
 
     @property
     def endpoint(self) -> str:
@@ -195,7 +205,10 @@ class EtcdClient:
         if status != 200 or (isinstance(data, dict) and "error" in data):
             raise EtcdError(f"etcd {path}: {data.get('error') or data.get('message') or status}",
                             int(data.get("code") or 0), status)
-        self.last_rtt = loop.time() - t0
+        rtt = self.last_rtt = loop.time() - t0
+        if path != CAMPAIGN:
+            self.rtt_buckets[bisect.bisect_left(RTT_BOUNDS, rtt)] += 1
+            self.rtt_sum += rtt
         return data
 
     async def call(self, path: str, body: dict, *, idempotent: bool = True, timeout: float | None = None) -> dict:
@@ -291,7 +304,7 @@ class EtcdClient:
         """Blocks until this lease's candidacy leads. Cancel the task to give up waiting."""
         while True:
             try:
-                data = await self.call("/v3/election/campaign",
+                data = await self.call(CAMPAIGN,
                                        {"name": b64(name), "lease": str(lease), "value": b64(value)},
                                        timeout=3600 * 24 * 365)
             except EtcdUnavailable:

@@ -31,8 +31,9 @@ from .. import __version__
 from ..server import sdnotify
 from ..server.app import Server, stop_watchdog
 from ..storage.sqlite import SQLiteStore
+from . import nodehttp
 from . import wire as W
-from .coordinator import Coordinator, DuplicateNode
+from .coordinator import Coordinator, DuplicateNode, ForgottenNode
 from .etcd import EtcdClient, EtcdError, EtcdUnavailable
 from .proxy import Forwarder
 from .replication import Leader, NotLeader, Replica
@@ -41,6 +42,9 @@ log = logging.getLogger("usagi.cluster")
 
 EXIT_LEASE_LOST = 3
 REJOIN_ENV = "USAGI_CLUSTER_REJOIN"   # set by a node that restarts itself after losing its lease
+EXIT_HANDED_OVER = 4       # internal: leadership handed over on purpose; the process starts again as a follower
+HANDOVER_FLUSH_WAIT = 2.0  # seconds for the last confirms to leave the sockets before connections close
+MEMBERS_REFRESH = 4        # the membership is read once every this many registry refreshes
 TRUSTED_REFRESH = 0.5      # seconds between reads of the registry by the leader (one etcd range read)
 
 
@@ -80,32 +84,116 @@ def _advertised(args) -> str:
 
 class ClusterView:
     """What the leader's management API and `usagictl cluster_status` show of the cluster: the
-    registry in etcd (refreshed every couple of seconds, never per request) and the leader's own
-    view of each follower's replication."""
+    registry and the membership in etcd (refreshed every couple of seconds, never per request) and
+    the leader's own view of each follower's replication; and the operations on the cluster that
+    the management API offers (forget a node, hand leadership over)."""
 
     def __init__(self, node: "Node", leader: Leader, epoch: int):
         self.node = node
         self.leader = leader
         self.epoch = epoch
-        self.registry: list = []
+        self.registry: list = []        # running nodes (nodes/*, lease-bound)
+        self.members: list = []         # every node that joined and was not forgotten (members/*)
+        self._replicas_key = None
+        self._replicas = ()
 
     def status(self) -> dict:
         me = self.node
         rep = {f["node"]: f for f in self.leader.status()}
         isr = sorted(self.leader.isr)
+        running = {n.get("id"): n for n in self.registry}
+        known = dict(running)
+        for m in self.members:
+            if m.get("id") not in known and m.get("id") not in self.leader.forgotten:
+                known[m.get("id")] = dict(m, role="stopped")
         nodes = []
-        for n in sorted(self.registry, key=lambda n: n.get("name", "")):
+        for n in sorted(known.values(), key=lambda n: str(n.get("name", ""))):
             nid = n.get("id", "")
             r = rep.get(nid)
             leads = nid == me._my_name()
+            up = nid in running
             nodes.append({"name": n.get("name"), "id": nid, "role": "leader" if leads else n.get("role", "follower"),
                           "host": n.get("host"), "amqp": n.get("amqp"), "http": n.get("http"),
-                          "version": n.get("version"), "in_sync": nid in isr, "running": True,
+                          "version": n.get("version"), "in_sync": nid in isr, "running": up,
                           "connected": leads or bool(r and r.get("live")),
+                          "epoch": self.epoch if leads or (r and r.get("live")) else n.get("epoch"),
                           "lag": 0 if leads else (r["lag"] if r else None)})
         return {"mode": "cluster", "cluster_name": me.args.cluster_name, "leader": me.info()["name"],
                 "epoch": self.epoch, "lsn": self.leader.lsn, "isr": isr,
-                "min_in_sync": self.leader.min_in_sync, "nodes": nodes}
+                "isr_names": self.names(isr), "min_in_sync": self.leader.min_in_sync, "nodes": nodes,
+                "leader_changes": me.leader_changes}
+
+    def names(self, ids) -> list:
+        """Node names for node ids (the ISR holds ids), as far as the registry knows them."""
+        by_id = {m.get("id"): m.get("name") for m in self.members}
+        by_id.update({n.get("id"): n.get("name") for n in self.registry})
+        return sorted(by_id.get(i) or i for i in ids)
+
+    def running_names(self) -> set:
+        return {n.get("name") for n in self.registry}
+
+    def replicas(self) -> tuple:
+        """(leader, members, online) as a replicated queue reports them: the leader's name, the
+        ISR's names, those of them that run. Cached until the ISR or the registry changes (a
+        listing of many queues asks once per queue)."""
+        key = (id(self.registry), id(self.members), frozenset(self.leader.isr))
+        if self._replicas_key != key:
+            members = self.names(self.leader.isr)
+            up = self.running_names()
+            me = self.node.info()["name"]
+            self._replicas = (me, members, [n for n in members if n in up or n == me])
+            self._replicas_key = key
+        return self._replicas
+
+    async def forget(self, name: str) -> tuple[str, str] | None:
+        """rabbitmqctl forget_cluster_node: remove a stopped node for good (membership, ISR; a
+        tombstone keeps its identity out). None when done, else (kind, what) of the refusal:
+        ("running", ...) for a node that runs, ("unknown", ...) for one that is not a member."""
+        coord = self.node.coord
+        running = await coord.nodes()
+        members = await coord.members()
+        if any(n.get("name") == name for n in running):
+            return "running", name
+        ids = [m.get("id") for m in members if m.get("name") == name and m.get("id")]
+        if not ids:
+            return "unknown", name
+        for nid in ids:
+            await self.leader.forget(nid)
+            await coord.forget_member(nid, name)
+            log.warning("cluster: node %s (%s) removed from the cluster (forget_cluster_node)", name, nid)
+        self.members = await coord.members()
+        return None
+
+    def quorum_critical(self) -> str | None:
+        """Why stopping this leader now would leave the cluster without a node to take over (other
+        nodes run, but none of them is in sync), or None."""
+        me = self.node._my_name()
+        others = [n for n in self.registry if n.get("id") != me]
+        if others and not self.leader.successors():
+            return ("no other node is in sync: stopping the leader now would leave the cluster without "
+                    "a leader until it is back")
+        return None
+
+    def step_down(self) -> str | None:
+        """Hand leadership over (usagictl step_down): refused (the reason) when no other in-sync
+        node is connected to take over; else the hand-over starts and None is returned."""
+        ready = self.leader.successors()
+        if not ready:
+            return "no other in-sync node is connected: there is no node to hand leadership over to"
+        self.node.request_handover()
+        return None
+
+    def metrics(self) -> dict:
+        """This node's cluster figures for Prometheus (see mgmt.metrics.cluster_families)."""
+        me = self.node
+        isr = self.leader.isr
+        names = {n.get("id"): n.get("name") for n in self.members}
+        names.update({n.get("id"): n.get("name") for n in self.registry})
+        lag = [(names.get(f["node"], f["node"]), f["lag"]) for f in self.leader.status()]
+        return {"node": me.info()["name"], "leader": True, "epoch": self.epoch, "isr_size": len(isr),
+                "in_sync": True, "lsn": self.leader.lsn, "followers_lag": sorted(lag),
+                "leader_changes": me.leader_changes, "members": len(self.status()["nodes"]),
+                "running": len(self.registry), "etcd": me.etcd}
 
 
 class Node:
@@ -128,6 +216,14 @@ class Node:
         self.exit_code = 0
         self._peer_ips: set = set()       # addresses of followers that authenticated (as leader)
         self._known_ips: set = set()      # other nodes' addresses seen in the registry (kept)
+        self.leader_changes = 0           # leaders this node has seen take over (or became) since it started
+        self.handover = asyncio.Event()   # set by `usagictl step_down` on the leader
+        self.replica: Replica | None = None
+        self._refreshes = 0
+        self._writing_since = None        # when the running local store write began (the lease watchdog)
+
+    def request_handover(self):
+        self.handover.set()
 
     # ------------------------------------------------------------------ addresses
     def info(self) -> dict:
@@ -175,8 +271,9 @@ class Node:
                                  ttl=self.args.cluster_lease_ttl, progress_ok=self._progress_ok)
         try:
             await self._join()
-        except DuplicateNode as e:
+        except (DuplicateNode, ForgottenNode) as e:
             log.error("%s", e)
+            await self.coord.stop(revoke=True)
             await self.etcd.close()
             return 1
         except EtcdError as e:
@@ -198,6 +295,9 @@ class Node:
                 if outcome == "lost":
                     self.exit_code = EXIT_LEASE_LOST
                     break
+                if outcome == "handover":
+                    self.exit_code = EXIT_HANDED_OVER
+                    break
         finally:
             stopping_gracefully = self.exit_code != EXIT_LEASE_LOST
             try:
@@ -205,8 +305,9 @@ class Node:
             except Exception:  # noqa: BLE001
                 pass
             await self.etcd.close()
-        if self.exit_code == EXIT_LEASE_LOST and os.environ.get("USAGI_CLUSTER_NO_REEXEC") != "1":
-            # start again as a follower, with nothing of the old role left in the process
+        if self.exit_code in (EXIT_LEASE_LOST, EXIT_HANDED_OVER) and os.environ.get("USAGI_CLUSTER_NO_REEXEC") != "1":
+            # start again as a follower, with nothing of the old role left in the process (after a
+            # hand-over the lease was revoked: the next in-sync node was elected at once)
             log.warning("cluster: restarting as a follower")
             logging.shutdown()
             os.environ[REJOIN_ENV] = "1"
@@ -242,6 +343,38 @@ class Node:
                     pass
                 delay = min(delay * 2, 2.0)
 
+    # ------------------------------------------------------------------ a follower's own view
+    def follower_listeners(self) -> list:
+        """(protocol, port) of what this follower listens on."""
+        return list(getattr(self, "_listening", []))
+
+    async def _isr(self):
+        try:
+            return await self.coord.read_isr()
+        except EtcdError:
+            return None
+
+    async def follower_metrics(self) -> dict:
+        """This follower's figures for Prometheus (mgmt.metrics.cluster_families); one etcd read."""
+        isr = await self._isr()
+        nodes = (isr or {}).get("nodes", [])
+        rep = self.replica
+        lag = max(0, rep.received - rep.applied) if rep is not None and rep.connected else None
+        return {"node": self.info()["name"], "leader": False, "epoch": self.leader_epoch,
+                "in_sync": self._my_name() in nodes, "isr_size": len(nodes), "lag": lag,
+                "leader_changes": self.leader_changes, "etcd": self.etcd}
+
+    async def quorum_critical(self) -> str | None:
+        """Why stopping this follower would stop the cluster's confirms (it is in the ISR, and the
+        ISR would fall below min-in-sync without it), or None."""
+        isr = await self._isr()
+        nodes = (isr or {}).get("nodes", [])
+        need = max(1, self.args.cluster_min_in_sync)
+        if self._my_name() in nodes and len(nodes) - 1 < need:
+            return (f"the in-sync replica set would fall below min-in-sync ({need}) without this node: "
+                    f"publishes would not be confirmed until another node is in sync")
+        return None
+
     def _progress_ok(self) -> bool:
         """The lease watchdog: renew only while the loop ticks and commits complete."""
         srv = self.server
@@ -251,7 +384,9 @@ class Node:
         ttl = self.args.cluster_lease_ttl
         if now - srv.last_tick > max(1.0, ttl / 3):
             return False
-        started = srv.commit_started
+        # the local write only: waiting for a stalled follower's acks is not a stuck node (the
+        # follower leaves the ISR after the ack timeout, which may be longer than TTL/2)
+        started = self._writing_since
         return started is None or now - started < ttl / 2
 
     # ------------------------------------------------------------------ follower
@@ -266,18 +401,32 @@ class Node:
                          local_host=self.advertise)
         http = Forwarder(lambda: self._leader_addr("http"), send_proxy_header=False,
                          local_host=self.advertise)
+        # health checks are this node's own; the rest of the management API is the leader's
+        checks = nodehttp.HealthChecks(self, nodehttp.Users(os.path.join(self.args.data_dir, self.store_file)),
+                                       getattr(self.args, "loopback_users", ("guest",)))
         servers = []
+        self._listening = []
+        metrics_runner = None
         try:
             servers.append(await loop.create_server(amqp.factory, self.host, self.args.port,
                                                     reuse_address=True, backlog=1024))
+            self._listening.append(("amqp", self.args.port))
             if self.args.management_port >= 0 and not self.args.no_management:
-                servers.append(await loop.create_server(http.factory, self.host, self.args.management_port,
-                                                        reuse_address=True, backlog=1024))
+                servers.append(await loop.create_server(lambda: nodehttp.Sniffer(http.factory, checks), self.host,
+                                                        self.args.management_port, reuse_address=True, backlog=1024))
+                self._listening.append(("http", self.args.management_port))
         except OSError as e:
             log.error("cluster: cannot listen: %s", e)
+            for srv in servers:
+                srv.close()
             store.close(commit=False)
             self.stop_event.set()
             return None
+        if getattr(self.args, "metrics_port", -1) is not None and self.args.metrics_port >= 0 \
+                and not self.args.no_management and self.args.management_port != -1:
+            metrics_runner = await nodehttp.start_metrics(self, self.host, self.args.metrics_port)
+            if metrics_runner is not None:
+                self._listening.append(("http/prometheus", self.args.metrics_port))
         log.info("AMQP listener on %s:%d (follower: forwarding to the leader)", self.host or "*", self.args.port)
         sdnotify.notify("READY=1", "STATUS=cluster node: following")
         await self.coord.register(role="follower", lsn=store.position[1])
@@ -292,11 +441,28 @@ class Node:
         finally:
             for t in (elected, watcher, follower, stop, lost):
                 t.cancel()
+            if stop.done() and not lost.done() and not elected.done():
+                # a graceful stop: no new clients; the confirms on their way to the forwarded
+                # clients get through before their connections close
+                for srv in servers:
+                    srv.close()
+                try:
+                    await amqp.drain()
+                except Exception:  # noqa: BLE001 - the drain is a courtesy: the stop goes on
+                    pass
             await asyncio.gather(follower, return_exceptions=True)
             amqp.close_all()
             http.close_all()
             for srv in servers:
                 srv.close()
+            if metrics_runner is not None:
+                await metrics_runner.cleanup()      # the port is the leader's next
+            try:
+                await checks.server.shutdown(0.5)
+            except Exception:  # noqa: BLE001
+                pass
+            self.replica = None
+            self._listening = []
             store.close(commit=False)
         if epoch is None and lost.done() and not self.stop_event.is_set():
             self.exit_code = EXIT_LEASE_LOST
@@ -326,6 +492,7 @@ class Node:
     async def _watch_leader(self, forwarders):
         """Keep `leader_info` current; close forwarded connections when the leader changes."""
         last = None
+        seen_epoch = self.leader_epoch
         while True:
             try:
                 cur = await self.coord.current_leader()
@@ -345,14 +512,17 @@ class Node:
                 if last is not None:
                     for f in forwarders:
                         f.close_all()
+                if key[0] is not None and (last is None or key[1] != last[1]) and key[1] != seen_epoch:
+                    seen_epoch = key[1]
+                    self.leader_changes += 1
                 last = key
             await asyncio.sleep(0.2)
 
     async def _replicate(self, applier):
         """Follow whichever node leads, reconnecting; when etcd names another leader, the stream
         from the old one is dropped at once. A refused or garbled stream is logged (once)."""
-        replica = Replica(self.coord.node_id, self.secret, applier,
-                          os.path.join(self.args.data_dir, "snapshot"))
+        replica = self.replica = Replica(self.coord.node_id, self.secret, applier,
+                                         os.path.join(self.args.data_dir, "snapshot"))
         last_error = None
         while True:
             addr = self._leader_addr("repl")
@@ -389,6 +559,10 @@ class Node:
         """Serve as the leader until stopped ("stopped") or the lease is lost ("lost")."""
         from ..server.startup import build_broker
         self.role = "leader"
+        if epoch != self.leader_epoch:
+            self.leader_changes += 1
+        self.leader_epoch = epoch
+        self.handover.clear()
         args = self.args
         t0 = time.monotonic()
         store = SQLiteStore(args.data_dir, self.store_file)
@@ -436,7 +610,11 @@ class Node:
             if batches is None:
                 return
             lsn = leader.append(W.encode(batches))
-            await loop.run_in_executor(None, store.write_batch, batches, (epoch, lsn))
+            self._writing_since = time.monotonic()
+            try:
+                await loop.run_in_executor(None, store.write_batch, batches, (epoch, lsn))
+            finally:
+                self._writing_since = None
             await leader.wait_durable(lsn)
         server.committer = commit
         self._peer_ips = set()
@@ -444,6 +622,7 @@ class Node:
         def on_peer(ip):        # a follower that proved it knows the secret forwards clients from there
             self._peer_ips.add(ip)
             server.trusted_proxies.add(ip)
+            asyncio.ensure_future(self._refresh_trusted(server, view))     # it shows as running at once
         leader.on_peer = on_peer
         view = broker.cluster = ClusterView(self, leader, epoch)
         await self._refresh_trusted(server, view)
@@ -471,25 +650,70 @@ class Node:
         refresher = asyncio.ensure_future(self._trusted_loop(server, view))
         stop = asyncio.ensure_future(self.stop_event.wait())
         lost = asyncio.ensure_future(self.coord.lost.wait())
-        done, _ = await asyncio.wait({stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+        handover = asyncio.ensure_future(self.handover.wait())
+        done, _ = await asyncio.wait({stop, lost, handover}, return_when=asyncio.FIRST_COMPLETED)
         refresher.cancel()
-        outcome = "lost" if lost in done else "stopped"
+        handover.cancel()
+        outcome = "lost" if lost in done else "stopped" if stop in done else "handover"
         if outcome == "lost":
             # nothing more may be confirmed: drop every client at once, then give up the role
             leader.lose("lease lost")
             broker.shutdown_connections("broker forced connection closure with reason 'lease lost'")
             broker.flush_output()
+        else:
+            # leaving on purpose (a stop, or a hand-over): confirm everything taken first
+            log.info("cluster: %s: taking no more input; confirming what was taken",
+                     "handing leadership over" if outcome == "handover" else "stopping")
+            await self._drain(server, broker)
         for s in services:
             try:
                 await s.stop()
             except Exception:  # noqa: BLE001
                 pass
-        await server.stop("shutdown" if outcome == "stopped" else "lease lost")
+        if outcome != "lost":
+            _resume_input(server)   # (server.stop closes every connection before it reads again)
+        await server.stop({"stopped": "shutdown", "handover": "leader hand-over"}.get(outcome, "lease lost"))
         await leader.stop()
         stop.cancel()
         lost.cancel()
         self.server = None
         return outcome
+
+    async def _drain(self, server, broker):
+        """Before leadership is given up on purpose: stop listening, read nothing more from any
+        client (as a resource alarm does), and wait until everything read so far is committed,
+        replicated to the ISR and confirmed; then give the confirms a moment to leave the sockets.
+        A publish the client sent but this node never read is not confirmed: the client sees the
+        connection close before its confirm, and republishes."""
+        for srv in server.servers:
+            srv.close()
+        for c in list(server.conns):
+            tr = getattr(c, "transport", None)
+            if c.closed or tr is None or tr.is_closing():
+                continue
+            c.alarm_paused = True            # nothing resumes reading from here on
+            try:
+                tr.pause_reading()
+            except Exception:  # noqa: BLE001 - a transport already gone
+                pass
+        deadline = time.monotonic() + self.args.cluster_ack_timeout + 5
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(server.commit_barrier(), max(0.1, deadline - time.monotonic()))
+            except Exception as e:  # noqa: BLE001 - a commit that failed got its nacks
+                log.warning("cluster: the last commit before giving up leadership failed: %s", e)
+                break
+            # input already read but left for a later turn (a long burst) is handled first
+            if not any(getattr(c, "held_frames", None) or getattr(c, "yielded", False) for c in server.conns):
+                break
+            await asyncio.sleep(0.01)
+        broker.flush_output()
+        end = time.monotonic() + HANDOVER_FLUSH_WAIT
+        while time.monotonic() < end:
+            if not any(c.transport is not None and not c.transport.is_closing()
+                       and c.transport.get_write_buffer_size() for c in server.conns):
+                break
+            await asyncio.sleep(0.01)
 
     async def _refresh_trusted(self, server, view=None):
         """Connections from other nodes' addresses start with a PROXY header (forwarded clients);
@@ -500,6 +724,12 @@ class Node:
             return
         if view is not None:
             view.registry = nodes
+            self._refreshes += 1
+            if self._refreshes % MEMBERS_REFRESH == 1:
+                try:
+                    view.members = await self.coord.members()
+                except EtcdError:
+                    pass
         mine = self.advertise
         trusted = {_resolve(n.get("host")) for n in nodes if n.get("host") and n.get("host") != mine}
         trusted.discard(None)
@@ -514,6 +744,21 @@ class Node:
         while True:
             await asyncio.sleep(TRUSTED_REFRESH)
             await self._refresh_trusted(server, view)
+
+
+def _resume_input(server):
+    """Read from the clients again after a drain, so that their answers to connection.close are
+    read (a connection that is closing takes nothing else)."""
+    for c in list(server.conns):
+        tr = getattr(c, "transport", None)
+        if c.closed or tr is None or tr.is_closing() or not c.alarm_paused:
+            continue
+        c.alarm_paused = False
+        if not c.reading_paused and not c.input_paused:
+            try:
+                tr.resume_reading()
+            except Exception:  # noqa: BLE001 - a transport already gone
+                pass
 
 
 def _ip_of(host: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from ..server.proxy_protocol import proxy_header
 
@@ -34,12 +35,14 @@ class _Pipe(asyncio.Protocol):
         self.buffer = []            # bytes received before the other side was connected
         self.on_lost = on_lost
         self.closed = False
+        self.last_rx = 0.0          # when this side last received data (a stopping follower's drain)
 
     def connection_made(self, transport):
         self.transport = transport
         transport.set_write_buffer_limits(high=HIGH_WATER, low=HIGH_WATER // 4)
 
     def data_received(self, data):
+        self.last_rx = time.monotonic()
         p = self.peer
         if p is None or p.transport is None:
             self.buffer.append(data)
@@ -93,6 +96,29 @@ class Forwarder:
         for p in list(self.pipes):
             p.close()
         self.pipes.clear()
+
+    async def drain(self, quiet: float = 0.3, limit: float = 3.0):
+        """Before a follower stops: forward nothing more from the clients, but let what the leader
+        still sends them (the confirms of publishes it has read) through, until the leader has been
+        silent for `quiet` seconds on every connection, or `limit` seconds have passed. A client
+        then sees its connection close with as few publishes left unconfirmed as can be."""
+        ups = []
+        for p in list(self.pipes):
+            if isinstance(p, _Client):
+                if p.transport is not None and not p.transport.is_closing():
+                    p.transport.pause_reading()
+            elif not p.closed:
+                ups.append(p)
+        if not ups:
+            return
+        start = time.monotonic()
+        for p in ups:
+            p.last_rx = max(p.last_rx, start)
+        while time.monotonic() - start < limit:
+            now = time.monotonic()
+            if all(p.closed or now - p.last_rx >= quiet for p in ups):
+                return
+            await asyncio.sleep(0.05)
 
     async def _connect(self, client: "_Client"):
         loop = asyncio.get_running_loop()

@@ -92,6 +92,7 @@ class Leader:
         self.lost_reason = None
         self.last_confirm = 0.0       # time.monotonic() of the last confirm this leader let go
         self.on_peer = None           # called with the address of each follower that authenticated
+        self.forgotten: set[str] = set()   # nodes removed for good: kept out of the ISR, refused
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self, host: str, port: int):
@@ -238,8 +239,9 @@ class Leader:
                         want.discard(name)
                         self._drop(f, "ack timeout")
                 for f in self.followers.values():
-                    if f.live and f.name not in want and f.acked >= self.lsn:
+                    if f.live and f.name not in want and f.acked >= self.lsn and f.name not in self.forgotten:
                         want.add(f.name)
+                want -= self.forgotten
                 if want != self.isr:
                     ok = await self.coord.write_isr(sorted(want), self.lsn)
                     if ok:
@@ -255,6 +257,22 @@ class Leader:
                 raise
             except Exception as e:  # noqa: BLE001 - etcd unreachable: confirms wait, the loop goes on
                 log.warning("replication: ISR upkeep failed: %s", e)
+
+    async def forget(self, name: str, timeout: float = 10.0) -> bool:
+        """Take a node (by id) out of the ISR for good: the upkeep loop writes the ISR without it
+        (fenced); True once the ISR as written no longer holds it."""
+        self.forgotten.add(name)
+        f = self._by_name(name)
+        if f is not None:
+            self._drop(f, "it was removed from the cluster")
+        deadline = time.monotonic() + timeout
+        while name in self.isr and not self.closed and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        return name not in self.isr
+
+    def successors(self) -> list[str]:
+        """Connected followers in the ISR: who could take over now."""
+        return sorted(f.name for f in self.followers.values() if f.live and f.name in self.isr)
 
     def _isr_lsn_floor(self) -> int:
         return min((f.acked for f in self.followers.values() if f.name in self.isr), default=self.lsn)
@@ -281,6 +299,9 @@ class Leader:
             if self.closed:
                 writer.write(W.frame(W.REFUSE, b"not the leader"))
                 raise W.WireError("not the leader any more")
+            if f"{h['node_id']:x}" in self.forgotten:
+                writer.write(W.frame(W.REFUSE, b"this node was removed from the cluster (forget_cluster_node)"))
+                raise W.WireError(f"node {h['node_id']:x} was removed from the cluster")
             old = self.followers.get(h["node_id"])
             if old is not None:
                 self._drop(old, "it connected again")
@@ -425,6 +446,7 @@ class Replica:
         self.leader_epoch = 0
         self.connected = False
         self.applied = 0
+        self.received = 0           # last LSN received (applied or not): received - applied is the lag
 
     async def run(self, host: str, port: int, local_host: str | None = None):
         """Follow one leader until the connection ends (raises on refusal or a bad stream). With
@@ -505,6 +527,7 @@ class Replica:
                     if lsn != expect:
                         raise W.WireError(f"batch lsn {lsn} out of order (expected {expect})")
                     expect += 1
+                    self.received = lsn
                     batches.append((epoch, lsn, body))
                 elif ftype == W.HEARTBEAT:
                     writer.write(W.frame(W.HEARTBEAT))

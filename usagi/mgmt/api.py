@@ -855,27 +855,37 @@ def set_cluster_name(r: Req):
     return Reply(204)
 
 
+def _cluster_nodes(r: Req, me: dict) -> list:
+    """The nodes of a cluster as /api/nodes lists them: this leader's full entry (`me`), and every
+    other member, running or not, as RabbitMQ lists its disc nodes (their figures are theirs)."""
+    items = [me]
+    c = r.broker.cluster
+    if c is None:
+        return items
+    st = c.status()
+    for n in st["nodes"]:
+        if n["role"] == "leader":
+            me.update(usagi_role="leader", usagi_in_sync=True, usagi_lag=0, usagi_epoch=st["epoch"])
+            continue
+        items.append({"name": n["name"], "type": "disc", "running": n["running"], "cluster_links": [],
+                      "being_drained": False, "usagi_role": n["role"], "usagi_in_sync": n["in_sync"],
+                      "usagi_lag": n["lag"], "usagi_epoch": n.get("epoch")})
+    return items
+
+
 @get("nodes", MONITOR)
 def nodes(r: Req):
-    items = [r.ranged(True).node_json()]
-    c = r.broker.cluster
-    if c is not None:
-        # the other nodes of a cluster, as far as the leader knows them (their figures are theirs)
-        st = c.status()
-        for n in st["nodes"]:
-            if n["role"] == "leader":
-                items[0].update(usagi_role="leader", usagi_in_sync=True, usagi_lag=0)
-                continue
-            items.append({"name": n["name"], "type": "disc", "running": n["running"],
-                          "being_drained": False, "usagi_role": n["role"], "usagi_in_sync": n["in_sync"],
-                          "usagi_lag": n["lag"]})
-    return Listing(items, ("name",))
+    return Listing(_cluster_nodes(r, r.ranged(True).node_json()), ("name",))
 
 
 @get("nodes/:node", MONITOR)
 def node(r: Req):
     r.ranged(True)
     if r.p("node") != r.m.node:
+        if r.broker.cluster is not None:
+            for n in _cluster_nodes(r, {})[1:]:
+                if n["name"] == r.p("node"):
+                    return n
         raise not_found()
     return r.view.node_json()
 
@@ -958,6 +968,11 @@ def hc_vhosts(r: Req):
 
 @get("health/checks/node-is-quorum-critical", ANY)
 def hc_quorum(r: Req):
+    c = r.broker.cluster
+    why = c.quorum_critical() if c is not None else None
+    if why:
+        # (a cluster leader: the queues are all of them, named as RabbitMQ names them in this answer)
+        return _failed({"reason": why, "queues": []})
     return {"status": "ok"}
 
 
@@ -2050,6 +2065,39 @@ def usagi_cluster(r: Req):
             "leader": name, "epoch": 0, "lsn": 0, "isr": [name], "min_in_sync": 1,
             "nodes": [{"name": name, "id": name, "role": "leader", "in_sync": True, "running": True,
                        "connected": True, "lag": 0}]}
+
+
+@delete("usagi/cluster/nodes/:node", ADMIN)
+async def usagi_forget_node(r: Req):
+    """rabbitmqctl forget_cluster_node: remove a node that is not running from the cluster for
+    good (its membership and its place in the ISR; its identity may not join again)."""
+    c = r.broker.cluster
+    if c is None:
+        raise ApiError(409, "conflict", "this node is not a member of a cluster")
+    refused = await c.forget(r.p("node"))
+    if refused is not None:
+        kind, name = refused
+        if kind == "running":
+            raise ApiError(409, "failed_to_remove_node", f"{{failed_to_remove_node,{name},{{active,"
+                                                         f"\"Mnesia is running\",{name}}}}}")
+        raise ApiError(404, "not_a_cluster_node", "The node selected is not in the cluster.")
+    log.warning("node %s forgotten through the management API by user '%s'", r.p("node"), r.user.name)
+    return Reply(204)
+
+
+@post("usagi/cluster/step_down", ADMIN)
+def usagi_step_down(r: Req):
+    """Hand the cluster's leadership over to another in-sync node: this leader stops taking input,
+    confirms what it took once the ISR has it, closes its clients' connections and resigns, then
+    follows. 204 once the hand-over has started; 409 when no node could take over."""
+    c = r.broker.cluster
+    if c is None:
+        raise ApiError(409, "conflict", "this node is not a member of a cluster")
+    refused = c.step_down()
+    if refused is not None:
+        raise ApiError(409, "conflict", refused)
+    log.warning("leadership hand-over requested through the management API by user '%s'", r.user.name)
+    return Reply(204)
 
 
 # ---------------------------------------------------------------------------------------- Usagi node settings

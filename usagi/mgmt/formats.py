@@ -266,6 +266,16 @@ class View:
             "type": qtype,
             "vhost": q.vhost,
         }
+        if qtype in ("quorum", "stream"):
+            # a replicated queue: in a cluster its leader is the cluster's, its members the in-sync
+            # replicas (every durable queue is on each of them), online those of them running; a
+            # single node is all three, as a one-node RabbitMQ reports it
+            cluster = self.broker.cluster
+            leader, members, online = cluster.replicas() if cluster is not None else (
+                self.node, (self.node,), (self.node,))
+            d["leader"] = leader
+            d["members"] = list(members)
+            d["online"] = list(online)
         idle = self.sampler.idle_since(q)
         if idle is not None:
             d["idle_since"] = iso_time(idle)

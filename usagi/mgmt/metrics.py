@@ -1001,12 +1001,64 @@ def _note_scrape(m, registry: str, size: int, started: float):
 
 # ---------------------------------------------------------------------------------------- endpoints
 
+def cluster_families(fig: dict) -> list:
+    """usagi_cluster_*: a cluster node's own figures (its role, the epoch it knows, the ISR, the
+    replication lag in batches, leader changes seen, etcd round trips), from a dict of figures a
+    leader (cluster.node.ClusterView.metrics) or a follower (cluster.node.Node.follower_metrics)
+    gives. A handful of lines: the followers of one leader at most."""
+    node = labels(node=fig.get("node", ""))
+    out = []
+
+    def fam(name, kind, help_, samples):
+        out.append(f"# TYPE {name} {kind}\n# HELP {name} {help_}\n")
+        for lab, v in samples:
+            out.append(f"{name}{{{lab}}} {_num(v)}\n" if lab else f"{name} {_num(v)}\n")
+    fam("usagi_cluster_leader", "gauge", "1 if this node leads the cluster, else 0",
+        ((node, 1 if fig.get("leader") else 0),))
+    fam("usagi_cluster_epoch", "gauge", "The epoch of the leader this node knows (its election's etcd revision)",
+        ((node, fig.get("epoch") or 0),))
+    fam("usagi_cluster_in_sync", "gauge", "1 if this node is in the in-sync replica set, else 0",
+        ((node, 1 if fig.get("in_sync") else 0),))
+    fam("usagi_cluster_isr_size", "gauge", "Nodes in the in-sync replica set", ((node, fig.get("isr_size") or 0),))
+    if fig.get("leader"):
+        fam("usagi_cluster_members", "gauge", "Nodes of the cluster, running or not", ((node, fig.get("members", 0)),))
+        fam("usagi_cluster_running_members", "gauge", "Nodes of the cluster that run", ((node, fig.get("running", 0)),))
+        fam("usagi_cluster_replication_lag", "gauge",
+            "Commit batches the leader has that a connected follower has not acknowledged",
+            [(labels(node=fig.get("node", ""), follower=name), lag) for name, lag in fig.get("followers_lag", ())])
+    else:
+        fam("usagi_cluster_replication_lag", "gauge",
+            "Commit batches this follower has received but not yet applied and synced",
+            ((node, fig.get("lag") or 0),))
+    fam("usagi_cluster_leader_changes_total", "counter", "Leader changes this node has seen since it started",
+        ((node, fig.get("leader_changes", 0)),))
+    etcd = fig.get("etcd")
+    if etcd is not None:
+        name = "usagi_cluster_etcd_request_duration_seconds"
+        out.append(f"# TYPE {name} histogram\n# HELP {name} Round-trip time of this node's requests to etcd\n")
+        acc = 0
+        for bound, n in zip(tuple(etcd.rtt_bounds) + (None,), etcd.rtt_buckets):
+            acc += n
+            le = "+Inf" if bound is None else repr(float(bound))
+            out.append(f'{name}_bucket{{{node},le="{le}"}} {acc}\n')
+        out.append(f"{name}_sum{{{node}}} {_num(float(etcd.rtt_sum))}\n")
+        out.append(f"{name}_count{{{node}}} {acc}\n")
+    return out
+
+
+async def _cluster(out: Out, b):
+    c = getattr(b, "cluster", None)
+    if c is not None:
+        out.buf += cluster_families(c.metrics())
+
+
 async def _common(out: Out, scrape: Scrape, m):
     b = m.broker
     await _global(out, scrape)
     await _alarms(out, b)
     await _message_sizes(out, b)
     await _process(out, b)
+    await _cluster(out, b)
 
 
 async def render_metrics(m, write, pacer: slices.Pacer):
