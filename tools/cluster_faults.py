@@ -88,6 +88,7 @@ def main() -> int:
           f"{result['unknown']} unknown")
     print(f"lost {result['lost_count']}, unexpected {result['unexpected_count']}, duplicated "
           f"{result['duplicated']}, recovered {result['recovered']}")
+    print(f"leaders that went with no in-sync node to take over (brought back): {run.no_successor}")
     print(f"split-brain probe: {probe['elections']} elections, {probe['leader_ends']} leader ends, "
           f"{len(probe['violations'])} violations")
     for v in probe["violations"][:20]:
@@ -104,7 +105,7 @@ def main() -> int:
             f.write(json.dumps({"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "faults": a.faults, "ttl": a.ttl,
                                 "minutes": round(took / 60, 1), **{k: v for k, v in result.items()
                                                                     if k not in ("lost", "unexpected")},
-                                "failover": fo, "split_brain": probe}) + "\n")
+                                "failover": fo, "split_brain": probe, "no_successor": run.no_successor}) + "\n")
     return 1 if result["lost_count"] or result["unexpected_count"] or probe["violations"] else 0
 
 

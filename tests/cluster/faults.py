@@ -50,6 +50,7 @@ class FaultRun:
         self.rng = random.Random(seed)
         self.log = log
         self.records: list = []          # (kind, injected at, healed at)
+        self.no_successor = 0            # leaders that went with no in-sync node to take over
 
     async def run(self):
         c = self.cluster
@@ -77,19 +78,19 @@ class FaultRun:
             self.fault_at = time.monotonic()
             if kind == "kill-leader":
                 node.kill()
-                c.wait_leader(FAILOVER_WAIT, not_node=node)
-                time.sleep(self.rng.uniform(0, 1.0))
+                if self._await_successor(node):
+                    time.sleep(self.rng.uniform(0, 1.0))
                 node.start()
             elif kind == "pause-leader":
                 node.pause()
                 try:
-                    c.wait_leader(FAILOVER_WAIT, not_node=node)
-                    time.sleep(self.rng.uniform(0, 1.0))
+                    if self._await_successor(node):
+                        time.sleep(self.rng.uniform(0, 1.0))
                 finally:
                     node.resume()
             else:
                 node.term()
-                c.wait_leader(FAILOVER_WAIT, not_node=node)
+                self._await_successor(node)
                 node.start()
         elif kind == "kill-follower":
             followers = c.followers()
@@ -119,6 +120,25 @@ class FaultRun:
         except AssertionError:
             pass            # a slow catch-up is not a failure of the run; the checker decides
 
+    def _await_successor(self, node) -> bool:
+        """After the leader `node` went: wait for another node to lead (True). A leader whose ISR
+        was itself alone has no successor: only an in-sync node may lead, so the cluster waits for
+        it to come back, as an operator would bring it back; that is counted (`no_successor`) and
+        False returned, for the caller to restore the node."""
+        c = self.cluster
+        deadline = time.monotonic() + FAILOVER_WAIT
+        while True:
+            try:
+                c.wait_leader(min(5.0, max(0.1, deadline - time.monotonic())), not_node=node)
+                return True
+            except AssertionError:
+                if not c.in_sync_successors(node):
+                    self.no_successor += 1
+                    self.log(f"  (no in-sync node besides {node.name}: it is brought back)")
+                    return False
+                if time.monotonic() >= deadline:
+                    raise
+
     def _partition(self, kind: str):
         c = self.cluster
         net = c.net
@@ -130,11 +150,11 @@ class FaultRun:
         try:
             if kind == "isolate-leader":
                 net.cut(leader.host, etcd + [n.host for n in others] + [net.gateway])
-                c.wait_leader(FAILOVER_WAIT, not_node=leader)
+                self._await_successor(leader)
                 time.sleep(self.rng.uniform(0.5, 2.0))
             elif kind == "cut-leader-etcd":
                 net.cut(leader.host, etcd)
-                c.wait_leader(FAILOVER_WAIT, not_node=leader)
+                self._await_successor(leader)
                 time.sleep(self.rng.uniform(0.5, 2.0))
             elif kind == "cut-leader-followers":
                 net.cut(leader.host, [n.host for n in others])

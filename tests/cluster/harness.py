@@ -108,6 +108,15 @@ class UsagiNode:
     def log_text(self) -> str:
         return "".join(self.lines)
 
+    def node_id(self) -> str | None:
+        """Its id as the ISR names it (from node.json: the node's lease id, in hex), or None."""
+        try:
+            with open(os.path.join(self.data_dir, "node.json")) as f:
+                raw = str(json.load(f).get("node_id", ""))
+            return f"{(int(raw[:16], 16) & 0x7FFF_FFFF_FFFF_FFFF) or 1:x}"
+        except (OSError, ValueError):
+            return None
+
 
 class Cluster:
     def __init__(self, n: int = 3, etcd_members: int = 1, ttl: int = 2, extra_args=(), env=None, name=None,
@@ -246,6 +255,14 @@ class Cluster:
                 pass
             time.sleep(0.1)
         raise AssertionError(f"ISR did not reach {size}: {self.isr()}")
+
+    def in_sync_successors(self, node) -> list:
+        """The nodes other than `node` that run and are in the ISR: those that may lead after it."""
+        try:
+            isr = set(self.isr())
+        except OSError:
+            return []
+        return [n for n in self.nodes if n is not node and n.alive and n.node_id() in isr]
 
     def wait_isr_without(self, before, timeout: float = 60.0):
         """Until the ISR has lost a member of `before` (a stopped follower was dropped)."""
