@@ -146,26 +146,31 @@ class FaultRun:
         etcd = [m.host for m in c.etcd.members]
         leader = c.wait_leader(60)
         others = [n for n in c.nodes if n is not leader]
-        self.fault_at = time.monotonic()        # (a cut is one nft transaction: in place within ms)
+        # a fault begins once the cut is in place (one nft transaction, when `cut` returns)
         try:
             if kind == "isolate-leader":
                 net.cut(leader.host, etcd + [n.host for n in others] + [net.gateway])
+                self.fault_at = time.monotonic()
                 self._await_successor(leader)
                 time.sleep(self.rng.uniform(0.5, 2.0))
             elif kind == "cut-leader-etcd":
                 net.cut(leader.host, etcd)
+                self.fault_at = time.monotonic()
                 self._await_successor(leader)
                 time.sleep(self.rng.uniform(0.5, 2.0))
             elif kind == "cut-leader-followers":
                 net.cut(leader.host, [n.host for n in others])
+                self.fault_at = time.monotonic()
                 time.sleep(self.rng.uniform(ttl, ttl + 3.0))
             elif kind == "cut-follower":
                 f = self.rng.choice(others)
                 net.cut(f.host, etcd + [n.host for n in c.nodes if n is not f] + [net.gateway])
+                self.fault_at = time.monotonic()
                 time.sleep(self.rng.uniform(ttl, ttl + 2.0))
             else:                       # drop-link
                 f = self.rng.choice(others)
                 net.cut(leader.host, [f.host])
+                self.fault_at = time.monotonic()
                 time.sleep(self.rng.uniform(ttl, ttl + 2.0))
         finally:
             net.heal()
