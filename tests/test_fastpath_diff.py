@@ -122,7 +122,10 @@ class Engine:
         chans = {n: (ch.state, sorted(ch.unacked), ch.next_tag, ch.publish_seq, ch.published, ch.delivered,
                      ch.acked, ch.content_expected, ch.body_expected, len(ch.tx_publishes), ch.confirm_dirty)
                  for n, ch in sorted(self.conn.channels.items())}
-        return {"queues": queues, "channels": chans, "stats": dict(b.stats), "next_msg_id": b.next_msg_id,
+        exchanges = {name: (x.publish_in, x.publish_out, x.returned, x.dropped)
+                     for name, x in sorted(v.exchanges.items())}
+        return {"queues": queues, "channels": chans, "exchanges": exchanges, "stats": dict(b.stats),
+                "next_msg_id": b.next_msg_id,
                 "conn": (self.conn.state, self.conn.closed, self.t.closed)}
 
 
@@ -353,3 +356,37 @@ def test_the_compiled_form_writes_what_its_source_writes(monkeypatch):
     pure = run(True, setup, chunks), run(False, setup, chunks)
     assert compiled == pure
     assert compiled[0][0].count(b"\x00\x3c\x00\x3c") >= 8      # deliveries were written
+
+
+def test_fanout_publishes(form):
+    """A fanout exchange to plain queues (the hot path's own branch), one that also reaches a
+    queue with a length limit, one bound to nothing (mandatory: basic.return), and publishes with
+    an expiration or headers: each as the general path routes them, at every few split points."""
+    setup = setup_stream((1, 2))
+    setup += method_frame(1, M.ExchangeDeclare(0, "fx", "fanout", False, False, False, False, False, {}).encode())
+    setup += method_frame(1, M.ExchangeDeclare(0, "fl", "fanout", False, False, False, False, False, {}).encode())
+    setup += method_frame(1, M.ExchangeDeclare(0, "f0", "fanout", False, False, False, False, False, {}).encode())
+    setup += method_frame(1, M.QueueDeclare(0, "lim", False, False, False, False, False,
+                                            {"x-max-length": 3}).encode())
+    for q in ("dq1", "dq2", "dq3"):
+        setup += method_frame(1, M.QueueBind(0, q, "fx", "", False, {}).encode())
+    for q in ("dq3", "lim"):
+        setup += method_frame(1, M.QueueBind(0, q, "fl", "", False, {}).encode())
+    setup += method_frame(2, M.ConfirmSelect(False).encode())
+    s = b""
+    for i in range(6):
+        s += publish(1, "k", b"f%d" % i, exchange="fx")
+        s += publish(2, "k", b"g%d" % i, exchange="fx")
+    s += ack(1, 3, True)
+    s += publish(2, "k", b"l", exchange="fl")
+    s += publish(2, "k", b"none", exchange="f0", mandatory=True)
+    s += publish(1, "k", b"e", exchange="fx", props=b"\x01\x00\x0210")          # expiration "10"
+    s += publish(2, "k", b"h", exchange="fx", props=b"\x20\x00\x00\x00\x00\x00")  # empty headers table
+    for i in range(5):
+        s += publish(2, "k", b"l%d" % i, exchange="fl")
+    whole, state = same(setup, [s])
+    assert state["queues"]["dq3"][0] >= 12 and state["queues"]["lim"][0] == 3, state["queues"]
+    assert b"NO_ROUTE" in whole
+    for k in range(1, len(s), 7):
+        out, st = same(setup, [s[:k], s[k:]])
+        assert st == state

@@ -360,7 +360,8 @@ def publish(ch: ChannelState, payload, props, body):
         ch.tx_publishes.append((x, msg, bits & 1))
         return
     if not memo[6] or scan.headers_span is not None:
-        ch._route_publish(x, msg, bits & 1)
+        if not memo[8] or scan.headers_span is not None or not _publish_fanout(ch, conn, broker, x, msg):
+            ch._route_publish(x, msg, bits & 1)
         return
     # the default exchange: the queue named by the routing key (Channel._route_publish)
     x.publish_in += 1
@@ -388,18 +389,49 @@ def publish(ch: ChannelState, payload, props, body):
         ch.dropped += 1
         x.dropped += 1
     if ch.confirm:
-        ch.publish_seq += 1
-        stats["publish_confirm"] += 1
-        if rejected:
-            ch.nacks_ready.append(ch.publish_seq)
-            ch.confirm_dirty = True
-        elif msg.stored:
-            # a persistent message in a durable queue: confirmed once the commit holding it is on disk
-            epoch = broker.wait_for_commit(ch)
-            ch.waiting.append((ch.publish_seq, epoch))
-        else:
-            ch.acks_ready.append(ch.publish_seq)
-            ch.confirm_dirty = True
+        _confirm(ch, broker, msg, rejected)
+
+
+def _confirm(ch: ChannelState, broker, msg, rejected):
+    """The publisher confirm of a publish routed (Channel._route_publish's end)."""
+    ch.publish_seq += 1
+    broker.stats["publish_confirm"] += 1
+    if rejected:
+        ch.nacks_ready.append(ch.publish_seq)
+        ch.confirm_dirty = True
+    elif msg.stored:
+        # a persistent message in a durable queue: confirmed once the commit holding it is on disk
+        epoch = broker.wait_for_commit(ch)
+        ch.waiting.append((ch.publish_seq, epoch))
+    else:
+        ch.acks_ready.append(ch.publish_seq)
+        ch.confirm_dirty = True
+
+
+def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker, x, msg) -> bool:
+    """A publish to a fanout exchange whose destinations are all plain queues, and no header that
+    could route it further (CC, BCC): what Channel._route_publish does for it, without the general
+    routing walk. False, with nothing done, for anything else (no destination, which may need the
+    alternate exchange; an exchange bound; a queue with limits, a TTL or priorities; a message
+    with an expiration), which the general path then takes."""
+    dests = x.route(msg.routing_key, msg)
+    if not dests or msg.scan.expiration is not None:
+        return False
+    for q in dests:
+        if not getattr(q, "simple", False):
+            return False
+    x.publish_in += 1
+    ch.published += 1
+    broker.stats["publish"] += 1
+    count_size(ch._sizes, len(msg.body))
+    x.publish_out += 1
+    for q in dests:
+        if not enqueue_plain(broker, q, msg) and q.consumers:
+            # consumers are behind: let them catch up (credit flow, in effect)
+            conn.throttled = True
+    if ch.confirm:
+        _confirm(ch, broker, msg, False)
+    return True
 
 
 def count_size(sizes, n):
@@ -411,7 +443,8 @@ def count_size(sizes, n):
 
 def _remember(ch: ChannelState, payload):
     """The channel's memo of a publish method: (payload, exchange, routing key, route bytes, bits,
-    exchange object, to the default exchange and no reply-to, to a topic exchange); None when the
+    exchange object, to the default exchange and no reply-to, to a topic exchange, to a fanout
+    exchange); None when the
     general path must see it (the exchange not yet looked up by this channel, or gone)."""
     exchange, routing_key, route, bits = parse_publish(payload)
     if bits & 2:
@@ -420,7 +453,8 @@ def _remember(ch: ChannelState, payload):
     if x is None or x.deleted:
         return None
     memo = ch.pub_memo = (bytes(payload), exchange, routing_key, route, bits, x,
-                          not x.name and not routing_key.startswith(_REPLY_TO_PREFIX), x.TYPE == "topic")
+                          not x.name and not routing_key.startswith(_REPLY_TO_PREFIX), x.TYPE == "topic",
+                          x.TYPE == "fanout")
     return memo
 
 
