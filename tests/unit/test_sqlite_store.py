@@ -223,6 +223,27 @@ def test_mark_delivered(tmp_path):
     s.close()
 
 
+def test_a_mark_taken_back_by_its_dequeue_is_not_written(tmp_path):
+    """A written entry delivered then acked before the next commit: the batch deletes it and does
+    not first mark it (the common case of a persistent message under confirms)."""
+    s = SQLiteStore(tmp_path)
+    s.open()
+    for i in range(1, 4):
+        s.add_message(i, "", "q", PROPS, b"%d" % i)
+        s.enqueue("/", "q", i, i)
+    s.commit()
+    for i in (1, 2):
+        s.mark_delivered("/", "q", i)
+    s.dequeue("/", "q", 1, 1)
+    batch = s.take_batch()[-1]
+    marks, del_entries = batch[2], batch[3]
+    assert marks == [("/", "q", 2)] and del_entries == [("/", "q", 1)]
+    s.write_batch([batch])
+    s, rec = reopen(s, tmp_path)
+    assert [(e[0], e[5]) for e in rec.messages[("/", "q")]] == [(2, True), (3, False)]
+    s.close()
+
+
 def test_failed_commit_is_retried(tmp_path):
     s = SQLiteStore(tmp_path)
     s.open()

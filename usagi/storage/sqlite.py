@@ -443,7 +443,8 @@ class SQLiteStore(Store):
         self._new_msgs: dict = {}      # msg_id -> (id, exchange, routing_key, props, body)
         self._new_entries: dict = {}   # (vhost, queue, seq) -> (vhost, queue, seq, msg_id, delivered, expires)
         self._del_entries: list = []   # [(vhost, queue, seq)] of written entries
-        self._marks: list = []         # [(vhost, queue, seq)] of written entries
+        self._marks: dict = {}         # (vhost, queue, seq) of written entries -> None (a dequeue
+        #                                before the commit takes its mark back: no UPDATE then DELETE)
         self._drops: list = []         # [(vhost, queue)]
         self._del_msgs: set = set()    # written message ids whose refs reached 0
         self._touched: set = set()     # written message ids whose refs changed
@@ -677,10 +678,13 @@ class SQLiteStore(Store):
                 del self._queues[qk]
             self.recorded += 1
             new_entries = self._new_entries
+            marks = self._marks
             for s in seqs:
                 key = (vhost, queue, s)
                 if new_entries.pop(key, None) is None:
                     self._del_entries.append(key)
+                    if marks:
+                        marks.pop(key, None)
             self._unref(mid, len(seqs))
 
     def mark_delivered(self, vhost: str, queue: str, seq: int):
@@ -693,7 +697,7 @@ class SQLiteStore(Store):
                 return
             idx = self._queues.get((vhost, queue))
             if idx is not None and seq in idx.by_seq:
-                self._marks.append(key)
+                self._marks[key] = None
 
     def read_message(self, msg_id: int):
         with self._lock:
@@ -789,7 +793,7 @@ class SQLiteStore(Store):
         batch = (
             [(k, n, v) for (k, n), v in defs.items() if v is not None],
             [(k, n) for (k, n), v in defs.items() if v is None],
-            self._marks, self._del_entries, self._drops, del_msgs, touched, msgs,
+            list(self._marks), self._del_entries, self._drops, del_msgs, touched, msgs,
             list(self._new_entries.values()),
             list(self._delayed_new.values()), self._delayed_gone, self._delayed_drops,
         )
@@ -800,7 +804,7 @@ class SQLiteStore(Store):
         self._new_msgs = {}
         self._new_entries = {}
         self._del_entries = []
-        self._marks = []
+        self._marks = {}
         self._drops = []
         self._del_msgs = set()
         self._touched = set()
