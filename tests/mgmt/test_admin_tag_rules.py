@@ -20,7 +20,6 @@ for user-limits"), so that request is left out of the differential run.
 from __future__ import annotations
 
 import json
-
 import os
 import sys
 import uuid
