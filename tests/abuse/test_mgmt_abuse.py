@@ -308,9 +308,11 @@ def test_concurrent_and_abandoned_per_object_scrapes_keep_amqp_flowing(fresh_ser
         assert head == b"HTTP/1.1 200", head
         assert size > N_QUEUES * 1000, size
         assert b"rabbitmq_identity_info{" in tail or b"telemetry_scrape" in tail, tail[-300:]
-    # three expositions went out, two at a time; the server's memory grew by less than one of them
+    # three expositions went out at once; the server's memory grew by well under the three of them
+    # that a server holding each whole would have needed (the allocator's slack and the slices
+    # in flight take some: up to 1.1 of one was seen on a loaded machine, so 1.5 is the bound)
     grown = rss(srv.proc.pid) - before
-    assert grown < min(r[1] for r in full), (grown, [r[1] for r in full])
+    assert grown < 1.5 * min(r[1] for r in full), (grown, [r[1] for r in full])
     assert_healthy(srv)
 
 
