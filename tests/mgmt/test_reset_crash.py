@@ -6,13 +6,12 @@ from __future__ import annotations
 import os
 import threading
 
-from conftest import Mgmt
 from mgmtutil import wait_until
 
 QUEUES = 20_000
 
 
-def _populate(m: Mgmt, queues: int):
+def _populate(m, queues: int):
     defs = {"vhosts": [{"name": "/"}, {"name": "rc-other"}],
             "users": [{"name": f"rc-u{i}", "password_hash": "", "hashing_algorithm": "rabbit_password_hashing_sha256",
                        "tags": ""} for i in range(200)],
@@ -22,12 +21,12 @@ def _populate(m: Mgmt, queues: int):
     assert r.status in (201, 204), r
 
 
-def _stop_app(m: Mgmt):
+def _stop_app(m):
     assert m.api.post("/api/usagi/stop_app").status == 204
     wait_until(lambda: m.api.get("/api/nodes").json()[0].get("running") is False, 30, message="the app stopping")
 
 
-def _assert_virgin(m: Mgmt):
+def _assert_virgin(m):
     assert [v["name"] for v in m.api.get("/api/vhosts").json()] == ["/"]
     assert [u["name"] for u in m.api.get("/api/users").json()] == ["guest"]
     assert m.api.get("/api/queues").json() == []
@@ -49,7 +48,7 @@ def test_a_reset_killed_part_way_is_completed_at_the_next_start(start_mgmt):
                interval=0.005, message="the reset deleting")
     srv.kill()
     srv.start()
-    m2 = Mgmt(srv)
+    m2 = type(m)(srv)      # the fixture's class (a bare `conftest` import is ambiguous)
     _assert_virgin(m2)                  # completed, not left part way
     assert not os.path.exists(os.path.join(srv.data_dir, "reset.pending"))
 
@@ -63,7 +62,7 @@ def test_a_reset_marker_left_by_a_crash_resets_the_node_at_start(start_mgmt):
     with open(os.path.join(srv.data_dir, "reset.pending"), "w") as f:
         f.write("x\n")
     srv.start()
-    m2 = Mgmt(srv)
+    m2 = type(m)(srv)      # the fixture's class (a bare `conftest` import is ambiguous)
     _assert_virgin(m2)
     assert "a reset of this node was interrupted" in "".join(srv.lines)
     assert not os.path.exists(os.path.join(srv.data_dir, "reset.pending"))
@@ -80,6 +79,6 @@ def test_a_completed_reset_leaves_no_marker(start_mgmt):
     assert m.api.put("/api/vhosts/rc-after", {}).status in (201, 204)
     srv.kill()
     srv.start()
-    m2 = Mgmt(srv)
+    m2 = type(m)(srv)      # the fixture's class (a bare `conftest` import is ambiguous)
     assert "a reset of this node was interrupted" not in "".join(srv.lines)
     assert [v["name"] for v in m2.api.get("/api/vhosts").json()] == ["/", "rc-after"]
