@@ -455,9 +455,6 @@ class Server:
                 b.flush_output()
                 if error is None:
                     self.backoff.succeeded()
-                    # one loop turn before the next commit takes its batch: acks that arrived
-                    # meanwhile take their messages out of it, so they are never written
-                    await asyncio.sleep(0)
                     continue
                 # what failed stays pending in the store and is retried first after the back-off
                 delay = self.backoff.failed(error)
