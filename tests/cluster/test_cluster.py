@@ -22,14 +22,6 @@ from harness import ROOT, Cluster
 pytestmark = pytest.mark.timeout(240)
 
 
-@pytest.fixture
-def cluster():
-    need_etcd()
-    c = Cluster(3).start()
-    yield c
-    c.cleanup()
-
-
 def publish_confirmed(url: str, queue: str, bodies) -> None:
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:

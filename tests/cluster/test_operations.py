@@ -27,14 +27,6 @@ from workload import Workload
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def cluster():
-    need_etcd()
-    c = Cluster(3).start()
-    yield c
-    c.cleanup()
-
-
 def http(node, method: str, path: str, port: int | None = None, user: str = "guest", password: str = "guest",
          body=None):
     """(status, JSON or text) of a request to a node's management (or metrics) port."""

@@ -76,6 +76,17 @@ class TimedOut(Exception):
     pass
 
 
+def _network_error(e: OSError) -> Exception:
+    """TimedOut or Unreachable for what urllib raised on the way to the API (HTTP errors aside)."""
+    if isinstance(e, urllib.error.URLError):
+        if isinstance(e.reason, TimeoutError) or "timed out" in str(e.reason):
+            return TimedOut(str(e.reason))
+        return Unreachable(str(e.reason))
+    if isinstance(e, TimeoutError):
+        return TimedOut(str(e))
+    return Unreachable(str(e))
+
+
 # --------------------------------------------------------------------------- HTTP client
 
 class Response:
@@ -159,14 +170,8 @@ class Api:
             except Exception:
                 payload = b""
             return Response(e.code, payload)
-        except TimeoutError as e:
-            raise TimedOut(str(e)) from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError) or "timed out" in str(e.reason):
-                raise TimedOut(str(e.reason)) from None
-            raise Unreachable(str(e.reason)) from None
-        except (ConnectionError, OSError) as e:
-            raise Unreachable(str(e)) from None
+        except OSError as e:        # timeouts, refused or reset connections, names not found
+            raise _network_error(e) from None
 
     def stream_list(self, path: str, allow=()):
         """The items of a JSON array listing (GET `path`), decoded one at a time as the reply
@@ -180,14 +185,8 @@ class Api:
             e.close()
             self.call("GET", path, allow=allow)      # the error as call() reports it (or an allowed status)
             return
-        except TimeoutError as e:
-            raise TimedOut(str(e)) from None
-        except urllib.error.URLError as e:
-            if isinstance(e.reason, TimeoutError) or "timed out" in str(e.reason):
-                raise TimedOut(str(e.reason)) from None
-            raise Unreachable(str(e.reason)) from None
-        except (ConnectionError, OSError) as e:
-            raise Unreachable(str(e)) from None
+        except OSError as e:        # timeouts, refused or reset connections, names not found
+            raise _network_error(e) from None
         try:
             with resp:
                 yield from json_array_items(resp.read1 if hasattr(resp, "read1") else resp.read)
