@@ -67,7 +67,6 @@ class FlowMixin:
         self.pressure = None        # a paging queue with consumers published to in this turn
         self.flow_waits: dict = {}  # id(queue) -> _Waited
         self.flow_off: dict = {}    # id(queue) -> [until when its consumers count as stuck, backoff, queue]
-        self.flow_count = 0         # times a connection was made to wait
 
     def flow_start(self, conn, q) -> bool:
         """End of conn's turn, in which it published to q while q paged with consumers: conn waits
@@ -88,7 +87,6 @@ class FlowMixin:
         else:
             w.mark, w.delivered = now, q.delivered
         w.conns.append(conn)
-        self.flow_count += 1
         conn.flow_pause()
         return True
 
