@@ -243,3 +243,30 @@ def test_delayed_messages_survive_restart(server_in):
     assert got == b"later"
     assert time.time() - t0 >= 5.9
     conn.close()
+
+
+def test_a_redelivered_quorum_message_acked_stays_gone_after_restart(server_in):
+    """A quorum queue's redelivery carries x-delivery-count in a copy of the message; its ack must
+    still take the stored message out, so it does not come back after a restart."""
+    srv = server_in()
+    conn = connect(srv)
+    ch = conn.channel()
+    ch.queue_declare("qq", durable=True, arguments={"x-queue-type": "quorum"})
+    ch.confirm_delivery()
+    ch.basic_publish("", "qq", b"once", pika.BasicProperties(delivery_mode=2))
+    got = []
+    for method, props, body in ch.consume("qq", inactivity_timeout=5):
+        assert method is not None
+        got.append((method.redelivered, (props.headers or {}).get("x-delivery-count")))
+        if not method.redelivered:
+            ch.basic_nack(method.delivery_tag, requeue=True)
+        else:
+            ch.basic_ack(method.delivery_tag)
+            break
+    ch.cancel()
+    assert got == [(False, None), (True, 1)]
+    assert ch.queue_declare("qq", passive=True).method.message_count == 0
+    conn.close()
+    assert srv.stop() == 0
+    srv = server_in()
+    assert drain(srv, "qq") == []

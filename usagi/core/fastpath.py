@@ -511,8 +511,10 @@ def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
     size: cython.Py_ssize_t
     ch.next_tag = tag = ch.next_tag + 1
     if redelivered and q.delivery_counts and seq in q.delivery_counts:
-        msg = _with_delivery_count(msg, q.delivery_counts[seq])
-        conn.out_size += write_content(ch, c.prefix + _QB_pack(tag, redelivered) + msg.route, msg)
+        # the copy with the header is written; the delivery keeps the message itself, which the
+        # store knows (its ack must take the stored entry out)
+        shown = _with_delivery_count(msg, q.delivery_counts[seq])
+        conn.out_size += write_content(ch, c.prefix + _QB_pack(tag, redelivered) + shown.route, shown)
     else:
         body = msg.body
         size = len(body)
