@@ -135,6 +135,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.committed_epoch = 0           # the last epoch known to be on disk
         self.commit_waiters: list = []     # channels waiting on the current epoch
         self.commit_in_flight = False      # an epoch is being written
+        self.early_confirms: list = []     # channels with confirms of consumed messages to send
         self.alarms: set = set()           # "memory", "disk"
         self.ttl_queues: dict = {}         # queues holding messages with a TTL
         self.delayed = DelayedMessages(None)   # x-delayed-message exchanges' waiting messages
@@ -178,7 +179,18 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         if len(self.flush_pending) == 1 and self.on_flush_needed is not None:
             self.on_flush_needed()
 
+    def send_early_confirms(self):
+        """Send the confirms of publishes whose messages were consumed before their commit, one
+        batch per channel (Channel.confirm_early)."""
+        chans = self.early_confirms
+        self.early_confirms = []
+        for ch in chans:
+            if ch.confirm_dirty:
+                ch.send_confirms()
+
     def flush_output(self):
+        if self.early_confirms:
+            self.send_early_confirms()
         pending = self.flush_pending
         self.flush_pending = []
         for conn in pending:

@@ -7,6 +7,7 @@ hands this channel a message for one of its consumers.
 from __future__ import annotations
 
 import logging
+from collections import deque
 
 from ..amqp import errors as E
 from ..amqp import methods as M
@@ -63,7 +64,8 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         self.publish_seq = 0
         self.acks_ready: list = []   # confirm seqs ready to ack
         self.nacks_ready: list = []
-        self.waiting: list = []      # [(seq, epoch)] waiting for a store commit, in order
+        self.waiting = deque()       # [(seq, epoch, message)] waiting for a store commit, in order
+        self.early: set = set()      # seqs of `waiting` confirmed already, their messages consumed
         self.confirm_dirty = False
         # transactions
         self.tx = False
@@ -252,11 +254,15 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             if rejected:
                 self.nacks_ready.append(self.publish_seq)
                 self.confirm_dirty = True
-            elif msg.stored or (x.TYPE == "x-delayed-message" and broker.store.durable):
-                # a persistent message in a durable queue, or a delayed message (always kept in the
-                # store): confirmed once the commit holding it is on disk
-                epoch = broker.wait_for_commit(self)
-                self.waiting.append((self.publish_seq, epoch))
+            elif x.TYPE == "x-delayed-message" and broker.store.durable:
+                # a delayed message (always kept in the store): confirmed once the commit holding it
+                # is on disk
+                self.waiting.append((self.publish_seq, broker.wait_for_commit(self), msg))
+            elif msg.stored and msg.refs:
+                # a persistent message in a durable queue: confirmed once the commit holding it is
+                # on disk, or once consumed from every queue (fastpath.confirm_consumed)
+                self.waiting.append((self.publish_seq, broker.wait_for_commit(self), msg))
+                msg.confirm = (self, self.publish_seq)
             else:
                 self.acks_ready.append(self.publish_seq)
                 self.confirm_dirty = True
@@ -347,14 +353,42 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         if he is not None and he <= epoch:
             self._release_held(error)
         w = self.waiting
-        i = 0
-        while i < len(w) and w[i][1] <= epoch:
-            (self.nacks_ready if error else self.acks_ready).append(w[i][0])
-            i += 1
-        if i:
-            del w[:i]
+        if not w or w[0][1] > epoch:
+            return
+        ready = self.nacks_ready if error else self.acks_ready
+        early = self.early
+        while w and w[0][1] <= epoch:
+            seq, _epoch, msg = w.popleft()
+            if early and seq in early:
+                early.discard(seq)          # consumed and confirmed before its commit
+            else:
+                msg.confirm = None
+                ready.append(seq)
+        while early and w and w[0][0] in early:
+            early.discard(w.popleft()[0])
+        self.confirm_dirty = True
+        self.send_confirms()
+
+    def confirm_early(self, seq):
+        """Confirm now a publish whose message every queue's consumers have acknowledged (see
+        fastpath.confirm_consumed); sent with the next batch of confirms (Broker.send_early_confirms)."""
+        if self.state != OPEN:
+            return
+        w = self.waiting
+        if w and w[0][0] == seq:
+            w.popleft()
+            early = self.early
+            while early and w and w[0][0] in early:   # those behind it, confirmed before it
+                early.discard(w.popleft()[0])
+        else:
+            self.early.add(seq)
+        self.acks_ready.append(seq)
+        if not self.confirm_dirty:
             self.confirm_dirty = True
-            self.send_confirms()
+            broker = self.broker
+            broker.early_confirms.append(self)
+            if len(broker.early_confirms) == 1 and not broker.flush_pending and broker.on_flush_needed:
+                broker.on_flush_needed()     # an ack outside a connection's input (the HTTP API's get)
 
     def send_confirms(self):
         self.confirm_dirty = False
@@ -437,7 +471,10 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             self.requeue_all()
         self.tx_publishes.clear()
         self.tx_acks.clear()
+        for w in self.waiting:
+            w[2].confirm = None
         self.waiting.clear()
+        self.early.clear()
 
     def _remove_consumer(self, c):
         q = c.queue

@@ -212,6 +212,8 @@ class Connection(fastpath.ConnectionState):
             for ch in self.channels.values():
                 if ch.confirm_dirty:
                     ch.send_confirms()
+            if self.broker.early_confirms:
+                self.broker.send_early_confirms()
         if broker.pressure is not None:
             q, broker.pressure = broker.pressure, None
             if self.publishing and not self.closed and not self.flow_paused:

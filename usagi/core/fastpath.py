@@ -319,7 +319,20 @@ def settle(broker, q, seq, msg):
         q.delivery_counts.pop(seq, None)
     if msg.stored and q.durable:
         broker.store.dequeue(q.vhost, q.name, seq, msg.id)
+        msg.refs -= 1
+        if msg.refs == 0 and msg.confirm is not None:
+            confirm_consumed(broker, msg)
     q.acked += 1
+
+
+def confirm_consumed(broker, msg):
+    """Every stored entry of a message whose publisher confirm waits for a commit was acknowledged:
+    the consumers have it, nothing is left to make durable, so it is confirmed now (as RabbitMQ
+    confirms a persistent message once it is persisted or consumed from every queue). Its commit,
+    when it comes, skips it (Channel.on_commit)."""
+    ch, seq = msg.confirm
+    msg.confirm = None
+    ch.confirm_early(seq)
 
 
 # ---------------------------------------------------------------------------- publish
@@ -399,10 +412,12 @@ def _confirm(ch: ChannelState, broker, msg, rejected):
     if rejected:
         ch.nacks_ready.append(ch.publish_seq)
         ch.confirm_dirty = True
-    elif msg.stored:
-        # a persistent message in a durable queue: confirmed once the commit holding it is on disk
+    elif msg.stored and msg.refs:
+        # a persistent message in a durable queue: confirmed once the commit holding it is on disk,
+        # or once consumed from every queue (confirm_consumed), whichever comes first
         epoch = broker.wait_for_commit(ch)
-        ch.waiting.append((ch.publish_seq, epoch))
+        ch.waiting.append((ch.publish_seq, epoch, msg))
+        msg.confirm = (ch, ch.publish_seq)
     else:
         ch.acks_ready.append(ch.publish_seq)
         ch.confirm_dirty = True

@@ -404,7 +404,7 @@ class View:
             "global_prefetch_count": ch.global_prefetch,
             "messages_unacknowledged": len(ch.unacked),
             "messages_uncommitted": len(ch.tx_publishes),
-            "messages_unconfirmed": len(ch.waiting),
+            "messages_unconfirmed": len(ch.waiting) - len(ch.early),
             "name": self.channel_name(ch),
             "node": self.node,
             "number": ch.number,
@@ -421,7 +421,7 @@ class View:
         # RabbitMQ shows the publishing side and the delivering side only once they have happened
         pairs = []
         if ch.published or ch.confirm:
-            confirmed = max(ch.publish_seq - len(ch.waiting), 0) if ch.confirm else 0
+            confirmed = max(ch.publish_seq - len(ch.waiting) + len(ch.early), 0) if ch.confirm else 0
             pairs += [("confirm", confirmed, None), ("drop_unroutable", ch.dropped, None),
                       ("publish", ch.published, "publish"), ("return_unroutable", ch.returned, None)]
         gets = ch.get_ack + ch.get_auto

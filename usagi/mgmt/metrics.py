@@ -534,7 +534,7 @@ def raft_record(q, ready_unacked: int, latency: float) -> tuple:
 
 
 def channel_record(ch) -> tuple:
-    return (len(ch.consumers), len(ch.unacked), len(ch.waiting) + len(ch.acks_ready), len(ch.tx_publishes),
+    return (len(ch.consumers), len(ch.unacked), len(ch.waiting) - len(ch.early) + len(ch.acks_ready), len(ch.tx_publishes),
             sum(len(items) for items, _r in ch.tx_acks), ch.prefetch_count, ch.global_prefetch, ch.published,
             ch.confirmed, ch.returned, ch.dropped, 0, ch.get_ack, ch.get_auto,
             max(ch.delivered - ch.delivered_auto, 0), ch.delivered_auto, ch.redelivered, ch.acked, ch.get_empty)

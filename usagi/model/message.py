@@ -18,7 +18,7 @@ class Message:
     """
 
     __slots__ = ("exchange", "routing_key", "props", "body", "scan", "id", "refs", "stored",
-                 "_headers", "route", "bcc")
+                 "_headers", "route", "bcc", "confirm")
 
     def __init__(self, exchange: str, routing_key: str, props: bytes, body: bytes, scan=None,
                  msg_id: int = 0, route: bytes | None = None):
@@ -31,10 +31,11 @@ class Message:
         self.body = body
         self.scan = scan if scan is not None else P.scan(props)
         self.id = msg_id
-        self.refs = 0          # durable queues holding this message in the store
+        self.refs = 0          # entries of durable queues holding this message in the store
         self.stored = False    # written (or queued for writing) to the message store
         self._headers = None
         self.bcc = None        # BCC routing keys, kept after the header is stripped (for dead lettering)
+        self.confirm = None    # (channel, publish seq) while its publisher confirm waits for a commit
 
     @property
     def persistent(self) -> bool:
