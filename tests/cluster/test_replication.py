@@ -161,6 +161,41 @@ def test_a_returning_follower_catches_up_from_the_window_and_rejoins(etcd1):
     run(go())
 
 
+def test_a_catch_up_keeps_its_pace_and_ends_while_the_live_stream_runs(etcd1):
+    """The backlog goes at --cluster-catchup-rate (not faster: the follower's apply would take the
+    machine from the in-sync nodes), on top of the live stream, which cannot keep it from ending."""
+    async def go():
+        rate = 2 * 1024 * 1024
+        leader, coord, secret = await make_leader(etcd1, "r6", catchup_rate=rate)
+        r, app, task = await follow(leader, secret, 0x2)
+        try:
+            await asyncio.wait_for(leader.wait_durable(leader.append(b"a")), 3)
+            task.cancel()
+            await until(lambda: 0x2 not in leader.followers)
+            chunk = b"x" * 65536
+            for _ in range(80):                         # 5 MiB missed
+                leader.append(chunk)
+            loop = asyncio.get_running_loop()
+            r, app2, task = await follow(leader, secret, 0x2, app)
+            t0 = loop.time()
+            live = 0
+            while not (app.position()[1] == leader.lsn and "2" in leader.isr):
+                leader.append(chunk)                    # a live stream of 1.3 MiB/s meanwhile
+                live += 1
+                assert loop.time() - t0 < 30, "the catch-up never ended"
+                await asyncio.sleep(0.05)
+            took = loop.time() - t0
+            # 5 MiB less the first 1 MiB burst, at 2 MiB/s: 2 s at the least
+            assert took >= (5 - 1) / 2 - 0.1, took
+            assert live > 0 and len(app.batches) == leader.lsn
+        finally:
+            task.cancel()
+            await leader.stop()
+            await coord.stop()
+            await coord.etcd.close()
+    run(go())
+
+
 def test_a_diverged_follower_gets_a_snapshot(etcd1):
     async def go():
         leader, coord, secret = await make_leader(etcd1, "r4")

@@ -60,6 +60,16 @@ def _port(text: str) -> int:
     return v
 
 
+def _nonneg_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="usagi-server", description="Usagi: an AMQP 0-9-1 message broker "
                                 "that RabbitMQ clients use unchanged.")
@@ -146,6 +156,10 @@ def add_cluster_options(p: argparse.ArgumentParser):
     p.add_argument("--cluster-ack-timeout", type=float, default=_env("CLUSTER_ACK_TIMEOUT", "3"),
                    help="seconds a follower may hold up confirms before it leaves the in-sync set "
                         "(default 3; env USAGI_CLUSTER_ACK_TIMEOUT)")
+    p.add_argument("--cluster-catchup-rate", type=_nonneg_float, default=_env("CLUSTER_CATCHUP_RATE", "16"),
+                   help="MiB per second at which a returning follower is sent what it missed, on top of "
+                        "the live stream, so its catch-up leaves the others the machine's CPU and disk; "
+                        "0 for no limit (default 16; env USAGI_CLUSTER_CATCHUP_RATE)")
 
 
 def add_limit_and_tls_options(p: argparse.ArgumentParser):

@@ -594,7 +594,8 @@ class Node:
             e, lsn = await asyncio.get_running_loop().run_in_executor(None, store.snapshot_to, path)
             return path, e, lsn
         leader = Leader(self.coord, self.secret, epoch, history, last, snapshot=snapshot,
-                        ack_timeout=args.cluster_ack_timeout, min_in_sync=max(1, args.cluster_min_in_sync))
+                        ack_timeout=args.cluster_ack_timeout, min_in_sync=max(1, args.cluster_min_in_sync),
+                        catchup_rate=int(args.cluster_catchup_rate * 1024 * 1024))
         try:
             await leader.start(self.host, args.replication_port)
         except (NotLeader, OSError) as e:

@@ -64,12 +64,42 @@ class Follower:
         self.task = None
 
 
+DEFAULT_CATCHUP_RATE = 16 * 1024 * 1024    # bytes/s: 256 MiB (the default retained window) in 16 s
+CATCHUP_BURST = 1024 * 1024                # sent before the pace first holds back
+
+
+class Pace:
+    """The pace of a catch-up: `rate` bytes a second of backlog, after a first burst; with a
+    leader, the batches it appended meanwhile are added to what may go (the backlog shrinks at
+    `rate` however fast the live stream runs, so the follower always catches up). Rate 0: no pace."""
+
+    __slots__ = ("rate", "leader", "start", "base", "sent_bytes")
+
+    def __init__(self, rate: int, leader):
+        self.rate = rate
+        self.leader = leader
+        self.start = time.monotonic()
+        self.base = leader.appended_bytes if leader is not None else 0
+        self.sent_bytes = 0
+
+    async def sent(self, n: int):
+        self.sent_bytes += n
+        if not self.rate:
+            return
+        allowed = self.rate * (time.monotonic() - self.start) + CATCHUP_BURST
+        if self.leader is not None:
+            allowed += self.leader.appended_bytes - self.base
+        if self.sent_bytes > allowed:
+            await asyncio.sleep((self.sent_bytes - allowed) / self.rate)
+
+
 class Leader:
     """The replication server on the leader: sessions, the retained window, the ISR, confirms."""
 
     def __init__(self, coordinator, secret: bytes, epoch: int, history: list, last_lsn: int,
                  snapshot=None, retain_bytes: int = 256 * 1024 * 1024, ack_timeout: float = 3.0,
-                 max_lag_bytes: int = 64 * 1024 * 1024, min_in_sync: int = 1):
+                 max_lag_bytes: int = 64 * 1024 * 1024, min_in_sync: int = 1,
+                 catchup_rate: int = DEFAULT_CATCHUP_RATE):
         self.coord = coordinator
         self.secret = secret
         self.epoch = epoch
@@ -80,6 +110,8 @@ class Leader:
         self.ack_timeout = ack_timeout
         self.max_lag_bytes = max_lag_bytes
         self.min_in_sync = min_in_sync
+        self.catchup_rate = catchup_rate     # bytes/s a returning follower's backlog is sent at; 0: no pacing
+        self.appended_bytes = 0              # batch bytes appended so far (a catch-up adds them to its pace)
         self.window: collections.deque = collections.deque()    # (lsn, epoch, frame bytes)
         self.window_bytes = 0
         self.followers: dict[int, Follower] = {}
@@ -136,6 +168,7 @@ class Leader:
         fr = W.batch_frame(self.epoch, lsn, body)
         self.window.append((lsn, self.epoch, fr))
         self.window_bytes += len(fr)
+        self.appended_bytes += len(fr)
         while self.window_bytes > self.retain_bytes and len(self.window) > 1:
             _l, _e, old = self.window.popleft()
             self.window_bytes -= len(old)
@@ -356,7 +389,10 @@ class Leader:
     async def _catch_up(self, f: Follower):
         """Send the retained batches after f.sent, draining as it goes (the window may be large),
         until the follower has everything; then it gets live batches as they are appended. The
-        last check and `live = True` happen with no await between them, so no batch is missed."""
+        last check and `live = True` happen with no await between them, so no batch is missed.
+        The backlog goes at `catchup_rate` (Pace): applying it costs the follower's machine CPU
+        and disk that the leader and the in-sync followers need to keep confirming at their pace."""
+        pace = Pace(self.catchup_rate, self)
         while True:
             todo = [(lsn, fr) for lsn, _e, fr in self.window if lsn > f.sent]
             if not todo:
@@ -371,6 +407,7 @@ class Leader:
                     f.behind_since = time.monotonic()
                 if f.writer.transport.get_write_buffer_size() > 4 * 1024 * 1024:
                     await f.writer.drain()
+                await pace.sent(len(fr))
 
     async def _send_snapshot(self, f: Follower, writer) -> int:
         if self.snapshot is None:
@@ -381,6 +418,7 @@ class Leader:
             h = hashlib.sha256()
             size = os.path.getsize(path)
             writer.write(W.frame(W.SNAP_BEGIN, W.encode([epoch, lsn, size])))
+            pace = Pace(self.catchup_rate, None)
             with open(path, "rb") as fh:
                 while True:
                     chunk = fh.read(1024 * 1024)
@@ -389,6 +427,7 @@ class Leader:
                     h.update(chunk)
                     writer.write(W.frame(W.SNAP_CHUNK, chunk))
                     await writer.drain()
+                    await pace.sent(len(chunk))
             writer.write(W.frame(W.SNAP_END, h.digest()))
             await writer.drain()
             return lsn
