@@ -67,6 +67,7 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         self.waiting = deque()       # [(seq, epoch, message)] waiting for a store commit, in order
         self.early: set = set()      # seqs of `waiting` confirmed already, their messages consumed
         self.confirm_dirty = False
+        self.waited_epoch = -1       # the commit epoch this channel last registered to wait on
         # transactions
         self.tx = False
         self.tx_publishes: list = []
@@ -261,7 +262,10 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             elif msg.stored and msg.refs:
                 # a persistent message in a durable queue: confirmed once the commit holding it is
                 # on disk, or once consumed from every queue (fastpath.confirm_consumed)
-                self.waiting.append((self.publish_seq, broker.wait_for_commit(self), msg))
+                epoch = broker.commit_epoch
+                if self.waited_epoch != epoch:      # once per channel and commit
+                    self.waited_epoch = epoch = broker.wait_for_commit(self)
+                self.waiting.append((self.publish_seq, epoch, msg))
                 msg.confirm = (self, self.publish_seq)
             else:
                 self.acks_ready.append(self.publish_seq)

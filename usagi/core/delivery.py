@@ -107,11 +107,13 @@ class DeliveryMixin:
     def persist(self, q: Queue, msg: Message, expires: int | None = None):
         """Record a persistent message's entry in a durable queue (the seq it is about to get),
         with the time it expires at (ms since the epoch) if it has a TTL."""
-        if not msg.stored:
-            self.store.add_message(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body)
-            msg.stored = True
         msg.refs += 1
-        self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id, expires)
+        if not msg.stored:
+            msg.stored = True
+            self.store.add_with_entry(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body,
+                                      q.vhost, q.name, q.seq + 1, expires)
+        else:
+            self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id, expires)
 
     def _full(self, q, msg) -> bool:
         if q.max_length is not None and q.message_count >= q.max_length:

@@ -11,6 +11,7 @@ cdef class ChannelState:
     cdef public object pub_memo, tx, tx_publishes, tx_acks, confirm, publish_seq, acks_ready
     cdef public object nacks_ready, waiting, confirm_dirty, unacked, next_tag, flow_active
     cdef public object global_prefetch, published, delivered, acked, delivered_auto, redelivered, _sizes
+    cdef public object waited_epoch
 
 cdef class Unacked:
     cdef public object tag, queue, seq, msg, consumer

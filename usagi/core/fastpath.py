@@ -319,9 +319,10 @@ def settle(broker, q, seq, msg):
         q.delivery_counts.pop(seq, None)
     if msg.stored and q.durable:
         broker.store.dequeue(q.vhost, q.name, seq, msg.id)
-        msg.refs -= 1
-        if msg.refs == 0 and msg.confirm is not None:
-            confirm_consumed(broker, msg)
+        if type(msg) is Message:            # not a stub of a paged message (model/paging.Spilled)
+            msg.refs -= 1
+            if msg.refs == 0 and msg.confirm is not None:
+                confirm_consumed(broker, msg)
     q.acked += 1
 
 
@@ -415,7 +416,9 @@ def _confirm(ch: ChannelState, broker, msg, rejected):
     elif msg.stored and msg.refs:
         # a persistent message in a durable queue: confirmed once the commit holding it is on disk,
         # or once consumed from every queue (confirm_consumed), whichever comes first
-        epoch = broker.wait_for_commit(ch)
+        epoch = broker.commit_epoch
+        if ch.waited_epoch != epoch:             # once per channel and commit
+            ch.waited_epoch = epoch = broker.wait_for_commit(ch)
         ch.waiting.append((ch.publish_seq, epoch, msg))
         msg.confirm = (ch, ch.publish_seq)
     else:

@@ -64,6 +64,13 @@ class Store:
         """Entry `seq` of a queue holds the message; `expires`: when it expires (ms since the
         epoch), None if never (for a stream: when it was appended)."""
 
+    def add_with_entry(self, msg_id: int, exchange: str, routing_key: str, props: bytes, body: bytes,
+                       vhost: str, queue: str, seq: int, expires: int | None = None):
+        """add_message then enqueue, for a message not recorded before (the publish path: one call
+        where a store can make it cheaper)."""
+        self.add_message(msg_id, exchange, routing_key, props, body)
+        self.enqueue(vhost, queue, seq, msg_id, expires)
+
     def dequeue(self, vhost: str, queue: str, seq: int, msg_id: int):
         pass
 

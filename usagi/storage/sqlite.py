@@ -611,6 +611,27 @@ class SQLiteStore(Store):
             if msg_id > self.max_msg_id:
                 self.max_msg_id = msg_id
 
+    def add_with_entry(self, msg_id: int, exchange: str, routing_key: str, props: bytes, body: bytes,
+                       vhost: str, queue: str, seq: int, expires: int | None = None):
+        qk = (vhost, queue)
+        with self._lock:
+            self.recorded += 1
+            self._new_msgs[msg_id] = (msg_id, exchange, routing_key, props, body)
+            if msg_id > self.max_msg_id:
+                self.max_msg_id = msg_id
+            idx = self._queues.get(qk)
+            fresh = msg_id not in self._refs and (idx is None or seq not in idx.by_seq)
+            if fresh:           # what enqueue does for a message with no entry yet, in a seq free
+                if idx is None:
+                    idx = self._queues[qk] = _QueueIndex()
+                idx.by_seq[seq] = msg_id
+                idx.by_msg = None
+                self._refs[msg_id] = 1
+                self._new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 0, expires)
+                self.recorded += 1
+        if not fresh:
+            self.enqueue(vhost, queue, seq, msg_id, expires)
+
     def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int, expires: int | None = None):
         qk = (vhost, queue)
         with self._lock:
