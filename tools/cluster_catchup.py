@@ -4,6 +4,7 @@ what its catch-up costs the clients of the leader meanwhile.
 
     python tools/cluster_catchup.py                          # 100,000 persistent 1 KiB messages
     python tools/cluster_catchup.py --messages 20000 --rate 500
+    python tools/cluster_catchup.py --catchup-rate 0            # the catch-up unpaced
 
 A 3-node cluster (3 etcd members) serves a steady publisher: persistent messages with confirms at
 --rate per second to a quorum queue with a consumer, each publish's confirm latency recorded.
@@ -116,9 +117,12 @@ def main() -> int:
     p.add_argument("--normal", type=float, default=20, help="seconds of the normal phase (default 20)")
     p.add_argument("--ttl", type=int, default=5, help="lease TTL of the nodes (default 5)")
     p.add_argument("--timeout", type=float, default=120)
+    p.add_argument("--catchup-rate", default=None,
+                   help="the nodes' --cluster-catchup-rate in MiB/s (default: the server's default)")
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     a = p.parse_args()
-    c = Cluster(3, etcd_members=3, ttl=a.ttl).start()
+    extra = ["--cluster-catchup-rate", a.catchup_rate] if a.catchup_rate is not None else []
+    c = Cluster(3, etcd_members=3, ttl=a.ttl, extra_args=extra).start()
     try:
         leader = c.wait_leader(30)
         c.wait_isr(3, 60)
@@ -154,7 +158,8 @@ def main() -> int:
     finally:
         c.cleanup()
     p99n, p99d = pct(normal, 0.99), pct(during, 0.99)
-    res = {"messages": a.messages, "size": a.size, "rate": a.rate, "back_in_isr": back,
+    res = {"messages": a.messages, "size": a.size, "rate": a.rate, "catchup_rate": a.catchup_rate,
+           "back_in_isr": back,
            "catch_up_s": round(took, 2), "backlog_published_s": round(published, 1),
            "isr_dropped_after_s": round(dropped, 2),
            "normal": {"n": len(normal), "p50_ms": round(pct(normal, 0.5) * 1e3, 2), "p99_ms": round(p99n * 1e3, 2)},

@@ -28,6 +28,7 @@ import datetime
 import json
 import logging
 from collections import Counter
+import operator
 import os
 import sqlite3
 import threading
@@ -292,21 +293,33 @@ def decode_key(text: str) -> tuple:
     return tuple(decode_json(text))
 
 
-def _texts(rows, n):
-    """Rows whose first n values are names, made storable (see db_text); as they are if all are."""
-    for r in rows:
-        for x in r[:n]:
+def _storable(names) -> bool:
+    """Whether every name of `names` (tuples of str) is stored as it is (see db_text)."""
+    for t in names:
+        for x in t:
             if x.__class__ is str and not x.isascii() and not _utf8(x):
-                return [tuple(db_text(x) for x in r[:n]) + tuple(r[n:]) for r in rows]
-    return rows
+                return False
+    return True
+
+
+_NAMES = operator.itemgetter(0, 1)
+_ROUTE = operator.itemgetter(1, 2)
+
+
+def _texts(rows, n):
+    """Rows whose first n (1 or 2) values are names, made storable (see db_text); as they are if
+    all are. The rows of a commit name few queues: their distinct names are checked (at C speed,
+    as the commit holds the GIL against the event loop meanwhile)."""
+    if not rows or _storable(set(map(_NAMES if n == 2 else operator.itemgetter(0, 0), rows))):
+        return rows
+    return [tuple(db_text(x) for x in r[:n]) + tuple(r[n:]) for r in rows]
 
 
 def _msg_texts(rows):
     """Message rows (id, exchange, routing_key, ...) made storable (see db_text)."""
-    for r in rows:
-        if db_text(r[1]) is not r[1] or db_text(r[2]) is not r[2]:
-            return [(r[0], db_text(r[1]), db_text(r[2])) + tuple(r[3:]) for r in rows]
-    return rows
+    if not rows or _storable(set(map(_ROUTE, rows))):
+        return rows
+    return [(r[0], db_text(r[1]), db_text(r[2])) + tuple(r[3:]) for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------
