@@ -112,7 +112,10 @@ class ClusterView:
             r = rep.get(nid)
             leads = nid == me._my_name()
             up = nid in running
-            nodes.append({"name": n.get("name"), "id": nid, "role": "leader" if leads else n.get("role", "follower"),
+            role = "leader" if leads else n.get("role", "follower")
+            if role == "candidate":     # queued in the election behind this leader: it follows
+                role = "follower"
+            nodes.append({"name": n.get("name"), "id": nid, "role": role,
                           "host": n.get("host"), "amqp": n.get("amqp"), "http": n.get("http"),
                           "version": n.get("version"), "in_sync": nid in isr, "running": up,
                           "connected": leads or bool(r and r.get("live")),
@@ -121,7 +124,7 @@ class ClusterView:
         return {"mode": "cluster", "cluster_name": me.args.cluster_name, "leader": me.info()["name"],
                 "epoch": self.epoch, "lsn": self.leader.lsn, "isr": isr,
                 "isr_names": self.names(isr), "min_in_sync": self.leader.min_in_sync, "nodes": nodes,
-                "leader_changes": me.leader_changes}
+                "leader_changes": me.leader_changes, "last_leader_change": me.last_leader_change}
 
     def names(self, ids) -> list:
         """Node names for node ids (the ISR holds ids), as far as the registry knows them."""
@@ -217,6 +220,7 @@ class Node:
         self._peer_ips: set = set()       # addresses of followers that authenticated (as leader)
         self._known_ips: set = set()      # other nodes' addresses seen in the registry (kept)
         self.leader_changes = 0           # leaders this node has seen take over (or became) since it started
+        self.last_leader_change: dict | None = None   # the last of them: {time (ms), leader, epoch, previous}
         self.handover = asyncio.Event()   # set by `usagictl step_down` on the leader
         self.replica: Replica | None = None
         self._refreshes = 0
@@ -224,6 +228,13 @@ class Node:
 
     def request_handover(self):
         self.handover.set()
+
+    def _leader_changed(self, name, epoch: int):
+        """Count a leader this node saw take over (or became), and remember when and who."""
+        prev = self.last_leader_change
+        self.leader_changes += 1
+        self.last_leader_change = {"time": int(time.time() * 1000), "leader": name, "epoch": epoch,
+                                   "previous": prev["leader"] if prev else None}
 
     # ------------------------------------------------------------------ addresses
     def info(self) -> dict:
@@ -514,7 +525,7 @@ class Node:
                         f.close_all()
                 if key[0] is not None and (last is None or key[1] != last[1]) and key[1] != seen_epoch:
                     seen_epoch = key[1]
-                    self.leader_changes += 1
+                    self._leader_changed(self.leader_info.get("name"), key[1])
                 last = key
             await asyncio.sleep(0.2)
 
@@ -560,7 +571,7 @@ class Node:
         from ..server.startup import build_broker
         self.role = "leader"
         if epoch != self.leader_epoch:
-            self.leader_changes += 1
+            self._leader_changed(self.info()["name"], epoch)
         self.leader_epoch = epoch
         self.handover.clear()
         args = self.args

@@ -857,7 +857,9 @@ def set_cluster_name(r: Req):
 
 def _cluster_nodes(r: Req, me: dict) -> list:
     """The nodes of a cluster as /api/nodes lists them: this leader's full entry (`me`), and every
-    other member, running or not, as RabbitMQ lists its disc nodes (their figures are theirs)."""
+    other member, running or not, as RabbitMQ lists its disc nodes (their figures are theirs). The
+    leader's entry also counts the leader changes it has seen since it started, and gives the last
+    one (`usagi_last_leader_change`: time in ms, leader, epoch, previous leader)."""
     items = [me]
     c = r.broker.cluster
     if c is None:
@@ -865,7 +867,9 @@ def _cluster_nodes(r: Req, me: dict) -> list:
     st = c.status()
     for n in st["nodes"]:
         if n["role"] == "leader":
-            me.update(usagi_role="leader", usagi_in_sync=True, usagi_lag=0, usagi_epoch=st["epoch"])
+            me.update(usagi_role="leader", usagi_in_sync=True, usagi_lag=0, usagi_epoch=st["epoch"],
+                      usagi_leader_changes=st.get("leader_changes", 0),
+                      usagi_last_leader_change=st.get("last_leader_change"))
             continue
         items.append({"name": n["name"], "type": "disc", "running": n["running"], "cluster_links": [],
                       "being_drained": False, "usagi_role": n["role"], "usagi_in_sync": n["in_sync"],

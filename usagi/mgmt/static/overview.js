@@ -1,10 +1,12 @@
 /* The overview page: object and message totals, the node's message rates and queued messages with
- * their history, the node panel (memory, disk, file descriptors, sockets, alarms, uptime: for
- * users who may see nodes, as RabbitMQ shows them to monitoring users and administrators) and
- * the listeners. */
+ * their history, the nodes (every member of a cluster with its role, whether it runs and is in
+ * sync, its epoch and replication lag, and the cluster's leader changes; a single node alone), the
+ * node panel (memory, disk, file descriptors, sockets, alarms, uptime) and the listeners. The
+ * nodes and the node panel are for users who may see nodes, as RabbitMQ shows them to monitoring
+ * users and administrators. */
 import {
   h, append, clear, replace, setText, num, rateText, bytes, duration, rate, api, can, pageHead, panel, kvTable,
-  rangeQuery,
+  rangeQuery, dataTable, clock, dateTime,
 } from './lib.js';
 import { Chart, chartData, RATE_SERIES, QUEUED_SERIES, rangeHint } from './charts.js';
 
@@ -71,6 +73,42 @@ export function nodePanelBody(n) {
     ], 'node-table'));
 }
 
+function yesNo(v, yes, no) {
+  if (typeof v !== 'boolean') return h('span', { class: 'muted', text: '–' });
+  return h('span', { class: v ? 'ok-text' : 'bad-text', text: v ? (yes || 'yes') : (no || 'no') });
+}
+
+/* A node's role: leader, follower, stopped (a member of a cluster that does not run); a node
+ * outside a cluster has none (`usagi_role` is absent) and is shown as a single node. */
+export function nodeRole(n) { return n.usagi_role || 'single'; }
+
+/* The nodes table (RabbitMQ's overview "Nodes"), from /api/nodes: a cluster's members with their
+ * replication figures, or the one node. Resource figures are the serving node's own. */
+export function nodesTable(nodes) {
+  const rows = nodes.slice().sort((a, b) => String(a.name).localeCompare(String(b.name)));
+  const clustered = rows.some((n) => n.usagi_role);
+  return dataTable('nodes-table', [
+    { label: 'Name', key: 'name', cls: 'name', render: (n) => n.name },
+    { label: 'Role', key: 'role', render: (n) => h('span', { class: 'badge role ' + nodeRole(n),
+      text: clustered ? nodeRole(n) : 'single node' }) },
+    { label: 'State', key: 'state', render: (n) => h('span', { class: 'state ' + (n.running ? 'running' : 'stopped'),
+      text: n.running ? 'running' : 'not running' }) },
+    { label: 'In sync (ISR)', key: 'in_sync', render: (n) => (clustered ? yesNo(n.usagi_in_sync) : 'n/a') },
+    { label: 'Epoch', key: 'epoch', num: true, render: (n) => (n.usagi_epoch === undefined || n.usagi_epoch === null ? '–' : String(n.usagi_epoch)) },
+    { label: 'Replication lag', key: 'lag', num: true, render: (n) => (typeof n.usagi_lag === 'number' ? num(n.usagi_lag) : '–') },
+    { label: 'Memory', key: 'memory', num: true, render: (n) => (typeof n.mem_used === 'number' ? bytes(n.mem_used) : '–') },
+    { label: 'Uptime', key: 'uptime', num: true, render: (n) => (typeof n.uptime === 'number' ? duration(n.uptime) : '–') },
+  ], rows, 'No nodes.', (n) => ({ 'data-name': n.name, 'data-role': nodeRole(n), 'data-running': String(!!n.running) }));
+}
+
+/* The last leader change as a sentence, from the leader's `usagi_last_leader_change`. */
+function leaderChangeText(c) {
+  if (!c || typeof c !== 'object') return 'No leader change seen yet.';
+  const when = typeof c.time === 'number' ? (Date.now() - c.time < 86400000 ? clock(c.time) : dateTime(c.time)) : '?';
+  const from = c.previous && c.previous !== c.leader ? ` from ${c.previous}` : '';
+  return `Last leader change at ${when}: ${c.leader} took over${from} (epoch ${c.epoch}).`;
+}
+
 export function OverviewView(main) {
   const totals = statGroup([
     { key: 'connections', label: 'Connections' },
@@ -92,6 +130,17 @@ export function OverviewView(main) {
   const monitor = can.monitor();
   const memory = monitor ? new Chart('Node memory', rangeHint('as the memory alarm counts it'),
     [{ key: 'mem_used', label: 'Used', color: '#0891b2' }], 'B', 'chart-memory') : null;
+  const cluster = monitor ? statGroup([
+    { key: 'nodes_running', label: 'Nodes running' },
+    { key: 'nodes_in_sync', label: 'In sync' },
+    { key: 'leader', label: 'Leader' },
+    { key: 'epoch', label: 'Epoch' },
+    { key: 'leader_changes', label: 'Leader changes' },
+  ]) : null;
+  const clusterPart = h('div', { id: 'cluster-summary', hidden: true },
+    h('div', { class: 'section-title', text: 'Cluster' }), cluster ? cluster.el : null);
+  const lastChange = h('span', { id: 'leader-change', class: 'hint' });
+  const nodesBody = h('div', { class: 'panel-body flush', id: 'nodes-body' });
   const nodeBody = h('div', { class: 'panel-body', id: 'node-body' });
   const listenersBody = h('div', { class: 'panel-body flush table-scroll' });
   const sub = h('span', { text: '' });
@@ -101,6 +150,7 @@ export function OverviewView(main) {
     h('div', { class: 'section-title', text: 'Objects' }), totals.el,
     h('div', { class: 'section-title', text: 'Messages' }), msgs.el,
     h('div', { class: 'grid two' }, rates.el, queued.el),
+    monitor ? [clusterPart, panel('Nodes', nodesBody, { id: 'nodes-panel', right: lastChange })] : null,
     h('div', { class: 'grid two' },
       panel('Node', nodeBody, { id: 'node-panel', hint: monitor ? 'resources and limits' : null }),
       h('div', null,
@@ -129,6 +179,19 @@ export function OverviewView(main) {
     setText(sub, `${o.cluster_name || o.node} · Usagi ${o.usagi_version || ''} (RabbitMQ ${o.rabbitmq_version || ''} compatible)`);
     if (monitor) {
       const nodes = await api('GET', `/nodes?${rangeQuery(['node_stats'])}`);
+      replace(nodesBody, nodesTable(nodes));
+      const leader = nodes.find((x) => x.usagi_role === 'leader');
+      clusterPart.hidden = !leader;
+      if (leader) {
+        cluster.cards.nodes_running.set(`${nodes.filter((x) => x.running).length} / ${nodes.length}`);
+        cluster.cards.nodes_in_sync.set(num(nodes.filter((x) => x.usagi_in_sync).length));
+        cluster.cards.leader.set(leader.name);
+        cluster.cards.epoch.set(String(leader.usagi_epoch));
+        cluster.cards.leader_changes.set(num(leader.usagi_leader_changes));
+        setText(lastChange, leaderChangeText(leader.usagi_last_leader_change));
+      } else {
+        setText(lastChange, 'a single node, not in a cluster');
+      }
       const n = nodes.find((x) => x.name === o.node) || nodes[0];
       if (n) {
         replace(nodeBody, nodePanelBody(n));
