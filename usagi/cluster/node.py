@@ -121,7 +121,7 @@ class ClusterView:
                           "connected": leads or bool(r and r.get("live")),
                           "epoch": self.epoch if leads or (r and r.get("live")) else n.get("epoch"),
                           "lag": 0 if leads else (r["lag"] if r else None)})
-        return {"mode": "cluster", "cluster_name": me.args.cluster_name, "leader": me.info()["name"],
+        return {"mode": "cluster", "cluster_name": me.cluster_name, "leader": me.info()["name"],
                 "epoch": self.epoch, "lsn": self.leader.lsn, "isr": isr,
                 "isr_names": self.names(isr), "min_in_sync": self.leader.min_in_sync, "nodes": nodes,
                 "leader_changes": me.leader_changes, "last_leader_change": me.last_leader_change}
@@ -199,9 +199,14 @@ class ClusterView:
                 "running": len(self.registry), "etcd": me.etcd}
 
 
+DEFAULT_CLUSTER_NAME = "usagi"
+
+
 class Node:
     def __init__(self, args, tls_ctx=None, mgmt_tls_ctx=None):
         self.args = args
+        # --cluster-name, or cluster_name in the configuration file: the cluster's keys in etcd
+        self.cluster_name = args.cluster_name or DEFAULT_CLUSTER_NAME
         self.tls_ctx = tls_ctx
         self.mgmt_tls_ctx = mgmt_tls_ctx
         self.host = args.host or None
@@ -278,7 +283,7 @@ class Node:
             store.close(commit=False)
             self.ident = write_node_identity(self.args.data_dir, self.store_file)
         node_id = node_id_of(self.ident)
-        self.coord = Coordinator(self.etcd, self.args.cluster_name, node_id, self.info(),
+        self.coord = Coordinator(self.etcd, self.cluster_name, node_id, self.info(),
                                  ttl=self.args.cluster_lease_ttl, progress_ok=self._progress_ok)
         try:
             await self._join()
@@ -295,7 +300,7 @@ class Node:
             await self.coord.stop(revoke=True)
             await self.etcd.close()
             return 0
-        log.info("cluster %s: node %s (%x) joined; etcd %s", self.args.cluster_name, self.info()["name"],
+        log.info("cluster %s: node %s (%x) joined; etcd %s", self.cluster_name, self.info()["name"],
                  node_id, self.args.cluster_etcd)
         try:
             while not self.stop_event.is_set():
@@ -596,6 +601,9 @@ class Node:
                 await self.coord.resign()
                 return "stopped"
         broker.config.data_dir = args.data_dir
+        if "cluster_name" not in broker.global_parameters:
+            # the name clients and the dashboard see: the cluster's, whichever node leads
+            broker.server_properties["cluster_name"] = self.cluster_name
         last = store.position[1]
         history = list(store.history) + [(epoch, last + 1)]
 
