@@ -408,12 +408,20 @@ def amqp_conn(bench_dir: str, host: str, port: int):
     return amqp_bench.Conn(host, port, "guest", "guest", "/", name="cluster-compare")
 
 
-def check_quorum(cluster, name: str) -> dict:
-    q = cluster.queue_info(name)
-    if q["type"] != "quorum" or len(q["members"]) != 3 or len(q["online"]) != 3:
-        raise RuntimeError(f"{cluster.kind}: queue {name!r} is {q}; expected type quorum with 3 members, "
-                           f"all online\n{cluster.describe()}")
-    return q
+def check_quorum(cluster, name: str, wait: float = 30) -> dict:
+    """The queue's type and members, once it is a quorum queue with 3 members all online: a
+    member (for Usagi, an ISR member) that fell behind under the load gets `wait` seconds to
+    come back, how long it took is in `wait_s`; after that the run stops with what was seen."""
+    t0 = time.monotonic()
+    while True:
+        q = cluster.queue_info(name)
+        if q["type"] == "quorum" and len(q["members"]) == 3 and len(q["online"]) == 3:
+            q["wait_s"] = round(time.monotonic() - t0, 1)
+            return q
+        if q["type"] != "quorum" or time.monotonic() - t0 > wait:
+            raise RuntimeError(f"{cluster.kind}: queue {name!r} is {q}; expected type quorum with 3 members, "
+                               f"all online\n{cluster.describe()}")
+        time.sleep(1)
 
 
 def probe(cluster, bench_dir: str) -> dict:
@@ -421,14 +429,7 @@ def probe(cluster, bench_dir: str) -> dict:
     c = amqp_conn(bench_dir, cluster.host, cluster.port)
     try:
         c.queue_declare(PROBE, durable=True, args={"x-queue-type": "quorum"})
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                return check_quorum(cluster, PROBE)
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1)
+        return check_quorum(cluster, PROBE)
     finally:
         try:
             c.queue_delete(PROBE)
