@@ -11,7 +11,6 @@ import asyncio
 import functools
 import gc
 import logging
-import os
 import signal
 import socket
 import time
@@ -225,7 +224,6 @@ class Server:
         self.stop_close_wait = 2.0       # how long a stop waits for clients to answer connection.close
         self.commit_running = False
         self.commit_interval = 0.2       # background commit of persistent messages not waiting on confirms
-        self.commit_gap = float(os.environ.get("USAGI_COMMIT_GAP_MS", "0")) / 1000
         self.backoff = CommitBackoff()
         self._backoff_wait = None        # the future a failing commit loop sleeps on
         self._stopping = None
@@ -440,15 +438,7 @@ class Server:
     async def _commit_loop(self):
         b = self.broker
         try:
-            last = None
             while not self._stopping and (b.commit_waiters or b.store.pending()):
-                if last is not None and self.commit_gap:
-                    # back to back under load: let this batch gather for a moment (acks that come
-                    # meanwhile take their messages out of it unwritten, and confirm them)
-                    wait = self.commit_gap - (time.monotonic() - last)
-                    if wait > 0:
-                        await asyncio.sleep(wait)
-                last = time.monotonic()
                 epoch, waiters = b.begin_commit()
                 error = None
                 self.commit_started = time.monotonic()
