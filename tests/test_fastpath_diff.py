@@ -159,7 +159,8 @@ def deterministic(monkeypatch):
 ENTRY_POINTS = ((Connection, "_fast", "fast_input"), (Channel, "fast_publish", "publish"),
                 (Channel, "deliver", "deliver"), (Channel, "_write_content", "write_content"),
                 (Broker, "enqueue_plain", "enqueue_plain"), (Broker, "_pick_consumer", "pick_consumer"),
-                (Channel, "_take", "take"), (Channel, "_settle", "settle_items"), (Broker, "settle", "settle"))
+                (Channel, "_take", "take"), (Channel, "_settle", "settle_items"), (Broker, "settle", "settle"),
+                (Broker, "dispatch", "dispatch"))
 
 FORMS = ["running"] + (["source"] if hot.COMPILED else [])
 

@@ -301,24 +301,8 @@ class DeliveryMixin:
             if back:
                 mark(q)
 
-    def dispatch(self, q: Queue):
-        """Deliver ready messages to consumers with room, round-robin."""
-        if q.deleted:
-            return
-        if q.kind == "stream":
-            q.dispatch(self)
-            return
-        while q.consumers and q.message_count:
-            c = self._pick_consumer(q)
-            if c is None:
-                break
-            item = self.take(q, True)
-            if item is None:
-                break
-            seq, msg, redelivered = item
-            c.channel.deliver(c, q, seq, msg, redelivered)
-        if self.flow_waits:
-            self.flow_check(q)
+    # deliver ready messages to consumers with room, round-robin (core/fastpath.py)
+    dispatch = fastpath.dispatch
 
     def run_dirty(self):
         while self.dirty:

@@ -37,7 +37,7 @@ from ..amqp import errors as E
 from ..amqp import properties as P
 from ..amqp.errors import ChannelError
 from ..model.message import Message
-from ..model.queue import PARKED_OWN
+from ..model.queue import PARKED_OWN, Queue
 from .channel_common import _END, _FH, _QB, _with_delivery_count
 from .counters import MSG_SIZE_BOUNDS
 from .counters import SUM as SIZE_SUM
@@ -495,6 +495,42 @@ def enqueue_plain(broker, q, msg) -> bool:
         if q.paged:
             broker.pressure = q         # the publisher may have to wait (core/flow.py)
     return False
+
+
+def dispatch(broker, q):
+    """Broker.dispatch: ready messages to consumers with room, round-robin. The entries of a
+    plain queue's ready list go straight out (what Queue.pop and Broker.take do when nothing was
+    requeued, nothing is dead or has a TTL); anything else goes through Broker.take: requeued
+    entries, dead ones, TTLs, paged-out messages, priorities. A stream delivers by itself."""
+    if q.deleted:
+        return
+    if q.kind == "stream":
+        q.dispatch(broker)
+        return
+    if type(q) is Queue:
+        ready = q.ready
+        while ready and q.consumers and not q.returned and not q.dead and not q.expiry:
+            c = pick_consumer(broker, q)
+            if c is None:
+                ready = None
+                break
+            seq, msg = ready.popleft()
+            q.ready_bytes -= len(msg.body)
+            c.channel.deliver(c, q, seq, msg, False)
+    else:
+        ready = True
+    if ready is not None:
+        while q.consumers and q.message_count:
+            c = pick_consumer(broker, q)
+            if c is None:
+                break
+            item = broker.take(q, True)
+            if item is None:
+                break
+            seq, msg, redelivered = item
+            c.channel.deliver(c, q, seq, msg, redelivered)
+    if broker.flow_waits:
+        broker.flow_check(q)
 
 
 def pick_consumer(broker, q):
