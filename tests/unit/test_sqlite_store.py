@@ -261,6 +261,11 @@ def test_failed_commit_is_retried(tmp_path):
 
         def executemany(self, sql, rows):
             raise sqlite3.OperationalError("disk full")
+
+        def execute(self, sql, *args):
+            if sql.split(None, 1)[0] in ("INSERT", "UPDATE", "DELETE"):   # the writes, not BEGIN
+                raise sqlite3.OperationalError("disk full")
+            return real.execute(sql, *args)
     s.conn = Boom()
     with pytest.raises(sqlite3.OperationalError):
         s.commit()
@@ -490,4 +495,35 @@ def test_names_and_keys_in_any_bytes_are_stored(tmp_path):
     s.delete_definition("binding", ("/", "x", "queue", "q\udcff", rk, "{}"))
     s.commit()
     assert counts(tmp_path) == (0, 1, 1)
+    s.close()
+
+
+def test_a_commit_of_many_rows_writes_each_as_one_statement_per_row_would(tmp_path):
+    """A commit writes its rows many to a statement (sqlite.CHUNK): sizes on and across the chunk
+    bounds, several queues, a message in two queues, marks and removals, all as recorded."""
+    s = SQLiteStore(tmp_path)
+    s.open()
+    n = 1000
+    for i in range(1, n + 1):
+        s.add_with_entry(i, "x", "rk%d" % i, PROPS, b"m%d" % i, "/", "qa" if i % 3 else "qb", i)
+        if i % 7 == 0:
+            s.enqueue("/", "qc", i, i)                  # the same message in a second queue
+    s.commit()
+    marked = set(range(1, n + 1, 4))
+    for i in marked:
+        s.mark_delivered("/", "qa" if i % 3 else "qb", i)
+    gone = set(range(2, n + 1, 3)) | set(range(250, 520))   # around the 256 bound
+    for i in gone:
+        s.dequeue("/", "qa" if i % 3 else "qb", i, i)
+    s.commit()
+    s, rec = reopen(s, tmp_path)
+    for q, pick in (("qa", lambda i: i % 3), ("qb", lambda i: not i % 3)):
+        want = [i for i in range(1, n + 1) if pick(i) and i not in gone]
+        got = rec.messages.get(("/", q), [])
+        assert [e[0] for e in got] == want
+        assert [e[4] for e in got] == [b"m%d" % i for i in want]
+        assert [e[5] for e in got] == [i in marked for i in want]       # redelivered
+    assert [e[0] for e in rec.messages.get(("/", "qc"), [])] == list(range(7, n + 1, 7))
+    in_messages = {i for i in range(1, n + 1) if i not in gone or i % 7 == 0}
+    assert counts(tmp_path)[1] == len(in_messages)
     s.close()

@@ -28,6 +28,7 @@ import datetime
 import json
 import logging
 from collections import Counter
+import itertools
 import operator
 import os
 import sqlite3
@@ -123,20 +124,78 @@ CREATE TABLE IF NOT EXISTS repl_history (
 
 SQL_PUT_DEF = "INSERT OR REPLACE INTO definitions (kind, key, value) VALUES (?, ?, ?)"
 SQL_DEL_DEF = "DELETE FROM definitions WHERE kind = ? AND key = ?"
-SQL_MARK = "UPDATE queue_entries SET delivered = 1 WHERE vhost = ? AND queue = ? AND seq = ?"
-SQL_DEL_ENTRY = "DELETE FROM queue_entries WHERE vhost = ? AND queue = ? AND seq = ?"
 SQL_DROP_QUEUE = "DELETE FROM queue_entries WHERE vhost = ? AND queue = ?"
-SQL_DEL_MSG = "DELETE FROM messages WHERE id = ?"
 SQL_SET_REFS = "UPDATE messages SET refs = ? WHERE id = ?"
-SQL_ADD_MSG = ("INSERT OR REPLACE INTO messages (id, exchange, routing_key, props, body, refs) "
-               "VALUES (?, ?, ?, ?, ?, ?)")
 SQL_ADD_DELAYED = "INSERT OR REPLACE INTO delayed VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 SQL_DEL_DELAYED = "DELETE FROM delayed WHERE id = ?"
 SQL_DROP_DELAYED = "DELETE FROM delayed WHERE vhost = ?"
 SQL_POSITION = "INSERT OR REPLACE INTO repl_state (id, epoch, lsn) VALUES (1, ?, ?)"
 SQL_HISTORY = "INSERT OR IGNORE INTO repl_history (epoch, first_lsn) VALUES (?, ?)"
-SQL_ADD_ENTRY = ("INSERT OR REPLACE INTO queue_entries (vhost, queue, seq, msg_id, delivered, expires) "
-                 "VALUES (?, ?, ?, ?, ?, ?)")
+
+# the same, for many rows in one statement (see _values, _in_list)
+SQL_MARK_IN = "UPDATE queue_entries SET delivered = 1 WHERE vhost = ? AND queue = ? AND seq IN "
+SQL_DEL_ENTRY_IN = "DELETE FROM queue_entries WHERE vhost = ? AND queue = ? AND seq IN "
+SQL_DEL_MSG_IN = "DELETE FROM messages WHERE id IN "
+SQL_ADD_MSGS = "INSERT OR REPLACE INTO messages (id, exchange, routing_key, props, body, refs) VALUES "
+SQL_ADD_ENTRIES = "INSERT OR REPLACE INTO queue_entries (vhost, queue, seq, msg_id, delivered, expires) VALUES "
+
+# Rows per statement. sqlite3 lets other threads run while each statement executes and takes the
+# GIL back after it, and while the event loop is busy, taking it back waits for the loop's switch
+# interval (5 ms): with a statement per row, a commit of a few thousand rows would take seconds
+# under load. A statement per CHUNK rows takes a few.
+CHUNK = 256
+_SQL: dict = {}
+
+
+def _chunks(n: int):
+    """Sizes that add up to n: CHUNK as often as it goes, then powers of two (few distinct
+    statement texts, so sqlite3's statement cache keeps them prepared)."""
+    while n >= CHUNK:
+        yield CHUNK
+        n -= CHUNK
+    k = CHUNK
+    while n:
+        k >>= 1
+        if n >= k:
+            yield k
+            n -= k
+
+
+def _values(conn, head: str, width: int, rows):
+    """`head` (INSERT ... VALUES) for every row, CHUNK rows per statement, in order (a later row
+    replaces an earlier one with the same key, as one statement per row would)."""
+    i = 0
+    for k in _chunks(len(rows)):
+        sql = _SQL.get((head, k))
+        if sql is None:
+            one = "(" + ",".join("?" * width) + ")"
+            sql = _SQL[(head, k)] = head + ",".join([one] * k)
+        conn.execute(sql, list(itertools.chain.from_iterable(rows[i:i + k])))
+        i += k
+
+
+def _in_list(conn, head: str, fixed: tuple, keys):
+    """`head` (... IN) with `fixed` parameters first, for every key, CHUNK keys per statement."""
+    i = 0
+    for k in _chunks(len(keys)):
+        sql = _SQL.get((head, k))
+        if sql is None:
+            sql = _SQL[(head, k)] = head + "(" + ",".join("?" * k) + ")"
+        conn.execute(sql, fixed + tuple(keys[i:i + k]))
+        i += k
+
+
+def _by_queue(conn, head: str, rows):
+    """Rows (vhost, queue, seq): `head` per queue, its seqs in IN lists."""
+    groups: dict = {}
+    for v, q, s in rows:
+        g = groups.get((v, q))
+        if g is None:
+            groups[(v, q)] = [s]
+        else:
+            g.append(s)
+    for key, seqs in groups.items():
+        _in_list(conn, head, key, seqs)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -914,19 +973,19 @@ class SQLiteStore(Store):
             if dels:
                 conn.executemany(SQL_DEL_DEF, dels)
             if marks:
-                conn.executemany(SQL_MARK, marks)
+                _by_queue(conn, SQL_MARK_IN, marks)
             if del_entries:
-                conn.executemany(SQL_DEL_ENTRY, del_entries)
+                _by_queue(conn, SQL_DEL_ENTRY_IN, del_entries)
             if drops:
                 conn.executemany(SQL_DROP_QUEUE, drops)
             if del_msgs:
-                conn.executemany(SQL_DEL_MSG, del_msgs)
+                _in_list(conn, SQL_DEL_MSG_IN, (), [r[0] for r in del_msgs])
             if touched:
                 conn.executemany(SQL_SET_REFS, touched)
             if msgs:
-                conn.executemany(SQL_ADD_MSG, msgs)
+                _values(conn, SQL_ADD_MSGS, 6, msgs)
             if entries:
-                conn.executemany(SQL_ADD_ENTRY, entries)
+                _values(conn, SQL_ADD_ENTRIES, 6, entries)
             if delayed_drops:
                 conn.executemany(SQL_DROP_DELAYED, delayed_drops)
             if delayed_gone:
