@@ -129,7 +129,8 @@ PIPELINE = b"".join((
 EXPECTED = ["queue.declare-ok", "queue.bind-ok", "queue.purge-ok", "tx.select-ok", "tx.commit-ok",
             "basic.get-ok", "queue.declare-ok", "basic.consume-ok", "queue.delete-ok", "basic.cancel",
             "basic.get-empty"]
-HELD = {"queue.declare-ok", "queue.bind-ok", "queue.purge-ok", "tx.commit-ok", "queue.delete-ok"}
+# (the purge takes out a message that was never written: nothing to wait for, its ok goes at once)
+HELD = {"queue.declare-ok", "queue.bind-ok", "tx.commit-ok", "queue.delete-ok"}
 
 
 def test_each_held_reply_comes_after_its_commit_and_nothing_overtakes_it(tmp_path):

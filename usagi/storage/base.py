@@ -42,6 +42,7 @@ class Store:
 
     durable = False
     recorded = 0      # changes recorded so far (a durable store counts them): did an operation write?
+    writing_since = None    # time.perf_counter() when the write under way began (a worker thread's)
 
     def open(self) -> Recovered:
         return Recovered()

@@ -33,6 +33,7 @@ import operator
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from decimal import Decimal
 
@@ -523,9 +524,12 @@ class SQLiteStore(Store):
         self._delayed_new: dict = {}   # delayed message id -> row to insert
         self._delayed_gone: list = []  # [(id,)] of written delayed messages
         self._delayed_drops: list = []  # [(vhost,)]: every delayed message of a deleted vhost
-        # messages dropped unwritten by the last swap, in case an entry brings one back
+        # messages whose last entry went before they were written, in case an entry brings one
+        # back: those of this cycle (since the last swap) and of the one before
         self._limbo: dict = {}
+        self._limbo_prev: dict = {}
         self._failed = None            # batches whose transaction failed: retried first
+        self.writing_since = None      # time.perf_counter() when the transaction being written began
         # replication (cluster mode): the position of the last batch written, and when epochs began
         self.position = (0, 0)         # (epoch, lsn)
         self.history: list = []        # [(epoch, first lsn)]
@@ -718,7 +722,7 @@ class SQLiteStore(Store):
             refs = self._refs
             r = refs.get(msg_id, 0)
             if not r and msg_id not in self._new_msgs:
-                row = self._limbo.pop(msg_id, None)
+                row = self._limbo.pop(msg_id, None) or self._limbo_prev.pop(msg_id, None)
                 if row is not None:
                     self._new_msgs[msg_id] = row
             refs[msg_id] = r + 1
@@ -736,9 +740,13 @@ class SQLiteStore(Store):
                 self._touched.add(msg_id)
         else:
             refs.pop(msg_id, None)
-            if msg_id not in self._new_msgs:
+            row = self._new_msgs.pop(msg_id, None)
+            if row is None:
                 self._del_msgs.add(msg_id)
-            # a pending message left with no entry is filtered out at the next swap
+            else:
+                # never written: it never will be (the commit's work stays the size of what is
+                # left to write, however many messages came and went since the last one)
+                self._limbo[msg_id] = row
 
     def dequeue(self, vhost: str, queue: str, seq: int, msg_id: int):
         """Remove the entry `seq` of the queue; with seq 0, every entry of msg_id on it."""
@@ -794,7 +802,8 @@ class SQLiteStore(Store):
 
     def read_message(self, msg_id: int):
         with self._lock:
-            row = self._new_msgs.get(msg_id) or self._writing.get(msg_id) or self._limbo.get(msg_id)
+            row = (self._new_msgs.get(msg_id) or self._writing.get(msg_id) or self._limbo.get(msg_id)
+                   or self._limbo_prev.get(msg_id))
         if row is not None:
             return row[1], row[2], row[3], row[4]
         if self.conn is None:
@@ -872,14 +881,15 @@ class SQLiteStore(Store):
         refs = self._refs
         new_msgs = self._new_msgs
         msgs = []
-        limbo = {}
+        limbo = self._limbo
         for mid, row in new_msgs.items():
             n = refs.get(mid)
             if n:
                 msgs.append(row + (n,))
             else:
-                limbo[mid] = row
-        self._limbo = limbo
+                limbo[mid] = row           # recorded with no entry (yet)
+        self._limbo_prev = limbo
+        self._limbo = {}
         del_msgs = [(m,) for m in self._del_msgs if m not in refs]
         touched = [(refs[m], m) for m in self._touched if m in refs]
         defs = self._defs
@@ -938,6 +948,7 @@ class SQLiteStore(Store):
         if conn is None:
             self._failed = batches
             raise RuntimeError("sqlite store is not open")
+        self.writing_since = time.perf_counter()
         try:
             conn.execute("BEGIN")
             self._write(conn, batches)
@@ -952,6 +963,8 @@ class SQLiteStore(Store):
             # Keep the work: the next commit writes it before anything recorded later.
             self._failed = batches + (self._failed or [])
             raise
+        finally:
+            self.writing_since = None
         if position is not None:
             self._note_position(position)
         with self._lock:
