@@ -74,6 +74,10 @@ class DeliveryMixin:
                 if q.consumers and q.message_count == 0:
                     c = self._pick_consumer(q)
                     if c is not None:
+                        if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
+                            # stored as any delivered entry: kept until acked, and counted in
+                            # msg.refs (an ack here must not confirm what other queues hold)
+                            self.persist(q, msg)
                         c.channel.deliver(c, q, q.next_seq(), msg, False)
                         return True
                 q.published += 1
