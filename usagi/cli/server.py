@@ -60,13 +60,22 @@ def _port(text: str) -> int:
     return v
 
 
+MAX_CATCHUP_RATE = 1 << 20      # MiB/s (1 TiB/s): above it, in bytes, the pace's arithmetic overflows
+
+
 def _nonneg_float(text: str) -> float:
+    """A rate in MiB/s: 0 (no limit), or at least one byte a second and at most MAX_CATCHUP_RATE
+    (a tiny positive rate would round to 0 bytes, which means no limit; a huge one overflows)."""
     try:
         v = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 <= v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    if not 0 <= v <= MAX_CATCHUP_RATE:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or a number of MiB/s up to "
+                                         f"{MAX_CATCHUP_RATE}: {text!r}")
+    if v and v * 1024 * 1024 < 1:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or at least one byte a second "
+                                         f"({1 / (1024 * 1024):.3g} MiB/s): {text!r}")
     return v
 
 
