@@ -176,3 +176,35 @@ def test_the_store_reopened_after_early_confirms_holds_what_was_not_consumed(tmp
     finally:
         s.close()
     assert rec is not None
+
+
+def test_basic_get_acks_confirm_only_when_every_queue_acked(tmp_path, fast):
+    p = Pair(tmp_path, fast, queues=())
+    declare(p, M.QueueDeclare(queue="g1", durable=True), M.QueueBind(queue="g1", exchange="fan"),
+            M.QueueDeclare(queue="g2", durable=True), M.QueueBind(queue="g2", exchange="fan"))
+    p.publish(b"x", exchange="fan")
+    p.consumer_says(M.BasicGet(queue="g1"))
+    p.consumer_says(M.BasicAck(1, False))
+    assert acks(p.take_pub()) == []
+    p.consumer_says(M.BasicGet(queue="g2", no_ack=True))
+    assert acks(p.take_pub()) == [(1, False)]
+    p.node.commit()
+    assert acks(p.take_pub()) == []
+    assert stored_entries(p, tmp_path) == {}
+
+
+def test_a_queue_deleted_with_a_delivery_unacked_does_not_confirm_what_another_holds(tmp_path, fast):
+    p = Pair(tmp_path, fast, queues=("q1",))
+    declare(p, M.QueueDeclare(queue="hold", durable=True), M.QueueBind(queue="hold", exchange="fan"))
+    others = [p.node.connect()[0] for _ in range(2)]
+    p.publish(b"x", exchange="fan")
+    (t,) = deliveries(p.ct.data)
+    # others delete q1 and purge "hold" (their replies wait for the commit; no commit runs here)
+    for other, m in zip(others, (M.QueueDelete(queue="q1"), M.QueuePurge(queue="hold"))):
+        other.data_received(method_frame(1, m.encode()))
+        p.node.run_later()
+    p.consumer_says(M.BasicAck(t, False))           # the delivery of the deleted queue
+    assert acks(p.take_pub()) == []                 # "hold" lost it to a purge: not consumed
+    assert p.node.commit()
+    assert confirmed(p.take_pub()) == {1}
+    assert stored_entries(p, tmp_path) == {}
