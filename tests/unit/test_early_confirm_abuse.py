@@ -208,3 +208,38 @@ def test_a_queue_deleted_with_a_delivery_unacked_does_not_confirm_what_another_h
     assert p.node.commit()
     assert confirmed(p.take_pub()) == {1}
     assert stored_entries(p, tmp_path) == {}
+
+
+def test_a_queue_reached_twice_by_one_publish_holds_one_entry(tmp_path, fast):
+    # the fanout reaches q1 directly and through an exchange-to-exchange binding, and "hold" too:
+    # one entry in q1 (one ref), so its ack leaves "hold"'s ref and confirms nothing early
+    p = Pair(tmp_path, fast, queues=("q1",))
+    declare(p, M.ExchangeDeclare(exchange="fan2", type="fanout", durable=True),
+            M.ExchangeBind(destination="fan2", source="fan"), M.QueueBind(queue="q1", exchange="fan2"),
+            M.QueueDeclare(queue="hold", durable=True), M.QueueBind(queue="hold", exchange="fan"))
+    p.publish(b"x", exchange="fan")
+    tags = deliveries(p.ct.data)
+    assert len(tags) == 1
+    p.consumer_says(M.BasicAck(tags[0], False))
+    assert acks(p.take_pub()) == []
+    p.node.commit()
+    assert confirmed(p.take_pub()) == {1}
+    assert stored_entries(p, tmp_path) == {"hold": 1}
+
+
+def test_cc_naming_the_same_queue_again_holds_one_entry(tmp_path, fast):
+    from usagi.amqp import properties
+    from usagi.amqp.frames import content_frames
+    p = Pair(tmp_path, fast, queues=("q1",))
+    declare(p, M.QueueDeclare(queue="hold", durable=True))
+    props = properties.encode({"delivery_mode": 2, "headers": {"CC": ["q1", "hold"], "BCC": ["q1"]}})
+    p.pub.data_received(method_frame(1, M.BasicPublish(0, "", "q1").encode())
+                        + b"".join(content_frames(1, 60, props, b"x", 131072)))
+    p.node.run_later()
+    tags = deliveries(p.ct.data)
+    assert len(tags) == 1
+    p.consumer_says(M.BasicAck(tags[0], False))
+    assert acks(p.take_pub()) == []
+    p.node.commit()
+    assert confirmed(p.take_pub()) == {1}
+    assert stored_entries(p, tmp_path) == {"hold": 1}
