@@ -243,3 +243,27 @@ def test_cc_naming_the_same_queue_again_holds_one_entry(tmp_path, fast):
     p.node.commit()
     assert confirmed(p.take_pub()) == {1}
     assert stored_entries(p, tmp_path) == {"hold": 1}
+
+
+def test_a_zero_ttl_delivery_unacked_at_a_crash_expires_at_the_restart(tmp_path):
+    # stored with a deadline of now: the restarted broker drops (or dead-letters) it, as a queue
+    # with a zero TTL would any message it could not hand over at once; the other queue keeps it
+    p = Pair(tmp_path, True, queues=())
+    declare(p, M.QueueDeclare(queue="z", durable=True, arguments={"x-message-ttl": 0}),
+            M.QueueBind(queue="z", exchange="fan"),
+            M.QueueDeclare(queue="keep", durable=True), M.QueueBind(queue="keep", exchange="fan"))
+    p.consumer_says(M.BasicConsume(queue="z", consumer_tag="cz"))
+    p.publish(b"x", exchange="fan")
+    p.node.commit()
+    assert stored_entries(p, tmp_path) == {"z": 1, "keep": 1}
+    p.node.store.close()
+    from usagi.core.broker import Broker
+    from usagi.core.recovery import restore
+    store = SQLiteStore(str(tmp_path))
+    broker = Broker(store=store)
+    restore(broker, store.open())
+    qs = broker.vhosts["/"].queues
+    assert qs["keep"].message_count == 1
+    z = qs["z"]
+    assert z.message_count == 0 or broker.take(z) is None   # expired when reached
+    store.close()

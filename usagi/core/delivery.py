@@ -76,8 +76,9 @@ class DeliveryMixin:
                     if c is not None:
                         if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
                             # stored as any delivered entry: kept until acked, and counted in
-                            # msg.refs (an ack here must not confirm what other queues hold)
-                            self.persist(q, msg)
+                            # msg.refs (an ack here must not confirm what other queues hold); its
+                            # deadline is now, so a restart expires it rather than delivering it
+                            self.persist(q, msg, int(time.time() * 1000))
                         c.channel.deliver(c, q, q.next_seq(), msg, False)
                         return True
                 q.published += 1
