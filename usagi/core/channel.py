@@ -250,26 +250,14 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             self.dropped += 1
             x.dropped += 1
         if self.confirm:
-            self.publish_seq += 1
-            broker.stats["publish_confirm"] += 1
-            if rejected:
-                self.nacks_ready.append(self.publish_seq)
-                self.confirm_dirty = True
-            elif x.TYPE == "x-delayed-message" and broker.store.durable:
+            if not rejected and x.TYPE == "x-delayed-message" and broker.store.durable:
                 # a delayed message (always kept in the store): confirmed once the commit holding it
                 # is on disk
+                self.publish_seq += 1
+                broker.stats["publish_confirm"] += 1
                 self.waiting.append((self.publish_seq, broker.wait_for_commit(self), msg))
-            elif msg.stored and msg.refs:
-                # a persistent message in a durable queue: confirmed once the commit holding it is
-                # on disk, or once consumed from every queue (fastpath.confirm_consumed)
-                epoch = broker.commit_epoch
-                if self.waited_epoch != epoch:      # once per channel and commit
-                    self.waited_epoch = epoch = broker.wait_for_commit(self)
-                self.waiting.append((self.publish_seq, epoch, msg))
-                msg.confirm = (self, self.publish_seq)
             else:
-                self.acks_ready.append(self.publish_seq)
-                self.confirm_dirty = True
+                fastpath.confirm(self, broker, msg, rejected)
         return queues
 
     def _send_return(self, msg, code, text):

@@ -403,11 +403,11 @@ def publish(ch: ChannelState, payload, props, body):
         ch.dropped += 1
         x.dropped += 1
     if ch.confirm:
-        _confirm(ch, broker, msg, rejected)
+        confirm(ch, broker, msg, rejected)
 
 
-def _confirm(ch: ChannelState, broker, msg, rejected):
-    """The publisher confirm of a publish routed (Channel._route_publish's end)."""
+def confirm(ch: ChannelState, broker, msg, rejected):
+    """The publisher confirm of a publish routed (Channel._route_publish's end, for both paths)."""
     ch.publish_seq += 1
     broker.stats["publish_confirm"] += 1
     if rejected:
@@ -448,7 +448,7 @@ def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker, x, msg) -> 
             # consumers are behind: let them catch up (credit flow, in effect)
             conn.throttled = True
     if ch.confirm:
-        _confirm(ch, broker, msg, False)
+        confirm(ch, broker, msg, False)
     return True
 
 
