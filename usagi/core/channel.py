@@ -356,7 +356,8 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             else:
                 msg.confirm = None
                 ready.append(seq)
-        self._drop_confirmed_head()
+        while early and w and w[0][0] in early:
+            early.discard(w.popleft()[0])
         self.confirm_dirty = True
         self.send_confirms()
 
@@ -368,7 +369,9 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         w = self.waiting
         if w and w[0][0] == seq:
             w.popleft()
-            self._drop_confirmed_head()
+            early = self.early
+            while early and w and w[0][0] in early:   # those behind it, confirmed before it
+                early.discard(w.popleft()[0])
         else:
             self.early.add(seq)
         self.acks_ready.append(seq)
@@ -377,15 +380,7 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
             broker = self.broker
             broker.early_confirms.append(self)
             if len(broker.early_confirms) == 1 and not broker.flush_pending and broker.on_flush_needed:
-                broker.on_flush_needed()     # flush_output sends them: one is scheduled if none is
-
-    def _drop_confirmed_head(self):
-        """Take out of `waiting` the publishes at its head confirmed early (their messages consumed
-        before their commit), so that its head is the oldest one still unconfirmed."""
-        w = self.waiting
-        early = self.early
-        while early and w and w[0][0] in early:
-            early.discard(w.popleft()[0])
+                broker.on_flush_needed()     # an ack outside a connection's input (the HTTP API's get)
 
     def send_confirms(self):
         self.confirm_dirty = False
