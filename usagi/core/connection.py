@@ -223,6 +223,8 @@ class Connection(fastpath.ConnectionState):
             for ch in self.channels.values():
                 if ch.confirm_dirty:
                     ch.send_confirms()
+            if self.broker.early_confirms:
+                self.broker.send_early_confirms()
             since = self.broker.store.writing_since
             if since is not None and time.perf_counter() - since > STORE_STALLED:
                 time.sleep(STORE_TURN)
