@@ -289,10 +289,16 @@ class RawPublisher(Worker):
                     s.sendall(data[i:i + k])
                     i += k
                 want = set(range(r.base + 1, r.base + 11))
+                seen = []
                 while want:
-                    cid, mid_, payload = r.method_any()
+                    try:
+                        cid, mid_, payload = r.method_any()
+                    except socket.timeout:
+                        raise RuntimeError(f"raw publish: no confirm of tags {sorted(want)} "
+                                           f"(confirms seen for the batch: {seen})") from None
                     if (cid, mid_) == (60, 80):        # basic.ack
                         tag, multiple = struct.unpack_from(">QB", payload, 4)
+                        seen.append((tag, multiple))
                         if multiple:
                             want = {t for t in want if t > tag}
                         else:
@@ -502,6 +508,7 @@ def run(seconds: float, interval: float = 5.0, server_args=(), publishers: int =
                 "lost": len(lost),
                 "lost_sample": lost[:20],
                 "unexpected": len(unexpected),
+                "unexpected_sample": unexpected[:20],
                 "counts": dict(ledger.counts),
                 "client_errors": list(ledger.errors),
             }

@@ -24,7 +24,8 @@ def test_soak_short(capsys):
         print("\n" + soak.summary(res))
     assert res["server_alive"]
     assert res["lost"] == 0, res["lost_sample"]
-    assert res["unexpected"] == 0
+    assert res["unexpected"] == 0, (res["unexpected_sample"], res["client_errors"])
+    assert not [e for e in res["client_errors"] if "no confirm" in e]    # a publisher left waiting
     assert res["published"] > 1000 and res["consumed"] == res["published"]
     assert res["server_tracebacks"] == 0 and res["server_internal_errors"] == 0
     assert res["counts"]["queues_created"] > 10 and res["counts"]["consumer_restarts"] > 3

@@ -400,8 +400,10 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         self.acks_ready = []
         limit = self.waiting[0][0] if self.waiting else None
         if limit is None:
-            top = acks[-1] if len(acks) == 1 or acks[-1] >= acks[0] else max(acks)
-            send(num, M.BasicAck(top, len(acks) > 1))
+            # nothing waits: every seq up to the highest is confirmed. The list is not always in
+            # order (a publish consumed early, behind one confirmed later), so the highest, not
+            # the last
+            send(num, M.BasicAck(max(acks) if len(acks) > 1 else acks[0], len(acks) > 1))
             self.broker.stats["confirm"] += len(acks)
             self.confirmed += len(acks)
             return
