@@ -161,6 +161,13 @@ class EntitiesMixin:
             self.check_exclusive(q, owner)
             return q
         self.stats["queue_declared"] += 1
+        if "x-queue-type" not in arguments and durable and not exclusive and not auto_delete \
+                and vhost.default_queue_type not in ("classic", "", None, "undefined") \
+                and (q is None or "x-queue-type" in q.arguments):
+            # the vhost's default queue type, for a queue that can be of it (as RabbitMQ, which
+            # records it in the queue's arguments); a queue that exists without the argument (made
+            # before the default was set) is left as it is, as RabbitMQ 3.13 and later leave it
+            arguments = {**arguments, "x-queue-type": vhost.default_queue_type}
         if not name:
             name = gen_name("amq.gen-")
         elif q is None and name.startswith("amq.") and not server_named:   # amq.gen- named by a channel
