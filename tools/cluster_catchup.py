@@ -6,8 +6,9 @@ what its catch-up costs the clients of the leader meanwhile.
     python tools/cluster_catchup.py --messages 20000 --rate 500
     python tools/cluster_catchup.py --catchup-rate 0            # the catch-up unpaced
 
-A 3-node cluster (3 etcd members) serves a steady publisher: persistent messages with confirms at
---rate per second to a quorum queue with a consumer, each publish's confirm latency recorded.
+A 3-node cluster (3 etcd members) serves a steady publisher (a process of its own): persistent
+messages with confirms at --rate per second to a quorum queue with a consumer, each publish's
+confirm latency recorded.
 Phases:
 
 1. normal: --normal seconds of the steady publisher alone: its p50/p99 confirm latency;
@@ -27,7 +28,10 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,6 +93,48 @@ class Steady:
         return [lat for s, lat in self.samples if a <= s < b]
 
 
+class SteadyProcess:
+    """The steady publisher in a process of its own, so that what this process does meanwhile
+    (polling etcd for the ISR, reading the nodes' logs) never holds it up: its samples are the
+    leader's latency only. Time stamps are CLOCK_MONOTONIC, the same in both processes."""
+
+    def __init__(self, url, rate, size):
+        fd, self.path = tempfile.mkstemp(prefix="catchup-steady-", suffix=".json")
+        os.close(fd)
+        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--steady", url, "--rate", str(rate),
+                                      "--size", str(size), "--samples-out", self.path])
+        self.samples: list = []
+        self.errors = 0
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)
+        if self.proc.wait(60) != 0:
+            raise RuntimeError(f"the steady publisher failed (exit status {self.proc.returncode})")
+        with open(self.path) as f:
+            got = json.load(f)
+        os.unlink(self.path)
+        self.samples, self.errors = [tuple(x) for x in got["samples"]], got["errors"]
+
+    between = Steady.between
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+def run_steady(url, rate, size, out):
+    """--steady: publish until SIGTERM, then write the samples to `out`."""
+    steady = Steady(url, "catchup-steady", rate, size)
+    loop = asyncio.new_event_loop()
+    loop.add_signal_handler(signal.SIGTERM, lambda: setattr(steady, "stopping", True))
+    loop.run_until_complete(steady.run())
+    with open(out, "w") as f:
+        json.dump({"samples": steady.samples, "errors": steady.errors}, f)
+
+
 async def backlog(url, queue, n, size, window=500):
     conn = await aio_pika.connect(url)
     ch = await conn.channel(publisher_confirms=True)
@@ -135,27 +181,33 @@ def main() -> int:
                         "that the backlog's own last writes are not counted as the catch-up's cost")
     p.add_argument("--out", default=None, help="append the result as one JSON line to this file")
     p.add_argument("--publish-backlog", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--steady", metavar="URL", help=argparse.SUPPRESS)
+    p.add_argument("--samples-out", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.steady:
+        run_steady(a.steady, a.rate, a.size, a.samples_out)
+        return 0
     if a.publish_backlog:
         # the backlog's publisher, in a process of its own (see publish_backlog)
         asyncio.run(backlog(a.publish_backlog, "catchup-backlog", a.messages, a.size))
         return 0
     extra = ["--cluster-catchup-rate", a.catchup_rate] if a.catchup_rate is not None else []
     c = Cluster(3, etcd_members=3, ttl=a.ttl, extra_args=extra).start()
+    cleanups: list = []
     try:
         leader = c.wait_leader(30)
         c.wait_isr(3, 60)
         follower = next(n for n in c.nodes if n is not leader)
         fid = None
-        steady = Steady(leader.url(), "catchup-steady", a.rate, a.size)
+        steady = SteadyProcess(leader.url(), a.rate, a.size)
+        cleanups.append(steady.kill)
 
         async def go():
             nonlocal fid
-            task = asyncio.ensure_future(steady.run())
-            await asyncio.sleep(2)                            # warm up
+            await asyncio.sleep(3)                            # its start, and a warm-up
             t_normal = time.monotonic()
             await asyncio.sleep(a.normal)
-            normal = steady.between(t_normal, time.monotonic())
+            t_normal_end = time.monotonic()
             before = set(c.isr())
             follower.kill()
             t = time.monotonic()
@@ -170,12 +222,14 @@ def main() -> int:
             back = await asyncio.to_thread(c.wait_member, fid, a.timeout)
             t_back = time.monotonic()
             await asyncio.sleep(max(0.0, 2.0 - (t_back - t_start)))
+            steady.stop()
+            normal = steady.between(t_normal, t_normal_end)
             during = steady.between(t_start, max(t_back, t_start + 2.0))
-            steady.stopping = True
-            await task
             return normal, during, back, t_back - t_start, published, t_down - t
         normal, during, back, took, published, dropped = asyncio.run(go())
     finally:
+        for f in cleanups:
+            f()
         c.cleanup()
     p99n, p99d = pct(normal, 0.99), pct(during, 0.99)
     res = {"messages": a.messages, "size": a.size, "rate": a.rate, "catchup_rate": a.catchup_rate, "settle_s": a.settle,
