@@ -245,3 +245,30 @@ def test_classic_queue_type_argument_is_accepted(ch):
     ch.basic_publish("", q, b"x")
     assert bodies(ch, q) == [b"x"]
     settle(ch.connection, 0.05)
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_zero_ttl_message_requeued_by_its_consumer_expires_and_is_dead_lettered(ch, durable):
+    # x-message-ttl 0: the message goes straight to the waiting consumer; nacked with requeue it
+    # comes back expired, and is dead-lettered (RabbitMQ 3.10.8 does so), not left in the queue
+    dlx, dq = dead_letter_target(ch)
+    q = uname("q")
+    ch.queue_declare(q, durable=durable, exclusive=not durable,
+                     arguments={"x-message-ttl": 0, "x-dead-letter-exchange": dlx})
+    seen = []
+
+    def on(chn, m, p, b):
+        seen.append(b)
+        chn.basic_nack(m.delivery_tag, requeue=True)
+        chn.basic_cancel("zero")
+    ch.basic_consume(q, on, consumer_tag="zero")
+    ch.basic_publish("", q, b"now or never", pika.BasicProperties(delivery_mode=2))
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        ch.connection.process_data_events(0.05)
+    assert seen == [b"now or never"]
+    wait_count(ch, dq, 1)
+    assert ch.queue_declare(q, passive=True).method.message_count == 0
+    m, p, b = ch.basic_get(dq, auto_ack=True)
+    assert b == b"now or never" and p.headers["x-death"][0]["reason"] == "expired"
+    ch.queue_delete(q)

@@ -74,12 +74,17 @@ class DeliveryMixin:
                 if q.consumers and q.message_count == 0:
                     c = self._pick_consumer(q)
                     if c is not None:
+                        now = int(time.time() * 1000)
                         if q.durable and msg.scan.delivery_mode == 2 and self.store.durable:
                             # stored as any delivered entry: kept until acked, and counted in
                             # msg.refs (an ack here must not confirm what other queues hold); its
                             # deadline is now, so a restart expires it rather than delivering it
-                            self.persist(q, msg, int(time.time() * 1000))
-                        c.channel.deliver(c, q, q.next_seq(), msg, False)
+                            self.persist(q, msg, now)
+                        seq = q.next_seq()
+                        # a requeue brings it back already expired: it is dead-lettered then, as
+                        # RabbitMQ does, rather than left in the queue for good
+                        q.held_expiry[seq] = now
+                        c.channel.deliver(c, q, seq, msg, False)
                         return True
                 q.published += 1
                 self.dead_letter(q, msg, "expired")
