@@ -258,7 +258,7 @@ load_definitions = {defs}
 @pytest.mark.parametrize("text,line,reason", [
     ("heartbeat = 30\nheartbeet = 30\n", 2, "unknown setting 'heartbeet' (did you mean 'heartbeat'?)"),
     ("disk_free_limit.absolute = 2 apples\n", 1, "disk_free_limit.absolute: invalid value '2 apples'"),
-    ("vm_memory_high_watermark.relative = 2\n", 1, "must be above 0 and at most 1.0"),
+    ("vm_memory_high_watermark.relative = 2\n", 1, "must be at least 0 and at most 1.0"),
     ("# ok\nlisteners.tcp.default = 99999\n", 2, "listeners.tcp.default: invalid value '99999'"),
     ("auth_backends.1 = ldap\n", 1, "internal user database only"),
     ("ssl_options.certfile = /nonexistent/server.pem\n", 1, "ssl_options.certfile: '/nonexistent/server.pem': "

@@ -197,6 +197,8 @@ def test_relative_limits_and_precedence():
     s = conf("vm_memory_high_watermark.relative = 0.6\nvm_memory_high_watermark.absolute = 1GB\n")
     assert s.get("vm_memory_high_watermark_absolute") == 10 ** 9 and "vm_memory_high_watermark" not in s
     assert any("has precedence" in t for _e, t in s.warnings)
+    # 0, as in RabbitMQ: the memory alarm is set at once and every publisher is blocked
+    assert conf("vm_memory_high_watermark.relative = 0\n").get("vm_memory_high_watermark") == 0.0
 
 
 def test_infinity_and_aliases():
@@ -222,8 +224,8 @@ def test_auth_mechanisms_and_internal_backend():
     ("heartbeat = ten\n", 1, "heartbeat: invalid value 'ten': expected an integer"),
     ("heartbeat = 70000\n", 1, "must be between 0 and 65535"),
     ("disk_free_limit.absolute = 1XB\n", 1, "unknown unit 'XB'"),
-    ("vm_memory_high_watermark.relative = 1.5\n", 1, "must be above 0 and at most 1.0"),
-    ("vm_memory_high_watermark.relative = 0\n", 1, "must be above 0"),
+    ("vm_memory_high_watermark.relative = 1.5\n", 1, "must be at least 0 and at most 1.0"),
+    ("vm_memory_high_watermark.relative = -0.1\n", 1, "must be at least 0"),
     ("listeners.tcp.default = 70000\n", 1, "must be between 0 and 65535"),
     ("listeners.tcp.default = 0.0.0.0:70000\n", 1, "out of range"),
     ("listeners.tcp.default = localhost:5672\n", 1, "expected a port"),

@@ -255,14 +255,16 @@ def _int_or_infinity(lo=0):
     return conv
 
 
-def _float(lo_excl=None, hi=None):
+def _float(lo_excl=None, hi=None, lo=None):
     def conv(e: Entry):
         text = e.value.strip()
         if not _FLOAT_RE.fullmatch(text):
             raise e.bad("expected a number such as 0.4")
         v = float(text)
-        if not math.isfinite(v) or (lo_excl is not None and v <= lo_excl) or (hi is not None and v > hi):
-            raise e.bad(f"must be above {lo_excl}" + (f" and at most {hi}" if hi is not None else ""))
+        if not math.isfinite(v) or (lo_excl is not None and v <= lo_excl) or (lo is not None and v < lo) \
+                or (hi is not None and v > hi):
+            low = f"must be above {lo_excl}" if lo is None else f"must be at least {lo}"
+            raise e.bad(low + (f" and at most {hi}" if hi is not None else ""))
         return v
     return conv
 
@@ -411,7 +413,8 @@ APPLIED = {
     "connection_max": _int_or_infinity(0),
     "handshake_timeout": _int_or_infinity(1),
     "consumer_timeout": _int(1, None),
-    "vm_memory_high_watermark.relative": _float(0, 1.0),
+    # 0 is allowed, as in RabbitMQ: the memory alarm is then set at once and blocks every publisher
+    "vm_memory_high_watermark.relative": _float(hi=1.0, lo=0),
     "vm_memory_high_watermark.absolute": _info_unit,
     "total_memory_available_override_value": _info_unit,
     "disk_free_limit.absolute": _info_unit,
