@@ -733,19 +733,26 @@ def _seq_key(e):
     return e[-2]
 
 
-def _heap_in_order(heap: list):
-    """The entries of a heap ordered by _seq_key, smallest first, read without sorting it: the
-    first k cost O(k log k), whatever the heap's size."""
+def _heap_in_order(heap: list, key=None):
+    """The entries of a heap ordered by `key` (_seq_key by default: the key the heap is ordered
+    by), smallest first, read without sorting it: the first k cost O(k log k), whatever the
+    heap's size."""
     if not heap:
         return
+    key = key or _seq_key
     n = len(heap)
-    frontier = [(_seq_key(heap[0]), 0)]
+    frontier = [(key(heap[0]), 0)]
     while frontier:
         _k, i = heapq.heappop(frontier)
         yield heap[i]
         for j in (2 * i + 1, 2 * i + 2):
             if j < n:
-                heapq.heappush(frontier, (_seq_key(heap[j]), j))
+                heapq.heappush(frontier, (key(heap[j]), j))
+
+
+def _level_seq_key(e):
+    """A priority queue's requeued entry (-level, seq, message): highest level, then oldest."""
+    return e[0], e[1]
 
 
 class PriorityQueue(Queue):
@@ -973,28 +980,38 @@ class PriorityQueue(Queue):
         return Purged(msgs, paged, ids)
 
     def peek_all(self, limit: int | None = None) -> list:
+        """As Queue.peek_all, level by level, highest first; with a limit, walking no further than
+        the entries it returns (the requeued ones read in heap order, not sorted)."""
         dead = self.dead
-        returned = sorted(self.returned, key=lambda e: (e[0], e[1]))
+        returned = iter(sorted(self.returned, key=_level_seq_key) if limit is None
+                        else _heap_in_order(self.returned, _level_seq_key))
+        nxt = next(returned, None)
         out = []
-        i = 0
         budget = PEEK_LIMIT
         for p in range(len(self.levels) - 1, -1, -1):
-            while i < len(returned) and -returned[i][0] == p:     # requeued ones first in a level
-                _, s, m = returned[i]
-                i += 1
+            while nxt is not None and -nxt[0] == p:        # requeued ones first in a level
+                _, s, m = nxt
+                nxt = next(returned, None)
                 if s not in dead:
                     m = _load(m)
                     if m is not None:
                         out.append((s, m, True))
-            out += [(s, m, False) for s, m in self.levels[p] if s not in dead]
+                        if limit is not None and len(out) >= limit:
+                            return out
+            for s, m in self.levels[p]:
+                if s not in dead:
+                    out.append((s, m, False))
+                    if limit is not None and len(out) >= limit:
+                        return out
             pg = self.pagers[p]
             if pg is not None and budget > 0:
-                got = pg.peek(budget)
+                want = budget if limit is None else min(budget, limit - len(out))
+                got = pg.peek(want)
                 budget -= len(got)
                 out += [(s, m, False) for s, m, _e in got]
-            if limit is not None and len(out) >= limit:
-                break
-        return out if limit is None else out[:limit]
+                if limit is not None and len(out) >= limit:
+                    return out[:limit]
+        return out
 
     def contents(self) -> tuple:
         dead = self.dead
