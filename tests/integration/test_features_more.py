@@ -739,6 +739,12 @@ def test_stream_needs_prefetch(conn, cleanup, vhost):
     assert ei.value.reply_code == 406
     assert ei.value.reply_text == (f"PRECONDITION_FAILED - consumer prefetch count is not set for "
                                    f"'queue '{s}' in vhost '{vhost}''")
+    # no-ack without a prefetch: the prefetch is checked first (a channel error, not 540)
+    rch = conn.channel()
+    with pytest.raises(pex.ChannelClosedByBroker) as ei:
+        rch.basic_consume(s, lambda *a: None, auto_ack=True)
+    assert ei.value.reply_code == 406
+    assert conn.is_open
 
 
 # ----------------------------------------------------------------------------------- policies

@@ -60,3 +60,27 @@ def test_a_queue_made_before_the_default_was_set_keeps_its_type_and_redeclares(m
     assert qinfo(api, "dqt2", "old")["type"] == "classic"
     conn.channel().queue_declare("new", durable=True)
     assert qinfo(api, "dqt2", "new")["type"] == "quorum"
+
+
+@pytest.mark.parametrize("qtype", ["quorum", "stream"])
+def test_a_server_named_queue_of_a_replicated_type_is_refused_as_rabbitmq_refuses_it(mgmt, api, qtype):
+    api.ok("PUT", f"/api/vhosts/sn-{qtype}", {"default_queue_type": qtype})
+    api.ok("PUT", f"/api/permissions/sn-{qtype}/guest", {"configure": ".*", "write": ".*", "read": ".*"})
+    conn = mgmt.pika(vhost=f"sn-{qtype}")
+    for kw in ({"durable": True}, {"durable": True, "arguments": {"x-queue-type": qtype}}):
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as e:
+            conn.channel().queue_declare("", **kw)
+        assert (e.value.reply_code, e.value.reply_text) == (
+            406, f"PRECONDITION_FAILED - Cannot declare a server-named queue for type rabbit_{qtype}_queue")
+    # a server-named queue the default does not apply to is declared as ever
+    assert conn.channel().queue_declare("", exclusive=True).method.queue.startswith("amq.gen-")
+    assert conn.channel().queue_declare("", durable=False).method.queue.startswith("amq.gen-")
+
+
+def test_the_vhost_field_of_rabbitmq_3_10_sets_the_default_too(mgmt, api):
+    api.ok("PUT", "/api/vhosts/v310", {"defaultqueuetype": "quorum"})
+    assert api.get("/api/vhosts/v310").json()["default_queue_type"] == "quorum"
+    api.ok("PUT", "/api/vhosts/v311", {"default_queue_type": "stream", "defaultqueuetype": "quorum"})
+    assert api.get("/api/vhosts/v311").json()["default_queue_type"] == "stream"
+    r = api.put("/api/vhosts/v312", {"defaultqueuetype": "bogus"})
+    assert r.status == 400 and api.get("/api/vhosts/v312").status == 404

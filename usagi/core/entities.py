@@ -168,6 +168,13 @@ class EntitiesMixin:
             # records it in the queue's arguments); a queue that exists without the argument (made
             # before the default was set) is left as it is, as RabbitMQ 3.13 and later leave it
             arguments = {**arguments, "x-queue-type": vhost.default_queue_type}
+        if (server_named or not name) and q is None:
+            qtype = arguments.get("x-queue-type")
+            if isinstance(qtype, bytes):
+                qtype = qtype.decode("utf-8", "replace")
+            if qtype in ("quorum", "stream"):
+                raise ChannelError(f"Cannot declare a server-named queue for type rabbit_{qtype}_queue",
+                                   E.PRECONDITION_FAILED)
         if not name:
             name = gen_name("amq.gen-")
         elif q is None and name.startswith("amq.") and not server_named:   # amq.gen- named by a channel

@@ -190,8 +190,9 @@ def vhost_body(body: dict) -> dict:
         out["description"] = text("description", body["description"])
     if "tags" in body:
         out["tags"] = tags(body["tags"])
-    if "default_queue_type" in body:
-        dqt = body["default_queue_type"]
+    if "default_queue_type" in body or "defaultqueuetype" in body:
+        # RabbitMQ 3.10 reads "defaultqueuetype", 3.11 and later "default_queue_type" first
+        dqt = body["default_queue_type"] if "default_queue_type" in body else body["defaultqueuetype"]
         if dqt is None:
             dqt = "classic"
         if dqt not in QUEUE_TYPES + ("undefined",):

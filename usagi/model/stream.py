@@ -254,11 +254,12 @@ class StreamQueue(Queue):
         raise ChannelError(f"Invalid x-stream-offset: {v!r}", E.PRECONDITION_FAILED)
 
     def check_consume(self, no_ack: bool, prefetch: int):
+        # the prefetch first, as RabbitMQ checks them: no-ack without a prefetch gets the 406
+        if not prefetch:
+            raise ChannelError(f"consumer prefetch count is not set for '{self.label}'", E.PRECONDITION_FAILED)
         if no_ack:
             raise ConnectionError_(f"automatic acknowledgement not supported by stream queues {self.label}",
                                    E.NOT_IMPLEMENTED)
-        if not prefetch:
-            raise ChannelError(f"consumer prefetch count is not set for '{self.label}'", E.PRECONDITION_FAILED)
 
     def start_offset(self, spec) -> int:
         if isinstance(spec, bytes):
