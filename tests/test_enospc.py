@@ -16,7 +16,7 @@ import pika
 import pytest
 
 from mgmt.mgmtutil import MGMT_RE, Api
-from support.harness import ServerProcess, external_broker_url, wait_for
+from support.harness import ServerProcess, drain_bodies, external_broker_url, wait_for
 
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.skipif(bool(external_broker_url()), reason="needs Usagi server processes")]
@@ -102,16 +102,7 @@ def connect(srv):
 
 
 def drain_ids(srv, queue: str) -> list:
-    conn = connect(srv)
-    ch = conn.channel()
-    out = []
-    while True:
-        method, _props, b = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
-        out.append(int(b[:8]))
-    conn.close()
-    return out
+    return [int(b[:8]) for b in drain_bodies(srv.url(), queue)]
 
 
 def test_full_disk_no_ok_for_unwritten_writes_then_recovery(small_disk):

@@ -16,7 +16,7 @@ import pika
 import pytest
 
 from support.bystander import Bystander
-from support.harness import ServerProcess, external_broker_url, wait_for
+from support.harness import ServerProcess, drain_bodies, external_broker_url, wait_for
 
 pytestmark = [pytest.mark.timeout(240),
               pytest.mark.skipif(bool(external_broker_url()), reason="needs Usagi server processes")]
@@ -126,16 +126,7 @@ class Publisher(threading.Thread):
 
 
 def drain(srv, queue):
-    conn = pika.BlockingConnection(pika.URLParameters(srv.url()))
-    ch = conn.channel()
-    out = []
-    while True:
-        method, _p, body = ch.basic_get(queue, auto_ack=True)
-        if method is None:
-            break
-        out.append(int(body))
-    conn.close()
-    return out
+    return [int(b) for b in drain_bodies(srv.url(), queue)]
 
 
 @pytest.mark.parametrize("hold_all,paged", [(True, False), (False, False), (True, True)],

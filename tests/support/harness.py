@@ -145,3 +145,19 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {message}")
         time.sleep(interval)
+
+
+def drain_bodies(url: str, queue: str) -> list:
+    """Every message of a queue, taken with basic.get (auto-ack) until it is empty: their bodies."""
+    import pika
+    conn = pika.BlockingConnection(pika.URLParameters(url))
+    try:
+        ch = conn.channel()
+        out = []
+        while True:
+            method, _props, body = ch.basic_get(queue, auto_ack=True)
+            if method is None:
+                return out
+            out.append(body)
+    finally:
+        conn.close()

@@ -210,6 +210,17 @@ def test_a_queue_deleted_with_a_delivery_unacked_does_not_confirm_what_another_h
     assert stored_entries(p, tmp_path) == {}
 
 
+def _one_entry_in_q1_and_one_held(p, tmp_path):
+    """One delivery from q1; its ack confirms nothing ("hold" keeps its entry) until the commit."""
+    tags = deliveries(p.ct.data)
+    assert len(tags) == 1
+    p.consumer_says(M.BasicAck(tags[0], False))
+    assert acks(p.take_pub()) == []
+    p.node.commit()
+    assert confirmed(p.take_pub()) == {1}
+    assert stored_entries(p, tmp_path) == {"hold": 1}
+
+
 def test_a_queue_reached_twice_by_one_publish_holds_one_entry(tmp_path, fast):
     # the fanout reaches q1 directly and through an exchange-to-exchange binding, and "hold" too:
     # one entry in q1 (one ref), so its ack leaves "hold"'s ref and confirms nothing early
@@ -218,13 +229,7 @@ def test_a_queue_reached_twice_by_one_publish_holds_one_entry(tmp_path, fast):
             M.ExchangeBind(destination="fan2", source="fan"), M.QueueBind(queue="q1", exchange="fan2"),
             M.QueueDeclare(queue="hold", durable=True), M.QueueBind(queue="hold", exchange="fan"))
     p.publish(b"x", exchange="fan")
-    tags = deliveries(p.ct.data)
-    assert len(tags) == 1
-    p.consumer_says(M.BasicAck(tags[0], False))
-    assert acks(p.take_pub()) == []
-    p.node.commit()
-    assert confirmed(p.take_pub()) == {1}
-    assert stored_entries(p, tmp_path) == {"hold": 1}
+    _one_entry_in_q1_and_one_held(p, tmp_path)
 
 
 def test_cc_naming_the_same_queue_again_holds_one_entry(tmp_path, fast):
@@ -236,13 +241,7 @@ def test_cc_naming_the_same_queue_again_holds_one_entry(tmp_path, fast):
     p.pub.data_received(method_frame(1, M.BasicPublish(0, "", "q1").encode())
                         + b"".join(content_frames(1, 60, props, b"x", 131072)))
     p.node.run_later()
-    tags = deliveries(p.ct.data)
-    assert len(tags) == 1
-    p.consumer_says(M.BasicAck(tags[0], False))
-    assert acks(p.take_pub()) == []
-    p.node.commit()
-    assert confirmed(p.take_pub()) == {1}
-    assert stored_entries(p, tmp_path) == {"hold": 1}
+    _one_entry_in_q1_and_one_held(p, tmp_path)
 
 
 def test_a_zero_ttl_delivery_unacked_at_a_crash_expires_at_the_restart(tmp_path):

@@ -63,7 +63,7 @@ def _port(text: str) -> int:
 MAX_CATCHUP_RATE = 1 << 20      # MiB/s (1 TiB/s): above it, in bytes, the pace's arithmetic overflows
 
 
-def _nonneg_float(text: str) -> float:
+def _catchup_rate(text: str) -> float:
     """A rate in MiB/s: 0 (no limit), or at least one byte a second and at most MAX_CATCHUP_RATE
     (a tiny positive rate would round to 0 bytes, which means no limit; a huge one overflows)."""
     try:
@@ -165,7 +165,7 @@ def add_cluster_options(p: argparse.ArgumentParser):
     p.add_argument("--cluster-ack-timeout", type=float, default=_env("CLUSTER_ACK_TIMEOUT", "3"),
                    help="seconds a follower may hold up confirms before it leaves the in-sync set "
                         "(default 3; env USAGI_CLUSTER_ACK_TIMEOUT)")
-    p.add_argument("--cluster-catchup-rate", type=_nonneg_float, default=_env("CLUSTER_CATCHUP_RATE", "16"),
+    p.add_argument("--cluster-catchup-rate", type=_catchup_rate, default=_env("CLUSTER_CATCHUP_RATE", "16"),
                    help="MiB per second at which a returning follower is sent what it missed, on top of "
                         "the live stream, so its catch-up leaves the others the machine's CPU and disk; "
                         "0 for no limit (default 16; env USAGI_CLUSTER_CATCHUP_RATE)")

@@ -178,6 +178,11 @@ def _text(v):
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
 
 
+def queue_type(args: dict) -> str:
+    """The type a queue's arguments name ("classic" when they name none)."""
+    return _text(args.get("x-queue-type")) or "classic"
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, (bool, Timestamp))
 
@@ -311,7 +316,7 @@ def validate_queue_arguments(vhost_name: str, name: str, args: dict):
         err = _check_queue_type(qt, args)
         if err is not None:
             raise fail("x-queue-type", err)
-    qt = _text(qt) or "classic"
+    qt = queue_type(args)
     supported = QUEUE_TYPE_ARGS[qt]
     for k, check in QUEUE_ARG_CHECKS:
         if k in supported and k in args:

@@ -17,7 +17,7 @@ from . import access, limits
 from ..model.util import freeze, gen_name
 from ..model.vhost import VHost
 
-from .arguments import (QUEUE_EQUIV_ARGS, _fmt_value, _numeric_equal, _type_name, not_found,
+from .arguments import (QUEUE_EQUIV_ARGS, _fmt_value, _numeric_equal, _type_name, not_found, queue_type,
                         validate_queue_arguments)
 
 log = logging.getLogger("usagi.broker")
@@ -168,15 +168,9 @@ class EntitiesMixin:
             # records it in the queue's arguments); a queue that exists without the argument (made
             # before the default was set) is left as it is, as RabbitMQ 3.13 and later leave it
             arguments = {**arguments, "x-queue-type": vhost.default_queue_type}
-        if (server_named or not name) and q is None:
-            qtype = arguments.get("x-queue-type")
-            if isinstance(qtype, bytes):
-                qtype = qtype.decode("utf-8", "replace")
-            if qtype in ("quorum", "stream"):
-                raise ChannelError(f"Cannot declare a server-named queue for type rabbit_{qtype}_queue",
-                                   E.PRECONDITION_FAILED)
         if not name:
             name = gen_name("amq.gen-")
+            server_named = True
         elif q is None and name.startswith("amq.") and not server_named:   # amq.gen- named by a channel
             raise ChannelError(f"queue name '{name}' contains reserved prefix 'amq.*'", E.ACCESS_REFUSED)
         if q is not None:
@@ -194,7 +188,7 @@ class EntitiesMixin:
             self._check_args_equivalent("queue", name, vhost.name, QUEUE_EQUIV_ARGS, arguments, q.arguments)
             q.last_used = time.monotonic()          # a redeclare counts as use for x-expires
             return q
-        self.check_new_queue(vhost, name, durable, exclusive, auto_delete, arguments)
+        self.check_new_queue(vhost, name, durable, exclusive, auto_delete, arguments, server_named)
         limits.check_queue_limit(self, vhost, name)
         q = self.make_queue(vhost.name, name, durable, owner if exclusive else None, auto_delete, arguments)
         vhost.queues[name] = q
@@ -206,15 +200,18 @@ class EntitiesMixin:
         self.apply_policies_to_queue(q)
         return q
 
-    def check_new_queue(self, vhost: VHost, name: str, durable, exclusive, auto_delete, arguments: dict):
+    def check_new_queue(self, vhost: VHost, name: str, durable, exclusive, auto_delete, arguments: dict,
+                        server_named=False):
         """What declaring a new queue checks before it creates it (the vhost's queue limit
-        aside): its arguments' types and ranges, and the properties its type allows. A
-        definitions import runs it on every queue before it changes anything."""
+        aside): its arguments' types and ranges, and the properties its type allows (a name
+        the server chose among them). A definitions import runs it on every queue before it
+        changes anything."""
         self.validate_queue_arguments(vhost, name, arguments)
-        qtype = arguments.get("x-queue-type") or "classic"
-        if isinstance(qtype, bytes):
-            qtype = qtype.decode()
+        qtype = queue_type(arguments)
         if qtype in ("quorum", "stream"):
+            if server_named:
+                raise ChannelError(f"Cannot declare a server-named queue for type rabbit_{qtype}_queue",
+                                   E.PRECONDITION_FAILED)
             for prop, bad in (("non-durable", not durable), ("exclusive-owner", exclusive),
                               ("auto-delete", auto_delete)):
                 if bad:
@@ -222,9 +219,7 @@ class EntitiesMixin:
                                        f"'{vhost.name}'", E.PRECONDITION_FAILED)
 
     def make_queue(self, vhost_name, name, durable, owner, auto_delete, arguments) -> Queue:
-        qtype = arguments.get("x-queue-type") or "classic"
-        if isinstance(qtype, bytes):
-            qtype = qtype.decode()
+        qtype = queue_type(arguments)
         if qtype == "stream":
             from ..model.stream import StreamQueue
             q = StreamQueue(vhost_name, name, durable, owner, auto_delete, arguments)

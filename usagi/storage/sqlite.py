@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import base64
 import datetime
+import itertools
 import json
 import logging
-from collections import Counter
-import itertools
 import operator
 import os
 import sqlite3
 import threading
 import time
 import urllib.parse
+from collections import Counter
 from decimal import Decimal
 
 from .base import UNKNOWN_EXPIRY, Recovered, Store
