@@ -450,6 +450,8 @@ def test_alarm_figures_are_logged(tmp_path):
         raw = RawConnection.open_to("127.0.0.1", srv.port)
         reply = raw.handshake(client_properties={"capabilities": {"connection.blocked": True}})
         assert reply.name == "connection.open-ok"
+        raw.open_channel(1)
+        raw.publish(1, "", "nowhere", b"x")          # blocked once it publishes
         blocked = raw.expect_method("connection.blocked")
         assert blocked.args["reason"] == "low on disk"
         raw.close()

@@ -27,12 +27,14 @@ def node_and_metrics(mgmt) -> tuple:
     return node, s
 
 
-def blocked_on_connect(mgmt) -> bool:
-    """Whether a client that says it understands connection.blocked is told, once connected, that
-    publishers are blocked."""
+def blocked_on_publish(mgmt) -> bool:
+    """Whether a client that says it understands connection.blocked, and publishes, is told that
+    it is blocked (RabbitMQ tells a connection when it publishes while an alarm is on)."""
     conn = RawConnection.opened(mgmt.host, mgmt.amqp_port, client_properties={
         "product": "usagi-tests", "capabilities": {"connection.blocked": True}})
     try:
+        conn.open_channel(1)
+        conn.publish(1, "", "no-such-queue", b"x")
         conn.expect_method("connection.blocked", timeout=1.5)
         return True
     except (AssertionError, OSError, TimeoutError):
@@ -51,7 +53,7 @@ def test_absolute_limits_are_reported_as_set(start_mgmt):
     assert node["disk_free"] > node["disk_free_limit"] and not node["disk_free_alarm"]
     assert value(s, "rabbitmq_alarms_memory_used_watermark") == 0
     assert value(s, "rabbitmq_alarms_free_disk_space_watermark") == 0
-    assert not blocked_on_connect(mgmt)
+    assert not blocked_on_publish(mgmt)
 
 
 def test_memory_alarm_fires_at_the_reported_limit(start_mgmt):
@@ -66,7 +68,7 @@ def test_memory_alarm_fires_at_the_reported_limit(start_mgmt):
     assert value(s, "rabbitmq_resident_memory_limit_bytes") == limit
     assert value(s, "rabbitmq_process_resident_memory_bytes") > limit
     assert value(s, "rabbitmq_alarms_memory_used_watermark") == 1
-    assert blocked_on_connect(mgmt)
+    assert blocked_on_publish(mgmt)
     alarms = mgmt.api.get("/api/health/checks/alarms")
     assert alarms.status == 503, alarms
 
@@ -84,7 +86,7 @@ def test_disk_alarm_fires_at_the_reported_limit(start_mgmt, in_memory):
     assert value(s, "rabbitmq_disk_space_available_limit_bytes") == huge
     assert 0 < value(s, "rabbitmq_disk_space_available_bytes") < huge
     assert value(s, "rabbitmq_alarms_free_disk_space_watermark") == 1
-    assert blocked_on_connect(mgmt)
+    assert blocked_on_publish(mgmt)
 
 
 def test_default_watermark_is_rabbitmqs(start_mgmt):
@@ -114,19 +116,81 @@ def test_watermark_zero_blocks_every_publisher(start_mgmt):
     """set_vm_memory_high_watermark 0 is RabbitMQ's way to stop all publishing: a limit of 0 bytes,
     the alarm on at once, publishers blocked; a fraction again lifts it. It is never "no limit"."""
     mgmt = start_mgmt(extra_args=["--in-memory"])
-    assert not blocked_on_connect(mgmt)
+    assert not blocked_on_publish(mgmt)
     r = mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0})
     assert r.status == 204, r
     node = wait_until(lambda: (lambda n: n if n["mem_alarm"] else None)(mgmt.api.get("/api/nodes").json()[0]),
                       10, message="the memory alarm at watermark 0")
     assert node["mem_limit"] == 0 < node["mem_used"]
-    assert blocked_on_connect(mgmt)
+    assert blocked_on_publish(mgmt)
     assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0.4}).status == 204
     wait_until(lambda: not mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the alarm clearing")
-    assert not blocked_on_connect(mgmt)
+    assert not blocked_on_publish(mgmt)
 
 
 def test_watermark_zero_at_start_blocks_publishers(start_mgmt):
     mgmt = start_mgmt(extra_args=["--in-memory", "--vm-memory-high-watermark", "0"])
     wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
-    assert blocked_on_connect(mgmt)
+    assert blocked_on_publish(mgmt)
+
+
+def test_only_connections_that_publish_during_an_alarm_are_blocked(start_mgmt):
+    """What RabbitMQ 3.10 does, seen with this sequence against it: an alarm blocks no connection
+    by itself (every open one shows "blocking"); one that publishes while it is on is blocked
+    (connection.blocked if it asked for it, "blocked", not read from), whether or not it published
+    before; one that only consumes or acks goes on. When the alarm clears the blocked ones are told
+    (connection.unblocked) and read again; at the next alarm they are blocked again only once they
+    publish again."""
+    mgmt = start_mgmt(extra_args=["--in-memory"])
+
+    def raw(product, capable=True):
+        c = RawConnection.opened(mgmt.host, mgmt.amqp_port, client_properties={
+            "product": product, "capabilities": {"connection.blocked": capable}})
+        c.open_channel(1)
+        return c
+
+    def silent(c, timeout=1.0):
+        try:
+            f = c.read_frame(timeout)
+        except (TimeoutError, OSError):
+            return True
+        raise AssertionError(f"unexpected {f.name} {f.args}")
+
+    def states():
+        return {c["client_properties"]["product"]: c["state"] for c in mgmt.api.get("/api/connections").json()}
+
+    def alarm(on):
+        assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0 if on else 0.4}).status == 204
+        wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"] == on, 10, message=f"mem_alarm {on}")
+
+    early, late, plain = raw("early"), raw("late"), raw("plain", capable=False)
+    early.publish(1, "", "nowhere", b"before the alarm")
+    early.call(1, "queue.declare", "queue.declare-ok", queue="work")
+    alarm(True)
+    assert silent(early) and silent(late) and silent(plain)
+    assert wait_until(lambda: set(states().values()) == {"blocking"} or None, 10, message="blocking")
+    # a connection that did not publish during the alarm is still read: it consumes and acks
+    early.call(1, "queue.declare", "queue.declare-ok", queue="work")
+    late.publish(1, "", "nowhere", b"during the alarm")
+    plain.publish(1, "", "nowhere", b"during the alarm")
+    assert late.expect_method("connection.blocked").args["reason"] == "low on memory"
+    assert silent(plain)
+    assert wait_until(lambda: states() == {"early": "blocking", "late": "blocked", "plain": "blocked"} or None,
+                      10, message="late and plain blocked")
+    # not read any more: a declare waits for the alarm to clear
+    late.send_method(1, "queue.declare", queue="late-q")
+    assert silent(late)
+    alarm(False)
+    assert late.expect_method("connection.unblocked")
+    assert late.expect_method("queue.declare-ok").args["queue"] == "late-q"
+    assert silent(early) and silent(plain)
+    assert wait_until(lambda: set(states().values()) == {"running"} or None, 10, message="running")
+    # the next alarm blocks them again only when they publish again
+    alarm(True)
+    assert silent(early) and silent(late) and silent(plain)
+    late.publish(1, "", "nowhere", b"again")
+    assert late.expect_method("connection.blocked")
+    alarm(False)
+    assert late.expect_method("connection.unblocked")
+    for c in (early, late, plain):
+        c.close()

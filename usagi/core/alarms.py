@@ -108,16 +108,16 @@ class AlarmMixin:
         return "low on disk" if "disk" in self.alarms else "low on memory"
 
     def set_alarm(self, name: str, active: bool, figures: str = ""):
-        """A memory or disk alarm: block publishers (connection.blocked, stop reading) until it clears.
+        """A memory or disk alarm: block publishers (connection.blocked and no more reading, once
+        they publish) until it clears.
         `figures` (what was measured against what limit) goes into the log lines."""
         detail = f" ({figures})" if figures else ""
         if active and name not in self.alarms:
             self.alarms.add(name)
             log.warning("%s resource limit alarm set on node %s%s; publishers will be blocked until it clears",
                         name, self.config.node_name, detail)
-            for conn in list(self.connections):
-                conn.set_blocked(True, self.alarm_reason())
-            self.flush_output()
+            # connections are blocked (connection.blocked, not read from) when they next publish
+            # (Connection.data_received), as RabbitMQ blocks them: consumers are never held up
         elif not active and name in self.alarms:
             self.alarms.discard(name)
             log.warning("%s resource limit alarm cleared on node %s%s", name, self.config.node_name, detail)

@@ -84,7 +84,7 @@ class Connection(fastpath.ConnectionState):
         self.recv_cnt = 0
         self.send_cnt = 0
         self.blocked = False          # connection.blocked sent
-        self.publishing = False       # has published: an alarm stops reading from it
+        self.publishing = False       # published in this turn: an alarm stops reading from it
         self.alarm_paused = False
         self.flow_paused = False      # waits for the consumers of a queue it publishes to (core/flow.py)
         self.yielded = False          # input left for the next turn (fairness budget)
@@ -177,6 +177,7 @@ class Connection(fastpath.ConnectionState):
                 reader._buf = reader._buf + data
             return
         self.turn_start = perf_counter()
+        self.publishing = False
         broker = self.broker
         broker.pressure = None
         try:
@@ -232,10 +233,13 @@ class Connection(fastpath.ConnectionState):
             q, broker.pressure = broker.pressure, None
             if self.publishing and not self.closed and not self.flow_paused:
                 broker.flow_start(self, q)
-        if self.publishing and self.broker.alarms and not self.alarm_paused and not self.closed:
-            # a resource alarm: stop reading from publishers until it clears (as RabbitMQ does)
+        if self.publishing and broker.alarms and not self.alarm_paused and not self.closed:
+            # a publish while a resource alarm is on: stop reading from this connection until the
+            # alarm clears, and say so (connection.blocked), as RabbitMQ does. A connection that
+            # does not publish meanwhile (a consumer acking) is read as before and told nothing.
             self.alarm_paused = True
             self.transport.pause_reading()
+            self.set_blocked(True, broker.alarm_reason())
         if self.writable is False and not self.reading_paused and \
                 self.transport.get_write_buffer_size() > self.broker.config.write_hard_limit:
             self.reading_paused = True
@@ -528,8 +532,6 @@ class Connection(fastpath.ConnectionState):
         self.send_method(0, M.ConnectionOpenOk(""))
         log.info("connection %s: user '%s' authenticated and granted access to vhost '%s'",
                  self.name, self.user.name, name)
-        if self.broker.alarms and self.capabilities.get("connection.blocked"):
-            self.set_blocked(True, self.broker.alarm_reason())
 
     def _update_secret(self, m):
         # The internal user database, like RabbitMQ's, keeps the identity established at login:
@@ -684,10 +686,15 @@ class Connection(fastpath.ConnectionState):
 
     @property
     def state_name(self) -> str:
-        if self.blocked:
+        """As RabbitMQ shows it: blocked once it published during a resource alarm (and is not
+        read from), blocking while an alarm is on and it has not published since, flow while
+        credit flow holds it."""
+        if self.blocked or self.alarm_paused:
             return "blocked"
         if self.flow_paused:
             return "flow"
+        if self.state == OPEN and self.broker.alarms:
+            return "blocking"
         return _STATE_NAMES.get(self.state, "closed")
 
 

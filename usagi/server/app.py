@@ -263,12 +263,24 @@ class Server:
         self._fast_handle = self.loop.call_later(0.025, self._fast_tick)
         return self
 
+    def _flush_first(self):
+        """Output waiting for this loop turn's flush goes out before a timer's work. The event loop
+        runs due timers before the callbacks queued by the last turn's reads (the flush among
+        them): without this, a delivery made just before a tick waited for the tick (a few percent
+        of deliveries at 10,000 msg/s, and most of the slowest)."""
+        if self.broker.flush_pending:
+            try:
+                self.broker.flush_output()
+            except Exception:
+                upkeep.failed("output flush", log)
+
     def _fast_tick(self):
         """Every 25 ms: message TTLs, delayed messages, deliveries. Each step is isolated (a
         failure is logged, rate-limited, and the other steps still run) and the timer is always
         set again."""
         b = self.broker
         try:
+            self._flush_first()
             if b.ttl_queues or b.ttl_heap:
                 try:
                     b.expire(int(time.time() * 1000))
@@ -348,6 +360,7 @@ class Server:
         connection's check) is isolated, a failure is logged (rate-limited) and the others still
         run, and the timer is set again whatever happens."""
         try:
+            self._flush_first()
             now = self.last_tick = time.monotonic()
             b = self.broker
             hs_timeout = b.config.handshake_timeout
