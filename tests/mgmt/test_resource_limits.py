@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import urllib.parse
 import urllib.request
 
@@ -194,3 +195,30 @@ def test_only_connections_that_publish_during_an_alarm_are_blocked(start_mgmt):
     assert late.expect_method("connection.unblocked")
     for c in (early, late, plain):
         c.close()
+
+
+def test_a_blocked_connection_outlives_its_heartbeat_timeout(start_mgmt):
+    """A connection blocked by an alarm is not read from, so the heartbeats it sends wait unread:
+    its silence is not taken for a dead peer (RabbitMQ pauses the heartbeat check of a blocked
+    connection), and it goes on once the alarm clears."""
+    mgmt = start_mgmt(extra_args=["--in-memory"])
+    conn = RawConnection.open_to(mgmt.host, mgmt.amqp_port)
+    assert conn.handshake(heartbeat=1, client_properties={
+        "product": "usagi-tests", "capabilities": {"connection.blocked": True}}).name == "connection.open-ok"
+    conn.open_channel(1)
+    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0}).status == 204
+    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
+    conn.publish(1, "", "nowhere", b"x")
+    assert conn.expect_method("connection.blocked")
+    deadline = time.monotonic() + 4.5              # over twice the heartbeat, sending only heartbeats
+    while time.monotonic() < deadline:
+        conn.send_raw(b"\x08\x00\x00\x00\x00\x00\x00\xce")
+        try:
+            frame = conn.read_frame(0.5, skip_heartbeats=True)
+        except (TimeoutError, OSError):
+            continue
+        raise AssertionError(f"unexpected {frame.name} {frame.args}")
+    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0.4}).status == 204
+    assert conn.expect_method("connection.unblocked", timeout=10)
+    assert conn.call(1, "queue.declare", "queue.declare-ok", queue="after").args["queue"] == "after"
+    conn.close()

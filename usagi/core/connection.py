@@ -191,6 +191,7 @@ class Connection(fastpath.ConnectionState):
                         reader._buf = reader._buf + data
                     if self.yielded:
                         self._yield_turn()
+                    self._alarm_check()
                     return
             if self.state == OPEN and reader.error is None and self.fast_path:
                 data = self._fast(data)
@@ -233,17 +234,21 @@ class Connection(fastpath.ConnectionState):
             q, broker.pressure = broker.pressure, None
             if self.publishing and not self.closed and not self.flow_paused:
                 broker.flow_start(self, q)
-        if self.publishing and broker.alarms and not self.alarm_paused and not self.closed:
-            # a publish while a resource alarm is on: stop reading from this connection until the
-            # alarm clears, and say so (connection.blocked), as RabbitMQ does. A connection that
-            # does not publish meanwhile (a consumer acking) is read as before and told nothing.
-            self.alarm_paused = True
-            self.transport.pause_reading()
-            self.set_blocked(True, broker.alarm_reason())
+        self._alarm_check()
         if self.writable is False and not self.reading_paused and \
                 self.transport.get_write_buffer_size() > self.broker.config.write_hard_limit:
             self.reading_paused = True
             self.transport.pause_reading()
+
+    def _alarm_check(self):
+        """At the end of a turn: a publish in it while a resource alarm is on stops reading from
+        this connection until the alarm clears, and says so (connection.blocked), as RabbitMQ does.
+        A connection that does not publish meanwhile (a consumer acking) is read as before and told
+        nothing."""
+        if self.publishing and self.broker.alarms and not self.alarm_paused and not self.closed:
+            self.alarm_paused = True
+            self.transport.pause_reading()
+            self.set_blocked(True, self.broker.alarm_reason())
 
     def _yield_turn(self):
         """This turn's time is spent with input left: stop reading and go on in a later turn."""
@@ -652,6 +657,10 @@ class Connection(fastpath.ConnectionState):
         hb = self.heartbeat
         if not hb or self.state not in (OPEN, AWAIT_OPEN):
             return True
+        if self.alarm_paused or self.flow_paused:
+            # not read from on purpose (blocked by an alarm or by credit flow): its heartbeats wait
+            # unread in the socket, so its silence says nothing (RabbitMQ pauses the check too)
+            self.last_recv = now
         if now - self.last_recv > hb * 2:
             self.note_end(f"missed heartbeats from client, timeout: {hb}s", logging.ERROR)
             return False
