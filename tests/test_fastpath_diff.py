@@ -20,6 +20,7 @@ import struct
 
 import pytest
 
+from support.sansio import Transport
 from test_fuzz import corpus
 from usagi.amqp import methods as M
 from usagi.amqp.frames import PROTOCOL_HEADER, method_frame
@@ -50,27 +51,6 @@ def publish(ch, rk, body, exchange="", props=b"\x00\x00", mandatory=False, frame
 
 def ack(ch, tag, multiple=False):
     return method_frame(ch, M.BasicAck(tag, multiple).encode())
-
-
-class Transport:
-    def __init__(self):
-        self.data = bytearray()
-        self.closed = False
-
-    def write(self, data):
-        self.data += data
-
-    def close(self):
-        self.closed = True
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-    def get_write_buffer_size(self):
-        return 0
 
 
 HANDSHAKE = PROTOCOL_HEADER + b"".join(method_frame(0, m.encode()) for m in (

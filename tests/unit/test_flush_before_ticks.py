@@ -19,38 +19,11 @@ from usagi.core.connection import Connection
 from usagi.server.app import Server
 from usagi.storage.memory import MemoryStore
 
-
-class Transport:
-    def __init__(self, events):
-        self.events = events
-
-    def write(self, data):
-        self.events.append(("written", len(data)))
-
-    def get_extra_info(self, name, default=None):
-        return default
-
-    def pause_reading(self):
-        pass
-
-    def resume_reading(self):
-        pass
-
-    def get_write_buffer_size(self):
-        return 0
-
-    def is_closing(self):
-        return False
-
-    def close(self):
-        pass
-
-    def abort(self):
-        pass
+from support.sansio import Transport
 
 
 def opened(broker, events):
-    conn = Connection(broker, Transport(events), ("127.0.0.1", 1), ("127.0.0.1", 2))
+    conn = Connection(broker, Transport(lambda data: events.append(("written", len(data)))), ("127.0.0.1", 1), ("127.0.0.1", 2))
     conn.connection_made()
     conn.data_received(PROTOCOL_HEADER
                        + method_frame(0, M.ConnectionStartOk({}, "PLAIN", b"\x00guest\x00guest").encode())

@@ -17,29 +17,9 @@ from usagi.core.broker import Broker
 from usagi.core.connection import Connection
 from usagi.storage.sqlite import SQLiteStore
 
+from support.sansio import Transport
+
 PERSISTENT = b"\x10\x00\x02"      # property flags: delivery-mode; delivery-mode 2
-
-
-class Transport:
-    def __init__(self):
-        self.data = b""
-        self.paused = False
-        self.closed = False
-
-    def write(self, data):
-        self.data += data
-
-    def close(self):
-        self.closed = True
-
-    def pause_reading(self):
-        self.paused = True
-
-    def resume_reading(self):
-        self.paused = False
-
-    def get_write_buffer_size(self):
-        return 0
 
 
 class Node:
