@@ -16,7 +16,8 @@ import urllib.request
 import pytest
 
 from mgmtutil import wait_until
-from rawamqp import RawConnection
+from rawamqp import (FRAME_BODY, FRAME_HEADER, FRAME_METHOD, RawConnection, content_header_payload, frame_bytes,
+                     method_payload)
 from test_metrics import parse, value
 
 RABBITMQ_MGMT = os.environ.get("USAGI_TEST_MGMT_URL") or "http://guest:guest@127.0.0.1:15682"
@@ -222,3 +223,52 @@ def test_a_blocked_connection_outlives_its_heartbeat_timeout(start_mgmt):
     assert conn.expect_method("connection.unblocked", timeout=10)
     assert conn.call(1, "queue.declare", "queue.declare-ok", queue="after").args["queue"] == "after"
     conn.close()
+
+
+def test_content_read_during_an_alarm_blocks_a_publish_begun_before(start_mgmt):
+    """A publish whose method and header came before the alarm, its body during it: the body is
+    publishing too (RabbitMQ's reader blocks on content frames), so the connection is blocked after
+    the first read of it and the other bodies wait unread until the alarm clears."""
+    mgmt = start_mgmt(extra_args=["--in-memory"])
+    conn = RawConnection.opened(mgmt.host, mgmt.amqp_port, client_properties={
+        "product": "usagi-tests", "capabilities": {"connection.blocked": True}})
+    conn.open_channel(1)
+    conn.call(1, "queue.declare", "queue.declare-ok", queue="begun")
+    size, channels = 200_000, range(2, 12)
+    for ch in channels:
+        conn.open_channel(ch)
+        conn.send_raw(frame_bytes(FRAME_METHOD, ch, method_payload("basic.publish", exchange="", routing_key="begun"))
+                      + frame_bytes(FRAME_HEADER, ch, content_header_payload(size, None)))
+    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0}).status == 204
+    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
+    body, chunk = b"b" * size, conn.frame_max - 8
+    for ch in channels:
+        for i in range(0, size, chunk):
+            conn.send_raw(frame_bytes(FRAME_BODY, ch, body[i:i + chunk]))
+        time.sleep(0.02)
+    assert conn.expect_method("connection.blocked")
+    depth = lambda: mgmt.api.get("/api/queues/%2F/begun").json().get("messages")  # noqa: E731
+    time.sleep(1.5)                                  # the queue's figures are sampled
+    assert (depth() or 0) <= 2, depth()
+    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0.4}).status == 204
+    assert conn.expect_method("connection.unblocked", timeout=10)
+    assert wait_until(lambda: depth() == len(channels) or None, 10, message="every message once unblocked")
+    conn.close()
+
+
+def test_a_connection_closing_during_an_alarm_is_still_read(start_mgmt):
+    """A publish the broker answers with connection.close (immediate=true, 540), during an alarm:
+    the client's close-ok is read and the socket closed at once, not after the close timeout."""
+    mgmt = start_mgmt(extra_args=["--in-memory"])
+    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0}).status == 204
+    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
+    conn = RawConnection.opened(mgmt.host, mgmt.amqp_port, client_properties={
+        "product": "usagi-tests", "capabilities": {"connection.blocked": True}})
+    conn.open_channel(1)
+    conn.publish(1, "", "nowhere", b"x", immediate=True)
+    close = conn.expect_method("connection.close")
+    assert close.args["reply_code"] == 540
+    t0 = time.monotonic()
+    conn.send_method(0, "connection.close-ok")
+    assert conn.is_closed_by_peer(timeout=2.5)
+    assert time.monotonic() - t0 < 2.5             # the close timeout is 3 s

@@ -117,6 +117,7 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
     def on_header(self, payload):
         if self.state == CLOSING:
             return
+        self.conn.publishing = True          # content read counts as publishing (a resource alarm blocks it)
         if len(payload) < 14:
             raise E.FrameError("content header frame too short")
         class_id, weight, size = _HHQ.unpack_from(payload, 0)
@@ -144,6 +145,7 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
     def on_body(self, payload):
         if self.state == CLOSING:
             return
+        self.conn.publishing = True
         n = len(payload)
         self._got += n
         if self._got > self._size:

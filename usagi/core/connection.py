@@ -241,11 +241,13 @@ class Connection(fastpath.ConnectionState):
             self.transport.pause_reading()
 
     def _alarm_check(self):
-        """At the end of a turn: a publish in it while a resource alarm is on stops reading from
-        this connection until the alarm clears, and says so (connection.blocked), as RabbitMQ does.
-        A connection that does not publish meanwhile (a consumer acking) is read as before and told
-        nothing."""
-        if self.publishing and self.broker.alarms and not self.alarm_paused and not self.closed:
+        """At the end of a turn: a publish in it (a publish method, or content frames of one begun
+        before) while a resource alarm is on stops reading from this open connection until the
+        alarm clears, and says so (connection.blocked), as RabbitMQ does. A connection that does
+        not publish meanwhile (a consumer acking) is read as before and told nothing; a closing
+        one is still read (its close-ok)."""
+        if self.publishing and self.broker.alarms and not self.alarm_paused and self.state == OPEN \
+                and not self.closed:
             self.alarm_paused = True
             self.transport.pause_reading()
             self.set_blocked(True, self.broker.alarm_reason())
