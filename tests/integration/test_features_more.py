@@ -28,6 +28,7 @@ import pika.exceptions as pex
 import pytest
 
 from itutil import drain, settle, uname, wait_count
+from support.harness import bodies
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -59,15 +60,6 @@ def cleanup(conn):
             ch.exchange_delete(x)
         except Exception:
             ch = conn.channel()
-
-
-def bodies(ch, q):
-    out = []
-    while True:
-        m, p, b = ch.basic_get(q, auto_ack=True)
-        if m is None:
-            return out
-        out.append(b)
 
 
 def get_all(ch, q):

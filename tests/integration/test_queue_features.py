@@ -9,17 +9,9 @@ import pika.exceptions as pex
 import pytest
 
 from itutil import drain, settle, uname, wait_count
+from support.harness import bodies
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def bodies(ch, q):
-    out = []
-    while True:
-        m, p, b = ch.basic_get(q, auto_ack=True)
-        if m is None:
-            return out
-        out.append(b)
 
 
 def dead_letter_target(ch):

@@ -45,6 +45,13 @@ def blocked_on_publish(mgmt) -> bool:
         conn.close()
 
 
+def memory_alarm(mgmt, on: bool):
+    """The memory alarm on (a watermark of 0) or off (0.4 of RAM), once the node reports it."""
+    r = mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0 if on else 0.4})
+    assert r.status == 204, r
+    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"] == on, 10, message=f"mem_alarm {on}")
+
+
 def test_absolute_limits_are_reported_as_set(start_mgmt):
     mgmt = start_mgmt(extra_args=["--in-memory", "--vm-memory-high-watermark-absolute", "1234567890",
                                   "--disk-free-limit", "7654321"])
@@ -161,14 +168,10 @@ def test_only_connections_that_publish_during_an_alarm_are_blocked(start_mgmt):
     def states():
         return {c["client_properties"]["product"]: c["state"] for c in mgmt.api.get("/api/connections").json()}
 
-    def alarm(on):
-        assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0 if on else 0.4}).status == 204
-        wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"] == on, 10, message=f"mem_alarm {on}")
-
     early, late, plain = raw("early"), raw("late"), raw("plain", capable=False)
     early.publish(1, "", "nowhere", b"before the alarm")
     early.call(1, "queue.declare", "queue.declare-ok", queue="work")
-    alarm(True)
+    memory_alarm(mgmt, True)
     assert silent(early) and silent(late) and silent(plain)
     assert wait_until(lambda: set(states().values()) == {"blocking"} or None, 10, message="blocking")
     # a connection that did not publish during the alarm is still read: it consumes and acks
@@ -182,17 +185,17 @@ def test_only_connections_that_publish_during_an_alarm_are_blocked(start_mgmt):
     # not read any more: a declare waits for the alarm to clear
     late.send_method(1, "queue.declare", queue="late-q")
     assert silent(late)
-    alarm(False)
+    memory_alarm(mgmt, False)
     assert late.expect_method("connection.unblocked")
     assert late.expect_method("queue.declare-ok").args["queue"] == "late-q"
     assert silent(early) and silent(plain)
     assert wait_until(lambda: set(states().values()) == {"running"} or None, 10, message="running")
     # the next alarm blocks them again only when they publish again
-    alarm(True)
+    memory_alarm(mgmt, True)
     assert silent(early) and silent(late) and silent(plain)
     late.publish(1, "", "nowhere", b"again")
     assert late.expect_method("connection.blocked")
-    alarm(False)
+    memory_alarm(mgmt, False)
     assert late.expect_method("connection.unblocked")
     for c in (early, late, plain):
         c.close()
@@ -207,8 +210,7 @@ def test_a_blocked_connection_outlives_its_heartbeat_timeout(start_mgmt):
     assert conn.handshake(heartbeat=1, client_properties={
         "product": "usagi-tests", "capabilities": {"connection.blocked": True}}).name == "connection.open-ok"
     conn.open_channel(1)
-    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0}).status == 204
-    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
+    memory_alarm(mgmt, True)
     conn.publish(1, "", "nowhere", b"x")
     assert conn.expect_method("connection.blocked")
     deadline = time.monotonic() + 4.5              # over twice the heartbeat, sending only heartbeats
@@ -219,7 +221,7 @@ def test_a_blocked_connection_outlives_its_heartbeat_timeout(start_mgmt):
         except (TimeoutError, OSError):
             continue
         raise AssertionError(f"unexpected {frame.name} {frame.args}")
-    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0.4}).status == 204
+    memory_alarm(mgmt, False)
     assert conn.expect_method("connection.unblocked", timeout=10)
     assert conn.call(1, "queue.declare", "queue.declare-ok", queue="after").args["queue"] == "after"
     conn.close()
@@ -239,8 +241,7 @@ def test_content_read_during_an_alarm_blocks_a_publish_begun_before(start_mgmt):
         conn.open_channel(ch)
         conn.send_raw(frame_bytes(FRAME_METHOD, ch, method_payload("basic.publish", exchange="", routing_key="begun"))
                       + frame_bytes(FRAME_HEADER, ch, content_header_payload(size, None)))
-    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0}).status == 204
-    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
+    memory_alarm(mgmt, True)
     body, chunk = b"b" * size, conn.frame_max - 8
     for ch in channels:
         for i in range(0, size, chunk):
@@ -250,7 +251,7 @@ def test_content_read_during_an_alarm_blocks_a_publish_begun_before(start_mgmt):
     depth = lambda: mgmt.api.get("/api/queues/%2F/begun").json().get("messages")  # noqa: E731
     time.sleep(1.5)                                  # the queue's figures are sampled
     assert (depth() or 0) <= 2, depth()
-    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0.4}).status == 204
+    memory_alarm(mgmt, False)
     assert conn.expect_method("connection.unblocked", timeout=10)
     assert wait_until(lambda: depth() == len(channels) or None, 10, message="every message once unblocked")
     conn.close()
@@ -260,12 +261,15 @@ def test_a_connection_closing_during_an_alarm_is_still_read(start_mgmt):
     """A publish the broker answers with connection.close (immediate=true, 540), during an alarm:
     the client's close-ok is read and the socket closed at once, not after the close timeout."""
     mgmt = start_mgmt(extra_args=["--in-memory"])
-    assert mgmt.api.put("/api/usagi/vm_memory_high_watermark", {"relative": 0}).status == 204
-    wait_until(lambda: mgmt.api.get("/api/nodes").json()[0]["mem_alarm"], 10, message="the memory alarm")
+    memory_alarm(mgmt, True)
     conn = RawConnection.opened(mgmt.host, mgmt.amqp_port, client_properties={
         "product": "usagi-tests", "capabilities": {"connection.blocked": True}})
     conn.open_channel(1)
-    conn.publish(1, "", "nowhere", b"x", immediate=True)
+    # the whole publish in one write: read in one turn, it is answered before any blocking (sent in
+    # pieces, a piece read alone would block the connection first, here as with RabbitMQ)
+    conn.send_raw(frame_bytes(FRAME_METHOD, 1, method_payload("basic.publish", exchange="", routing_key="nowhere",
+                                                               immediate=True))
+                  + frame_bytes(FRAME_HEADER, 1, content_header_payload(1, None)) + frame_bytes(FRAME_BODY, 1, b"x"))
     close = conn.expect_method("connection.close")
     assert close.args["reply_code"] == 540
     t0 = time.monotonic()

@@ -147,17 +147,22 @@ def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02, message: 
         time.sleep(interval)
 
 
+def bodies(ch, queue: str) -> list:
+    """Every message of a queue, taken on pika channel `ch` with basic.get (auto-ack) until it is
+    empty: their bodies."""
+    out = []
+    while True:
+        method, _props, body = ch.basic_get(queue, auto_ack=True)
+        if method is None:
+            return out
+        out.append(body)
+
+
 def drain_bodies(url: str, queue: str) -> list:
-    """Every message of a queue, taken with basic.get (auto-ack) until it is empty: their bodies."""
+    """bodies() on a connection of its own to `url`."""
     import pika
     conn = pika.BlockingConnection(pika.URLParameters(url))
     try:
-        ch = conn.channel()
-        out = []
-        while True:
-            method, _props, body = ch.basic_get(queue, auto_ack=True)
-            if method is None:
-                return out
-            out.append(body)
+        return bodies(conn.channel(), queue)
     finally:
         conn.close()

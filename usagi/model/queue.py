@@ -733,13 +733,12 @@ def _seq_key(e):
     return e[-2]
 
 
-def _heap_in_order(heap: list, key=None):
+def _heap_in_order(heap: list, key=_seq_key):
     """The entries of a heap ordered by `key` (_seq_key by default: the key the heap is ordered
     by), smallest first, read without sorting it: the first k cost O(k log k), whatever the
     heap's size."""
     if not heap:
         return
-    key = key or _seq_key
     n = len(heap)
     frontier = [(key(heap[0]), 0)]
     while frontier:
