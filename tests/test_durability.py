@@ -185,6 +185,31 @@ def test_unreadable_store_gives_clear_error(server_in, tmp_path):
     assert other.proc.returncode == 1
 
 
+def test_a_stop_writes_the_entries_no_commit_took_yet(server_in):
+    # persistent messages to one durable queue wait for the next commit before the store hears of
+    # them (they are staged); published with no confirm, nothing asks for that commit, and a stop
+    # right after must still write them, delivered ones marked as such
+    srv = server_in()
+    conn = connect(srv)
+    ch = conn.channel()
+    ch.queue_declare("sq", durable=True)
+    consumer = connect(srv)
+    cch = consumer.channel()
+    cch.basic_qos(prefetch_count=10)
+    seen = []
+    cch.basic_consume("sq", lambda _c, m, _p, b: seen.append(b))     # never acks
+    for i in range(3000):
+        ch.basic_publish("", "sq", f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+        if i == 9:
+            wait_for(lambda: consumer.process_data_events(time_limit=0.05) or len(seen) == 10, timeout=10)
+    ch.queue_declare("sq", durable=True, passive=True)      # answered after every publish was handled
+    assert srv.stop() == 0                                  # at once: the last ones are staged
+    srv = server_in()
+    got = drain(srv, "sq")
+    assert [b for b, _ in got] == [f"m{i}".encode() for i in range(3000)]
+    assert [r for _, r in got[:11]] == [True] * 10 + [False]
+
+
 def test_sigterm_closes_connections_with_320(server_in):
     srv = server_in()
     conn = connect(srv)

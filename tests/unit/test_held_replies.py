@@ -7,90 +7,12 @@ connection with 541 and no ok.
 """
 from __future__ import annotations
 
-import struct
-
 import pytest
 
 from usagi.amqp import methods as M
-from usagi.amqp.frames import PROTOCOL_HEADER, content_frames, method_frame
-from usagi.core.broker import Broker
-from usagi.core.connection import Connection
-from usagi.storage.sqlite import SQLiteStore
+from usagi.amqp.frames import method_frame
 
-from support.sansio import Transport
-
-PERSISTENT = b"\x10\x00\x02"      # property flags: delivery-mode; delivery-mode 2
-
-
-class Node:
-    """A broker on a SQLite store; `later` holds what the engine deferred to a later loop turn."""
-
-    def __init__(self, path):
-        self.store = SQLiteStore(str(path))
-        self.store.open()
-        self.broker = Broker(store=self.store)
-        self.broker.bootstrap()
-        self.store.commit()
-        self.later = []
-        self.broker.on_defer = self.later.append
-
-    def connect(self):
-        t = Transport()
-        conn = Connection(self.broker, t, ("127.0.0.1", 1), ("127.0.0.1", 2))
-        conn.connection_made()
-        caps = {"capabilities": {"consumer_cancel_notify": True}}
-        conn.data_received(PROTOCOL_HEADER
-                           + method_frame(0, M.ConnectionStartOk(caps, "PLAIN", b"\x00guest\x00guest").encode())
-                           + method_frame(0, M.ConnectionTuneOk(2047, 131072, 0).encode())
-                           + method_frame(0, M.ConnectionOpen("/").encode())
-                           + method_frame(1, M.ChannelOpen().encode()))
-        self.settle()           # a slow turn (a loaded machine) yields what is left to a later one
-        t.data = b""
-        return conn, t
-
-    def run_later(self) -> bool:
-        ran = bool(self.later)
-        while self.later:
-            self.later.pop(0)()
-        self.broker.flush_output()
-        return ran
-
-    def commit(self, error=None) -> bool:
-        """One turn of the commit loop: False when there was nothing to commit."""
-        b = self.broker
-        if not (b.commit_waiters or self.store.pending()):
-            return False
-        epoch, waiters = b.begin_commit()
-        if error is None:
-            self.store.commit()
-        b.commit_done(epoch, waiters, error)
-        b.flush_output()
-        return True
-
-    def settle(self):
-        while self.run_later() or self.commit():
-            pass
-
-
-def replies(data: bytes) -> list:
-    """(channel, method name, fields) of the method frames in `data`."""
-    out = []
-    off = 0
-    while off < len(data):
-        ftype, ch, size = struct.unpack_from(">BHI", data, off)
-        payload = data[off + 7:off + 7 + size]
-        off += size + 8
-        if ftype == 1:
-            cls = M.METHODS[struct.unpack_from(">I", payload)[0]]
-            m = cls.decode(payload, 4, len(payload))
-            out.append((ch, cls.NAME, {f: getattr(m, f) for f in cls.FIELDS}))
-    return out
-
-
-def publish(queue: str, body: bytes) -> bytes:
-    return (method_frame(1, M.BasicPublish(0, "", queue).encode())
-            + b"".join(content_frames(1, 60, PERSISTENT, body, 131072)))
-
+from support.sansio import StoreNode as Node, publish, replies
 
 PIPELINE = b"".join((
     method_frame(1, M.QueueDeclare(queue="q1", durable=True).encode()),
@@ -145,7 +67,7 @@ def test_any_split_of_the_input_gives_the_same_replies(tmp_path, step):
     got = replies(t.data)
     assert [name for _ch, name, _f in got] == EXPECTED
     assert got[2][2]["message_count"] == 1                 # purge-ok: "first"
-    assert node.store.pending() is False
+    assert node.broker.store_pending() is False
 
 
 def test_a_failed_commit_closes_the_connection_with_541_and_no_ok(tmp_path):

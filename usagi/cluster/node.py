@@ -660,7 +660,7 @@ class Node:
                 except OSError as e:
                     log.error("cluster: the management API could not start on this node%s: %s",
                               " (trying again without metrics)" if metrics != -1 else "", e)
-        if store.pending():
+        if broker.store_pending():
             server._schedule_commit()            # what recovery changed goes out as the epoch's first batch
         await self.coord.register(role="leader", epoch=epoch, lsn=last)
         log.info("cluster: node %s leads (epoch %d) after %.2fs; recovered %d queues and %d messages",

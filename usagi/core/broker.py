@@ -110,6 +110,10 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         self.users = UserDB()
         self.connections: set = set()
         self.dirty: dict = {}              # queues that may be able to deliver: id -> queue
+        # persistent entries not handed to the store yet: msg id -> [queue, seq, delivered, msg]
+        # (DeliveryMixin.save_staged)
+        self.staged: dict = {}
+        self.staged_count = 0              # entries ever staged (Broker.recorded)
         self.flush_pending: list = []      # connections with output to write
         self.on_flush_needed = None        # set by the server: schedules flush_output()
         self.on_commit_needed = None       # set by the server: schedules a store commit
@@ -201,7 +205,16 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         """Whether something recorded so far may not be durable yet: pending in the store, or in a
         commit under way (a write recorded just now may have been taken by it)."""
         store = self.store
-        return store.durable and (self.commit_in_flight or store.pending())
+        return store.durable and (self.commit_in_flight or bool(self.staged) or store.pending())
+
+    def recorded(self) -> int:
+        """A count that changes whenever something is recorded for the store (staged entries
+        included): an operation that changed it must wait for a commit before its reply."""
+        return self.store.recorded + self.staged_count
+
+    def store_pending(self) -> bool:
+        """Whether there is anything for a commit to write (staged entries or the store's own)."""
+        return bool(self.staged) or self.store.pending()
 
     def wait_for_commit(self, waiter) -> int:
         """Register `waiter` (anything with on_commit(epoch, error): channels, the server's barrier) to
@@ -212,7 +225,10 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
         return self.commit_epoch
 
     def begin_commit(self) -> tuple:
-        """Close the current epoch: returns (epoch, waiters on it)."""
+        """Close the current epoch: returns (epoch, waiters on it). The staged entries go to the
+        store first, so that the commit writes everything recorded so far."""
+        if self.staged:
+            self.save_staged()
         epoch = self.commit_epoch
         waiters = self.commit_waiters
         self.commit_epoch += 1

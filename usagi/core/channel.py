@@ -233,11 +233,12 @@ class Channel(fastpath.ChannelState, ChannelClassHandlers, ExchangeHandlers, Que
         rejected = False
         if queues:
             x.publish_out += 1
+            only = len(queues) == 1
             for q in queues:
                 if q is None:
                     continue
                 if q.simple and msg.scan.expiration is None:
-                    if not broker.enqueue_plain(q, msg) and q.consumers:
+                    if not broker.enqueue_plain(q, msg, only) and q.consumers:
                         # consumers are behind: let them catch up (credit flow, in effect)
                         self.conn.throttled = True
                 elif not broker.enqueue(q, msg):

@@ -123,7 +123,56 @@ class DeliveryMixin:
             self.store.add_with_entry(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body,
                                       q.vhost, q.name, q.seq + 1, expires)
         else:
+            if self.staged and msg.id in self.staged:
+                self._save_one(msg.id)      # a second entry: the store must hold the message first
             self.store.enqueue(q.vhost, q.name, q.seq + 1, msg.id, expires)
+
+    # ------------------------------------------------------------------ staged entries
+    # A persistent message routed to one durable queue is staged (fastpath.enqueue_plain): its
+    # entry waits in `staged` rather than going to the store at once. Most are acknowledged before
+    # the next commit begins and then never reach the store (fastpath.settle drops them), which
+    # spares the store's bookkeeping on the publish, the delivery and the ack. The rest go to the
+    # store when a commit begins (Broker.begin_commit), so a commit still writes everything
+    # recorded before it: confirms and commit barriers wait for commits as before. They also go
+    # before anything that needs the store to hold them: a second entry of the message
+    # (persist), paging out (_stubs), the last commit at stop. A staged entry is its message's
+    # only entry. `staged` holds at most STAGED_MAX entries (fastpath.enqueue_plain hands the
+    # oldest to the store beyond that), so what a commit's start hands over is bounded (about 1 µs
+    # an entry) whatever the publishers do between commits.
+
+    def save_staged(self):
+        """Hand every staged entry to the store (on the loop's thread): at most STAGED_MAX, in one
+        call. Entries of deleted queues are dropped: the store forgot their queue
+        (drop_queue_messages)."""
+        staged = self.staged
+        self.store.add_entries([(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body, q.vhost, q.name,
+                                 seq, delivered)
+                                for q, seq, delivered, msg in staged.values() if not q.deleted])
+        staged.clear()
+
+    def _save_one(self, msg_id):
+        """The staged entry of one message goes to the store (a second entry is coming, or the
+        staged set is full: fastpath.enqueue_plain hands over its oldest)."""
+        q, seq, delivered, msg = self.staged.pop(msg_id)
+        if not q.deleted:
+            self.store.add_entries(((msg.id, msg.exchange, msg.routing_key, msg.props, msg.body, q.vhost, q.name,
+                                     seq, delivered),))
+
+    def unstore(self, q, seq, msg):
+        """The stored entry `seq` of msg in q is gone (seq 0: every entry of msg in q): from the
+        staged entries, or else from the store. The caller checked msg.stored and q.durable."""
+        staged = self.staged
+        if not staged or staged.pop(msg.id, None) is None:
+            self.store.dequeue(q.vhost, q.name, seq, msg.id)
+
+    def stored_delivered(self, q, seq, msg):
+        """The stored entry `seq` of msg in q was delivered (it comes back redelivered after a
+        restart). The caller checked msg.stored and q.durable."""
+        rec = self.staged.get(msg.id) if self.staged else None
+        if rec is not None:
+            rec[2] = 1
+        else:
+            self.store.mark_delivered(q.vhost, q.name, seq)
 
     def _full(self, q, msg) -> bool:
         if q.max_length is not None and q.message_count >= q.max_length:
@@ -166,7 +215,7 @@ class DeliveryMixin:
     def _forget(self, q, seq, msg):
         """An entry left the queue without a delivery (dropped, expired, dead-lettered)."""
         if msg.stored and q.durable:
-            self.store.dequeue(q.vhost, q.name, seq, msg.id)
+            self.unstore(q, seq, msg)
 
     def take(self, q: Queue, budgeted: bool = False):
         """The next live entry to deliver: expired ones on the way are dead-lettered; a spilled
@@ -424,6 +473,8 @@ class DeliveryMixin:
         if q.kind == "stream":
             return [dropped(m, q.spilled) for _s, m in entries]
         store = self.store if self.store.durable else None
+        if self.staged:
+            self.save_staged()      # a stub of a stored message is read back from the store
         return spill(entries, PAGING["dir"], store, q.durable, q.spilled)
 
     def check_returned(self, q: Queue):

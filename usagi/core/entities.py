@@ -317,7 +317,7 @@ class EntitiesMixin:
         if q.durable and self.store.durable:
             for m in msgs:
                 if m.stored:
-                    self.store.dequeue(q.vhost, q.name, 0, m.id)
+                    self.unstore(q, 0, m)
 
     # ------------------------------------------------------------------ bindings
     def bind(self, vhost: VHost, source, destination, routing_key: str, arguments: dict):

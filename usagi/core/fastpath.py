@@ -92,6 +92,7 @@ class Unacked:
 
 SCANS: dict = {}     # content-header property bytes -> (Scan, needs checks); producers repeat them
 SCANS_MAX = 4096     # entries before the cache starts afresh
+STAGED_MAX = 2048    # persistent entries staged at most (DeliveryMixin.save_staged)
 SCAN_MAX_BYTES = 96  # longer property lists are scanned per message (they are rarely repeated)
 
 
@@ -318,7 +319,9 @@ def settle(broker, q, seq, msg):
     if q.delivery_counts:
         q.delivery_counts.pop(seq, None)
     if msg.stored and q.durable:
-        broker.store.dequeue(q.vhost, q.name, seq, msg.id)
+        staged = broker.staged
+        if not staged or staged.pop(msg.id, None) is None:     # Broker.unstore
+            broker.store.dequeue(q.vhost, q.name, seq, msg.id)
         if type(msg) is Message:            # not a stub of a paged message (model/paging.Spilled)
             msg.refs -= 1
             if msg.refs == 0 and msg.confirm is not None:
@@ -388,7 +391,7 @@ def publish(ch: ChannelState, payload, props, body):
     if q is not None:
         x.publish_out += 1
         if q.simple:
-            if not enqueue_plain(broker, q, msg) and q.consumers:
+            if not enqueue_plain(broker, q, msg, True) and q.consumers:
                 # consumers are behind: let them catch up (credit flow, in effect)
                 conn.throttled = True
         elif not broker.enqueue(q, msg):
@@ -443,8 +446,9 @@ def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker, x, msg) -> 
     broker.stats["publish"] += 1
     count_size(ch._sizes, len(msg.body))
     x.publish_out += 1
+    only = len(dests) == 1
     for q in dests:
-        if not enqueue_plain(broker, q, msg) and q.consumers:
+        if not enqueue_plain(broker, q, msg, only) and q.consumers:
             # consumers are behind: let them catch up (credit flow, in effect)
             conn.throttled = True
     if ch.confirm:
@@ -477,11 +481,22 @@ def _remember(ch: ChannelState, payload):
 
 
 # ---------------------------------------------------------------------------- delivery
-def enqueue_plain(broker, q, msg) -> bool:
+def enqueue_plain(broker, q, msg, only=False) -> bool:
     """A message with no TTL: straight to a consumer with room if the queue is empty (True),
-    else onto the queue (False). The publish hot path calls this directly for plain queues."""
+    else onto the queue (False). The publish hot path calls this directly for plain queues.
+    `only`: q is the message's only destination, so a persistent one is staged (its entry waits
+    in broker.staged for the next commit; see DeliveryMixin.save_staged)."""
     if msg.scan.delivery_mode == 2 and q.durable and broker.store.durable:
-        broker.persist(q, msg)
+        if only and not msg.stored:
+            msg.stored = True
+            msg.refs += 1
+            staged = broker.staged
+            staged[msg.id] = [q, q.seq + 1, 0, msg]
+            broker.staged_count += 1
+            if len(staged) > STAGED_MAX:
+                broker._save_one(next(iter(staged)))        # the oldest (DeliveryMixin.save_staged)
+        else:
+            broker.persist(q, msg)
     if q.consumers and not q.ready and not q.returned and not q.paged:
         c = pick_consumer(broker, q)
         if c is not None:
@@ -608,7 +623,13 @@ def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
         c.unacked += 1
         q.unacked += 1
         if msg.stored and q.durable:
-            ch.broker.store.mark_delivered(q.vhost, q.name, seq)
+            broker = ch.broker
+            staged = broker.staged
+            rec = staged.get(msg.id) if staged else None        # Broker.stored_delivered
+            if rec is not None:
+                rec[2] = 1
+            else:
+                broker.store.mark_delivered(q.vhost, q.name, seq)
 
 
 def write_content(ch: ChannelState, method_payload, msg):

@@ -600,11 +600,11 @@ async def _write(m, r: Req, fn, loaded: bool = False):
     the commit that holds what it wrote (a 2xx to a write promises it is durable)."""
     if r.method in ("PUT", "POST") and not loaded:
         await r.load_body()
-    recorded = m.broker.store.recorded
+    recorded = m.broker.recorded()
     result = fn(r)
     if inspect.isawaitable(result):
         result = await result
-    if m.broker.store.recorded != recorded:
+    if m.broker.recorded() != recorded:
         await m.durable()
     return result
 
@@ -1453,9 +1453,9 @@ async def queue_get_messages(r: Req):
     if r.p("queue") not in v.queues:
         raise ApiError(404, "not_found", "queue_not_found")     # as RabbitMQ 4.x, before the body
     request = ops.get_request(r.body())
-    recorded = r.broker.store.recorded
+    recorded = r.broker.recorded()
     taken = await ops.get_messages(r.broker, _queue_to_read(r, v), request, r.pacer)
-    if r.broker.store.recorded != recorded:
+    if r.broker.recorded() != recorded:
         await r.m.durable()         # the removals committed before the answer's first byte
     _count, _ackmode, encoding, truncate = request
     return await _messages_reply(r, taken, encoding, truncate)

@@ -381,7 +381,7 @@ class Server:
                 except Exception:
                     upkeep.failed("handshake and heartbeat checks", log, f"connection {conn.name}")
             try:
-                if b.store.durable and not self.commit_running and b.store.pending():
+                if b.store.durable and not self.commit_running and b.store_pending():
                     self._schedule_commit()
             except Exception:
                 upkeep.failed("background commit scheduling", log)
@@ -451,7 +451,7 @@ class Server:
     async def _commit_loop(self):
         b = self.broker
         try:
-            while not self._stopping and (b.commit_waiters or b.store.pending()):
+            while not self._stopping and (b.commit_waiters or b.store_pending()):
                 epoch, waiters = b.begin_commit()
                 error = None
                 self.commit_started = time.monotonic()
@@ -518,6 +518,8 @@ class Server:
             ok = False
         else:
             store = b.store
+            if b.staged:
+                b.save_staged()         # here, on the loop's thread, before the store's last commit
             unwritten = ""
             if store.durable and store.pending():
                 unwritten = store.pending_summary()

@@ -72,6 +72,15 @@ class Store:
         self.add_message(msg_id, exchange, routing_key, props, body)
         self.enqueue(vhost, queue, seq, msg_id, expires)
 
+    def add_entries(self, rows):
+        """add_with_entry (no expiry), then mark_delivered where `delivered`, for each row
+        (msg_id, exchange, routing_key, props, body, vhost, queue, seq, delivered) of messages not
+        recorded before: the engine's staged entries, handed over at once when a commit begins."""
+        for msg_id, exchange, routing_key, props, body, vhost, queue, seq, delivered in rows:
+            self.add_with_entry(msg_id, exchange, routing_key, props, body, vhost, queue, seq)
+            if delivered:
+                self.mark_delivered(vhost, queue, seq)
+
     def dequeue(self, vhost: str, queue: str, seq: int, msg_id: int):
         pass
 

@@ -708,6 +708,37 @@ class SQLiteStore(Store):
         if not fresh:
             self.enqueue(vhost, queue, seq, msg_id, expires)
 
+    def add_entries(self, rows):
+        # what add_with_entry and mark_delivered do for each row, under one lock; a row whose
+        # message or seq the store already knows (none, from the engine) takes the general way
+        later = []
+        with self._lock:
+            new_msgs = self._new_msgs
+            refs = self._refs
+            queues = self._queues
+            new_entries = self._new_entries
+            top = self.max_msg_id
+            for row in rows:
+                msg_id, exchange, routing_key, props, body, vhost, queue, seq, delivered = row
+                qk = (vhost, queue)
+                idx = queues.get(qk)
+                if msg_id in refs or msg_id in new_msgs or (idx is not None and seq in idx.by_seq):
+                    later.append(row)
+                    continue
+                if idx is None:
+                    idx = queues[qk] = _QueueIndex()
+                new_msgs[msg_id] = (msg_id, exchange, routing_key, props, body)
+                if msg_id > top:
+                    top = msg_id
+                idx.by_seq[seq] = msg_id
+                idx.by_msg = None
+                refs[msg_id] = 1
+                new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 1 if delivered else 0, None)
+            self.max_msg_id = top
+            self.recorded += 2 * (len(rows) - len(later))
+        if later:
+            Store.add_entries(self, later)
+
     def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int, expires: int | None = None):
         qk = (vhost, queue)
         with self._lock:

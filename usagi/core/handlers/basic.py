@@ -96,7 +96,7 @@ class BasicHandlers:
             self.unacked[tag] = fastpath.Unacked(tag, q, seq, msg, None)
             q.unacked += 1
             if msg.stored and q.durable:
-                b.store.mark_delivered(q.vhost, q.name, seq)
+                b.stored_delivered(q, seq, msg)
 
     def basic_ack(self, m):
         items = self._take(m.delivery_tag, m.multiple)

@@ -34,8 +34,8 @@ class TxHandlers:
             raise ChannelError("channel is not transactional", E.PRECONDITION_FAILED)
         publishes, self.tx_publishes = self.tx_publishes, []
         acks, self.tx_acks = self.tx_acks, []
-        store = self.broker.store
-        recorded = store.recorded
+        broker = self.broker
+        recorded = broker.recorded()
         for x, msg, mandatory in publishes:
             if x.deleted:
                 continue
@@ -44,7 +44,7 @@ class TxHandlers:
             self._settle(items, requeue)
         # commit-ok promises the publishes and the acks alike: an acked persistent message must not
         # come back after a crash, nor a committed one be missing
-        self.reply_after_commit(M.TxCommitOk(), store.recorded != recorded)
+        self.reply_after_commit(M.TxCommitOk(), broker.recorded() != recorded)
 
     def tx_rollback(self, m):
         if not self.tx:
