@@ -210,6 +210,32 @@ def test_a_stop_writes_the_entries_no_commit_took_yet(server_in):
     assert [r for _, r in got[:11]] == [True] * 10 + [False]
 
 
+def test_an_ack_from_a_deleted_queue_leaves_the_entries_of_its_successor(server_in):
+    # a delivery made by a queue since deleted is acknowledged after a queue of the same name was
+    # declared and given a message in the same place (seq): that message stays, after kill -9 too
+    srv = server_in()
+    conn = connect(srv)
+    ch = conn.channel()
+    ch.confirm_delivery()
+    ch.queue_declare("q", durable=True)
+    ch.basic_publish("", "q", b"old", pika.BasicProperties(delivery_mode=2))
+    other = connect(srv)
+    och = other.channel()
+    method, _p, body = och.basic_get("q")
+    assert body == b"old"
+    ch.queue_delete("q")
+    ch.queue_declare("q", durable=True)
+    ch.basic_publish("", "q", b"new", pika.BasicProperties(delivery_mode=2))     # confirmed
+    ch.queue_declare("x", durable=True)
+    ch.basic_publish("", "x", b"sync", pika.BasicProperties(delivery_mode=2))    # a commit: "new" is written
+    och.basic_ack(method.delivery_tag)
+    och.basic_reject(och.basic_get("q")[0].delivery_tag, requeue=True)           # taken and put back
+    ch.basic_publish("", "x", b"sync", pika.BasicProperties(delivery_mode=2))    # a commit after the ack
+    srv.kill()
+    srv = server_in()
+    assert [b for b, _ in drain(srv, "q")] == [b"new"]
+
+
 def test_sigterm_closes_connections_with_320(server_in):
     srv = server_in()
     conn = connect(srv)

@@ -208,6 +208,27 @@ def test_drop_queue_messages(tmp_path):
     s.close()
 
 
+def test_a_dequeue_naming_another_message_leaves_the_entry(tmp_path):
+    # the seq of a queue deleted and declared again under its name: an ack of a delivery the old
+    # queue made names its own message, and the new queue's entry in that place stays
+    s = SQLiteStore(tmp_path)
+    s.open()
+    s.add_with_entry(7, "", "q", PROPS, b"new", "/", "q", 1)
+    s.commit()
+    s.dequeue("/", "q", 1, 3)
+    s.commit()
+    s.add_with_entry(8, "", "q", PROPS, b"pending", "/", "q", 2)
+    s.dequeue("/", "q", 2, 5)
+    s.commit()
+    s, rec = reopen(s, tmp_path)
+    assert bodies(rec, "/", "q") == [(1, b"new"), (2, b"pending")]
+    s.dequeue("/", "q", 1, 7)                # its own message: taken out
+    s.commit()
+    s, rec = reopen(s, tmp_path)
+    assert bodies(rec, "/", "q") == [(2, b"pending")]
+    s.close()
+
+
 def test_mark_delivered(tmp_path):
     s = SQLiteStore(tmp_path)
     s.open()

@@ -162,7 +162,9 @@ class DeliveryMixin:
         """The stored entry `seq` of msg in q is gone (seq 0: every entry of msg in q): from the
         staged entries, or else from the store. The caller checked msg.stored and q.durable."""
         staged = self.staged
-        if not staged or staged.pop(msg.id, None) is None:
+        if (not staged or staged.pop(msg.id, None) is None) and not q.deleted:
+            # (a deleted queue's entries left the store with it: drop_queue_messages; one of the
+            # same name declared since has entries of its own under that name)
             self.store.dequeue(q.vhost, q.name, seq, msg.id)
 
     def stored_delivered(self, q, seq, msg):
@@ -171,7 +173,7 @@ class DeliveryMixin:
         rec = self.staged.get(msg.id) if self.staged else None
         if rec is not None:
             rec[2] = 1
-        else:
+        elif not q.deleted:
             self.store.mark_delivered(q.vhost, q.name, seq)
 
     def _full(self, q, msg) -> bool:

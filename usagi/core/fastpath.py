@@ -320,7 +320,7 @@ def settle(broker, q, seq, msg):
         q.delivery_counts.pop(seq, None)
     if msg.stored and q.durable:
         staged = broker.staged
-        if not staged or staged.pop(msg.id, None) is None:     # Broker.unstore
+        if (not staged or staged.pop(msg.id, None) is None) and not q.deleted:     # Broker.unstore
             broker.store.dequeue(q.vhost, q.name, seq, msg.id)
         if type(msg) is Message:            # not a stub of a paged message (model/paging.Spilled)
             msg.refs -= 1

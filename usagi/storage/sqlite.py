@@ -788,9 +788,12 @@ class SQLiteStore(Store):
                 return
             by_seq = idx.by_seq
             if seq:
-                mid = by_seq.pop(seq, None)
-                if mid is None:
+                mid = by_seq.get(seq)
+                if mid is None or mid != msg_id:
+                    # not this message's entry (one of a queue of the same name, re-created since
+                    # the delivery being acknowledged was made): it stays
                     return
+                del by_seq[seq]
                 bm = idx.by_msg
                 if bm is not None:
                     lst = bm.get(mid)
