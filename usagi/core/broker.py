@@ -204,8 +204,7 @@ class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin
     def commit_needed(self) -> bool:
         """Whether something recorded so far may not be durable yet: pending in the store, or in a
         commit under way (a write recorded just now may have been taken by it)."""
-        store = self.store
-        return store.durable and (self.commit_in_flight or bool(self.staged) or store.pending())
+        return self.store.durable and (self.commit_in_flight or self.store_pending())
 
     def recorded(self) -> int:
         """A count that changes whenever something is recorded for the store (staged entries

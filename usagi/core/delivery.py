@@ -43,6 +43,13 @@ def _over_budget(q: Queue, size: int) -> bool:
             q.ram_bytes() + ram_unacked * max(q.unacked_avg, size) > q.cap_bytes)
 
 
+def _rows(staged) -> list:
+    """Store.add_entries rows of staged entries ([queue, seq, delivered, msg]); a deleted queue's
+    are left out (the store forgot that queue: drop_queue_messages)."""
+    return [(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body, q.vhost, q.name, seq, delivered)
+            for q, seq, delivered, msg in staged if not q.deleted]
+
+
 class DeliveryMixin:
     # -- time to live
     @staticmethod
@@ -144,19 +151,13 @@ class DeliveryMixin:
         """Hand every staged entry to the store (on the loop's thread): at most STAGED_MAX, in one
         call. Entries of deleted queues are dropped: the store forgot their queue
         (drop_queue_messages)."""
-        staged = self.staged
-        self.store.add_entries([(msg.id, msg.exchange, msg.routing_key, msg.props, msg.body, q.vhost, q.name,
-                                 seq, delivered)
-                                for q, seq, delivered, msg in staged.values() if not q.deleted])
-        staged.clear()
+        self.store.add_entries(_rows(self.staged.values()))
+        self.staged.clear()
 
     def _save_one(self, msg_id):
         """The staged entry of one message goes to the store (a second entry is coming, or the
         staged set is full: fastpath.enqueue_plain hands over its oldest)."""
-        q, seq, delivered, msg = self.staged.pop(msg_id)
-        if not q.deleted:
-            self.store.add_entries(((msg.id, msg.exchange, msg.routing_key, msg.props, msg.body, q.vhost, q.name,
-                                     seq, delivered),))
+        self.store.add_entries(_rows((self.staged.pop(msg_id),)))
 
     def unstore(self, q, seq, msg):
         """The stored entry `seq` of msg in q is gone (seq 0: every entry of msg in q): from the

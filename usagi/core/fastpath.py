@@ -319,9 +319,7 @@ def settle(broker, q, seq, msg):
     if q.delivery_counts:
         q.delivery_counts.pop(seq, None)
     if msg.stored and q.durable:
-        staged = broker.staged
-        if (not staged or staged.pop(msg.id, None) is None) and not q.deleted:     # Broker.unstore
-            broker.store.dequeue(q.vhost, q.name, seq, msg.id)
+        broker.unstore(q, seq, msg)
         if type(msg) is Message:            # not a stub of a paged message (model/paging.Spilled)
             msg.refs -= 1
             if msg.refs == 0 and msg.confirm is not None:
@@ -623,13 +621,7 @@ def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
         c.unacked += 1
         q.unacked += 1
         if msg.stored and q.durable:
-            broker = ch.broker
-            staged = broker.staged
-            rec = staged.get(msg.id) if staged else None        # Broker.stored_delivered
-            if rec is not None:
-                rec[2] = 1
-            else:
-                broker.store.mark_delivered(q.vhost, q.name, seq)
+            ch.broker.stored_delivered(q, seq, msg)
 
 
 def write_content(ch: ChannelState, method_payload, msg):

@@ -689,55 +689,43 @@ class SQLiteStore(Store):
 
     def add_with_entry(self, msg_id: int, exchange: str, routing_key: str, props: bytes, body: bytes,
                        vhost: str, queue: str, seq: int, expires: int | None = None):
-        qk = (vhost, queue)
         with self._lock:
-            self.recorded += 1
-            self._new_msgs[msg_id] = (msg_id, exchange, routing_key, props, body)
-            if msg_id > self.max_msg_id:
-                self.max_msg_id = msg_id
-            idx = self._queues.get(qk)
-            fresh = msg_id not in self._refs and (idx is None or seq not in idx.by_seq)
-            if fresh:           # what enqueue does for a message with no entry yet, in a seq free
-                if idx is None:
-                    idx = self._queues[qk] = _QueueIndex()
-                idx.by_seq[seq] = msg_id
-                idx.by_msg = None
-                self._refs[msg_id] = 1
-                self._new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 0, expires)
-                self.recorded += 1
+            fresh = self._add_locked(msg_id, exchange, routing_key, props, body, vhost, queue, seq, 0, expires)
         if not fresh:
             self.enqueue(vhost, queue, seq, msg_id, expires)
 
     def add_entries(self, rows):
-        # what add_with_entry and mark_delivered do for each row, under one lock; a row whose
-        # message or seq the store already knows (none, from the engine) takes the general way
+        # add_with_entry and mark_delivered for each row, under one lock
         later = []
         with self._lock:
-            new_msgs = self._new_msgs
-            refs = self._refs
-            queues = self._queues
-            new_entries = self._new_entries
-            top = self.max_msg_id
+            add = self._add_locked
             for row in rows:
-                msg_id, exchange, routing_key, props, body, vhost, queue, seq, delivered = row
-                qk = (vhost, queue)
-                idx = queues.get(qk)
-                if msg_id in refs or msg_id in new_msgs or (idx is not None and seq in idx.by_seq):
+                if not add(*row, None):
                     later.append(row)
-                    continue
-                if idx is None:
-                    idx = queues[qk] = _QueueIndex()
-                new_msgs[msg_id] = (msg_id, exchange, routing_key, props, body)
-                if msg_id > top:
-                    top = msg_id
-                idx.by_seq[seq] = msg_id
-                idx.by_msg = None
-                refs[msg_id] = 1
-                new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 1 if delivered else 0, None)
-            self.max_msg_id = top
-            self.recorded += 2 * (len(rows) - len(later))
-        if later:
-            Store.add_entries(self, later)
+        for msg_id, _x, _k, _p, _b, vhost, queue, seq, delivered in later:
+            self.enqueue(vhost, queue, seq, msg_id)
+            if delivered:
+                self.mark_delivered(vhost, queue, seq)
+
+    def _add_locked(self, msg_id, exchange, routing_key, props, body, vhost, queue, seq, delivered, expires) -> bool:
+        """A message and its entry (under the lock). False when the message already has entries
+        or the seq is taken: the entry then goes the general way (enqueue), after the lock."""
+        self.recorded += 1
+        self._new_msgs[msg_id] = (msg_id, exchange, routing_key, props, body)
+        if msg_id > self.max_msg_id:
+            self.max_msg_id = msg_id
+        qk = (vhost, queue)
+        idx = self._queues.get(qk)
+        if msg_id in self._refs or (idx is not None and seq in idx.by_seq):
+            return False
+        if idx is None:
+            idx = self._queues[qk] = _QueueIndex()
+        idx.by_seq[seq] = msg_id
+        idx.by_msg = None
+        self._refs[msg_id] = 1
+        self._new_entries[(vhost, queue, seq)] = (vhost, queue, seq, msg_id, 1 if delivered else 0, expires)
+        self.recorded += 1
+        return True
 
     def enqueue(self, vhost: str, queue: str, seq: int, msg_id: int, expires: int | None = None):
         qk = (vhost, queue)
