@@ -16,6 +16,9 @@ import time
 import pika
 import pytest
 
+from usagi.server.startup import read_node_identity
+from usagi.storage.sqlite import probe_file
+
 from etcdutil import need_etcd, free_port
 from harness import ROOT, Cluster
 
@@ -235,6 +238,16 @@ def test_a_node_started_before_etcd_joins_once_etcd_answers():
 
 def test_a_second_process_with_the_same_identity_fails_fast(cluster):
     node = cluster.nodes[0]
+    cluster.wait_leader()
+    # a node just started may not have written its identity and its store yet: copied then, the
+    # data dir is refused for another reason (an empty store)
+    def settled():
+        ident = read_node_identity(node.data_dir)
+        return ident is not None and probe_file(os.path.join(node.data_dir, ident["store"])) == "present"
+    deadline = time.monotonic() + 30
+    while not settled():
+        assert time.monotonic() < deadline, "node 0 never wrote its identity and its store"
+        time.sleep(0.05)
     copy = os.path.join(cluster.root, "copy")
     shutil.copytree(node.data_dir, copy, ignore=shutil.ignore_patterns("usagi.lock"))
     cmd = [sys.executable, "-m", "usagi.cli.server", "--host", "127.0.0.1", "--port", str(free_port()),
