@@ -1,10 +1,13 @@
-"""Build step of the package: compiles the hot path (usagi/core/fastpath.py) with Cython when it can.
+"""Build step of the package: compiles the hot path (usagi/core/fastpath.py) and the hot fields of
+the model (usagi/model/hotstate.py) with Cython when it can.
 
-Everything else is declared in pyproject.toml. The compiled module is `usagi.core._fastpath`, made
-from a copy of fastpath.py (with the C declarations of fastpath.pxd) that carries the source's hash, so that a tree whose fastpath.py changed
-after the build runs the source rather than a stale build (usagi/core/hot.py checks it). Without
-Cython or a C compiler, or with USAGI_PURE_PYTHON=1, nothing is compiled and the install goes on
-with the pure-Python module: a failed compilation is a warning, never a failed install.
+Everything else is declared in pyproject.toml. The compiled modules are `usagi.core._fastpath` and
+`usagi.model._hotstate`, each made from a copy of its source (with the C declarations of its .pxd)
+that carries the hash of what it was built from, so that a tree whose source changed after the
+build runs the source rather than a stale build (usagi/core/hot.py and usagi/model/state.py check
+it). Without Cython or a C compiler, or with USAGI_PURE_PYTHON=1, nothing is compiled and the
+install goes on with the pure-Python modules: a failed compilation is a warning, never a failed
+install.
 """
 import hashlib
 import os
@@ -14,12 +17,51 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCE = os.path.join("usagi", "core", "fastpath.py")
-MODULE = "usagi.core._fastpath"
+# (source, compiled module, further declarations its C code depends on): the hot fields of the
+# model first, then the hot path, which reads them as C fields (its .pxd cimports hotstate's)
+MODULES = (
+    (os.path.join("usagi", "model", "hotstate.py"), "usagi.model._hotstate", ()),
+    (os.path.join("usagi", "core", "fastpath.py"), "usagi.core._fastpath",
+     (os.path.join("usagi", "model", "hotstate.pxd"),)),
+)
 
 
 def _warn(text):
     sys.stderr.write("WARNING: usagi: %s; the pure-Python hot path will run\n" % text)
+
+
+def _read(path):
+    with open(os.path.join(HERE, path), "rb") as f:
+        return f.read()
+
+
+def _write_if_changed(path, data):
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            if f.read() == data:
+                return
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def _copy(root, source, module, deps):
+    """The copy of `source` that Cython compiles as `module`, carrying the hash of the source, its
+    .pxd and `deps` (as usagi/model/state.py and usagi/core/hot.py compute it), in a package tree
+    of its own (so that Cython names it `module` and finds the .pxd files beside it)."""
+    src = _read(source)
+    decl = _read(source[:-3] + ".pxd")
+    digest = hashlib.sha256(src + decl + b"".join(_read(d) for d in deps)).hexdigest()
+    parts = module.split(".")
+    gen = os.path.join(root, *parts[:-1])
+    os.makedirs(gen, exist_ok=True)
+    for i in range(1, len(parts)):
+        init = os.path.join(root, *parts[:i], "__init__.py")
+        if not os.path.exists(init):
+            open(init, "w").close()
+    copy = os.path.join(gen, parts[-1] + ".py")
+    _write_if_changed(copy, src + b'\nSOURCE_SHA256 = "%s"\n' % digest.encode())
+    _write_if_changed(copy[:-3] + ".pxd", decl)
+    return copy
 
 
 def _extensions():
@@ -32,35 +74,10 @@ def _extensions():
         _warn("Cython is not installed")
         return []
     try:
-        with open(os.path.join(HERE, SOURCE), "rb") as f:
-            src = f.read()
-        with open(os.path.join(HERE, SOURCE[:-3] + ".pxd"), "rb") as f:
-            decl = f.read()
-        digest = hashlib.sha256(src + decl).hexdigest()      # as usagi/core/hot.py computes it
-        # the copy sits in a package tree of its own, so that Cython names it usagi.core._fastpath
-        # and finds its .pxd beside it
         root = os.path.join(HERE, "build", "cython")
-        gen = os.path.join(root, "usagi", "core")
-        os.makedirs(gen, exist_ok=True)
-        for d in (os.path.join(root, "usagi"), gen):
-            init = os.path.join(d, "__init__.py")
-            if not os.path.exists(init):
-                open(init, "w").close()
-        copy = os.path.join(gen, "_fastpath.py")
-        text = src + b'\nSOURCE_SHA256 = "%s"\n' % digest.encode()
-        old = None
-        if os.path.exists(copy):
-            with open(copy, "rb") as f:
-                old = f.read()
-        if old != text:
-            with open(copy, "wb") as f:
-                f.write(text)
-        pxd = os.path.join(gen, "_fastpath.pxd")
-        if not os.path.exists(pxd) or open(pxd, "rb").read() != decl:
-            with open(pxd, "wb") as f:
-                f.write(decl)
-        ext = Extension(MODULE, [os.path.relpath(copy, HERE)])
-        return cythonize([ext], quiet=True, language_level=3,
+        exts = [Extension(module, [os.path.relpath(_copy(root, source, module, deps), HERE)])
+                for source, module, deps in MODULES]
+        return cythonize(exts, quiet=True, language_level=3, include_path=[root],
                          compiler_directives={"binding": True, "wraparound": False})
     except Exception as e:       # a Cython error must not fail the install
         _warn("the hot path could not be translated to C (%s)" % e)

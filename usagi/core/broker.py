@@ -27,6 +27,7 @@ from .delivery import DeliveryMixin
 from .entities import EntitiesMixin
 from .expiry import ExpiryMixin
 from .flow import FlowMixin
+from .hot import fastpath
 from .policies import PolicyMixin
 from .routing import RoutingMixin
 
@@ -96,7 +97,7 @@ class Config:
             setattr(self, k, v)
 
 
-class Broker(AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin, DeadLetterMixin, PolicyMixin,
+class Broker(fastpath.BrokerState, AdminMixin, EntitiesMixin, RoutingMixin, DeliveryMixin, ExpiryMixin, DeadLetterMixin, PolicyMixin,
              AlarmMixin, FlowMixin):
     """The engine's facade: one object per node holding vhosts, users, policies and connections.
 

@@ -1,6 +1,9 @@
 # C declarations for compiling fastpath.py with Cython (setup.py); Python never reads this file.
-# The hot-path state of connections and channels as C fields: the compiled hot path reads them
-# without a dictionary lookup, and Python code elsewhere reads and writes them as attributes.
+# The hot-path state of connections, channels and the engine as C fields: the compiled hot path
+# reads them without a dictionary lookup, and Python code elsewhere reads and writes them as
+# attributes. Those of messages, queues and consumers are the model's (model/hotstate.pxd).
+
+from usagi.model._hotstate cimport MessageState, QueueState, ConsumerState, ExchangeState
 
 cdef class ConnectionState:
     cdef public object reader, broker, channels, state, holder, closed, throttled, yielded, turn_start
@@ -12,6 +15,10 @@ cdef class ChannelState:
     cdef public object nacks_ready, waiting, confirm_dirty, unacked, next_tag, flow_active
     cdef public object global_prefetch, published, delivered, acked, delivered_auto, redelivered, _sizes
     cdef public object waited_epoch
+
+cdef class BrokerState:
+    cdef public object config, store, users, stats, next_msg_id, staged, staged_count, dirty
+    cdef public object flow_waits, pressure, commit_epoch
 
 cdef class Unacked:
     cdef public object tag, queue, seq, msg, consumer

@@ -9,11 +9,19 @@ left to the general code, which these functions call.
 
 This module is plain Python and is the only source of these functions. When a C compiler is at
 hand, `pip install` also compiles it with Cython (setup.py): the variable annotations below give
-Cython C types and mean nothing to Python; fastpath.pxd turns ConnectionState, ChannelState and
-Unacked into C structs (the base classes of Connection and Channel), and holds the one routine
-that exists only compiled (`_deliver_frames`, the bytes of a delivery written in place, used under
-`if cython.compiled`; the join below is its pure-Python twin). `usagi.core.hot` says which form runs
-(USAGI_PURE_PYTHON=1 forces this source).
+Cython C types and mean nothing to Python; fastpath.pxd turns ConnectionState, ChannelState,
+BrokerState and Unacked into C structs (the base classes of Connection, Channel and Broker), takes
+those of messages, queues, consumers and exchanges from the model (model/hotstate.pxd: the
+annotations MessageState, QueueState, ConsumerState and ExchangeState name them, which is why
+this source never imports those names), and holds the one routine that exists only compiled
+(`_deliver_frames`, the bytes of a delivery written in place, used under `if cython.compiled`;
+the join below is its pure-Python twin). `usagi.core.hot` says which form runs (USAGI_PURE_PYTHON=1
+forces this source); compiled, it runs only on the compiled form of the model's fields.
+
+A variable annotated with one of those classes is type-checked when assigned, and its declared
+fields are then read at their offset; a field it does not declare (`q.kind`, `q.ready`) is looked
+up by name as before. None may be assigned to it, but a field must never be read through it
+while it is None (compiled code does not check): every such read below is behind a test.
 
 Why Cython, and why this way (16 B autoack in process, `benchmarks/hotpath.py`, µs of CPU per
 message, Python 3.11; see BENCHMARKS.md): the path as it was took 4.0; the same modules compiled
@@ -22,10 +30,14 @@ object to a few instructions while compiled code without types looks it up in th
 module as pure Python takes 2.9; compiled by mypyc without C types (mypyc compiles functions that
 cannot be bound as methods and wants the whole import graph typed) 3.8-4.2; compiled by Cython
 with the state of connections, channels and deliveries as C fields, 1.6-1.8. Hand-written C would
-reach the same fields only through the same object protocol, and would be a second source. They are installed as methods of Connection, Channel and
-the engine (`Connection._fast`, `Channel.fast_publish`, `Channel.deliver`,
-`Broker.enqueue_plain`, ...), so both forms serve the same callers; tests/test_fastpath_diff.py
-feeds the same bytes through them and through the general path and compares what comes out.
+reach the same fields only through the same object protocol, and would be a second source. The
+model's fields as C fields too took the path from 3.3-3.5 µs to 2.7-2.9 on a slower day (autoack;
+manual acks 3.9-4.0 to 3.2-3.3), the pure-Python form unchanged (see BENCHMARKS.md).
+
+These functions are installed as methods of Connection, Channel and the engine
+(`Connection._fast`, `Channel.fast_publish`, `Channel.deliver`, `Broker.enqueue_plain`, ...), so
+both forms serve the same callers; tests/test_fastpath_diff.py feeds the same bytes through them
+and through the general path and compares what comes out.
 """
 from __future__ import annotations
 
@@ -75,6 +87,10 @@ class ConnectionState:
 
 class ChannelState:
     """The same for a channel (the base of core.channel.Channel)."""
+
+
+class BrokerState:
+    """The same for the engine (the base of core.broker.Broker)."""
 
 
 class Unacked:
@@ -278,7 +294,9 @@ def take(ch: ChannelState, tag, multiple) -> list:
 def settle_items(ch: ChannelState, items, requeue):
     """Channel._settle: requeue=None: ack; True: back to the queue; False: discard (or dead-letter)."""
     u: Unacked
-    broker = ch.broker
+    c: ConsumerState  # noqa: F821 (model/hotstate.pxd, compiled only)
+    q: QueueState  # noqa: F821
+    broker: BrokerState = ch.broker
     touched = {}
     for u in items:
         q = u.queue
@@ -308,9 +326,9 @@ def settle_items(ch: ChannelState, items, requeue):
             broker.mark_dirty(q)
 
 
-def settle(broker, q, seq, msg):
+def settle(broker: BrokerState, q: QueueState, seq, msg):  # noqa: F821 (QueueState: model/hotstate.pxd)
     """Broker.settle: a delivery was acknowledged, the queue no longer holds the message."""
-    if q.kind == "stream":
+    if type(q) is not Queue and q.kind == "stream":
         q.acked += 1
         broker.mark_dirty(q)
         return
@@ -344,6 +362,10 @@ def publish(ch: ChannelState, payload, props, body):
     queue) is handled here; the rest by Channel._complete, as if the frames had come one by one."""
     conn: ConnectionState = ch.conn
     memo: tuple
+    broker: BrokerState
+    msg: MessageState  # noqa: F821 (model/hotstate.pxd, compiled only)
+    q: QueueState  # noqa: F821
+    x: ExchangeState  # noqa: F821
     conn.publishing = True
     memo = ch.pub_memo
     if memo is None or memo[0] != payload or memo[5].deleted:
@@ -407,7 +429,7 @@ def publish(ch: ChannelState, payload, props, body):
         confirm(ch, broker, msg, rejected)
 
 
-def confirm(ch: ChannelState, broker, msg, rejected):
+def confirm(ch: ChannelState, broker: BrokerState, msg: MessageState, rejected):  # noqa: F821
     """The publisher confirm of a publish routed (Channel._route_publish's end, for both paths)."""
     ch.publish_seq += 1
     broker.stats["publish_confirm"] += 1
@@ -427,7 +449,8 @@ def confirm(ch: ChannelState, broker, msg, rejected):
         ch.confirm_dirty = True
 
 
-def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker, x, msg) -> bool:
+def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker: BrokerState, x: ExchangeState,  # noqa: F821
+                    msg: MessageState) -> bool:  # noqa: F821 (model/hotstate.pxd)
     """A publish to a fanout exchange whose destinations are all plain queues, and no header that
     could route it further (CC, BCC): what Channel._route_publish does for it, without the general
     routing walk. False, with nothing done, for anything else (no destination, which may need the
@@ -436,8 +459,8 @@ def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker, x, msg) -> 
     dests = x.route(msg.routing_key, msg)
     if not dests or msg.scan.expiration is not None:
         return False
-    for q in dests:
-        if not getattr(q, "simple", False):
+    for d in dests:
+        if not getattr(d, "simple", False):
             return False
     x.publish_in += 1
     ch.published += 1
@@ -445,6 +468,7 @@ def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker, x, msg) -> 
     count_size(ch._sizes, len(msg.body))
     x.publish_out += 1
     only = len(dests) == 1
+    q: QueueState  # noqa: F821
     for q in dests:
         if not enqueue_plain(broker, q, msg, only) and q.consumers:
             # consumers are behind: let them catch up (credit flow, in effect)
@@ -466,6 +490,7 @@ def _remember(ch: ChannelState, payload):
     exchange object, to the default exchange and no reply-to, to a topic exchange, to a fanout
     exchange); None when the
     general path must see it (the exchange not yet looked up by this channel, or gone)."""
+    x: ExchangeState  # noqa: F821 (model/hotstate.pxd, compiled only)
     exchange, routing_key, route, bits = parse_publish(payload)
     if bits & 2:
         return None
@@ -479,7 +504,7 @@ def _remember(ch: ChannelState, payload):
 
 
 # ---------------------------------------------------------------------------- delivery
-def enqueue_plain(broker, q, msg, only=False) -> bool:
+def enqueue_plain(broker: BrokerState, q: QueueState, msg: MessageState, only=False) -> bool:  # noqa: F821
     """A message with no TTL: straight to a consumer with room if the queue is empty (True),
     else onto the queue (False). The publish hot path calls this directly for plain queues.
     `only`: q is the message's only destination, so a persistent one is staged (its entry waits
@@ -496,7 +521,7 @@ def enqueue_plain(broker, q, msg, only=False) -> bool:
         else:
             broker.persist(q, msg)
     if q.consumers and not q.ready and not q.returned and not q.paged:
-        c = pick_consumer(broker, q)
+        c: ConsumerState = pick_consumer(broker, q)  # noqa: F821
         if c is not None:
             q.seq = seq = q.seq + 1          # Queue.next_seq
             q.published += 1
@@ -510,16 +535,18 @@ def enqueue_plain(broker, q, msg, only=False) -> bool:
     return False
 
 
-def dispatch(broker, q):
+def dispatch(broker: BrokerState, q: QueueState):  # noqa: F821 (model/hotstate.pxd)
     """Broker.dispatch: ready messages to consumers with room, round-robin. The entries of a
     plain queue's ready list go straight out (what Queue.pop and Broker.take do when nothing was
     requeued, nothing is dead or has a TTL); anything else goes through Broker.take: requeued
     entries, dead ones, TTLs, paged-out messages, priorities. A stream delivers by itself."""
     if q.deleted:
         return
-    if q.kind == "stream":
+    if type(q) is not Queue and q.kind == "stream":
         q.dispatch(broker)
         return
+    c: ConsumerState  # noqa: F821
+    msg: MessageState  # noqa: F821 (a plain queue's ready entries hold messages, never stubs)
     if type(q) is Queue:
         ready = q.ready
         while ready and q.consumers and not q.returned and not q.dead and not q.expiry:
@@ -529,7 +556,7 @@ def dispatch(broker, q):
                 break
             seq, msg = ready.popleft()
             q.ready_bytes -= len(msg.body)
-            c.channel.deliver(c, q, seq, msg, False)
+            deliver(c.channel, c, q, seq, msg, False)       # Channel.deliver
     else:
         ready = True
     if ready is not None:
@@ -540,13 +567,13 @@ def dispatch(broker, q):
             item = broker.take(q, True)
             if item is None:
                 break
-            seq, msg, redelivered = item
-            c.channel.deliver(c, q, seq, msg, redelivered)
+            seq, m, redelivered = item
+            c.channel.deliver(c, q, seq, m, redelivered)
     if broker.flow_waits:
         broker.flow_check(q)
 
 
-def pick_consumer(broker, q):
+def pick_consumer(broker: BrokerState, q: QueueState):  # noqa: F821 (model/hotstate.pxd)
     """The consumer to give q's next message to, or None: round-robin over the consumers with
     room, highest priority first. One that comes round without room is parked (out of the
     rotation until it has room, see Queue.park), so each is looked at once per time it fills
@@ -556,6 +583,7 @@ def pick_consumer(broker, q):
         return broker._pick_by_priority(q)
     ch: ChannelState
     conn: ConnectionState
+    c: ConsumerState  # noqa: F821
     ring = q.ring
     while ring:
         for c in ring:
@@ -572,7 +600,8 @@ def pick_consumer(broker, q):
     return None
 
 
-def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
+def deliver(ch: ChannelState, c: ConsumerState, q: QueueState, seq, msg: MessageState,  # noqa: F821
+            redelivered):
     """Channel.deliver: basic.deliver with the message's content to consumer c of this channel."""
     conn: ConnectionState = ch.conn
     size: cython.Py_ssize_t
@@ -612,7 +641,7 @@ def deliver(ch: ChannelState, c, q, seq, msg, redelivered):
     if c.no_ack:
         q.delivered_auto += 1
         ch.delivered_auto += 1
-        if msg.stored or q.held_expiry or q.delivery_counts or q.kind == "stream":
+        if msg.stored or q.held_expiry or q.delivery_counts or (type(q) is not Queue and q.kind == "stream"):
             settle(ch.broker, q, seq, msg)
         else:
             q.acked += 1

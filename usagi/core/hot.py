@@ -3,14 +3,16 @@
 core/fastpath.py is the one source of the hot path. `pip install` compiles it (setup.py) into
 `usagi.core._fastpath` when Cython and a C compiler are at hand. This module picks that one when
 it is there, it was built from the fastpath.py and fastpath.pxd beside it (the hash it carries
-matches), and USAGI_PURE_PYTHON is not set; else the pure-Python module, with a warning when a
-build exists but cannot be used. The server logs `DESCRIPTION` at start.
+matches), the model runs on the compiled form of its hot fields (usagi.model.state), and
+USAGI_PURE_PYTHON is not set; else the pure-Python module, with a warning when a build exists but
+cannot be used. The server logs `DESCRIPTION` at start.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 
+from ..model import state as model_state
 from . import fastpath as _source
 
 fastpath = _source
@@ -24,17 +26,22 @@ def _pick():
     if os.environ.get("USAGI_PURE_PYTHON", "") not in ("", "0"):
         DESCRIPTION = "pure Python (USAGI_PURE_PYTHON is set)"
         return
+    WARNING = model_state.WARNING
+    if not model_state.COMPILED:
+        # the compiled hot path reads the model's hot fields as C fields: it needs their compiled form
+        DESCRIPTION = "pure Python (the model's hot fields are not compiled)"
+        return
     try:
         from . import _fastpath as built
     except ImportError:
         DESCRIPTION = "pure Python (no compiled module: it is built by pip install with Cython and a C compiler)"
         return
     try:
-        with open(_source.__file__, "rb") as f:
-            src = f.read()
-        with open(_source.__file__[:-3] + ".pxd", "rb") as f:
-            decl = f.read()
-        current = hashlib.sha256(src + decl).hexdigest()     # as setup.py computes it
+        parts = []
+        for path in (_source.__file__, _source.__file__[:-3] + ".pxd", os.path.join(os.path.dirname(model_state.__file__), "hotstate.pxd")):
+            with open(path, "rb") as f:
+                parts.append(f.read())
+        current = hashlib.sha256(b"".join(parts)).hexdigest()     # as setup.py computes it
     except OSError:
         current = None           # installed without its source: the build is all there is
     if current is not None and getattr(built, "SOURCE_SHA256", None) != current:
@@ -44,7 +51,7 @@ def _pick():
         return
     fastpath = built
     COMPILED = True
-    DESCRIPTION = "compiled (Cython)"
+    DESCRIPTION = "compiled (Cython): the hot path and the model's hot fields"
 
 
 _pick()

@@ -2,40 +2,20 @@
 from __future__ import annotations
 
 from ..amqp import properties as P
+from .state import MessageState, own_slots
 
 
-def encode_route(exchange: str, routing_key: str) -> bytes:
-    e = exchange.encode("utf-8", "surrogateescape")
-    r = routing_key.encode("utf-8", "surrogateescape")
-    return bytes((len(e),)) + e + bytes((len(r),)) + r
-
-
-class Message:
+class Message(MessageState):
     """One published message. Shared by every queue it was routed to.
 
     `props` are the content-header property bytes as received (flags then fields); `body` is the
-    whole body. `scan` holds the few properties the broker acts on, read once at publish.
+    whole body. `scan` holds the few properties the broker acts on, read once at publish. The
+    fields and the constructor are those of MessageState (model/hotstate.py), compiled when the
+    hot path is.
     """
 
-    __slots__ = ("exchange", "routing_key", "props", "body", "scan", "id", "refs", "stored",
-                 "_headers", "route", "bcc", "confirm")
-
-    def __init__(self, exchange: str, routing_key: str, props: bytes, body: bytes, scan=None,
-                 msg_id: int = 0, route: bytes | None = None):
-        if route is None:
-            route = encode_route(exchange, routing_key)
-        self.route = route     # exchange and routing key as two shortstrs, as deliver/return carry them
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.props = props
-        self.body = body
-        self.scan = scan if scan is not None else P.scan(props)
-        self.id = msg_id
-        self.refs = 0          # entries of durable queues holding this message in the store
-        self.stored = False    # written (or queued for writing) to the message store
-        self._headers = None
-        self.bcc = None        # BCC routing keys, kept after the header is stripped (for dead lettering)
-        self.confirm = None    # (channel, publish seq) while its publisher confirm waits for a commit
+    __slots__ = own_slots(MessageState, ("exchange", "routing_key", "props", "body", "scan", "id", "refs",
+                                         "stored", "_headers", "route", "bcc", "confirm"))
 
     @property
     def persistent(self) -> bool:

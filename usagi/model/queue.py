@@ -27,6 +27,7 @@ from bisect import bisect_left, insort
 from collections import OrderedDict, deque
 
 from .paging import Pager, SpillCount, Spilled, heap_compact
+from .state import ConsumerState, QueueState, own_slots
 
 # Paging (see paging.py): where segment and spill files go (None = never page), the in-memory
 # budget of one queue before the rest goes to disk, and how many entries are read back at once.
@@ -94,9 +95,9 @@ PARKED_CHANNEL = 2   # its connection's output is full or its channel's flow is 
 PARKED_GLOBAL = 3    # its channel's global prefetch is full: back on Channel.kick, as many as have room
 
 
-class Consumer:
-    __slots__ = ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch", "unacked",
-                 "arguments", "priority", "active", "prefix", "offset", "parked")
+class Consumer(ConsumerState):
+    __slots__ = own_slots(ConsumerState, ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch", "unacked",
+                                          "arguments", "priority", "active", "prefix", "offset", "parked"))
 
     def __init__(self, tag, channel, queue, no_ack, exclusive, prefetch, arguments):
         self.tag = tag
@@ -169,7 +170,7 @@ def _int_arg(v):
     return v
 
 
-class Queue:
+class Queue(QueueState):
     kind = "classic"
 
     def __init__(self, vhost: str, name: str, durable: bool = False, exclusive_owner=None,
@@ -283,25 +284,15 @@ class Queue:
             return 0, 0, 0, 0
         return p.count, p.bytes, p.persistent, p.persistent_bytes
 
-    def push(self, msg, exp: int = 0) -> int:
-        """A new entry at the tail; `exp`: when it expires (ms since the epoch), 0 for never."""
-        self.seq += 1
-        self.published += 1
-        self._append(self.seq, msg, exp)
-        return self.seq
+    # push and _append (an entry at the tail, in memory while the queue is under its budget) are
+    # QueueState's (model/hotstate.py)
 
-    def _append(self, seq: int, msg, exp: int = 0):
-        """At the tail: in memory, or paged out once the queue is over its memory budget."""
-        if self.paged or len(self.ready) >= self.cap_count or self.ready_bytes >= self.cap_bytes:
-            if self.pager is None:
-                self.pager = Pager(PAGING["dir"])
-            self.pager.append(seq, msg, exp)
-            self.paged += 1
-        else:
-            self.ready.append((seq, msg))
-            self.ready_bytes += len(msg.body)
-            if exp:
-                self._timed(seq, msg, exp)
+    def _page_out(self, seq: int, msg, exp: int):
+        """An entry at the tail once the queue is over its memory budget: to its segment files."""
+        if self.pager is None:
+            self.pager = Pager(PAGING["dir"])
+        self.pager.append(seq, msg, exp)
+        self.paged += 1
 
     def _timed(self, seq: int, msg, exp: int):
         """An in-memory entry expires at `exp`. The heap is cleaned lazily (an entry delivered

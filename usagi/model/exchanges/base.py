@@ -1,6 +1,7 @@
 """What every exchange type shares: identity, flags, the binding list."""
 from __future__ import annotations
 
+from ..state import ExchangeState
 from ..util import freeze
 
 
@@ -15,7 +16,7 @@ class Binding:
         self.key = (id(destination), routing_key, freeze(self.arguments))
 
 
-class Exchange:
+class Exchange(ExchangeState):
     """Base exchange. Subclasses index bindings their own way and implement `route`."""
 
     TYPE = ""
