@@ -142,3 +142,16 @@ def test_every_subclass_reads_and_writes_the_same_value():
         q.seq = 7
         q.push(Message("", "k", b"\x00\x00", b"x"))
         assert q.seq == 8 and q.published == 1 and q.message_count == 1
+
+
+def test_both_forms_take_the_same_arguments():
+    # compiled, an annotated argument would be type-checked: the constructor and the append take
+    # what the pure-Python form takes
+    m = Message("", "k", bytearray(b"\x00\x00"), memoryview(b"ab"), None, None)
+    assert bytes(m.body) == b"ab" and m.id is None and m.route == b"\x00\x01k"
+    m = Message(b"", b"k", b"\x00\x00", b"x", None, 3, bytearray(b"\x00\x01k"))
+    assert m.exchange == b"" and m.route == b"\x00\x01k"
+    q = Queue("/", "q")
+    assert q.push(Message("", "k", b"\x00\x00", b"x"), None) == 1
+    assert q.push(Message("", "k", b"\x00\x00", b"y"), 0.0) == 2
+    assert [msg.body for _, msg in q.ready] == [b"x", b"y"]

@@ -19,7 +19,8 @@ from __future__ import annotations
 from ..amqp import properties as P
 
 
-def encode_route(exchange: str, routing_key: str) -> bytes:
+def encode_route(exchange, routing_key):
+    """The exchange and routing key as two shortstrs."""
     e = exchange.encode("utf-8", "surrogateescape")
     r = routing_key.encode("utf-8", "surrogateescape")
     return bytes((len(e),)) + e + bytes((len(r),)) + r
@@ -31,8 +32,9 @@ class MessageState:
 
     __slots__ = ()
 
-    def __init__(self, exchange: str, routing_key: str, props: bytes, body: bytes, scan=None,
-                 msg_id: int = 0, route: bytes | None = None):
+    # no annotations on these methods' arguments: compiled, Cython would check them (a bytearray
+    # body or an `exp` of None would be refused compiled and taken as pure Python)
+    def __init__(self, exchange, routing_key, props, body, scan=None, msg_id=0, route=None):
         if route is None:
             route = encode_route(exchange, routing_key)
         self.route = route     # exchange and routing key as two shortstrs, as deliver/return carry them
@@ -56,14 +58,14 @@ class QueueState:
 
     __slots__ = ()
 
-    def push(self, msg, exp: int = 0) -> int:
+    def push(self, msg, exp=0):
         """A new entry at the tail; `exp`: when it expires (ms since the epoch), 0 for never."""
         self.seq += 1
         self.published += 1
         self._append(self.seq, msg, exp)
         return self.seq
 
-    def _append(self, seq: int, msg, exp: int = 0):
+    def _append(self, seq, msg, exp=0):
         """At the tail: in memory, or paged out (Queue._page_out) once the queue is over its
         memory budget (PriorityQueue has its own)."""
         ready = self.ready
