@@ -46,7 +46,7 @@ def _write_if_changed(path, data):
 
 def _copy(root, source, module, deps):
     """The copy of `source` that Cython compiles as `module`, carrying the hash of the source, its
-    .pxd and `deps` (as usagi/model/state.py and usagi/core/hot.py compute it), in a package tree
+    .pxd and `deps` (as usagi/model/state.py, source_digest, computes it), in a package tree
     of its own (so that Cython names it `module` and finds the .pxd files beside it)."""
     src = _read(source)
     decl = _read(source[:-3] + ".pxd")

@@ -449,8 +449,8 @@ def confirm(ch: ChannelState, broker: BrokerState, msg: MessageState, rejected):
         ch.confirm_dirty = True
 
 
-def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker: BrokerState, x: ExchangeState,  # noqa: F821
-                    msg: MessageState) -> bool:  # noqa: F821 (model/hotstate.pxd)
+def _publish_fanout(ch: ChannelState, conn: ConnectionState, broker: BrokerState,
+                    x: ExchangeState, msg: MessageState) -> bool:  # noqa: F821 (model/hotstate.pxd)
     """A publish to a fanout exchange whose destinations are all plain queues, and no header that
     could route it further (CC, BCC): what Channel._route_publish does for it, without the general
     routing walk. False, with nothing done, for anything else (no destination, which may need the
@@ -546,7 +546,7 @@ def dispatch(broker: BrokerState, q: QueueState):  # noqa: F821 (model/hotstate.
         q.dispatch(broker)
         return
     c: ConsumerState  # noqa: F821
-    msg: MessageState  # noqa: F821 (a plain queue's ready entries hold messages, never stubs)
+    msg: MessageState  # noqa: F821 (what is delivered is a message, never a stub: Broker.take loads it)
     if type(q) is Queue:
         ready = q.ready
         while ready and q.consumers and not q.returned and not q.dead and not q.expiry:
@@ -567,8 +567,8 @@ def dispatch(broker: BrokerState, q: QueueState):  # noqa: F821 (model/hotstate.
             item = broker.take(q, True)
             if item is None:
                 break
-            seq, m, redelivered = item
-            c.channel.deliver(c, q, seq, m, redelivered)
+            seq, msg, redelivered = item
+            deliver(c.channel, c, q, seq, msg, redelivered)      # Channel.deliver
     if broker.flow_waits:
         broker.flow_check(q)
 

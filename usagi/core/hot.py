@@ -9,7 +9,6 @@ cannot be used. The server logs `DESCRIPTION` at start.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 
 from ..model import state as model_state
@@ -36,14 +35,8 @@ def _pick():
     except ImportError:
         DESCRIPTION = "pure Python (no compiled module: it is built by pip install with Cython and a C compiler)"
         return
-    try:
-        parts = []
-        for path in (_source.__file__, _source.__file__[:-3] + ".pxd", os.path.join(os.path.dirname(model_state.__file__), "hotstate.pxd")):
-            with open(path, "rb") as f:
-                parts.append(f.read())
-        current = hashlib.sha256(b"".join(parts)).hexdigest()     # as setup.py computes it
-    except OSError:
-        current = None           # installed without its source: the build is all there is
+    # its C code reads the model's fields as hotstate.pxd lays them out: that file is in its hash
+    current = model_state.source_digest(_source.__file__, model_state.HOTSTATE_PXD)
     if current is not None and getattr(built, "SOURCE_SHA256", None) != current:
         WARNING = ("the compiled hot path was built from another version of core/fastpath.py; running the "
                    "source instead (reinstall to rebuild it)")

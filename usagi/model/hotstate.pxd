@@ -1,5 +1,6 @@
 # C declarations for compiling hotstate.py with Cython (setup.py); Python never reads this file.
-# Each field is one the compiled hot path (core/fastpath.py) reads or writes for every message.
+# Each field is one the compiled hot path (core/fastpath.py) reads or writes for every message;
+# a message's `_headers` and `bcc` too, so that its (compiled) constructor writes C fields only.
 
 cdef class MessageState:
     cdef public object exchange, routing_key, props, body, scan, id, refs, stored, route, confirm

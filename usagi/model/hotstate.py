@@ -1,5 +1,6 @@
-"""The fields of messages, queues and consumers that every message's path reads, as a base class
-of each (Message, Queue, Consumer, Exchange), so that the compiled hot path can read them as C fields.
+"""The fields of messages, queues, consumers and exchanges that every message's path reads, as a
+base class of each (Message, Queue, Consumer, Exchange), so that the compiled hot path can read
+them as C fields.
 
 This module is plain Python and is the only source of these classes. As such its classes are
 empty (no fields, no instance dictionary): the subclasses keep their fields as before, in

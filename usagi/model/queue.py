@@ -96,8 +96,9 @@ PARKED_GLOBAL = 3    # its channel's global prefetch is full: back on Channel.ki
 
 
 class Consumer(ConsumerState):
-    __slots__ = own_slots(ConsumerState, ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch", "unacked",
-                                          "arguments", "priority", "active", "prefix", "offset", "parked"))
+    __slots__ = own_slots(ConsumerState, ("tag", "channel", "queue", "no_ack", "exclusive", "prefetch",
+                                          "unacked", "arguments", "priority", "active", "prefix", "offset",
+                                          "parked"))
 
     def __init__(self, tag, channel, queue, no_ack, exclusive, prefetch, arguments):
         self.tag = tag

@@ -17,16 +17,21 @@ COMPILED = False
 WARNING = None           # why a compiled module exists but is not used (logged by the server)
 
 
-def source_digest() -> str | None:
-    """The hash setup.py gives the compiled module: of hotstate.py and hotstate.pxd."""
+HOTSTATE_PXD = _source.__file__[:-3] + ".pxd"
+
+
+def source_digest(source: str, *deps: str) -> str | None:
+    """The hash setup.py gives a compiled module (usagi.model._hotstate, usagi.core._fastpath): of
+    its source, the .pxd beside it and the declarations `deps` its C code depends on; None when a
+    file is missing (installed without its source: the build is all there is)."""
+    parts = []
     try:
-        with open(_source.__file__, "rb") as f:
-            src = f.read()
-        with open(_source.__file__[:-3] + ".pxd", "rb") as f:
-            decl = f.read()
+        for path in (source, source[:-3] + ".pxd") + deps:
+            with open(path, "rb") as f:
+                parts.append(f.read())
     except OSError:
-        return None          # installed without its source: the build is all there is
-    return hashlib.sha256(src + decl).hexdigest()
+        return None
+    return hashlib.sha256(b"".join(parts)).hexdigest()
 
 
 def _pick():
@@ -37,7 +42,7 @@ def _pick():
         from . import _hotstate as built
     except ImportError:
         return _source
-    current = source_digest()
+    current = source_digest(_source.__file__)
     if current is not None and getattr(built, "SOURCE_SHA256", None) != current:
         WARNING = ("the compiled model state was built from another version of model/hotstate.py; running "
                    "the source instead (reinstall to rebuild it)")
