@@ -19,6 +19,13 @@ import time
 import urllib.request
 
 import pytest
+
+try:
+    from selenium.common.exceptions import StaleElementReferenceException
+except ImportError:            # the tests skip without selenium (dashutil.AVAILABLE)
+    class StaleElementReferenceException(Exception):
+        pass
+
 from dashutil import (AVAILABLE, WHY, choose, element_box, finds, go, js_errors, login, page_shot, region_count,
                       stat, text, wait)
 
@@ -52,13 +59,22 @@ def api(node, path: str, timeout: float = 20.0):
 
 
 def rows(d) -> dict:
-    """The nodes table as {name: {role, running, and each cell's text by column}}."""
-    out = {}
-    for tr in finds(d, "#nodes-table tbody tr[data-name]"):
-        cells = {td.get_attribute("data-col"): td.text.strip() for td in tr.find_elements("css selector", "td")}
-        out[tr.get_attribute("data-name")] = dict(cells, data_role=tr.get_attribute("data-role"),
-                                                  data_running=tr.get_attribute("data-running"))
-    return out
+    """The nodes table as {name: {role, running, and each cell's text by column}}. The page redraws
+    the table on every refresh: a read that a redraw overtook (its rows gone from the page) is
+    read again from the new table."""
+    for attempt in range(20):
+        try:
+            out = {}
+            for tr in finds(d, "#nodes-table tbody tr[data-name]"):
+                cells = {td.get_attribute("data-col"): td.text.strip()
+                         for td in tr.find_elements("css selector", "td")}
+                out[tr.get_attribute("data-name")] = dict(cells, data_role=tr.get_attribute("data-role"),
+                                                          data_running=tr.get_attribute("data-running"))
+            return out
+        except StaleElementReferenceException:
+            if attempt == 19:
+                raise
+            time.sleep(0.05)
 
 
 def cluster_stats(d) -> dict:
